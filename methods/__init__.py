@@ -1,0 +1,1 @@
+"""Built-in pruning methods; each module registers one method."""

@@ -1,0 +1,1 @@
+"""The shapes world: a procedurally generated VQA world and a small LLaVA trained on it."""

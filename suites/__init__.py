@@ -1,0 +1,1 @@
+"""Suites: lmms-eval task lists and the built-in offline tasks."""

@@ -1,0 +1,1 @@
+"""lmms-eval tasks of the built-in shapes world."""
