@@ -1,0 +1,32 @@
+"""Random pruning: the control every pruning paper compares against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunebench.core import Selection, VisionStagePruner, top_k
+from prunebench.registry import register_method
+from prunebench.views import VisionView
+
+
+@register_method("random")
+@dataclass
+class RandomPruning(VisionStagePruner):
+    """Keep a uniform random subset of the visual tokens, before the LLM, in original order.
+
+    As FastV's φ_rand (K = 0; Chen et al., ECCV 2024, Tables 1 and 4) and LightCompress ``random.py``
+    (methods-1.md §5). Each sample draws from its own generator seeded by (seed, sample id), so a sample's
+    kept set does not depend on the batch it is in. The originals keep FastV-style original position ids;
+    pre-LLM LLaVA code renumbers. We renumber (``compact``) by default; ``position_policy="original"``
+    reproduces the FastV/LightCompress variant.
+    """
+
+    position_policy: str = "compact"
+
+    signals = ("seeded uniform noise",)
+    paper = "FastV φ_rand (Chen et al., ECCV 2024), methods-1.md §5"
+    citation = "chen2024fastv"
+
+    def select_vision(self, view: VisionView, keep: int) -> Selection:
+        noise = view.rand(view.num_tokens, device=view.features.device)
+        return Selection(top_k(noise, keep))

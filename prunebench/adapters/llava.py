@@ -1,0 +1,188 @@
+"""LLaVA-1.5 on the stock ``transformers`` ``LlavaForConditionalGeneration``.
+
+Vision features follow ``LlavaModel.get_image_features`` exactly (``hidden_states[vision_feature_layer]``,
+[CLS] dropped under the "default" strategy, then ``multi_modal_projector``), so keeping every token
+reproduces stock ``generate``. The image span is located from ``input_ids == image_token_id``; nothing is
+hard-coded (FastV's scripts used 36 where the span starts at 35, methods-1.md §0.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from prunebench.adapters.base import Batch, LLMInputs, LLMShape, ModelAdapter, Sample
+from prunebench.attention import Captured, capture
+from prunebench.views import VisionView
+
+DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids exactly as ``generate`` derives them from a left-padded 2-D mask."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+class LlavaAdapter(ModelAdapter):
+    family = "llava"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        dtype: torch.dtype | str = "auto",
+        device: str = "cpu",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+    ) -> "LlavaAdapter":
+        """Load e.g. ``llava-hf/llava-1.5-7b-hf`` (hub id or local folder) with its own processor."""
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        ).to(device)
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model.eval()
+        return cls(model, processor, name=str(name_or_path))
+
+    def __init__(self, model: nn.Module, processor: Any, name: str = ""):
+        super().__init__(model, processor, name)
+        tokenizer = processor.tokenizer
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.image_token_id = model.config.image_token_id
+
+    # -- structure -----------------------------------------------------------------------------------------
+    @property
+    def _inner(self) -> nn.Module:
+        return self.model.model
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self._inner.language_model.layers
+
+    def vision_attention(self, layer: int) -> nn.Module:
+        return self._inner.vision_tower.encoder.layers[layer].self_attn
+
+    @property
+    def llm_shape(self) -> LLMShape:
+        cfg = self.model.config.text_config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return LLMShape(
+            num_layers=cfg.num_hidden_layers,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=cfg.num_key_value_heads or cfg.num_attention_heads,
+            head_dim=head_dim,
+            vocab_size=cfg.vocab_size,
+        )
+
+    @property
+    def num_vision_layers(self) -> int:
+        return self.model.config.vision_config.num_hidden_layers
+
+    def _feature_layers(self) -> list[int]:
+        layer = self.model.config.vision_feature_layer
+        return list(layer) if isinstance(layer, (list, tuple)) else [layer]
+
+    @property
+    def feature_layer(self) -> int:
+        # hidden_states[i] is the output of encoder layer i - 1 (hidden_states[0] = embeddings)
+        index = self._feature_layers()[-1] % (self.num_vision_layers + 1)
+        return index - 1
+
+    # -- data ----------------------------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        template = getattr(self.processor, "chat_template", None)
+        if template:
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return DEFAULT_PROMPT.format(question=question)
+
+    def prepare(self, samples: Sequence[Sample]) -> Batch:
+        samples = list(samples)
+        missing = [s.id for s in samples if s.image is None]
+        if missing:
+            raise ValueError(f"samples {missing[:5]} have no image; LLaVA-1.5 pruning needs one image per sample")
+        inputs = self.processor(
+            images=[s.image.convert("RGB") for s in samples],
+            text=[self.prompt(s.question) for s in samples],
+            padding=True,
+            return_tensors="pt",
+        )
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        counts = (inputs["input_ids"] == self.image_token_id).sum(1)
+        if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
+            raise ValueError(f"each prompt must hold exactly one image; image-token counts per sample: {counts.tolist()}")
+        return Batch(samples, inputs)
+
+    def encode(self, batch: Batch, capture_layers: Sequence[int] = ()) -> VisionView:
+        tower = self._inner.vision_tower
+        captured: dict[int, Captured] = {}
+        requests = {self.vision_attention(layer): _store(captured, layer) for layer in capture_layers}
+        with capture(requests):
+            out = tower(batch.inputs["pixel_values"], output_hidden_states=True, return_dict=True)
+        strategy = self.model.config.vision_feature_select_strategy
+        selected = [out.hidden_states[i] for i in self._feature_layers()]
+        has_cls = strategy == "default"
+        feats = torch.cat([h[:, 1:] if has_cls else h for h in selected], dim=-1)
+        cls_feature = torch.cat([h[:, 0] for h in selected], dim=-1) if has_cls else None
+        side = int(round(feats.shape[1] ** 0.5))
+        return VisionView(
+            features=feats,
+            cls_feature=cls_feature,
+            grid=(side, feats.shape[1] // side),
+            feature_layer=self.feature_layer,
+            num_vision_layers=self.num_vision_layers,
+            projector=self.project,
+            captured=captured,
+            has_cls=has_cls,
+        )
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self._inner.multi_modal_projector(features)
+
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str) -> LLMInputs:
+        input_ids, mask = batch.input_ids, batch.attention_mask
+        bsz, length = input_ids.shape
+        is_image = input_ids == self.image_token_id
+        num_image = int(is_image[0].sum())
+        start = is_image.long().argmax(dim=1, keepdim=True)  # (B, 1) first image token
+        n = visual.shape[1]
+        new_len = length - num_image + n
+        j = torch.arange(new_len, device=input_ids.device).expand(bsz, -1)
+        in_span = (j >= start) & (j < start + n)
+        source = torch.where(j < start, j, j + (num_image - n)).clamp(max=length - 1)  # text position in the old sequence
+        text = self.model.get_input_embeddings()(input_ids.gather(1, source))
+        slot = (j - start).clamp(0, max(n - 1, 0))
+        vis = visual.to(text.dtype).gather(1, slot[..., None].expand(-1, -1, visual.shape[-1]))
+        embeds = torch.where(in_span[..., None], vis, text)
+        new_mask = torch.where(in_span, torch.ones_like(mask[:, :1]), mask.gather(1, source))
+        if policy == "compact":
+            positions = positions_from_mask(new_mask)
+        elif policy == "original":
+            if kept is None:
+                raise ValueError("merged tokens have no original position; this method needs position_policy='compact'")
+            old = positions_from_mask(mask)
+            old_index = torch.where(in_span, start + kept.gather(1, slot), source)
+            positions = old.gather(1, old_index)
+        else:
+            raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
+        visual_index = start + torch.arange(n, device=input_ids.device)
+        return LLMInputs(embeds, new_mask, positions, visual_index)
+
+    def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
+        out = self.model.generate(**batch.inputs, **generate_kwargs)
+        return out[:, batch.input_ids.shape[1]:]
+
+
+def _store(target: dict[int, Captured], layer: int):
+    def callback(cap: Captured) -> None:
+        target[layer] = cap
+
+    return callback

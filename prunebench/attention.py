@@ -1,0 +1,175 @@
+"""Attention signals from captured queries and keys, without eager attention.
+
+prunebench registers one extra attention function per base implementation (``prunebench_sdpa`` wraps
+``sdpa``, ``prunebench_eager`` wraps the model's eager function, ...) through transformers' public
+``AttentionInterface`` / ``AttentionMaskInterface``. While a pruning run is active, the model's sub-configs
+point to the wrapper; the wrapper hands the post-RoPE queries and keys of the few modules a method asked
+for to a sink and then calls the original kernel unchanged. Every layer therefore keeps SDPA (or
+FlashAttention); only the rows a method needs are ever turned into probabilities, here, in fp32.
+
+Nothing in transformers is patched: the wrapper is selected per model instance through its config and the
+previous implementation is restored when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+_PREFIX = "prunebench_"
+# module -> callback receiving a Captured; consulted by the wrapper on every call (weak: no leaks)
+_REQUESTS: "weakref.WeakKeyDictionary[nn.Module, Callable[[Captured], None]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class Captured:
+    """Queries and keys one attention module fed to its kernel during prefill."""
+
+    query: torch.Tensor  # (B, H, Lq, d), after RoPE
+    key: torch.Tensor  # (B, H_kv, Lk, d), after RoPE, before repeat_kv
+    mask: torch.Tensor | None  # the mask the kernel received: bool (True = attend) or additive float, or None
+    scaling: float
+    causal: bool
+
+    @property
+    def num_heads(self) -> int:
+        return self.query.shape[1]
+
+    def keys(self) -> torch.Tensor:
+        """Keys repeated to the query heads (GQA), (B, H, Lk, d)."""
+        groups = self.query.shape[1] // self.key.shape[1]
+        return self.key.repeat_interleave(groups, dim=1) if groups > 1 else self.key
+
+    def logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """Masked attention logits of query rows ``rows`` (B, r) over all keys, (B, H, r, Lk), fp32."""
+        batch, heads, _, dim = self.query.shape
+        index = rows[:, None, :, None].expand(batch, heads, rows.shape[1], dim)
+        query = self.query.gather(2, index).float()
+        logits = torch.matmul(query, self.keys().float().transpose(-1, -2)) * self.scaling
+        return logits + self._row_bias(rows, logits.shape[-1], logits.device)
+
+    def probabilities(self, rows: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of query rows ``rows`` (B, r): (B, H, r, Lk), fp32, exactly the kernel's mask."""
+        return torch.softmax(self.logits(rows), dim=-1)
+
+    def received(self, chunk: int = 256) -> torch.Tensor:
+        """Attention each key receives, averaged over heads and over all (unmasked) query rows: (B, Lk).
+
+        Computed in query chunks so no (Lq, Lk) matrix of all heads is ever held at once.
+        """
+        batch, _, length, _ = self.query.shape
+        total = torch.zeros(batch, self.key.shape[2], device=self.query.device)
+        for start in range(0, length, chunk):
+            rows = torch.arange(start, min(start + chunk, length), device=self.query.device).expand(batch, -1)
+            total += self.probabilities(rows).mean(1).sum(1)
+        return total / length
+
+    def _row_bias(self, rows: torch.Tensor, num_keys: int, device: torch.device) -> torch.Tensor:
+        neg = torch.finfo(torch.float32).min
+        if self.mask is not None:
+            mask = self.mask
+            if mask.shape[0] == 1 and rows.shape[0] > 1:
+                mask = mask.expand(rows.shape[0], *mask.shape[1:])
+            mask = mask[:, :1].gather(2, rows[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))[..., :num_keys]
+            if mask.dtype == torch.bool:
+                return torch.zeros(mask.shape, device=device).masked_fill(~mask, neg)
+            return mask.float().clamp(min=neg)
+        if self.causal:
+            offset = num_keys - self.query.shape[2]  # keys already in the cache precede the queries
+            keys = torch.arange(num_keys, device=device)
+            allowed = keys[None, None, None, :] <= (rows[:, None, :, None] + offset)
+            return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, neg)
+        return torch.zeros(1, 1, 1, 1, device=device)
+
+
+def _base_function(base: str, module: nn.Module) -> Callable:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if base == "eager":
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[base]
+
+
+def _make_wrapper(base: str) -> Callable:
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        callback = _REQUESTS.get(module)
+        if callback is not None and query.shape[2] > 1:
+            scaling = kwargs.get("scaling")
+            if scaling is None:
+                scaling = query.shape[-1] ** -0.5
+            causal = bool(getattr(module, "is_causal", False))
+            callback(Captured(query.detach(), key.detach(), attention_mask, float(scaling), causal))
+        return _base_function(base, module)(module, query, key, value, attention_mask, *args, **kwargs)
+
+    attention.__name__ = f"{_PREFIX}{base}"
+    return attention
+
+
+def _ensure_registered(base: str) -> str:
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    name = f"{_PREFIX}{base}"
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _make_wrapper(base))
+        # A custom attention name without a mask function silently disables masking (transformers-notes §2.6).
+        mask_fn = eager_mask if base == "eager" else ALL_MASK_ATTENTION_FUNCTIONS[base]
+        AttentionMaskInterface.register(name, mask_fn)
+    return name
+
+
+def _configs(model: nn.Module) -> Iterator[tuple[str, object]]:
+    yield "", model.config
+    for key in getattr(model.config, "sub_configs", {}):
+        sub = getattr(model.config, key, None)
+        if sub is not None:
+            yield key, sub
+
+
+@contextlib.contextmanager
+def attention_probe(model: nn.Module) -> Iterator[None]:
+    """Route the model's attention through the capturing wrapper of its own implementation; restore after."""
+    original = {key: cfg._attn_implementation for key, cfg in _configs(model)}
+    wrapped = {}
+    for key, impl in original.items():
+        base = impl or "eager"
+        if base.startswith(_PREFIX):  # nested use: already probed
+            wrapped[key] = base
+            continue
+        wrapped[key] = _ensure_registered(base)
+    _set(model, wrapped)
+    try:
+        yield
+    finally:
+        _set(model, original)
+
+
+def _set(model: nn.Module, implementations: dict[str, str]) -> None:
+    top = implementations.get("", None)
+    request = {k: v for k, v in implementations.items() if k}
+    if top is not None:
+        request[""] = top
+    model.set_attn_implementation(request)
+
+
+@contextlib.contextmanager
+def capture(modules: dict[nn.Module, Callable[[Captured], None]]) -> Iterator[None]:
+    """Ask the wrapper to hand the prefill queries/keys of ``modules`` to their callbacks."""
+    for module, callback in modules.items():
+        _REQUESTS[module] = callback
+    try:
+        yield
+    finally:
+        for module in modules:
+            _REQUESTS.pop(module, None)
+
+
+def active_requests() -> int:
+    """Number of modules with a pending capture request (hygiene checks)."""
+    return len(_REQUESTS)

@@ -1,0 +1,276 @@
+"""The hook interface every pruning method implements.
+
+A method is a small dataclass: its fields are the paper's hyper-parameters (defaults = the paper's), and it
+implements one ``select`` per stage where it acts plus ``plan``, which maps a budget to per-stage keep counts.
+Everything mechanical (running the vision tower, gathering tokens, masks, positions, the KV cache, timing,
+FLOPs) lives in :mod:`prunebench.engine` and the model adapters, once, for every method.
+
+Stages
+    * **vision stage**: after the vision encoder, before the LLM. ``select_vision(view, keep)`` sees a
+      :class:`VisionView` (features of the selected ViT layer, lazily computed [CLS]/received attention, keys,
+      projected embeddings, the patch grid) and returns a :class:`Selection` of ``keep`` tokens, optionally with
+      merged tokens placed before/after the kept ones (VisionZip's [CLS] and contextual tokens).
+    * **LLM stage at decoder layer K**: ``select_llm(view, keep)`` runs just before decoder layer K during
+      prefill and sees a :class:`LayerView` (hidden states entering layer K, where the visual tokens are, and
+      attention rows of layer K-1 computed from its captured queries and keys). Layers K.. then run on the
+      kept tokens only, and their KV cache holds only them.
+
+Budget contract (DESIGN.md): ``budget`` counts visual tokens. In ``average`` mode it is the mean over the
+LLM's decoder layers during prefill of the visual tokens each layer sees; in ``final`` mode it is the count
+left after the last stage. :meth:`PruningMethod.plan` returns a :class:`Plan`; the engine checks that the plan
+meets the budget under the chosen mode and that the measured per-layer counts equal the plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from prunebench.views import LayerView, VisionView
+
+BudgetMode = Literal["average", "final"]
+PositionPolicy = Literal["compact", "original"]
+BUDGET_MODES = ("average", "final")
+
+
+class PruneBenchError(Exception):
+    """Base class of the errors prunebench raises for bad input; the message says what to do."""
+
+
+class BudgetError(PruneBenchError, ValueError):
+    """The budget is not a positive integer or exceeds the visual tokens of the input."""
+
+
+class InfeasibleBudget(PruneBenchError):
+    """The method cannot meet this budget under this budget mode (reported as an infeasible cell)."""
+
+
+class SelectionError(PruneBenchError, RuntimeError):
+    """A method's ``select`` returned a malformed selection (wrong count, out-of-range or repeated indices)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-stage keep counts for one input.
+
+    ``vision``: visual tokens entering the LLM (None: the vision stage keeps all ``num_visual`` tokens).
+    ``llm``: ``{K: keep}``: before decoder layer K only ``keep`` visual tokens remain.
+    """
+
+    num_visual: int
+    num_layers: int
+    vision: int | None = None
+    llm: dict[int, int] = field(default_factory=dict)
+
+    def tokens_per_layer(self) -> list[int]:
+        """Visual tokens seen by each decoder layer during prefill."""
+        count = self.num_visual if self.vision is None else self.vision
+        cuts = dict(self.llm)
+        counts = []
+        for layer in range(self.num_layers):
+            count = cuts.get(layer, count)
+            counts.append(count)
+        return counts
+
+    @property
+    def final_tokens(self) -> int:
+        return self.tokens_per_layer()[-1]
+
+    @property
+    def average_tokens(self) -> float:
+        counts = self.tokens_per_layer()
+        return sum(counts) / len(counts)
+
+    def validate(self) -> None:
+        previous = self.num_visual if self.vision is None else self.vision
+        if self.vision is not None and not 0 < self.vision <= self.num_visual:
+            raise InfeasibleBudget(f"vision stage keeps {self.vision} of {self.num_visual} visual tokens")
+        for layer in sorted(self.llm):
+            keep = self.llm[layer]
+            if not 1 <= layer < self.num_layers:
+                raise InfeasibleBudget(f"LLM stage at layer {layer} outside 1..{self.num_layers - 1}")
+            if not 0 < keep <= previous:
+                raise InfeasibleBudget(f"layer {layer} would keep {keep} of {previous} visual tokens")
+            previous = keep
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What ``plan`` may look at: the input's visual token count and the model's depth."""
+
+    num_visual: int
+    num_layers: int
+    mode: BudgetMode = "average"
+
+    def plan(self, vision: int | None = None, llm: dict[int, int] | None = None) -> Plan:
+        return Plan(self.num_visual, self.num_layers, vision, dict(llm or {}))
+
+
+@dataclass
+class Selection:
+    """What a stage keeps.
+
+    ``keep``: (B, k) indices into the stage's candidate visual tokens, ascending (original order).
+    ``prepend`` / ``append``: optional (B, m, D) merged tokens placed before / after the kept tokens. At the
+    vision stage they live in the space of ``VisionView.features`` (before the projector).
+    """
+
+    keep: torch.Tensor
+    prepend: torch.Tensor | None = None
+    append: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        extra = sum(t.shape[1] for t in (self.prepend, self.append) if t is not None)
+        return self.keep.shape[1] + extra
+
+    def validate(self, batch: int, num_candidates: int, expected: int, where: str) -> None:
+        keep = self.keep
+        if keep.dim() != 2 or keep.shape[0] != batch or keep.dtype not in (torch.int64, torch.int32):
+            raise SelectionError(f"{where}: keep must be a (batch={batch}, k) integer tensor, got {tuple(keep.shape)} {keep.dtype}")
+        if self.num_tokens != expected:
+            raise SelectionError(f"{where}: the plan keeps {expected} tokens but the selection holds {self.num_tokens}")
+        if keep.numel():
+            if int(keep.min()) < 0 or int(keep.max()) >= num_candidates:
+                raise SelectionError(f"{where}: indices must lie in [0, {num_candidates}), got [{int(keep.min())}, {int(keep.max())}]")
+            if keep.shape[1] > 1 and not bool((keep[:, 1:] > keep[:, :-1]).all()):
+                raise SelectionError(f"{where}: indices must be strictly ascending (original order, no repeats); use Selection.sorted(...)")
+        for name, extra in (("prepend", self.prepend), ("append", self.append)):
+            if extra is not None and (extra.dim() != 3 or extra.shape[0] != batch):
+                raise SelectionError(f"{where}: {name} must be (batch, m, dim), got {tuple(extra.shape)}")
+
+    @staticmethod
+    def sorted(indices: torch.Tensor, **extra: Any) -> "Selection":
+        """A selection from indices in any order (e.g. topk output); sorts them into original order."""
+        return Selection(indices.sort(dim=-1).values, **extra)
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores per row, in original order (``torch.topk``, as the originals use)."""
+    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
+
+
+class PruningMethod:
+    """Base class of every pruning method. Subclasses are dataclasses registered with ``@register_method``.
+
+    Class attributes a method declares:
+        ``stages``: subset of ``("vision", "llm")``.
+        ``signals``: the signals it reads (documentation and ``prunebench list``).
+        ``position_policy``: ``"compact"`` renumbers the shortened sequence 0..L'-1 (the pre-LLM originals on
+        LLaVA); ``"original"`` keeps each kept token's position in the unpruned prompt (FastV, in-LLM methods).
+        ``paper`` / ``citation``: where it comes from.
+    """
+
+    name: ClassVar[str] = ""
+    stages: ClassVar[tuple[str, ...]] = ()
+    signals: ClassVar[tuple[str, ...]] = ()
+    position_policy: ClassVar[PositionPolicy] = "compact"
+    paper: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    trainable: ClassVar[bool] = False
+
+    # -- budget -----------------------------------------------------------------------------------------
+    def plan(self, budget: int, ctx: PlanContext) -> Plan:
+        raise NotImplementedError
+
+    # -- stages -----------------------------------------------------------------------------------------
+    def vision_layers(self, num_vision_layers: int, feature_layer: int) -> tuple[int, ...]:
+        """ViT encoder layers (0-based) whose queries/keys the method's vision signals need captured."""
+        return ()
+
+    def llm_signal_layers(self, plan: Plan) -> tuple[int, ...]:
+        """Decoder layers whose queries/keys are captured during prefill (default: the layer before each cut)."""
+        return tuple(layer - 1 for layer in plan.llm)
+
+    def select_vision(self, view: "VisionView", keep: int) -> Selection:
+        raise NotImplementedError(f"{self.name} has no vision stage")
+
+    def select_llm(self, view: "LayerView", keep: int) -> Selection:
+        raise NotImplementedError(f"{self.name} has no LLM stage")
+
+    # -- description --------------------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} if dataclasses.is_dataclass(self) else {}
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{self.name}({args})"
+
+
+class VisionStagePruner(PruningMethod):
+    """A method that prunes once, between the vision encoder and the LLM: budget = tokens entering the LLM."""
+
+    stages = ("vision",)
+
+    def plan(self, budget: int, ctx: PlanContext) -> Plan:
+        return ctx.plan(vision=budget)
+
+
+class SingleCutLLMPruner(PruningMethod):
+    """A method that prunes once inside the LLM, before decoder layer ``layer`` (FastV-style).
+
+    ``final`` mode keeps ``budget`` tokens from layer K on. ``average`` mode solves
+    (K * N + (L - K) * keep) / L = budget for keep; a budget below K * N / L is infeasible.
+    """
+
+    stages = ("llm",)
+    position_policy = "original"
+    layer: int = 2
+
+    def plan(self, budget: int, ctx: PlanContext) -> Plan:
+        cut = self.layer
+        if not 1 <= cut < ctx.num_layers:
+            raise InfeasibleBudget(f"{self.name}: layer={cut} must lie in 1..{ctx.num_layers - 1} for a {ctx.num_layers}-layer LLM")
+        return ctx.plan(llm={cut: solve_single_cut(budget, ctx, cut, self.name)})
+
+
+def solve_single_cut(budget: int, ctx: PlanContext, cut: int, name: str = "method", before: int | None = None) -> int:
+    """Keep count after a cut at layer ``cut`` so that the plan meets ``budget`` under ``ctx.mode``.
+
+    ``before``: visual tokens entering the LLM (default: all). Average mode rounds to the nearest integer.
+    """
+    before = ctx.num_visual if before is None else before
+    if ctx.mode == "final":
+        return budget
+    keep = (budget * ctx.num_layers - cut * before) / (ctx.num_layers - cut)
+    if keep < 1:
+        lowest = math.ceil((cut * before + (ctx.num_layers - cut)) / ctx.num_layers)
+        raise InfeasibleBudget(
+            f"{name} prunes at layer {cut} of {ctx.num_layers}: layers 0..{cut - 1} see all {before} visual tokens, "
+            f"so the layer average cannot go below {lowest}; use a budget >= {lowest} or --budget-mode final"
+        )
+    return min(before, round(keep))
+
+
+def check_budget(budget: Any, num_visual: int) -> int:
+    """Validate a user-supplied budget against the input's visual tokens."""
+    if isinstance(budget, bool) or not isinstance(budget, (int,)) and not (isinstance(budget, float) and budget.is_integer()):
+        raise BudgetError(f"budget must be a positive integer number of visual tokens, got {budget!r}")
+    budget = int(budget)
+    if budget <= 0:
+        raise BudgetError(f"budget must be a positive integer number of visual tokens, got {budget}")
+    if budget > num_visual:
+        raise BudgetError(
+            f"budget {budget} exceeds the {num_visual} visual tokens of this input; choose a budget <= {num_visual}"
+        )
+    return budget
+
+
+def check_plan_meets_budget(plan: Plan, budget: int, mode: BudgetMode, name: str) -> None:
+    """The budget contract: a plan whose token count misses the budget is infeasible, never silently altered."""
+    plan.validate()
+    if mode == "final":
+        if plan.final_tokens != budget:
+            raise InfeasibleBudget(f"{name}: plan ends with {plan.final_tokens} visual tokens, budget is {budget} (final mode)")
+    else:
+        # Average mode can only be met up to integer rounding of the per-stage counts.
+        tolerance = 0.5 + len(plan.llm) + (plan.vision is not None)
+        if abs(plan.average_tokens - budget) > tolerance:
+            raise InfeasibleBudget(
+                f"{name}: plan averages {plan.average_tokens:.1f} visual tokens per layer, budget is {budget} (average mode)"
+            )

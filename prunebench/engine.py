@@ -1,0 +1,459 @@
+"""The mechanics every method shares: vision stage, LLM-stage hooks, positions, masks, KV cache, timings.
+
+``Pruner(adapter, method, budget)`` is a context manager bound to one model instance. On entry it routes the
+model's attention through the capturing wrapper (:mod:`prunebench.attention`) and registers a forward
+pre-hook on each decoder layer; on exit (also on an exception) it removes every hook and restores the
+attention implementation, leaving the model exactly as it was.
+
+One ``generate`` call:
+
+1. the adapter runs the vision tower, capturing q/k only at the ViT layers the method asked for;
+2. ``method.plan`` maps the budget to per-stage keep counts, checked against the budget contract;
+3. vision stage: ``method.select_vision`` picks tokens (plus merged ones); only those are projected;
+4. the adapter assembles the shortened LLM input (embeddings, 2-D mask, position ids per policy);
+5. ``model.generate`` runs; at each LLM stage K the pre-hook of layer K builds a :class:`LayerView` from
+   the hidden states and layer K-1's captured q/k, calls ``method.select_llm``, and gathers hidden states,
+   (cos, sin), position ids and any 4-D mask. Layers >= K therefore cache only the kept tokens, while
+   positions stay in the unpruned prompt's coordinates, so decoding continues at the right RoPE index.
+   During decoding the hooks re-index a materialised mask's key axis to each layer's cached tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from prunebench.adapters.base import Batch, LLMInputs, ModelAdapter
+from prunebench.attention import Captured, attention_probe, capture
+from prunebench.core import (
+    BudgetMode,
+    Plan,
+    PlanContext,
+    PruneBenchError,
+    PruningMethod,
+    Selection,
+    SelectionError,
+    check_budget,
+    check_plan_meets_budget,
+)
+from prunebench.views import LayerView, sample_generators
+
+
+@dataclass
+class Stats:
+    """What one ``generate`` call measured."""
+
+    plan: Plan
+    tokens_per_layer: list[int]  # visual tokens each decoder layer saw during prefill (measured)
+    kv_lengths: list[int] = field(default_factory=list)  # cached tokens per layer after prefill (measured)
+    kv_bytes: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    kept: dict[str, torch.Tensor] = field(default_factory=dict)
+    prompt_tokens: int = 0  # LLM input length after the vision stage (padding included)
+    text_tokens: int = 0
+
+    @property
+    def final_tokens(self) -> int:
+        return self.tokens_per_layer[-1]
+
+    @property
+    def average_tokens(self) -> float:
+        return sum(self.tokens_per_layer) / len(self.tokens_per_layer)
+
+
+@dataclass
+class GenerationOutput:
+    tokens: torch.Tensor  # (B, T) generated tokens only
+    texts: list[str]
+    stats: Stats
+    logits: tuple[torch.Tensor, ...] | None = None  # per step (B, V), when requested
+    llm_inputs: LLMInputs | None = None
+
+
+class _StepClock(StoppingCriteria):
+    """Records the time each generated token becomes available (never stops generation)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        _sync(self.device)
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class _Cut:
+    keep_local: torch.Tensor  # (B, L_out) positions kept, in the sequence entering this layer
+    keep_abs: torch.Tensor  # (B, L_out) the same tokens, in LLM-input (prompt) coordinates
+    in_len: int  # prompt-part length entering this layer
+
+
+@dataclass
+class _State:
+    plan: Plan
+    llm_inputs: LLMInputs
+    generators: list[torch.Generator]
+    prompt_len: int
+    num_text: int
+    visual_index: torch.Tensor
+    valid: torch.Tensor
+    abs_index: torch.Tensor
+    tokens_per_layer: list[int]
+    captured: dict[int, Captured] = field(default_factory=dict)
+    cuts: dict[int, _Cut] = field(default_factory=dict)
+    kept: dict[str, torch.Tensor] = field(default_factory=dict)
+    prefilled: bool = False
+    first_pass: bool = False
+    decoding: bool = False
+    extra: int = 0
+    select_s: float = 0.0
+    gathered: dict[str, Any] | None = None
+
+
+class Pruner:
+    """Apply ``method`` at ``budget`` to ``adapter``'s model; use as a context manager."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        method: PruningMethod,
+        budget: int | None,
+        budget_mode: BudgetMode = "average",
+        seed: int = 0,
+    ):
+        if budget_mode not in ("average", "final"):
+            raise PruneBenchError(f"budget mode must be 'average' or 'final', got {budget_mode!r}")
+        self.adapter = adapter
+        self.method = method
+        self.budget = budget
+        self.budget_mode = budget_mode
+        self.seed = seed
+        self._stack: contextlib.ExitStack | None = None
+        self._state: _State | None = None
+        self._num_layers = len(adapter.decoder_layers())
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def __enter__(self) -> "Pruner":
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(attention_probe(self.adapter.model))
+            for index, layer in enumerate(self.adapter.decoder_layers()):
+                handle = layer.register_forward_pre_hook(self._make_hook(index), with_kwargs=True)
+                stack.callback(handle.remove)
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._state = None
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    # -- planning --------------------------------------------------------------------------------------------
+    def plan_for(self, num_visual: int) -> Plan:
+        """The checked plan for an input with ``num_visual`` visual tokens (None budget: keep everything)."""
+        ctx = PlanContext(num_visual, self._num_layers, self.budget_mode)
+        if self.budget is None:
+            return ctx.plan()
+        budget = check_budget(self.budget, num_visual)
+        plan = self.method.plan(budget, ctx)
+        check_plan_meets_budget(plan, budget, self.budget_mode, self.method.name)
+        return plan
+
+    # -- generation ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, batch: Batch, max_new_tokens: int = 16, output_logits: bool = False, **generate_kwargs: Any) -> GenerationOutput:
+        if self._stack is None:
+            raise RuntimeError("use the Pruner as a context manager: `with Pruner(...) as pruner:`")
+        adapter, method = self.adapter, self.method
+        device = adapter.device
+        timings: dict[str, float] = {}
+
+        _sync(device)
+        start = time.perf_counter()
+        capture_layers = method.vision_layers(adapter.num_vision_layers, adapter.feature_layer) if "vision" in method.stages else ()
+        view = adapter.encode(batch, capture_layers)
+        view.generators = sample_generators(self.seed, batch.ids)
+        _sync(device)
+        timings["vision_ms"] = (time.perf_counter() - start) * 1e3
+
+        plan = self.plan_for(view.num_tokens)
+        select_start = time.perf_counter()
+        visual, kept, vision_keep = self._vision_stage(view, plan)
+        _sync(device)
+        vision_select_s = time.perf_counter() - select_start
+        llm_inputs = adapter.assemble(batch, visual, kept, self._position_policy())
+
+        num_visual_in = llm_inputs.visual_index.shape[1]
+        prompt_len = llm_inputs.inputs_embeds.shape[1]
+        state = _State(
+            plan=plan,
+            llm_inputs=llm_inputs,
+            generators=view.generators,
+            prompt_len=prompt_len,
+            num_text=prompt_len - num_visual_in,
+            visual_index=llm_inputs.visual_index,
+            valid=llm_inputs.attention_mask.bool(),
+            abs_index=torch.arange(prompt_len, device=device).expand(len(batch.samples), -1),
+            tokens_per_layer=[0] * self._num_layers,
+        )
+        if vision_keep is not None:
+            state.kept["vision"] = vision_keep
+        self._state = state
+        requests = {adapter.decoder_attention(layer): _store(state.captured, layer) for layer in method.llm_signal_layers(plan)}
+
+        clock = _StepClock(device)
+        criteria = StoppingCriteriaList([clock, *generate_kwargs.pop("stopping_criteria", [])])
+        try:
+            with capture(requests):
+                _sync(device)
+                gen_start = time.perf_counter()
+                out = adapter.model.generate(
+                    inputs_embeds=llm_inputs.inputs_embeds,
+                    attention_mask=llm_inputs.attention_mask,
+                    position_ids=llm_inputs.position_ids,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    stopping_criteria=criteria,
+                    return_dict_in_generate=True,
+                    output_logits=output_logits,
+                    **generate_kwargs,
+                )
+        finally:
+            state.captured.clear()
+            self._frozen = state
+            self._state = None
+
+        steps = out.sequences.shape[1]
+        timings["select_ms"] = (vision_select_s + state.select_s) * 1e3
+        if clock.times:
+            timings["prefill_ms"] = (clock.times[0] - gen_start) * 1e3
+            timings["decode_ms_per_token"] = ((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1) * 1e3) if len(clock.times) > 1 else 0.0
+            timings["generate_ms"] = (clock.times[-1] - gen_start) * 1e3
+            timings["total_ms"] = (clock.times[-1] - start) * 1e3
+        stats = Stats(plan=plan, tokens_per_layer=list(state.tokens_per_layer), timings_ms=timings, kept=dict(state.kept),
+                      prompt_tokens=prompt_len, text_tokens=state.num_text)
+        cache = getattr(out, "past_key_values", None)
+        if cache is not None:
+            stats.kv_lengths, stats.kv_bytes = _cache_after_prefill(cache, steps)
+        return GenerationOutput(out.sequences, adapter.decode(out.sequences), stats, getattr(out, "logits", None), llm_inputs)
+
+    @torch.inference_mode()
+    def recompute(self, generated: torch.Tensor) -> torch.Tensor:
+        """Greedy logits of the last ``generate`` recomputed without a KV cache on the same kept tokens.
+
+        Each step runs the whole sequence (prompt + tokens so far) through the hooked model, replaying the
+        recorded selections; returns (steps, B, V). The conformance kit compares it with cached generation.
+        """
+        frozen = getattr(self, "_frozen", None)
+        if frozen is None:
+            raise RuntimeError("call generate() first")
+        llm = frozen.llm_inputs
+        embed = self.adapter.model.get_input_embeddings()
+        bsz = generated.shape[0]
+        all_logits = []
+        for step in range(generated.shape[1]):
+            new = generated[:, :step]
+            embeds = torch.cat([llm.inputs_embeds, embed(new).to(llm.inputs_embeds.dtype)], dim=1)
+            mask = torch.cat([llm.attention_mask, torch.ones(bsz, step, dtype=llm.attention_mask.dtype, device=new.device)], dim=1)
+            last = llm.position_ids[..., -1:]
+            positions = torch.cat([llm.position_ids, last + 1 + torch.arange(step, device=new.device)], dim=-1)
+            frozen.prefilled, frozen.first_pass = True, False
+            self._state = frozen
+            try:
+                out = self.adapter.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+            finally:
+                self._state = None
+            all_logits.append(out.logits[:, -1].float())
+        return torch.stack(all_logits)
+
+    # -- vision stage ------------------------------------------------------------------------------------------
+    def _position_policy(self) -> str:
+        return getattr(self.method, "position_policy", "compact")
+
+    def _vision_stage(self, view, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Projected visual tokens entering the LLM, the original indices they are (None if merged), the keep."""
+        total = view.num_tokens
+        bsz = view.batch_size
+        if plan.vision is None or plan.vision == total:
+            # A stage that keeps every token is the unpruned model, whatever the method would merge.
+            kept = torch.arange(total, device=view.features.device).expand(bsz, -1)
+            return view.projected, kept, (kept if "vision" in self.method.stages else None)
+        selection = self.method.select_vision(view, plan.vision)
+        selection.validate(bsz, total, plan.vision, f"{self.method.name} vision stage")
+        keep = selection.keep.long()
+        if "projected" in view.__dict__:  # the method already projected everything: reuse it
+            visual = _gather_rows(view.projected, keep)
+        else:
+            visual = self.adapter.project(_gather_rows(view.features, keep))
+        parts = [self.adapter.project(t) for t in (selection.prepend,) if t is not None]
+        parts.append(visual)
+        parts += [self.adapter.project(t) for t in (selection.append,) if t is not None]
+        merged = len(parts) > 1
+        return torch.cat(parts, dim=1), (None if merged else keep), keep
+
+    # -- LLM stages ------------------------------------------------------------------------------------------------
+    def _make_hook(self, index: int):
+        def hook(module, args, kwargs):
+            state = self._state
+            if state is None:
+                return None
+            return self._on_layer(index, state, args, kwargs)
+
+        return hook
+
+    def _on_layer(self, index: int, state: _State, args: tuple, kwargs: dict):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if index == 0:
+            state.decoding = hidden.shape[1] == 1 and state.prefilled
+            if not state.decoding:
+                state.first_pass = not state.prefilled
+                state.prefilled = True
+                state.extra = hidden.shape[1] - state.prompt_len
+                state.gathered = None
+                if state.extra < 0:
+                    raise RuntimeError(f"sequence of {hidden.shape[1]} tokens is shorter than the {state.prompt_len}-token prompt")
+        if state.decoding:
+            return self._on_decode(index, state, args, kwargs)
+        if index in state.plan.llm:
+            if state.first_pass:
+                self._select_at(index, state, hidden, kwargs)
+            hidden, kwargs = self._apply_cut(index, state, hidden, kwargs)
+            args = (hidden, *args[1:]) if args else args
+            if not args:
+                kwargs["hidden_states"] = hidden
+        elif state.gathered is not None:
+            kwargs.update(state.gathered)
+        if state.first_pass:
+            state.tokens_per_layer[index] = hidden.shape[1] - state.num_text
+        return args, kwargs
+
+    def _select_at(self, index: int, state: _State, hidden: torch.Tensor, kwargs: dict) -> None:
+        keep = state.plan.llm[index]
+        visual_index = state.visual_index
+        bsz, length = hidden.shape[:2]
+        start = time.perf_counter()
+        if keep < visual_index.shape[1]:
+            view = LayerView(
+                layer=index,
+                hidden_states=hidden,
+                visual_index=visual_index,
+                valid=state.valid,
+                position_ids=kwargs.get("position_ids"),
+                captured=state.captured.get(index - 1),
+                generators=state.generators,
+            )
+            selection = self.method.select_llm(view, keep)
+            if selection.prepend is not None or selection.append is not None:
+                raise SelectionError(f"{self.method.name} layer {index}: merged tokens are only supported at the vision stage")
+            selection.validate(bsz, visual_index.shape[1], keep, f"{self.method.name} layer {index}")
+            chosen = selection.keep.long()
+        else:
+            chosen = torch.arange(keep, device=hidden.device).expand(bsz, -1)
+        state.kept[f"layer{index}"] = chosen
+        retain = torch.ones(bsz, length, dtype=torch.bool, device=hidden.device)
+        retain.scatter_(1, visual_index, False)
+        retain.scatter_(1, visual_index.gather(1, chosen), True)
+        keep_local = torch.arange(length, device=hidden.device).expand(bsz, -1)[retain].view(bsz, -1)
+        state.cuts[index] = _Cut(keep_local, state.abs_index.gather(1, keep_local), length)
+        state.abs_index = state.cuts[index].keep_abs
+        state.visual_index = torch.searchsorted(keep_local, visual_index.gather(1, chosen))
+        state.valid = state.valid.gather(1, keep_local)
+        _sync(hidden.device)
+        state.select_s += time.perf_counter() - start
+
+    def _apply_cut(self, index: int, state: _State, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, dict]:
+        cut = state.cuts[index]
+        local, absolute = cut.keep_local, cut.keep_abs
+        if state.extra:
+            bsz = local.shape[0]
+            local = torch.cat([local, torch.arange(cut.in_len, cut.in_len + state.extra, device=local.device).expand(bsz, -1)], 1)
+            absolute = torch.cat([absolute, torch.arange(state.prompt_len, state.prompt_len + state.extra, device=local.device).expand(bsz, -1)], 1)
+        hidden = _gather_rows(hidden, local)
+        gathered: dict[str, Any] = {}
+        cos, sin = kwargs["position_embeddings"]
+        gathered["position_embeddings"] = (_gather_rows(cos, absolute), _gather_rows(sin, absolute))
+        if kwargs.get("position_ids") is not None:
+            gathered["position_ids"] = _gather_last(kwargs["position_ids"], absolute)
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            # every layer receives the model's original (full-length) mask: index it in prompt coordinates
+            mask = _expand_batch(mask, absolute.shape[0])
+            mask = mask.gather(2, absolute[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[3]))
+            mask = mask.gather(3, absolute[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1))
+            gathered["attention_mask"] = mask
+        state.gathered = gathered
+        kwargs.update(gathered)
+        return hidden, kwargs
+
+    def _on_decode(self, index: int, state: _State, args: tuple, kwargs: dict):
+        first_cut = min(state.plan.llm) if state.plan.llm else None
+        if first_cut is None or index < first_cut:
+            return None
+        mask = kwargs.get("attention_mask")
+        if not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+            return None
+        cut_layer = max(k for k in state.plan.llm if k <= index)
+        keep_abs = state.cuts[cut_layer].keep_abs
+        kv_len = mask.shape[-1]
+        bsz = keep_abs.shape[0]
+        index_kv = torch.cat([keep_abs, torch.arange(state.prompt_len, kv_len, device=keep_abs.device).expand(bsz, -1)], 1)
+        mask = _expand_batch(mask, bsz)
+        kwargs["attention_mask"] = mask.gather(3, index_kv[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1))
+        return args, kwargs
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B|1, L, D) gathered along dim 1 with index (B, L')."""
+    x = _expand_batch(x, index.shape[0])
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _gather_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Position ids (B, L) or (R, B, L) gathered along the last dim with index (B, L')."""
+    if x.dim() == 2:
+        return _expand_batch(x, index.shape[0]).gather(1, index)
+    x = x.expand(x.shape[0], index.shape[0], x.shape[-1])
+    return x.gather(2, index[None].expand(x.shape[0], -1, -1))
+
+
+def _expand_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    return x.expand(batch, *x.shape[1:]) if x.shape[0] == 1 and batch > 1 else x
+
+
+def _store(target: dict[int, Captured], layer: int):
+    def callback(cap: Captured) -> None:
+        target.setdefault(layer, cap)
+
+    return callback
+
+
+def _cache_after_prefill(cache: Any, steps: int) -> tuple[list[int], int]:
+    """Per-layer cached tokens after prefill and the bytes they take, measured from the cache tensors."""
+    lengths, total = [], 0
+    for layer in getattr(cache, "layers", []):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or keys.dim() < 3:
+            lengths.append(0)
+            continue
+        length = keys.shape[-2]
+        prefill = length - (steps - 1)
+        lengths.append(prefill)
+        per_token = (keys.numel() * keys.element_size() + values.numel() * values.element_size()) / max(length, 1)
+        total += int(round(per_token * prefill))
+    return lengths, total

@@ -1,0 +1,167 @@
+"""What a method's ``select`` sees: a :class:`VisionView` at the vision stage, a :class:`LayerView` in the LLM.
+
+Signals are computed lazily and cached: a method that never asks for [CLS] attention never pays for it.
+Attention signals come from queries/keys captured from the model's own kernel call (see
+:mod:`prunebench.attention`), so they equal eager attention without running it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from prunebench.attention import Captured
+
+HeadReduce = Literal["mean", "sum", "none"]
+
+
+def _reduce_heads(attn: torch.Tensor, heads: HeadReduce) -> torch.Tensor:
+    if heads == "mean":
+        return attn.mean(1)
+    if heads == "sum":
+        return attn.sum(1)
+    return attn
+
+
+def sample_generators(seed: int, sample_ids: Sequence[str]) -> list[torch.Generator]:
+    """One generator per sample, seeded from (seed, sample id): batching never changes a sample's draws."""
+    gens = []
+    for sid in sample_ids:
+        g = torch.Generator()
+        g.manual_seed((seed * 1_000_003 + zlib.crc32(str(sid).encode())) % (2**63))
+        gens.append(g)
+    return gens
+
+
+@dataclass
+class _SeededView:
+    generators: list[torch.Generator] = field(default_factory=list, repr=False)
+
+    def rand(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(B, n) uniform numbers, row b drawn from sample b's own seeded generator."""
+        return torch.stack([torch.rand(n, generator=g) for g in self.generators]).to(device)
+
+
+@dataclass
+class VisionView(_SeededView):
+    """The vision encoder's output for a batch of images, one row per image.
+
+    ``features``: (B, N, D_v) patch features of the selected ViT layer, before the projector, [CLS] removed.
+    ``cls_feature``: (B, D_v) [CLS] feature of the same layer, or None for towers without one (Qwen2.5-VL).
+    ``grid``: (rows, cols) of the N patches in raster order.
+    ``feature_layer``: 0-based ViT encoder layer whose output ``features`` is.
+    """
+
+    features: torch.Tensor = None  # type: ignore[assignment]
+    cls_feature: torch.Tensor | None = None
+    grid: tuple[int, int] = (0, 0)
+    feature_layer: int = -1
+    num_vision_layers: int = 0
+    projector: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    captured: dict[int, Captured] = field(default_factory=dict, repr=False)
+    has_cls: bool = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.features.shape[1]
+
+    @cached_property
+    def projected(self) -> torch.Tensor:
+        """(B, N, D_llm): the patch features after the multimodal projector (what enters the LLM)."""
+        return self.projector(self.features)
+
+    def _capture(self, layer: int | None) -> Captured:
+        layer = self.feature_layer if layer is None else (layer % self.num_vision_layers)
+        if layer not in self.captured:
+            raise KeyError(
+                f"ViT layer {layer} was not captured; the method must list it in vision_layers() (captured: {sorted(self.captured)})"
+            )
+        return self.captured[layer]
+
+    def cls_attention(self, layer: int | None = None, heads: HeadReduce = "mean") -> torch.Tensor:
+        """Attention from [CLS] to each patch at ViT layer ``layer`` (default: the feature layer), fp32.
+
+        Softmax over all keys ([CLS] included), then the patch columns: (B, N), or (B, H, N) with heads="none".
+        """
+        if not self.has_cls:
+            raise ValueError("this vision tower has no [CLS] token; use received_attention() instead")
+        cap = self._capture(layer)
+        rows = torch.zeros(self.batch_size, 1, dtype=torch.long, device=cap.query.device)
+        probs = cap.probabilities(rows)[:, :, 0, 1:]
+        return _reduce_heads(probs, heads)
+
+    def received_attention(self, layer: int | None = None) -> torch.Tensor:
+        """Attention each patch receives at ViT layer ``layer``, mean over heads and all queries: (B, N), fp32."""
+        cap = self._capture(layer)
+        received = cap.received()
+        return received[:, 1:] if self.has_cls else received
+
+    def keys(self, layer: int | None = None, include_cls: bool = False) -> torch.Tensor:
+        """Head-mean keys of ViT layer ``layer`` (B, N(+1), d_head): VisionZip's merging metric."""
+        keys = self._capture(layer).key.mean(1)
+        if self.has_cls and not include_cls:
+            keys = keys[:, 1:]
+        return keys
+
+
+@dataclass
+class LayerView(_SeededView):
+    """The prefill state just before decoder layer ``layer`` prunes.
+
+    ``hidden_states``: (B, L, D) input of layer ``layer`` (output of layer ``layer - 1``).
+    ``visual_index``: (B, n) positions in this sequence of the visual tokens still present.
+    ``valid``: (B, L) False for padding.
+    ``captured``: queries/keys of layer ``layer - 1`` (its attention produced these hidden states).
+    """
+
+    layer: int = 0
+    hidden_states: torch.Tensor = None  # type: ignore[assignment]
+    visual_index: torch.Tensor = None  # type: ignore[assignment]
+    valid: torch.Tensor = None  # type: ignore[assignment]
+    position_ids: torch.Tensor | None = None
+    captured: Captured | None = field(default=None, repr=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden_states.shape[0]
+
+    @property
+    def num_visual(self) -> int:
+        return self.visual_index.shape[1]
+
+    @property
+    def last_index(self) -> torch.Tensor:
+        """(B, 1) position of the last prompt token (prompts are left-padded, so always L - 1)."""
+        return torch.full((self.batch_size, 1), self.hidden_states.shape[1] - 1, dtype=torch.long, device=self.hidden_states.device)
+
+    def text_after_visual(self) -> torch.Tensor:
+        """(B, r) positions of the prompt tokens after the last visual token (the question and template)."""
+        length = self.hidden_states.shape[1]
+        start = int(self.visual_index.max(dim=1).values.min()) + 1
+        return torch.arange(start, length, device=self.hidden_states.device).expand(self.batch_size, -1)
+
+    def attention(self, rows: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of query rows ``rows`` (B, r) of layer ``layer - 1``: (B, H, r, L), fp32."""
+        if self.captured is None:
+            raise RuntimeError("no attention was captured for this stage")
+        return self.captured.probabilities(rows)
+
+    def attention_to_visual(self, rows: torch.Tensor, heads: HeadReduce = "mean") -> torch.Tensor:
+        """Attention from query rows (B, r) to the visual tokens: (B, r, n) (or (B, H, r, n) with heads="none")."""
+        probs = self.attention(rows)
+        index = self.visual_index[:, None, None, :].expand(*probs.shape[:3], -1)
+        return _reduce_heads(probs.gather(3, index), heads)
+
+    def keys(self) -> torch.Tensor:
+        """Post-RoPE keys of layer ``layer - 1`` (B, H_kv, L, d_head)."""
+        if self.captured is None:
+            raise RuntimeError("no keys were captured for this stage")
+        return self.captured.key
