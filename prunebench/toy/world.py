@@ -257,7 +257,7 @@ def test_split(name: str = "test", per_family: int = TEST_PER_FAMILY) -> list[di
     """The fixed split ``name`` ("test" or "val"): ``per_family`` samples per family, in family order.
 
     Regenerated deterministically from fixed seeds (a few ms); the lmms-eval suite ships the same
-    parameters as JSONL (``suites/shapes/data``), and the tests check both against a fixed hash.
+    parameters as JSONL (``suites/shapes/test_<family>.jsonl``), and the tests check both against a fixed hash.
     """
     return [json.loads(line) for line in _cached_split(name, per_family)]
 
