@@ -1,2 +1,34 @@
-"""prunebench: vision-token pruning methods for VLMs behind one hook interface."""
+"""prunebench: vision-token pruning methods for VLMs behind one hook interface.
+
+Public API::
+
+    from prunebench import register_method, list_methods, create_method      # registry (timm-style)
+    from prunebench import PruningMethod, VisionStagePruner, SingleCutLLMPruner, Selection, Plan, top_k
+    from prunebench import Pruner, load_model                                 # run a method on a model
+"""
+
 __version__ = "0.1.0"
+
+from prunebench.core import (  # noqa: E402
+    BudgetError,
+    InfeasibleBudget,
+    Plan,
+    PlanContext,
+    PruneBenchError,
+    PruningMethod,
+    Selection,
+    SelectionError,
+    SingleCutLLMPruner,
+    VisionStagePruner,
+    solve_single_cut,
+    top_k,
+)
+from prunebench.engine import Pruner  # noqa: E402
+from prunebench.models import load_model  # noqa: E402
+from prunebench.registry import create_method, list_methods, register_method  # noqa: E402
+
+__all__ = [
+    "BudgetError", "InfeasibleBudget", "Plan", "PlanContext", "PruneBenchError", "PruningMethod", "Pruner",
+    "Selection", "SelectionError", "SingleCutLLMPruner", "VisionStagePruner", "create_method", "list_methods",
+    "load_model", "register_method", "solve_single_cut", "top_k",
+]

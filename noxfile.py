@@ -1,0 +1,48 @@
+"""nox sessions: each builds its own virtual environment from a bare Python 3.11 + pip.
+
+    nox -s demo     install, then sweep 3 methods x 3 budgets on the built-in toy model and shapes suite
+    nox -s tests    install, then run the test suite (what CI runs, through .ci/run)
+    nox -s bench    install, then run the pytest-benchmark micro-benchmarks
+
+CPU installs go through constraints-cpu.txt, which pins torch to the CPU build; torchvision is never
+installed (on CPU only its CUDA build is reachable, and it breaks transformers). lmms-eval declares
+torchvision and ~50 heavy packages, so it is installed with --no-deps plus the `eval` extra.
+"""
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+CONSTRAINTS = "constraints-cpu.txt"
+LMMS_EVAL = "lmms-eval==0.7.3"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def install(session: nox.Session, extras: str) -> None:
+    session.install("-c", CONSTRAINTS, "torch==2.13.0")
+    session.install("-c", CONSTRAINTS, "-e", f".[{extras}]")
+    session.install("--no-deps", LMMS_EVAL)
+    if session.run("python", "-c", "import importlib.util as u; print(bool(u.find_spec('torchvision')))", silent=True).strip() == "True":
+        session.error("torchvision is installed in this environment; it breaks transformers on CPU: uninstall it")
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    install(session, "eval,test")
+    session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    install(session, "eval")
+    args = session.posargs or ["--methods", "learnpruner,vispruner,fastv", "--budgets", "32,64,128", "--output", "results/demo"]
+    session.run("prunebench", "run", *args, env=OFFLINE)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    install(session, "eval,test")
+    session.run("pytest", "tests/benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds", *session.posargs,
+                env={**OFFLINE, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})

@@ -1,0 +1,152 @@
+"""The hook interface, budget contract, selection checks and registry (issue 2)."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from prunebench.core import (
+    BudgetError,
+    InfeasibleBudget,
+    Plan,
+    PlanContext,
+    Selection,
+    SelectionError,
+    VisionStagePruner,
+    check_budget,
+    check_plan_meets_budget,
+    solve_single_cut,
+)
+from prunebench.engine import Pruner
+from prunebench.registry import UnknownMethodError, create_method, list_methods, method_info, register_method, _REGISTRY
+
+
+# -- budget contract -----------------------------------------------------------------------------------------
+def test_plan_counts_tokens_per_layer():
+    plan = Plan(num_visual=576, num_layers=4, vision=128, llm={2: 32})
+    assert plan.tokens_per_layer() == [128, 128, 32, 32]
+    assert plan.final_tokens == 32 and plan.average_tokens == 80
+
+
+def test_single_cut_average_mode_solves_the_layer_average():
+    ctx = PlanContext(num_visual=576, num_layers=32, mode="average")
+    keep = solve_single_cut(192, ctx, cut=2)
+    plan = ctx.plan(llm={2: keep})
+    assert keep == round((192 * 32 - 2 * 576) / 30) == 166
+    assert abs(plan.average_tokens - 192) < 0.5
+
+
+def test_single_cut_average_mode_reports_unreachable_budgets():
+    ctx = PlanContext(num_visual=576, num_layers=32, mode="average")
+    with pytest.raises(InfeasibleBudget, match="cannot go below 37"):
+        solve_single_cut(32, ctx, cut=2)  # FastV at K=2 cannot average 32 tokens (DESIGN.md)
+
+
+def test_single_cut_final_mode_keeps_the_budget():
+    assert solve_single_cut(32, PlanContext(576, 32, "final"), cut=2) == 32
+
+
+def test_plan_that_misses_its_budget_is_infeasible():
+    with pytest.raises(InfeasibleBudget):
+        check_plan_meets_budget(Plan(576, 4, vision=100), 64, "final", "m")
+    with pytest.raises(InfeasibleBudget):
+        check_plan_meets_budget(Plan(576, 4, llm={2: 64}), 64, "average", "m")  # averages 320
+    check_plan_meets_budget(Plan(576, 4, llm={2: 64}), 64, "final", "m")
+
+
+@pytest.mark.parametrize("budget", [0, -3, 2.5, "64", True, None])
+def test_bad_budgets_are_rejected_with_the_fix(budget):
+    with pytest.raises(BudgetError, match="positive integer"):
+        check_budget(budget, 576)
+
+
+def test_budget_above_visual_tokens_names_the_limit():
+    with pytest.raises(BudgetError, match="exceeds the 576 visual tokens.*<= 576"):
+        check_budget(700, 576)
+    assert check_budget(576, 576) == 576
+
+
+# -- selections ---------------------------------------------------------------------------------------------------
+def test_selection_validation_catches_wrong_count_range_and_order():
+    good = Selection(torch.tensor([[0, 5, 9]]))
+    good.validate(1, 10, 3, "m")
+    with pytest.raises(SelectionError, match="plan keeps 4"):
+        good.validate(1, 10, 4, "m")
+    with pytest.raises(SelectionError, match=r"\[0, 8\)"):
+        good.validate(1, 8, 3, "m")
+    with pytest.raises(SelectionError, match="ascending"):
+        Selection(torch.tensor([[5, 0, 9]])).validate(1, 10, 3, "m")
+    with pytest.raises(SelectionError, match="ascending"):
+        Selection(torch.tensor([[1, 1, 9]])).validate(1, 10, 3, "m")
+    merged = Selection(torch.tensor([[1, 2]]), append=torch.zeros(1, 2, 8))
+    merged.validate(1, 10, 4, "m")
+
+
+@dataclasses.dataclass
+class _WrongCount(VisionStagePruner):
+    def select_vision(self, view, keep):
+        return Selection(torch.arange(keep + 1).expand(view.batch_size, -1))
+
+
+@dataclasses.dataclass
+class _OutOfRange(VisionStagePruner):
+    def select_vision(self, view, keep):
+        return Selection(torch.arange(view.num_tokens - keep + 5, view.num_tokens + 5).expand(view.batch_size, -1))
+
+
+@pytest.mark.parametrize("cls, message", [(_WrongCount, "plan keeps 16 tokens but the selection holds 17"), (_OutOfRange, "indices must lie in")])
+def test_engine_checks_every_selection(tiny_llava, samples, cls, message):
+    method = register_method(f"test-{cls.__name__.lower()}")(cls)()
+    try:
+        with Pruner(tiny_llava, method, 16) as pruner, pytest.raises(SelectionError, match=message):
+            pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=1)
+    finally:
+        _REGISTRY.pop(method.name)
+
+
+def test_engine_rejects_budget_above_the_image(tiny_llava, samples):
+    with Pruner(tiny_llava, create_method("random"), 1000) as pruner, pytest.raises(BudgetError, match="exceeds the 576"):
+        pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=1)
+
+
+def test_fastv_keeps_original_positions_and_random_renumbers(tiny_llava, samples):
+    batch = tiny_llava.prepare(samples[:1])
+    with Pruner(tiny_llava, create_method("random"), 16) as pruner:
+        compact = pruner.generate(batch, max_new_tokens=1).llm_inputs.position_ids
+    assert torch.equal(compact[0], torch.arange(compact.shape[1]))
+    with Pruner(tiny_llava, create_method("random", position_policy="original"), 16) as pruner:
+        out = pruner.generate(batch, max_new_tokens=1)
+    original = out.llm_inputs.position_ids[0]
+    kept = out.stats.kept["vision"][0]
+    start = int((batch.input_ids[0] == tiny_llava.image_token_id).nonzero()[0])
+    assert torch.equal(original[start:start + 16], start + kept)  # gaps where tokens were dropped
+    assert int(original[-1]) == batch.input_ids.shape[1] - 1  # decoding continues at the unpruned length
+
+
+# -- registry -----------------------------------------------------------------------------------------------------
+def test_builtins_are_registered_and_listed_by_pattern():
+    assert {"random", "fastv", "visionzip"} <= set(list_methods())
+    assert list_methods("fast*") == ["fastv"] + [m for m in list_methods("fast*") if m != "fastv"]
+    info = method_info("visionzip")
+    assert info["stages"] == ["vision"] and "CVPR 2025" in info["paper"]
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(UnknownMethodError, match="unknown method 'fastvv'; known methods: .*fastv.*random"):
+        create_method("fastvv")
+
+
+def test_create_method_overrides_and_coerces_cli_strings():
+    method = create_method("fastv", layer="3", query="mean")
+    assert method.layer == 3 and method.query == "mean"
+    with pytest.raises(Exception, match="no parameter"):
+        create_method("fastv", k=3)
+    with pytest.raises(Exception, match="should be a int"):
+        create_method("fastv", layer="three")
+
+
+def test_per_model_defaults_apply_under_cli_overrides():
+    from prunebench.models.defaults import resolve_method
+
+    assert resolve_method("fastv", "tiny-llava", "llava").layer == 2
+    assert resolve_method("fastv", "tiny-llava", "llava", layer=1).layer == 1

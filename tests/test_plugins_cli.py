@@ -1,0 +1,101 @@
+"""Plugins through the `prunebench.methods` entry-point group, and the CLI's errors and exit codes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from prunebench.cli import main
+
+PLUGIN = "pb_throwaway_plugin"
+
+
+def _prunebench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prunebench.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    """Build and pip-install a throw-away plugin package into this very environment; uninstall afterwards."""
+    root: Path = tmp_path_factory.mktemp("plugin")
+    (root / PLUGIN).mkdir()
+    (root / PLUGIN / "__init__.py").write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from prunebench.core import Selection, VisionStagePruner
+
+        @dataclass
+        class KeepFirst(VisionStagePruner):
+            """Keeps the first tokens in raster order (a throw-away test plugin)."""
+            offset: int = 0
+            signals = ("raster order",)
+            paper = "throw-away plugin"
+
+            def select_vision(self, view, keep):
+                import torch
+                return Selection(torch.arange(self.offset, self.offset + keep).expand(view.batch_size, -1))
+
+        @dataclass
+        class KeepOutside(KeepFirst):
+            """A broken plugin: its indices run past the last visual token."""
+            offset: int = 600
+    '''))
+    (root / "pyproject.toml").write_text(textwrap.dedent(f'''
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{PLUGIN}"
+        version = "0.0.1"
+        [project.entry-points."prunebench.methods"]
+        keepfirst = "{PLUGIN}:KeepFirst"
+        keepoutside = "{PLUGIN}:KeepOutside"
+        [tool.setuptools]
+        packages = ["{PLUGIN}"]
+    '''))
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(root)]
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    yield "keepfirst"
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", PLUGIN], capture_output=True, timeout=300)
+
+
+def test_plugin_is_listed_with_its_origin(installed_plugin):
+    result = _prunebench("list", installed_plugin, "--json")
+    assert result.returncode == 0, result.stderr
+    (info,) = json.loads(result.stdout)
+    assert info["name"] == "keepfirst" and info["stages"] == ["vision"] and "plugin" in info["origin"]
+    assert info["defaults"] == {"offset": 0}
+
+
+def test_plugin_passes_the_conformance_kit(installed_plugin):
+    result = _prunebench("check", installed_plugin, "--checks", "noop,token_contract,cache,batch,hygiene")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("PASS") == 5 and "keepfirst" in result.stdout
+
+
+def test_check_fails_and_names_property_and_method(installed_plugin):
+    result = _prunebench("check", "keepoutside", "--checks", "noop,token_contract")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "PASS noop" in result.stdout  # keeping everything never calls select
+    assert "keepoutside on tiny-llava: property 'token_contract' failed" in result.stdout
+    assert "indices must lie in [0, 576)" in result.stdout
+
+
+def test_unknown_method_exits_nonzero_with_known_names(capsys):
+    assert main(["check", "nosuchmethod"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nosuchmethod'" in err and "fastv" in err
+
+
+def test_unknown_check_is_an_error(capsys):
+    assert main(["check", "random", "--checks", "noop,speed"]) == 2
+    assert "unknown check(s) ['speed']" in capsys.readouterr().err
+
+
+def test_help_teaches_by_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "prunebench run --methods" in out and "check" in out
