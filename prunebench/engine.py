@@ -41,7 +41,7 @@ from prunebench.core import (
     check_budget,
     check_plan_meets_budget,
 )
-from prunebench.views import LayerView, sample_generators
+from prunebench.views import LayerView, RecycledSelection, sample_generators
 
 
 @dataclass
@@ -98,6 +98,9 @@ class _Cut:
     keep_local: torch.Tensor  # (B, L_out) positions kept, in the sequence entering this layer
     keep_abs: torch.Tensor  # (B, L_out) the same tokens, in LLM-input (prompt) coordinates
     in_len: int  # prompt-part length entering this layer
+    visual_local: torch.Tensor | None = None  # (B, k) kept visual tokens' positions after the cut (recycling only)
+    values: torch.Tensor | None = None  # (B, k, D) new hidden states of recycled tokens
+    replace: torch.Tensor | None = None  # (B, k) bool: which kept visual tokens take ``values``
 
 
 @dataclass
@@ -120,6 +123,7 @@ class _State:
     extra: int = 0
     select_s: float = 0.0
     gathered: dict[str, Any] | None = None
+    input_embeds: torch.Tensor | None = None  # layer-0 input of the first prefill pass (LayerView.input_embeds)
 
 
 class Pruner:
@@ -189,6 +193,7 @@ class Pruner:
         capture_layers = method.vision_layers(adapter.num_vision_layers, adapter.feature_layer) if "vision" in method.stages else ()
         view = adapter.encode(batch, capture_layers)
         view.generators = sample_generators(self.seed, batch.ids)
+        view.model_name = adapter.name
         _sync(device)
         timings["vision_ms"] = (time.perf_counter() - start) * 1e3
 
@@ -330,6 +335,8 @@ class Pruner:
                     raise RuntimeError(f"sequence of {hidden.shape[1]} tokens is shorter than the {state.prompt_len}-token prompt")
         if state.decoding:
             return self._on_decode(index, state, args, kwargs)
+        if index == 0 and state.first_pass:
+            state.input_embeds = hidden
         if index in state.plan.llm:
             if state.first_pass:
                 self._select_at(index, state, hidden, kwargs)
@@ -348,21 +355,36 @@ class Pruner:
         visual_index = state.visual_index
         bsz, length = hidden.shape[:2]
         start = time.perf_counter()
+        recycled = None
         if keep < visual_index.shape[1]:
+            # kwargs hold the model's full-length position tables; index them to the tokens still present
+            positions = kwargs.get("position_ids")
+            cos, sin = kwargs["position_embeddings"]
             view = LayerView(
                 layer=index,
                 hidden_states=hidden,
                 visual_index=visual_index,
                 valid=state.valid,
-                position_ids=kwargs.get("position_ids"),
+                position_ids=None if positions is None else _gather_last(positions, state.abs_index),
                 captured=state.captured.get(index - 1),
                 generators=state.generators,
+                position_embeddings=(_gather_rows(cos, state.abs_index), _gather_rows(sin, state.abs_index)),
+                input_embeds=state.input_embeds,
+                input_visual_index=state.llm_inputs.visual_index,
             )
             selection = self.method.select_llm(view, keep)
             if selection.prepend is not None or selection.append is not None:
-                raise SelectionError(f"{self.method.name} layer {index}: merged tokens are only supported at the vision stage")
+                raise SelectionError(
+                    f"{self.method.name} layer {index}: an LLM stage cannot add tokens; return a RecycledSelection "
+                    "that gives kept slots new hidden states instead"
+                )
             selection.validate(bsz, visual_index.shape[1], keep, f"{self.method.name} layer {index}")
             chosen = selection.keep.long()
+            if isinstance(selection, RecycledSelection) and selection.values is not None:
+                replace = selection.replace if selection.replace is not None else torch.ones_like(chosen, dtype=torch.bool)
+                if selection.values.shape[:2] != chosen.shape or replace.shape != chosen.shape:
+                    raise SelectionError(f"{self.method.name} layer {index}: values must be (B, k, D) and replace (B, k) like keep")
+                recycled = (selection.values.detach(), replace.bool())
         else:
             chosen = torch.arange(keep, device=hidden.device).expand(bsz, -1)
         state.kept[f"layer{index}"] = chosen
@@ -373,6 +395,9 @@ class Pruner:
         state.cuts[index] = _Cut(keep_local, state.abs_index.gather(1, keep_local), length)
         state.abs_index = state.cuts[index].keep_abs
         state.visual_index = torch.searchsorted(keep_local, visual_index.gather(1, chosen))
+        if recycled is not None:
+            cut = state.cuts[index]
+            cut.visual_local, (cut.values, cut.replace) = state.visual_index, recycled
         state.valid = state.valid.gather(1, keep_local)
         _sync(hidden.device)
         state.select_s += time.perf_counter() - start
@@ -385,6 +410,10 @@ class Pruner:
             local = torch.cat([local, torch.arange(cut.in_len, cut.in_len + state.extra, device=local.device).expand(bsz, -1)], 1)
             absolute = torch.cat([absolute, torch.arange(state.prompt_len, state.prompt_len + state.extra, device=local.device).expand(bsz, -1)], 1)
         hidden = _gather_rows(hidden, local)
+        if cut.values is not None:  # recycled tokens take their new hidden states (same in replays: stored)
+            slots = cut.visual_local[..., None].expand(-1, -1, hidden.shape[-1])
+            new = torch.where(cut.replace[..., None], cut.values.to(hidden.dtype), hidden.gather(1, slots))
+            hidden = hidden.scatter(1, slots, new)
         gathered: dict[str, Any] = {}
         cos, sin = kwargs["position_embeddings"]
         gathered["position_embeddings"] = (_gather_rows(cos, absolute), _gather_rows(sin, absolute))

@@ -15,6 +15,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from prunebench.attention import Captured
+from prunebench.core import Selection
 
 HeadReduce = Literal["mean", "sum", "none"]
 
@@ -64,6 +65,7 @@ class VisionView(_SeededView):
     projector: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     captured: dict[int, Captured] = field(default_factory=dict, repr=False)
     has_cls: bool = True
+    model_name: str = ""  # the adapter's name (e.g. "toy-llava"): methods with per-model assets (LearnPruner's LPM)
 
     @property
     def batch_size(self) -> int:
@@ -128,6 +130,12 @@ class LayerView(_SeededView):
     valid: torch.Tensor = None  # type: ignore[assignment]
     position_ids: torch.Tensor | None = None
     captured: Captured | None = field(default=None, repr=False)
+    # (cos, sin) RoPE tables of this sequence's tokens, (B, L, d_head) each (SparseVLM v2's RoPE correction)
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    # the LLM's prefill input (layer-0 hidden states) before any LLM stage, and where its visual tokens were:
+    # signals defined on the input embeddings (SparseVLM's text raters) stay fixed for the whole prefill
+    input_embeds: torch.Tensor | None = field(default=None, repr=False)
+    input_visual_index: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -148,6 +156,17 @@ class LayerView(_SeededView):
         start = int(self.visual_index.max(dim=1).values.min()) + 1
         return torch.arange(start, length, device=self.hidden_states.device).expand(self.batch_size, -1)
 
+    def text_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows (B, r) of the prompt tokens after each sample's last visual token, and a (B, r) validity mask.
+
+        With left padding the visual span ends at a different position per sample; rows run from the earliest
+        end in the batch to L - 1 and ``valid`` marks, per sample, the rows that are really after its image, so
+        a masked mean over rows gives every sample the same value alone and in a batch.
+        """
+        rows = self.text_after_visual()
+        last = self.visual_index.max(dim=1, keepdim=True).values
+        return rows, rows > last
+
     def attention(self, rows: torch.Tensor) -> torch.Tensor:
         """Attention probabilities of query rows ``rows`` (B, r) of layer ``layer - 1``: (B, H, r, L), fp32."""
         if self.captured is None:
@@ -165,3 +184,16 @@ class LayerView(_SeededView):
         if self.captured is None:
             raise RuntimeError("no keys were captured for this stage")
         return self.captured.key
+
+
+@dataclass
+class RecycledSelection(Selection):
+    """An LLM-stage selection some of whose kept tokens carry new hidden states (recycled / merged tokens).
+
+    ``values``: (B, k) rows aligned with ``keep``; where ``replace`` (B, k) is True the kept token enters layer K
+    with ``values`` instead of its own hidden state (SparseVLM's recycled cluster means, placed in the slot of
+    their cluster centre). The token keeps that slot's position id and its KV-cache entry in later layers.
+    """
+
+    values: torch.Tensor | None = None  # (B, k, D)
+    replace: torch.Tensor | None = None  # (B, k) bool

@@ -1,0 +1,303 @@
+"""SparseVLM: text-guided, training-free pruning of visual tokens inside the LLM at several layers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, top_k
+from prunebench.registry import register_method
+from prunebench.views import LayerView, RecycledSelection
+
+# The authors' schedules for LLaVA-1.5-7B (576 visual tokens, 32 layers): tokens kept by top-k at the pruning
+# layers {2, 6, 15}, per budget (methods-1.md §2.4; v1.5 = branch v1.5, v2.0 = main with USE_VERSION=2_0).
+SCHEDULES: dict[str, dict[int, tuple[int, int, int]]] = {
+    "1.5": {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)},
+    "2.0": {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)},
+}
+REFERENCE_TOKENS = 576
+PAPER_LAYERS = (2, 6, 15)
+REFERENCE_DEPTH = 32
+
+
+def _schedule_shape(version: str, budget_576: float) -> list[float]:
+    """Keep fractions (of N) of the paper schedule at ``budget_576`` (budget rescaled to 576 tokens).
+
+    Between the published budgets the fractions are interpolated linearly; outside [64, 192] the nearest
+    published schedule's shape is used.
+    """
+    table = SCHEDULES[version]
+    budgets = sorted(table)
+    b = min(max(budget_576, budgets[0]), budgets[-1])
+    for lo, hi in zip(budgets, budgets[1:]):
+        if lo <= b <= hi:
+            t = (b - lo) / (hi - lo)
+            return [((1 - t) * x + t * y) / REFERENCE_TOKENS for x, y in zip(table[lo], table[hi])]
+    return [x / REFERENCE_TOKENS for x in table[budgets[0]]]
+
+
+def dpc_knn(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TCFormer-style density-peak clustering (SparseVLM's ``DPC_KNN``), batched.
+
+    x: (B, n, C) fp32; noise: (B, n) uniform numbers (the original's unseeded ``torch.rand``, here seeded per
+    sample). Returns (centres (B, c) indices into n, assignment (B, n) cluster ids in 0..c-1).
+    """
+    bsz, n, dim = x.shape
+    dist = torch.cdist(x, x) / math.sqrt(dim)
+    knn = dist.topk(min(clusters, n), dim=-1, largest=False).values  # includes the token itself
+    density = (-(knn**2).mean(-1)).exp() + noise * 1e-6
+    higher = density[:, None, :] > density[:, :, None]  # [i, j]: j is denser than i
+    far = dist.flatten(1).max(dim=1).values[:, None, None]
+    delta = torch.where(higher, dist, far).min(dim=-1).values
+    centres = (delta * density).topk(clusters, dim=-1).indices  # (B, c)
+    to_centre = dist.gather(2, centres[:, None, :].expand(-1, n, -1))  # (B, n, c)
+    assign = to_centre.argmin(dim=-1)
+    assign.scatter_(1, centres, torch.arange(clusters, device=x.device).expand(bsz, -1))
+    return centres, assign
+
+
+@register_method("sparsevlm")
+@dataclass
+class SparseVLM(PruningMethod):
+    """SparseVLM (Zhang et al., "SparseVLM: Visual Token Sparsification for Efficient VLM Inference",
+    arXiv 2410.04417, ICML 2025; methods-1.md §2). ``version="2.0"`` (default) = "SparseVLM+" (main branch,
+    ``USE_VERSION=2_0``); ``version="1.5"`` = the ICML branch. v1 (rank-based counts, per-benchmark
+    scale/bias) is not offered: its token count is data-dependent, which no fixed budget can express.
+
+    Algorithm (both versions):
+      1. text raters, once per prefill, from the LLM input embeddings E: S = V·Tᵀ between the visual tokens V
+         and all tokens T after the image; p = softmax over T, mean over V; raters = {t : p_t > mean(p)};
+      2. at each pruning layer ℓ in ``layers`` (0-based; the layer runs on the full sequence and its
+         *output* is pruned, i.e. the harness's LLM stage before layer ℓ+1 reading layer ℓ's q/k):
+         A = softmax attention of layer ℓ from the rater rows to the visual tokens, fp32, from captured q/k;
+         v2.0: A ← A / R with R[i, j] = q1ᵢ·k1ⱼ/√d, q1 = k1 = all-ones vectors rotated by RoPE at the tokens'
+         position ids (computed from the model's own cos/sin tables), then keep the ``heads`` heads with the
+         largest Σ A over raters × visual (14 in the code); v1.5: all heads;
+         rel = mean over kept heads and raters; keep the top tokens in original order;
+      3. v1.5 recycling: of the pruned tokens, the n1 = int(0.3·pruned)+1 with the highest rel are clustered
+         by density-peak k-NN (c = int(n1/10)+1 clusters, on the layer-ℓ output hidden states) and each
+         cluster's mean becomes one token (merged tokens count as visual tokens and can be pruned later).
+
+    Budget (DESIGN.md contract): the paper's "192/128/64" are layer-averaged counts *after* each layer's own
+    pruning (issue #24: 192.03); prunebench counts the tokens each layer *sees* (the authors' schedules
+    average 206.75 for "192" that way). ``plan`` therefore keeps the *shape* of the authors' schedule for the
+    budget (interpolated between the published budgets, as fractions of N) and scales it so that, in average
+    mode, the layer average of visual tokens meets the budget; in final mode the last stage keeps exactly the
+    budget and earlier stages keep the schedule's ratios to it. The schedules were written for 32 layers at
+    {2, 6, 15}; other depths take their pruning layers from the per-model defaults table.
+
+    Deviations, each deliberate:
+      * positions: both versions keep the kept tokens' original (gapped) position ids, as v2.0 does; v1.5's
+        per-layer renumbering (decode positions = each layer's own cache length) is not reproduced;
+      * recycling (v1.5, ``recycle="inplace"``): a merged token takes the slot of its cluster centre (a pruned
+        token, revived with the cluster mean) instead of being appended after the kept tokens, so it has the
+        centre's position id and the harness never adds tokens inside the LLM; ``recycle="none"`` switches
+        recycling off (what v2.0 does);
+      * scores in fp32 from captured q/k instead of the original fp16 materialised softmax; per-sample raters
+        and scores (the originals read batch element 0); the clustering noise is seeded per sample;
+      * v2.0's division by R can divide by values near 0 or below 0 (R is a sum of cosines);
+        ``rope_correction="divide"`` reproduces it, ``"clamp"`` divides by max(R, ``rope_floor``),
+        ``"none"`` skips the correction (and the head selection uses the plain attention).
+    """
+
+    version: str = "2.0"
+    layers: Sequence[int] | str = "auto"  # "auto": PAPER_LAYERS, scaled by depth/32 where they do not fit
+    heads: int = 14
+    recycle: str = "auto"  # "auto": inplace for v1.5, none for v2.0
+    rope_correction: str = "divide"
+    rope_floor: float = 1e-3
+    recycle_share: float = 0.3
+    cluster_share: float = 0.1
+
+    signals = ("LLM input embeddings (text raters)", "LLM attention rater rows -> visual at each pruning layer")
+    position_policy = "original"
+    paper = "Zhang et al., ICML 2025 (arXiv 2410.04417); v2.0 = SparseVLM+ (main branch)"
+    citation = "zhang2025sparsevlm"
+    stages = ("llm",)
+
+    def __post_init__(self) -> None:
+        self.version = str(self.version)
+        if self.version not in SCHEDULES:
+            raise PruneBenchError(f"sparsevlm version must be '2.0' (SparseVLM+) or '1.5' (ICML), got {self.version!r}")
+        if self.recycle not in ("auto", "inplace", "none"):
+            raise PruneBenchError(f"sparsevlm recycle must be 'auto', 'inplace' or 'none', got {self.recycle!r}")
+        if self.rope_correction not in ("divide", "clamp", "none"):
+            raise PruneBenchError(f"sparsevlm rope_correction must be 'divide', 'clamp' or 'none', got {self.rope_correction!r}")
+        if isinstance(self.layers, str) and self.layers != "auto":
+            self.layers = tuple(int(x) for x in self.layers.replace(" ", "").split(",") if x)
+        if self.layers != "auto":
+            self.layers = tuple(int(x) for x in self.layers)
+            if not self.layers or list(self.layers) != sorted(set(self.layers)) or self.layers[0] < 0:
+                raise PruneBenchError(f"sparsevlm layers must be increasing 0-based layer indices, got {self.layers}")
+
+    # -- budget -------------------------------------------------------------------------------------------
+    @property
+    def recycling(self) -> bool:
+        return self.recycle == "inplace" or (self.recycle == "auto" and self.version == "1.5")
+
+    def pruning_layers(self, num_layers: int) -> tuple[int, ...]:
+        """The 0-based layers whose outputs are pruned: ``layers``, or for "auto" the paper's (2, 6, 15) where
+        they fit (any LLM of 17+ layers, e.g. Qwen2.5-VL's 28) and otherwise the same depth fractions
+        (layer·L/32, made distinct), e.g. (0, 1, 2) for a 4-layer LLM."""
+        if self.layers != "auto":
+            return tuple(self.layers)
+        if PAPER_LAYERS[-1] + 1 < num_layers:
+            return PAPER_LAYERS
+        scaled: list[int] = []
+        for i, layer in enumerate(PAPER_LAYERS):
+            room = num_layers - 2 - (len(PAPER_LAYERS) - 1 - i)  # leave room for the later stages
+            scaled.append(max(min(round(layer * num_layers / REFERENCE_DEPTH), room), scaled[-1] + 1 if scaled else 0))
+        return tuple(scaled)
+
+    def cuts(self, num_layers: int) -> list[int]:
+        layers = self.pruning_layers(num_layers)
+        cuts = [layer + 1 for layer in layers]
+        if cuts[-1] >= num_layers:
+            raise InfeasibleBudget(
+                f"sparsevlm prunes the outputs of layers {list(layers)}, which needs more than {num_layers} decoder "
+                f"layers; set layers= for this model (per-model defaults: prunebench/models/method_defaults.yaml)"
+            )
+        return cuts
+
+    def plan(self, budget: int, ctx: PlanContext) -> Plan:
+        n, depth = ctx.num_visual, ctx.num_layers
+        cuts = self.cuts(depth)
+        shape = _schedule_shape(self.version, budget * REFERENCE_TOKENS / n)
+        if len(cuts) != len(shape):  # other layer counts: interpolate the schedule's fractions over the stages
+            xs = torch.linspace(0, len(shape) - 1, len(cuts)).tolist()
+            shape = [shape[int(x)] + (x - int(x)) * (shape[min(int(x) + 1, len(shape) - 1)] - shape[int(x)]) for x in xs]
+        if ctx.mode == "final":
+            counts = [min(n, max(budget, round(f / shape[-1] * budget))) for f in shape[:-1]] + [budget]
+            return ctx.plan(llm=dict(zip(cuts, counts)))
+        spans = [b - a for a, b in zip(cuts, cuts[1:] + [depth])]
+        free = budget * depth - cuts[0] * n  # token-layers left after the unpruned layers 0..cut0-1
+        if free < sum(spans):
+            lowest = math.ceil((cuts[0] * n + sum(spans)) / depth)
+            raise InfeasibleBudget(
+                f"sparsevlm prunes first before layer {cuts[0]} of {depth}: those layers see all {n} visual tokens, so "
+                f"the layer average cannot go below {lowest}; use a budget >= {lowest} or --budget-mode final"
+            )
+        counts = _scale_to(shape, spans, free, n)
+        return ctx.plan(llm=dict(zip(cuts, counts)))
+
+    # -- selection ----------------------------------------------------------------------------------------
+    def select_llm(self, view: LayerView, keep: int) -> Selection:
+        rel = self.relevance(view)
+        n = view.num_visual
+        if not self.recycling:
+            return Selection(top_k(rel, keep))
+        kept_count = self.kept_before_recycling(n, keep)
+        kept = top_k(rel, kept_count)
+        return self._recycle(view, rel, kept, keep - kept_count)
+
+    def kept_before_recycling(self, n: int, total: int) -> int:
+        """k such that k kept + c(k) merged tokens = ``total`` (c from the pruned count, as in the code)."""
+        k = total - 1
+        while k > 1 and k + self.clusters(n - k)[1] > total:
+            k -= 1
+        return k
+
+    def clusters(self, pruned: int) -> tuple[int, int]:
+        """(n1 candidates, c clusters) for ``pruned`` pruned tokens: n1 = int(0.3 p) + 1, c = int(n1/10) + 1."""
+        n1 = min(pruned, int(self.recycle_share * pruned) + 1)
+        return n1, min(n1, int(n1 * self.cluster_share) + 1)
+
+    def raters(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows (B, r) in the current sequence and a (B, r) mask of the text raters (fixed per prefill)."""
+        embeds, vis_index = view.input_embeds, view.input_visual_index
+        if embeds is None or vis_index is None:
+            raise PruneBenchError("sparsevlm needs the LLM input embeddings in the LayerView (prunebench.engine provides them)")
+        length = embeds.shape[1]
+        last = vis_index.max(dim=1, keepdim=True).values
+        rows = torch.arange(int(last.min()) + 1, length, device=embeds.device).expand(embeds.shape[0], -1)
+        valid = rows > last
+        vis = embeds.gather(1, vis_index[..., None].expand(-1, -1, embeds.shape[-1])).float()
+        text = embeds.gather(1, rows[..., None].expand(-1, -1, embeds.shape[-1])).float()
+        sim = (vis @ text.transpose(1, 2)).masked_fill(~valid[:, None, :], float("-inf"))
+        p = torch.softmax(sim, dim=-1).mean(1)  # (B, r)
+        mean = (p * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True)
+        is_rater = valid & (p > mean)
+        # text after the image is never pruned and every sequence ends at the same place: shift rows to now
+        shift = view.hidden_states.shape[1] - length
+        return (rows + shift).clamp(min=0), is_rater
+
+    def relevance(self, view: LayerView) -> torch.Tensor:
+        """(B, n) rel score of each visual token still present (mean over kept heads and raters)."""
+        rows, is_rater = self.raters(view)
+        attn = view.attention_to_visual(rows, heads="none")  # (B, H, r, n) fp32
+        weight = is_rater[:, None, :, None].to(attn.dtype)
+        if self.version == "2.0":
+            if self.rope_correction != "none":
+                attn = attn / self.rope_attention(view, rows)[:, None]
+            heads = min(self.heads, attn.shape[1])
+            mass = (attn * weight).sum(dim=(2, 3))  # (B, H)
+            top = mass.topk(heads, dim=1).indices
+            attn = attn.gather(1, top[:, :, None, None].expand(-1, -1, *attn.shape[2:]))
+        per_head = (attn * weight).sum(2) / weight.sum(2).clamp(min=1)  # mean over raters
+        return per_head.mean(1)
+
+    def rope_attention(self, view: LayerView, rows: torch.Tensor) -> torch.Tensor:
+        """R[i, j] = q1ᵢ·k1ⱼ · scaling for all-ones q/k rotated at the rows' and visual tokens' positions: (B, r, n)."""
+        if view.position_embeddings is None or view.captured is None:
+            raise PruneBenchError("sparsevlm v2.0 needs the RoPE tables and captured q/k of the scoring layer")
+        cos, sin = (t.float() for t in view.position_embeddings)
+
+        def at(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+
+        # rotate_half(ones) = (-1, .., +1, ..): the cross terms cancel, leaving Σ_d cos(Δp·θ_d)
+        r = at(cos, rows) @ at(cos, view.visual_index).transpose(1, 2) + at(sin, rows) @ at(sin, view.visual_index).transpose(1, 2)
+        r = r * view.captured.scaling
+        if self.rope_correction == "clamp":
+            r = r.clamp(min=self.rope_floor)
+        return r
+
+    def _recycle(self, view: LayerView, rel: torch.Tensor, kept: torch.Tensor, clusters: int) -> RecycledSelection:
+        bsz, n = rel.shape
+        pruned_mask = torch.ones(bsz, n, dtype=torch.bool, device=rel.device)
+        pruned_mask.scatter_(1, kept, False)
+        pruned = n - kept.shape[1]
+        n1, c = self.clusters(pruned)
+        if c != clusters:
+            raise PruneBenchError(f"sparsevlm recycling: expected {clusters} clusters, the rule gives {c}")
+        # top-n1 pruned tokens by rel (descending, as the code orders them)
+        cand = rel.masked_fill(~pruned_mask, float("-inf")).topk(n1, dim=1).indices  # (B, n1) into visual
+        hidden = view.hidden_states.gather(1, view.visual_index[..., None].expand(-1, -1, view.hidden_states.shape[-1]))
+        feats = hidden.gather(1, cand[..., None].expand(-1, -1, hidden.shape[-1])).float()
+        centres, assign = dpc_knn(feats, c, view.rand(n1, device=rel.device))
+        sums = torch.zeros(bsz, c, feats.shape[-1], device=feats.device).scatter_add_(1, assign[..., None].expand(-1, -1, feats.shape[-1]), feats)
+        counts = torch.zeros(bsz, c, device=feats.device).scatter_add_(1, assign, torch.ones_like(feats[..., 0]))
+        merged = sums / (counts[..., None] + 1e-6)
+        centre_index = cand.gather(1, centres)  # (B, c) into visual
+        indices = torch.cat([kept, centre_index], dim=1)
+        order = indices.argsort(dim=1)
+        values = torch.cat([hidden.gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1])), merged.to(hidden.dtype)], dim=1)
+        replace = torch.cat([torch.zeros_like(kept, dtype=torch.bool), torch.ones_like(centre_index, dtype=torch.bool)], dim=1)
+        return RecycledSelection(
+            indices.gather(1, order),
+            values=values.gather(1, order[..., None].expand(-1, -1, values.shape[-1])),
+            replace=replace.gather(1, order),
+        )
+
+
+def _scale_to(shape: Sequence[float], spans: Sequence[int], free: float, n: int) -> list[int]:
+    """Counts k_i = α·f_i·n (capped to [1, n], non-increasing) with Σ span_i·k_i ≈ ``free``."""
+    capped = [False] * len(shape)
+    for _ in range(len(shape) + 1):
+        fixed = sum(s * (n if c else 0) for s, c in zip(spans, capped))
+        weight = sum(s * f * n for s, f, c in zip(spans, shape, capped) if not c)
+        alpha = (free - fixed) / weight if weight else 0.0
+        new = [c or alpha * f * n > n for f, c in zip(shape, capped)]
+        if new == capped:
+            break
+        capped = new
+    counts = [n if c else max(1, round(alpha * f * n)) for f, c in zip(shape, capped)]
+    # put the rounding residual on the last stage (largest span for the paper's layers)
+    residual = free - sum(s * k for s, k in zip(spans, counts))
+    counts[-1] = max(1, min(counts[-2] if len(counts) > 1 else n, counts[-1] + round(residual / spans[-1])))
+    for i in range(1, len(counts)):
+        counts[i] = min(counts[i], counts[i - 1])
+    return counts
