@@ -1,0 +1,137 @@
+"""HiPrune: anchor tokens from a middle ViT layer, buffer tokens around them, register tokens from a deep layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
+from prunebench.registry import register_method
+from prunebench.views import VisionView
+
+BUFFER_SHAPES = ("cross", "square", "row")
+EDGES = ("clamp", "drop")
+PAPER_OBJECT_LAYER, PAPER_VIT_DEPTH = 9, 24  # 1-based object layer l of CLIP ViT-L/14-336 (24 layers)
+
+
+@register_method("hiprune")
+@dataclass
+class HiPrune(VisionStagePruner):
+    """HiPrune (Liu et al., "HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention in Vision
+    Encoders", arXiv 2508.00553, ACL 2026 Findings; methods-2.md §2), acting on the ViT output, before the LLM.
+
+    Algorithm (``Danielement321/HiPrune`` @6e83a12, ``llava_arch.py``), budget B = tokens entering the LLM:
+      1. score of a patch at a ViT layer = attention it receives, mean over heads and over all query rows
+         ([CLS] row included, [CLS] key dropped): ``view.received_attention``, computed in query chunks from
+         the captured q/k, never as an eager attention pass;
+      2. anchors: the ``round(B * alpha / 5)`` (Python round) top patches at the object layer (the paper's
+         l = 9 of CLIP-L's 24 layers, 0-based 8; a "middle" layer; ``object_layer=-1`` scales it to other
+         depths as l = round(9 L / 24), 1-based: 0-based 0 for a 3-layer ViT, 1 for 4 layers);
+      3. buffers: each anchor's neighbours a-1, a+1, a-c, a+c on the c-column patch grid, **clamped** to
+         [0, N-1] as the code does (so a-1/a+1 wrap across row ends, and an anchor in the first/last row adds
+         token 0/N-1); anchors ∪ buffers is unique;
+      4. registers: the top ``B - |anchors ∪ buffers|`` other patches at the register layer (LLaVA's feature
+         layer, ``mm_vision_select_layer = -2``; the original subtracts 1 from the anchor/buffer scores so they
+         cannot win again, which is the same set);
+      5. keep all of them in original order; compact positions (LLaVA passes ``position_ids=None``).
+
+    Selectable alternatives: ``edges="drop"`` follows the paper's Eq. (5), which discards out-of-range
+    neighbours instead of clamping; ``buffer="square"`` (8 neighbours) / ``"row"`` (a±1) are the ablation's
+    shapes (Table 6c). ``register_layer`` is ``"feature"`` (the original's LLaVA rule) or a 0-based ViT layer
+    (the Qwen2.5-VL port uses the last block). ``object_layer`` is a 0-based ViT layer or -1 (scaled default);
+    ``prunebench/models/method_defaults.yaml`` records the concrete layer for the tiny and toy ViTs, and a Qwen
+    entry should set 15 (the port's block 16 of 32, a full-attention block).
+    Deviations: fp32 scores (original: fp16 means of eager attention); the budget is per sample (the LLaVA
+    code divides B by the number of images in the encoder batch, so batch > 1 would shrink it, §2.7); the grid
+    width comes from the view instead of the hard-coded 24. Multi-crop (LLaVA-NeXT): the original selects each
+    crop independently with int(B / n_crops); one VisionView row per crop reproduces it. HiPrune-Qwen2.5-VL
+    keeps original M-RoPE positions and scores 2x2 merge units; that variant belongs to the Qwen adapter.
+    """
+
+    alpha: float = 0.1
+    object_layer: int = -1  # -1 = the paper's CLIP-L layer scaled to the encoder's depth (8 of 24)
+    register_layer: str = "feature"
+    buffer: str = "cross"
+    edges: str = "clamp"
+
+    signals = ("ViT received attention (object layer)", "ViT received attention (register layer)")
+    paper = "Liu et al., ACL 2026 Findings (arXiv 2508.00553)"
+    citation = "liu2025hiprune"
+
+    def __post_init__(self) -> None:
+        if self.buffer not in BUFFER_SHAPES:
+            raise PruneBenchError(f"hiprune buffer must be one of {BUFFER_SHAPES}, got {self.buffer!r}")
+        if self.edges not in EDGES:
+            raise PruneBenchError(f"hiprune edges must be 'clamp' (code) or 'drop' (paper Eq. 5), got {self.edges!r}")
+        if self.alpha < 0:
+            raise PruneBenchError(f"hiprune alpha must be >= 0, got {self.alpha}")
+        self._register_index(24, 22)  # validates the string early
+
+    # -- layers ------------------------------------------------------------------------------------------
+    def _object_index(self, num_vision_layers: int) -> int:
+        if self.object_layer == -1:
+            return max(1, round(PAPER_OBJECT_LAYER * num_vision_layers / PAPER_VIT_DEPTH)) - 1
+        if not 0 <= self.object_layer < num_vision_layers:
+            raise PruneBenchError(
+                f"hiprune object_layer={self.object_layer} does not exist in a {num_vision_layers}-layer vision encoder; "
+                f"set a middle layer for this model in prunebench/models/method_defaults.yaml or pass object_layer=N "
+                f"(0-based; -1 scales the paper's l 9 of 24 for CLIP-L to the encoder's depth)"
+            )
+        return self.object_layer
+
+    def _register_index(self, num_vision_layers: int, feature_layer: int) -> int:
+        if self.register_layer == "feature":
+            return feature_layer
+        try:
+            layer = int(self.register_layer)
+        except ValueError:
+            raise PruneBenchError(f"hiprune register_layer must be 'feature' or a 0-based ViT layer index, got {self.register_layer!r}") from None
+        if not -num_vision_layers <= layer < num_vision_layers:
+            raise PruneBenchError(f"hiprune register_layer={layer} does not exist in a {num_vision_layers}-layer vision encoder")
+        return layer % num_vision_layers
+
+    def vision_layers(self, num_vision_layers: int, feature_layer: int) -> tuple[int, ...]:
+        layers = {self._object_index(num_vision_layers), self._register_index(num_vision_layers, feature_layer)}
+        return tuple(sorted(layers))
+
+    # -- selection ----------------------------------------------------------------------------------------
+    def num_anchors(self, keep: int) -> int:
+        return round(keep * self.alpha / 5)
+
+    def offsets(self, columns: int) -> list[int]:
+        if self.buffer == "row":
+            return [-1, 1]
+        cross = [-1, 1, -columns, columns]
+        if self.buffer == "cross":
+            return cross
+        return cross + [-columns - 1, -columns + 1, columns - 1, columns + 1]
+
+    def select_vision(self, view: VisionView, keep: int) -> Selection:
+        object_scores = view.received_attention(self._object_index(view.num_vision_layers))
+        register_scores = view.received_attention(self._register_index(view.num_vision_layers, view.feature_layer))
+        anchored = self.anchors_and_buffers(object_scores, keep, view.grid[1])
+        sizes = anchored.sum(dim=1)
+        if bool((sizes > keep).any()):
+            raise PruneBenchError(
+                f"hiprune: anchors and buffers hold {int(sizes.max())} tokens, more than the budget {keep}; lower alpha ({self.alpha})"
+            )
+        # anchors and buffers first (they always fit), then the best register-layer tokens for the rest
+        score = register_scores.masked_fill(anchored, float("inf"))
+        return Selection(top_k(score, keep))
+
+    def anchors_and_buffers(self, object_scores: torch.Tensor, keep: int, columns: int) -> torch.Tensor:
+        """(B, N) bool: the anchors (top object-layer scores) and their grid neighbours."""
+        bsz, num = object_scores.shape
+        anchors = object_scores.topk(min(self.num_anchors(keep), num), dim=-1).indices  # (B, a)
+        offsets = torch.tensor(self.offsets(columns), device=anchors.device)
+        neighbours = anchors[..., None] + offsets  # (B, a, s)
+        if self.edges == "clamp":
+            neighbours = neighbours.clamp(0, num - 1)
+        else:  # out-of-range neighbours are dropped: point them at their anchor, which is in the set anyway
+            inside = (neighbours >= 0) & (neighbours < num)
+            neighbours = torch.where(inside, neighbours, anchors[..., None])
+        mask = torch.zeros(bsz, num, dtype=torch.bool, device=anchors.device)
+        mask.scatter_(1, anchors, True)
+        mask.scatter_(1, neighbours.reshape(bsz, -1), True)
+        return mask
