@@ -1,0 +1,134 @@
+"""``prunebench report`` and ``prunebench plot``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prunebench.core import PruneBenchError
+
+FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex"}
+
+REPORT_EPILOG = """\
+rows: the unpruned baseline, then method x budget (failed and infeasible cells are listed, not dropped);
+columns: each task's score, RelAcc (mean of score / unpruned score, %), agreement with the unpruned answers (%),
+prefill latency (median ms), TFLOPs (measured, else analytic) and KV cache (MB).
+
+examples:
+  prunebench report results/toy                                  Markdown to the terminal
+  prunebench report results/toy --format latex -o table.tex      booktabs table, best in bold, second underlined
+  prunebench report results/toy --format md,csv,latex -o out/leaderboard
+                                                                 out/leaderboard.md, .csv and .tex
+  prunebench report results/mine results/reference               two runs in one table (rows keep their run)
+  prunebench report results/llava --with-published --published-source VisPruner
+                                                                 beside the numbers VisPruner's paper prints
+"""
+
+PLOT_EPILOG = """\
+figures (PNG and PDF, sized for a two-column paper, one colour and marker per method in every figure):
+  budget_curves      score per task and RelAcc versus budget; the unpruned model as a dotted line
+  pareto_prefill_ms  RelAcc versus prefill latency, with the Pareto front
+  pareto_tflops      RelAcc versus TFLOPs, with the Pareto front
+  pareto_kv_mb       RelAcc versus KV-cache size, with the Pareto front
+  relacc_heatmap     per-task RelAcc of every cell
+published numbers (--with-published) are drawn with hollow markers.
+
+examples:
+  prunebench plot results/toy                         figures in results/toy/plots/
+  prunebench plot results/mine results/reference -o figs --with-published
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `prunebench run` (several are combined)")
+    p.add_argument("--with-published", action="store_true",
+                   help="add the seed papers' published numbers (marked 'published: <paper> <table>'; not ranked)")
+    p.add_argument("--published-model", default="llava-1.5-7b", metavar="MODEL",
+                   help="which model's published numbers (default llava-1.5-7b; also llava-next-7b, qwen2.5-vl-7b, "
+                        "video-llava-7b, ...)")
+    p.add_argument("--published-source", metavar="TEXT",
+                   help="keep only published tables whose paper/table name contains TEXT, e.g. 'VisPruner' or 'DART'")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    r = subparsers.add_parser(
+        "report", help="leaderboard of one or more runs (Markdown, CSV, LaTeX)",
+        description="Leaderboard of finished runs: method x budget rows with accuracy, RelAcc, agreement and cost.",
+        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(r)
+    r.add_argument("--format", default="md", metavar="FMT",
+                   help="md, csv or latex, or a comma list such as md,csv,latex (default md)")
+    r.add_argument("-o", "--output", metavar="FILE",
+                   help="write here instead of the terminal; with several formats, FILE's suffix is replaced by "
+                        ".md / .csv / .tex")
+    r.add_argument("--standalone", action="store_true", help="LaTeX: a whole document (compiles with pdflatex as it is)")
+    r.add_argument("--caption", help="LaTeX caption (default: describes the columns and the bold/underline convention)")
+    r.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser(
+        "plot", help="paper figures of one or more runs (PNG and PDF)",
+        description="Budget curves, accuracy-versus-cost Pareto plots and a RelAcc heat map of finished runs.",
+        epilog=PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    p.add_argument("-o", "--output", metavar="DIR", help="folder for the figures (default: RUN/plots of the first RUN)")
+    p.add_argument("--formats", default="png,pdf", help="comma list of file formats (default png,pdf)")
+    p.set_defaults(func=cmd_plot)
+
+
+def _leaderboard(args: argparse.Namespace):
+    from prunebench.report import leaderboard
+
+    df = leaderboard(args.runs, with_published=args.with_published, published_model=args.published_model,
+                     published_source=args.published_source)
+    if df.empty:
+        raise PruneBenchError(f"no finished cells in {', '.join(args.runs)}; run `prunebench run` first "
+                              "(or check that the folder is the run folder, holding cells/)")
+    return df
+
+
+def render(df, fmt: str, *, standalone: bool = False, caption: str | None = None) -> str:
+    from prunebench.report import to_csv, to_latex, to_markdown
+
+    if fmt == "md":
+        return to_markdown(df)
+    if fmt == "csv":
+        return to_csv(df)
+    return to_latex(df, standalone=standalone, caption=caption)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise PruneBenchError(f"unknown --format {','.join(unknown) or args.format!r}; choose from md, csv, latex (comma list allowed)")
+    df = _leaderboard(args)
+    for fmt in formats:
+        text = render(df, fmt, standalone=args.standalone, caption=args.caption)
+        if args.output:
+            out = Path(args.output)
+            if len(formats) > 1 or not out.suffix:
+                out = out.with_suffix(FORMATS[fmt]) if out.suffix else out.parent / (out.name + FORMATS[fmt])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+            print(f"wrote {out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+            if len(formats) > 1:
+                sys.stdout.write("\n")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from prunebench.report.plots import plot_all
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    df = _leaderboard(args)
+    outdir = Path(args.output) if args.output else Path(args.runs[0]) / "plots"
+    paths = plot_all(df, outdir, formats=formats)
+    for path in paths:
+        print(path)
+    return 0
