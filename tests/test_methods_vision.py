@@ -1,0 +1,266 @@
+"""VisPruner / FasterVLM, DivPrune and HiPrune on hand-built inputs whose kept sets follow from the algorithms.
+
+Every VisionView here is built by hand: features, projected embeddings and captured ViT queries/keys are
+planted so that the [CLS] attention, received attention and cosine geometry are known exactly. A query that
+is ``e_0 / scale`` against keys whose first component is ``v_j`` gives attention logits ``v_j`` for every
+query row, so [CLS] attention and received attention are both ``softmax(v)`` over the keys.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunebench.attention import Captured
+from prunebench.core import PruneBenchError
+from prunebench.registry import create_method
+from prunebench.views import VisionView
+
+HEAD_DIM = 4
+
+
+def planted(logits: torch.Tensor, heads: int = 2, queries: int | None = None) -> Captured:
+    """Captured q/k of one ViT layer whose attention logits are ``logits`` (B, L) for every query row and head."""
+    bsz, length = logits.shape
+    scale = HEAD_DIM**-0.5
+    key = torch.zeros(bsz, heads, length, HEAD_DIM)
+    key[..., 0] = logits[:, None, :]
+    query = torch.zeros(bsz, heads, queries or length, HEAD_DIM)
+    query[..., 0] = 1 / scale
+    return Captured(query=query, key=key, mask=None, scaling=scale, causal=False)
+
+
+def view_of(features, grid, captured=None, projected=None, feature_layer=1, num_vision_layers=2, has_cls=True):
+    features = torch.as_tensor(features, dtype=torch.float32)
+    if features.dim() == 2:
+        features = features[None]
+    proj = (lambda x: projected) if projected is not None else (lambda x: x)
+    return VisionView(
+        features=features, cls_feature=features[:, 0], grid=grid, feature_layer=feature_layer,
+        num_vision_layers=num_vision_layers, projector=proj, captured=captured or {}, has_cls=has_cls,
+    )
+
+
+def with_cls(patch_logits: torch.Tensor, cls_logit: float = -10.0) -> torch.Tensor:
+    """Prepend the [CLS] key's logit to (B, N) patch logits."""
+    return torch.cat([torch.full((patch_logits.shape[0], 1), cls_logit), patch_logits], dim=1)
+
+
+def kept(method, view, keep):
+    selection = method.select_vision(view, keep)
+    selection.validate(view.batch_size, view.num_tokens, keep, method.name)
+    return selection.keep[0].tolist()
+
+
+# -- VisPruner / FasterVLM ----------------------------------------------------------------------------------------
+def twin_pairs_view():
+    """12 tokens on a 3x4 grid. [CLS] attention: 5 and 9 on top, then the rest in index order.
+
+    The residual (descending attention) is [0, 1, 2, 3, 4, 6, 7, 8, 10, 11]; the twin pairs (0,1), (2,3),
+    (4,6), (7,8) sit at its even/odd positions 0-7, and tokens 10 and 11 are unique (orthogonal features).
+    """
+    logits = torch.tensor([[2.0 - 0.1 * j for j in range(12)]])
+    logits[0, 5], logits[0, 9] = 5.0, 4.5
+    eye = torch.eye(8)
+    feats = torch.stack([eye[0], eye[0], eye[1], eye[1], eye[2], eye[6], eye[2], eye[3], eye[3], eye[7], eye[4], eye[5]])
+    return view_of(feats, (3, 4), {1: planted(with_cls(logits))})
+
+
+def test_vispruner_keeps_important_tokens_and_drops_planted_twins():
+    # keep 8 with ratio 0.25: important = int(2.0) = 2 -> {5, 9}; diverse = 6 of the 10 residual tokens.
+    # Round 1 (R=10, drop min(8, 10-6) = 4): A = [0, 2, 4, 7, 10], B = [1, 3, 6, 8, 11]; A's best cosine to B
+    # is 1 for the twins 0, 2, 4, 7 and 0 for 10, so those four go; the residual [10, 1, 3, 6, 8, 11] has 6.
+    # The twin that survives is the odd-position (lower-attention) one: only the even half is ever pruned.
+    method = create_method("vispruner", important_ratio=0.25)
+    assert kept(method, twin_pairs_view(), 8) == [1, 3, 5, 6, 8, 9, 10, 11]
+
+
+def test_vispruner_drops_min_of_step_and_excess_even_when_unique_tokens_go():
+    # keep 5 with ratio 0.4: important {5, 9}, diverse 3. Round 1 drops min(8, 10-3) = 7 > |A| = 5, so all of
+    # A goes, unique token 10 included (the original slices [r:] of the sorted A). Residual = B = [1, 3, 6, 8, 11]
+    # (5 > 3): round 2, A = [1, 6, 11], B = [3, 8]; their twins 0 and 4 are gone, so every redundancy is 0,
+    # the stable sort keeps A's order and drops min(8, 5-3) = 2 -> residual [11, 3, 8].
+    method = create_method("vispruner", important_ratio=0.4)
+    assert kept(method, twin_pairs_view(), 5) == [3, 5, 8, 9, 11]
+
+
+def test_vispruner_ratio_follows_the_authors_readme_per_budget():
+    method = create_method("vispruner")
+    assert method.split(128, 576) == (64, 64)
+    assert method.split(64, 576) == (48, 16)
+    assert method.split(32, 576) == (16, 16)
+    assert method.split(320, 2880) == (240, 80)  # 64 per 576-token crop
+    assert method.split(160, 2880) == (80, 80)  # README: NeXT 32 x 5 with 0.5
+    assert create_method("vispruner", important_ratio=0.6).split(100, 576) == (60, 40)
+
+
+def test_vispruner_odd_residual_bump_is_lightcompress_workaround():
+    assert create_method("vispruner", important_ratio=0.5).split(10, 31) == (5, 5)  # residual 26: even
+    assert create_method("vispruner", important_ratio=0.5).split(10, 30) == (5, 5)  # residual 25: odd, 'ceil'
+    assert create_method("vispruner", important_ratio=0.5, odd_residual="bump").split(10, 30) == (6, 4)
+
+
+def reference_vispruner(scores, feats, keep, ratio, step=8):
+    """The original's loop on Python lists, one sample (with the ceil fix for odd residuals)."""
+    n = len(scores)
+    order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
+    important = int(keep * ratio)
+    diverse = keep - important
+    residual = order[important:]
+    unit = F.normalize(feats, dim=-1)
+    sim = unit @ unit.T
+    while diverse > 0:
+        r = min(step, len(residual) - diverse)
+        if r <= 0:
+            break
+        a, b = residual[0::2], residual[1::2]
+        s = [max(float(sim[i, j]) for j in b) for i in a]
+        a = [a[i] for i in sorted(range(len(a)), key=lambda i: -s[i])][r:]
+        residual = a + b
+    return sorted(order[:important] + (residual if diverse else []))
+
+
+@pytest.mark.parametrize("num,keep,ratio", [(48, 12, 0.5), (47, 13, 0.5), (64, 9, 0.75), (40, 39, 0.5), (36, 6, 1.0)])
+def test_vispruner_vectorised_loop_equals_the_literal_loop(num, keep, ratio):
+    gen = torch.Generator().manual_seed(num + keep)
+    logits = torch.randn(2, num, generator=gen)
+    feats = torch.randn(2, num, 16, generator=gen)
+    feats[:, 1::3] = feats[:, ::3][:, : feats[:, 1::3].shape[1]]  # planted duplicates
+    view = view_of(feats, (1, num), {1: planted(with_cls(logits))})
+    method = create_method("vispruner", important_ratio=ratio)
+    got = method.select_vision(view, keep).keep
+    scores = view.cls_attention()
+    for b in range(2):
+        assert got[b].tolist() == reference_vispruner(scores[b], feats[b], keep, ratio)
+
+
+def test_fastervlm_keeps_the_planted_high_attention_region():
+    logits = torch.zeros(1, 16)
+    logits[0, [5, 6, 9, 10]] = 3.0  # a 2x2 block in the middle of a 4x4 grid
+    logits[0, 0] = 1.0
+    view = view_of(torch.randn(1, 16, 8), (4, 4), {1: planted(with_cls(logits))})
+    assert kept(create_method("fastervlm"), view, 4) == [5, 6, 9, 10]
+    assert kept(create_method("fastervlm"), view, 5) == [0, 5, 6, 9, 10]
+    assert kept(create_method("vispruner", important_ratio=1.0), view, 5) == [0, 5, 6, 9, 10]
+
+
+def test_cls_methods_refuse_towers_without_cls():
+    view = view_of(torch.randn(1, 16, 8), (4, 4), {1: planted(torch.zeros(1, 16))}, has_cls=False)
+    for name in ("vispruner", "fastervlm"):
+        with pytest.raises(PruneBenchError, match="no \\[CLS\\] token.*hiprune"):
+            create_method(name).select_vision(view, 4)
+
+
+# -- DivPrune -----------------------------------------------------------------------------------------------------
+def test_divprune_keeps_one_of_each_planted_duplicate_and_the_isolated_token():
+    # projected: t0 = t1 = (1, 0), t2 = t3 = (0, 1), t4 = (-1, 0). Nearest-other distances: 0, 0, 0, 0 and
+    # min(2, 1) = 1 for t4 -> first pick 4. Distances to {4}: 2, 2, 1, 1 -> pick 0 (first of the tie).
+    # Distances to {4, 0}: t1 0, t2 1, t3 1 -> pick 2. Kept in original order: [0, 2, 4].
+    projected = torch.tensor([[[1.0, 0], [1, 0], [0, 1], [0, 1], [-1, 0]]])
+    features = torch.ones(1, 5, 3)  # all equal: a method reading features instead of projected gets it wrong
+    view = view_of(features, (1, 5), projected=projected)
+    assert kept(create_method("divprune"), view, 3) == [0, 2, 4]
+    assert kept(create_method("divprune", repick="official"), view, 3) == [0, 2, 4]
+
+
+def test_divprune_duplicate_picks_are_masked_by_default_and_refused_when_official():
+    # t0 = t1 = t2 = (1, 0), t3 = (0, 1); keep 3. First pick 3 (the only isolated token), then 0; now every
+    # token is at distance 0 from a picked one and the unmasked argmax re-picks token 0.
+    projected = torch.tensor([[[1.0, 0], [1, 0], [1, 0], [0, 1]]])
+    view = view_of(torch.randn(1, 4, 3), (2, 2), projected=projected)
+    from prunebench.methods.divprune import max_min_diversity
+
+    assert max_min_diversity(projected, 3, mask_picked=False)[0].tolist() == [3, 0, 0]
+    assert kept(create_method("divprune"), view, 3) == [0, 1, 3]
+    with pytest.raises(PruneBenchError, match="picked a token twice.*repick='mask'"):
+        create_method("divprune", repick="official").select_vision(view, 3)
+
+
+def reference_divprune(x, k):
+    """The official recomputation: min over all picked rows at every step, first index on ties."""
+    unit = F.normalize(x, dim=-1)
+    dist = 1 - unit @ unit.T
+    isolation = dist.kthvalue(2, dim=0).values
+    picked = [int(isolation.argmax())]
+    for _ in range(1, k):
+        nearest = dist[picked].min(dim=0).values
+        picked.append(int(nearest.argmax()))
+    return sorted(picked)
+
+
+def test_divprune_incremental_greedy_equals_the_official_recomputation():
+    gen = torch.Generator().manual_seed(3)
+    projected = torch.randn(2, 50, 12, generator=gen)
+    view = view_of(torch.randn(2, 50, 4), (5, 10), projected=projected)
+    got = create_method("divprune").select_vision(view, 17).keep
+    for b in range(2):
+        assert got[b].tolist() == reference_divprune(projected[b], 17)
+    vision = create_method("divprune", space="vision").select_vision(view, 17).keep
+    assert vision[0].tolist() == reference_divprune(view.features[0], 17)
+
+
+# -- HiPrune ------------------------------------------------------------------------------------------------------
+def hiprune_view(anchor: int, rows: int = 6, cols: int = 8):
+    """Object layer 0: one planted high-attention token ``anchor``; register layer 1: attention rising with index."""
+    num = rows * cols
+    object_logits = torch.zeros(1, num)
+    object_logits[0, anchor] = 5.0
+    register_logits = 0.1 * torch.arange(num, dtype=torch.float32)[None]
+    captured = {0: planted(with_cls(object_logits)), 1: planted(with_cls(register_logits))}
+    return view_of(torch.randn(1, num, 8), (rows, cols), captured, feature_layer=1, num_vision_layers=2)
+
+
+def test_hiprune_anchor_cross_buffers_then_registers():
+    # keep 30, alpha 0.1 -> round(0.6) = 1 anchor: token 19 (row 2, col 3 of a 6x8 grid); cross buffers
+    # 18, 20, 11, 27. Registers: the 25 best other tokens at the register layer, whose score rises with the
+    # index: 47..28 (20 tokens, 27 already in), then 26, 25, 24, 23, 22. Token 21 is the first left out.
+    method = create_method("hiprune", object_layer=0)
+    expected = sorted({11, 18, 19, 20, 27} | set(range(22, 27)) | set(range(28, 48)))
+    assert kept(method, hiprune_view(19), 30) == expected
+
+
+@pytest.mark.parametrize(
+    "anchor,edges,shape,neighbourhood",
+    [
+        (2, "clamp", "cross", {0, 1, 2, 3, 10}),  # 2 - 8 = -6 is clamped to token 0 (the code)
+        (2, "drop", "cross", {1, 2, 3, 10}),  # the paper's Eq. (5) drops it
+        (8, "clamp", "cross", {0, 7, 8, 9, 16}),  # 8 - 1 = 7 wraps to the end of row 0
+        (19, "clamp", "row", {18, 19, 20}),
+        (19, "clamp", "square", {10, 11, 12, 18, 19, 20, 26, 27, 28}),
+    ],
+)
+def test_hiprune_buffer_neighbourhoods_on_the_grid(anchor, edges, shape, neighbourhood):
+    method = create_method("hiprune", object_layer=0, edges=edges, buffer=shape)
+    scores = hiprune_view(anchor).received_attention(0)
+    mask = method.anchors_and_buffers(scores, 30, columns=8)
+    assert set(mask[0].nonzero().squeeze(1).tolist()) == neighbourhood
+    # the anchor's low-scoring neighbours survive only because of the buffer rule
+    chosen = set(kept(method, hiprune_view(anchor), 30))
+    assert neighbourhood <= chosen and len(chosen) == 30
+
+
+def test_hiprune_anchor_counts_match_the_published_table():
+    method = create_method("hiprune")
+    assert [method.num_anchors(b) for b in (192, 128, 64, 32)] == [4, 3, 1, 1]
+
+
+def test_hiprune_declares_only_its_two_vit_layers():
+    method = create_method("hiprune")
+    assert method.vision_layers(24, 22) == (8, 22)  # CLIP-L: l = 9 (1-based) and the feature layer -2
+    assert method.vision_layers(3, 1) == (0, 1)  # tiny-llava
+    assert method.vision_layers(4, 2) == (1, 2)  # toy-llava
+    assert create_method("hiprune", register_layer="-1").vision_layers(32, 30) == (11, 31)
+    with pytest.raises(PruneBenchError, match="method_defaults.yaml"):
+        create_method("hiprune", object_layer=8).vision_layers(3, 1)
+
+
+def test_hiprune_reads_received_attention_not_cls_attention():
+    # [CLS] attends only to token 40 while every other query attends to the planted anchor 19: HiPrune's
+    # received attention (mean over all 49 query rows) still ranks 19 first.
+    view = hiprune_view(19)
+    cap = view.captured[0]
+    cap.key[:, :, 41, 1] = 50.0  # patch 40 is key 41
+    cap.query[:, :, 0] = 0
+    cap.query[:, :, 0, 1] = 1.0 / cap.scaling
+    assert int(view.cls_attention(0).argmax()) == 40
+    assert int(view.received_attention(0).argmax()) == 19
+    assert {11, 18, 19, 20, 27} <= set(kept(create_method("hiprune", object_layer=0), view, 30))
