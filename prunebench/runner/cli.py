@@ -1,0 +1,231 @@
+"""``prunebench run`` (sweep methods x budgets on a suite) and ``prunebench status RUN``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from prunebench.core import PruneBenchError
+
+RUN_DESCRIPTION = """\
+Sweep pruning methods x token budgets over the tasks of a suite, evaluated by lmms-eval 0.7, and record one
+result per cell (accuracy, RelAcc and agreement against the unpruned model, visual tokens per layer, prefill /
+decode latency, FLOPs, KV-cache bytes, peak memory) in a crash-safe run folder.
+
+The model is loaded once; the unpruned baseline (method 'none') is evaluated once per model, suite, limit, seed
+and preprocessing and reused by every cell and by later runs (RUN/../.baselines). Rerunning the same command
+skips finished cells, so an interrupted sweep (even kill -9) resumes where it stopped; a cell that raises is
+recorded with its traceback and the sweep goes on; a budget a method cannot meet is recorded as infeasible.
+"""
+
+RUN_EPILOG = """\
+budgets (DESIGN.md, "budget contract"):
+  --budgets counts visual tokens. --budget-mode average (default): the mean over the LLM's decoder layers of
+  the visual tokens each layer sees during prefill (equal prefill compute). --budget-mode final: the tokens
+  left after the last pruning stage. Pre-LLM methods meet both alike; an in-LLM method (FastV at layer K)
+  cannot reach every average budget and such cells are reported as infeasible, never altered.
+
+examples:
+  prunebench run                                          toy model, shapes suite, default methods and budgets
+  prunebench run --methods fastv,visionzip --budgets 64,128 --budget-mode final --method-args fastv.layer=3
+  prunebench run --model tiny-llava --tasks shapes_count --limit 10 --output results/smoke
+  prunebench run --config sweep.yaml --limit 20           YAML config, command line wins
+  prunebench status results/smoke                         finished / failed / infeasible / pending cells
+
+a config file holds the same keys as the flags (underscored): model, suite, tasks, methods, budgets,
+budget_mode, budget_scope, preprocess, method_args ({fastv: {layer: 3}}), limit, seed, batch_size, device,
+dtype, output, include_path, plugins, latency ({samples: 8, warmup: 2, new_tokens: 8}).
+
+the same pruned model from lmms-eval's own command line:
+  lmms-eval --model prunebench --model_args pretrained=toy-llava,method=fastv,budget=64,budget_mode=final \\
+      --tasks shapes --include_path <prunebench>/suites/shapes
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="sweep methods x budgets on a suite (resumable)", description=RUN_DESCRIPTION,
+                              epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("what to run")
+    what.add_argument("--config", metavar="YAML", help="sweep config (omegaconf YAML); command-line values override it")
+    what.add_argument("--model", help="model name (toy-llava [default], tiny-llava), hub id or folder")
+    what.add_argument("--suite", help="suite name (shapes [default], image, video) or path of a suite YAML")
+    what.add_argument("--tasks", help="comma-separated lmms-eval tasks replacing the suite's (e.g. shapes_count,shapes_exist)")
+    what.add_argument("--include_path", "--include-path", dest="include_path", action="append", metavar="DIR",
+                      help="extra folder of lmms-eval task YAMLs (repeatable)")
+    what.add_argument("--methods", help="comma-separated methods (see `prunebench list`); default random,fastv,visionzip")
+    what.add_argument("--budgets", help="comma-separated visual-token budgets; default 32,64,128")
+    what.add_argument("--budget-mode", "--budget_mode", dest="budget_mode", choices=("average", "final"),
+                      help="budget = layer-average visual tokens (default) or tokens after the last stage")
+    what.add_argument("--budget-scope", "--budget_scope", dest="budget_scope", choices=("image", "crop", "frame", "video"),
+                      help="what a budget counts for multi-crop / video inputs (default image; recorded)")
+    what.add_argument("--preprocess", choices=("hf", "paper"), help="image preprocessing: the model's HF processor (default) or the paper's")
+    what.add_argument("--method-args", "--method_args", dest="method_args", action="append", metavar="M.P=V",
+                      help="method parameter, e.g. fastv.layer=3 (repeatable or comma-separated)")
+    what.add_argument("--plugins", help="comma-separated Python modules to import first (they register extra methods)")
+    how = p.add_argument_group("how to run (lmms-eval names)")
+    how.add_argument("--limit", type=float, help="documents per task (an int), or a fraction < 1; default: all")
+    how.add_argument("--seed", type=int, help="seed of random methods and lmms-eval (default 0)")
+    how.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, help="evaluation batch size (default 8); latency is always timed at 1")
+    how.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
+    how.add_argument("--dtype", help="model dtype: auto (default), float32, bfloat16, float16")
+    how.add_argument("--output", "--output_path", dest="output", metavar="RUN", help="run folder (default results/<model>_<suite>_<mode>)")
+    how.add_argument("--log_samples", "--log-samples", dest="log_samples", action=argparse.BooleanOptionalAction,
+                     help="keep per-sample answers (default on; needed for agreement)")
+    how.add_argument("--latency-samples", dest="latency_samples", type=int, help="samples timed per cell (default 8)")
+    how.add_argument("--latency-warmup", dest="latency_warmup", type=int, help="warm-up calls before timing (default 2)")
+    how.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", default=None, help="do not print/write the leaderboard")
+    how.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    how.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
+    p.set_defaults(func=cmd_run)
+
+    s = subparsers.add_parser("status", help="finished, failed, infeasible and pending cells of a run",
+                              description="Show the cells of a run folder: finished, failed (with the error), infeasible (with the reason) and pending.")
+    s.add_argument("run", metavar="RUN", help="run folder (the --output of `prunebench run`)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    latency = {"samples": args.latency_samples, "warmup": args.latency_warmup}
+    return {
+        "model": args.model, "suite": args.suite, "tasks": args.tasks, "include_path": args.include_path, "methods": args.methods,
+        "budgets": args.budgets, "budget_mode": args.budget_mode, "budget_scope": args.budget_scope, "preprocess": args.preprocess,
+        "method_args": args.method_args, "plugins": args.plugins, "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
+        "device": args.device, "dtype": args.dtype, "output": args.output, "log_samples": args.log_samples,
+        "leaderboard": args.leaderboard, "latency": latency if any(v is not None for v in latency.values()) else None,
+    }
+
+
+def _quiet_lmms_eval(verbose: bool) -> None:
+    if verbose:
+        return
+    try:
+        import sys
+
+        from loguru import logger
+
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+    except ImportError:
+        pass
+    for name in ("datasets", "transformers", "lmms-eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prunebench.runner.config import resolve_config, to_yaml
+    from prunebench.runner.sweep import Sweep
+
+    config = resolve_config(args.config, overrides_from_args(args))
+    sweep = Sweep(config, progress=args.progress)
+    if args.dry_run:
+        print(to_yaml(sweep.config))
+        for cell in sweep.cells:
+            print(f"{cell.key}  {cell.label:24s} {'done' if sweep.store.is_done(cell.key) else 'pending'}  {cell.params}")
+        return 0
+    _quiet_lmms_eval(getattr(args, "verbose", 0) > 0)
+    result = sweep.run()
+    paths = write_leaderboard(sweep.store, echo=print) if config.get("leaderboard", True) else []
+    counts = status_counts(sweep.store)
+    print(f"\n{counts['done']} done, {counts['infeasible']} infeasible, {counts['failed']} failed, {counts['pending']} pending "
+          f"({len(result.computed)} computed now, {len(result.skipped)} reused)")
+    print(f"results: {sweep.store.root.resolve()}")
+    for path in paths:
+        print(f"leaderboard: {path.resolve()}")
+    return 1 if counts["failed"] else 0
+
+
+def write_leaderboard(store: Any, echo: Any = print) -> list[Path]:
+    """leaderboard.md / leaderboard.csv in the run folder (the report package's tables when installed)."""
+    from prunebench.store import atomic_write_text
+
+    try:
+        from prunebench.report import leaderboard, to_csv, to_markdown
+
+        df = leaderboard(store)
+        markdown, csv = to_markdown(df), to_csv(df)
+    except ImportError:
+        df = simple_leaderboard(list(store.records()))
+        markdown, csv = df.to_markdown(index=False) if _has_tabulate() else df.to_string(index=False), df.to_csv(index=False)
+    md_path, csv_path = store.root / "leaderboard.md", store.root / "leaderboard.csv"
+    atomic_write_text(md_path, markdown + "\n")
+    atomic_write_text(csv_path, csv)
+    echo("\n" + markdown)
+    return [md_path, csv_path]
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def simple_leaderboard(records: list[dict[str, Any]]):
+    """Rows method x budget; columns: each task, RelAcc, agreement, prefill ms, TFLOPs, KV MB (fallback table)."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"method": r.get("method"), "budget": r.get("budget") if r.get("budget") is not None else "all",
+                               "status": r.get("status")}
+        for task, entry in (r.get("tasks") or {}).items():
+            row[task] = entry.get("score")
+        row["RelAcc"] = r.get("relacc")
+        row["agreement"] = r.get("agreement")
+        row["prefill ms"] = (((r.get("latency_ms") or {}).get("prefill")) or {}).get("median")
+        row["TFLOPs"] = (r.get("flops") or {}).get("analytic_tflops")
+        row["KV MB"] = (r.get("kv_cache") or {}).get("measured_mb")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["_order"] = df["method"].ne("none")
+        df = df.sort_values(["_order", "method", "budget"], key=lambda s: s.astype(str)).drop(columns="_order")
+    return df
+
+
+def status_counts(store: Any) -> dict[str, int]:
+    report = run_status(store.root)
+    return {k: len(v) for k, v in report.items()}
+
+
+def run_status(root: str | Path) -> dict[str, list[dict[str, Any]]]:
+    from prunebench.store import ResultStore
+
+    root = Path(root)
+    store = ResultStore(root)
+    plan_path = root / "plan.json"
+    if not plan_path.exists() and not store.exists():
+        raise PruneBenchError(f"{root} is not a prunebench run folder (no plan.json or cells/); run `prunebench run --output {root}` first")
+    plan = json.loads(plan_path.read_text()) if plan_path.exists() else []
+    records = {r["key"]: r for r in store.records()}
+    out: dict[str, list[dict[str, Any]]] = {"done": [], "failed": [], "infeasible": [], "pending": []}
+    for cell in plan or [{"key": k, "label": f"{r.get('method')}@{r.get('budget')}"} for k, r in records.items()]:
+        record = records.get(cell["key"])
+        status = record.get("status") if record else "pending"
+        out.setdefault(status, []).append({**cell, "error": (record or {}).get("error"), "finished": (record or {}).get("finished")})
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = run_status(args.run)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    total = sum(len(v) for v in report.values())
+    print(f"{args.run}: {total} cells - " + ", ".join(f"{len(v)} {k}" for k, v in report.items()))
+    for status in ("done", "infeasible", "failed", "pending"):
+        for cell in report.get(status, []):
+            detail = f"  ({cell['error']})" if cell.get("error") else ""
+            print(f"  {status:10s} {cell['label']:24s} {cell['key']}{detail}")
+    return 0

@@ -1,0 +1,157 @@
+"""The sweep configuration: defaults, then a YAML file (``--config``), then command-line values on top.
+
+Example ``sweep.yaml``::
+
+    model: toy-llava
+    suite: shapes
+    methods: [random, fastv, visionzip]
+    budgets: [32, 64, 128]
+    budget_mode: average
+    method_args: {fastv: {layer: 3}}
+    limit: null
+    output: results/toy-shapes
+
+The resolved configuration is saved as ``RUN/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from prunebench.core import BUDGET_MODES, PruneBenchError
+
+BUDGET_SCOPES = ("image", "crop", "frame", "video")
+PREPROCESS = ("hf", "paper")
+
+DEFAULTS: dict[str, Any] = {
+    "model": None,  # None: prunebench.models.DEFAULT_MODEL (toy-llava)
+    "suite": "shapes",
+    "tasks": None,  # None: the suite's tasks
+    "include_path": [],  # extra lmms-eval task folders
+    "methods": ["random", "fastv", "visionzip"],
+    "budgets": [32, 64, 128],
+    "budget_mode": "average",
+    "budget_scope": "image",
+    "preprocess": "hf",
+    "method_args": {},
+    "limit": None,
+    "seed": 0,
+    "batch_size": 8,
+    "device": "cpu",
+    "dtype": "auto",
+    "output": None,  # None: results/<model>_<suite>_<budget_mode>
+    "log_samples": True,
+    "baseline_cache": None,  # None: <output parent>/.baselines
+    "plugins": [],  # modules to import (they register methods)
+    "latency": {"samples": 8, "warmup": 2, "new_tokens": 8},
+    "leaderboard": True,
+}
+
+
+def split_list(value: Any) -> list[Any]:
+    """``"a,b"`` / ``["a,b", "c"]`` / ``[a, b]`` -> ``[a, b, c]``."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    out: list[Any] = []
+    for v in value:
+        out.extend(split_list(v) if isinstance(v, str) else [v])
+    return out
+
+
+def parse_budgets(value: Any) -> list[int]:
+    budgets = []
+    for item in split_list(value):
+        try:
+            budget = int(item)
+        except (TypeError, ValueError):
+            raise PruneBenchError(f"budgets must be positive integers (visual tokens kept), got {item!r}; e.g. --budgets 32,64,128") from None
+        if budget <= 0:
+            raise PruneBenchError(f"budgets must be positive integers, got {budget}")
+        budgets.append(budget)
+    return budgets
+
+
+def parse_method_args(items: Any) -> dict[str, dict[str, Any]]:
+    """``["fastv.layer=3", "visionzip.dominant=54,visionzip.contextual=10"]`` -> ``{fastv: {layer: "3"}, ...}``."""
+    if isinstance(items, dict):
+        return {str(m): dict(v or {}) for m, v in items.items()}
+    parsed: dict[str, dict[str, Any]] = {}
+    for item in split_list(items):
+        match = re.fullmatch(r"([\w\-]+)\.(\w+)=(.*)", str(item))
+        if not match:
+            raise PruneBenchError(f"method argument {item!r} must look like METHOD.PARAM=VALUE, e.g. fastv.layer=3")
+        method, param, value = match.groups()
+        parsed.setdefault(method, {})[param] = value
+    return parsed
+
+
+def resolve_config(yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults <- YAML <- overrides (``None`` values in overrides mean "not given")."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create(DEFAULTS)
+    if yaml_path:
+        try:
+            loaded = OmegaConf.load(yaml_path)
+        except FileNotFoundError:
+            raise PruneBenchError(f"config file {yaml_path} does not exist") from None
+        unknown = sorted(set(loaded.keys()) - set(DEFAULTS))
+        if unknown:
+            raise PruneBenchError(f"{yaml_path}: unknown key(s) {unknown}; known keys: {', '.join(DEFAULTS)}")
+        config = OmegaConf.merge(config, loaded)
+    data = OmegaConf.to_container(config, resolve=True)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "method_args":
+            merged = parse_method_args(data.get("method_args") or {})
+            for method, params in parse_method_args(value).items():
+                merged.setdefault(method, {}).update(params)
+            data["method_args"] = merged
+        elif key == "latency":
+            data["latency"].update({k: v for k, v in value.items() if v is not None})
+        else:
+            data[key] = value
+    return normalise(data)
+
+
+def normalise(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    data["methods"] = [str(m) for m in split_list(data["methods"])]
+    data["budgets"] = parse_budgets(data["budgets"])
+    data["tasks"] = split_list(data["tasks"]) or None
+    data["include_path"] = split_list(data["include_path"])
+    data["plugins"] = split_list(data["plugins"])
+    data["method_args"] = parse_method_args(data.get("method_args") or {})
+    if not data["methods"]:
+        raise PruneBenchError("no methods to sweep; pass e.g. --methods random,fastv")
+    if "none" in data["methods"]:
+        data["methods"] = [m for m in data["methods"] if m != "none"]  # the baseline always runs
+    if not data["budgets"] and data["methods"]:
+        raise PruneBenchError("no budgets to sweep; pass e.g. --budgets 32,64,128")
+    if data["budget_mode"] not in BUDGET_MODES:
+        raise PruneBenchError(f"--budget-mode must be one of {', '.join(BUDGET_MODES)}, got {data['budget_mode']!r}")
+    if data["budget_scope"] not in BUDGET_SCOPES:
+        raise PruneBenchError(f"--budget-scope must be one of {', '.join(BUDGET_SCOPES)}, got {data['budget_scope']!r}")
+    if data["preprocess"] not in PREPROCESS:
+        raise PruneBenchError(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {data['preprocess']!r}")
+    if data["limit"] is not None:
+        limit = float(data["limit"])
+        data["limit"] = int(limit) if limit.is_integer() and limit >= 1 else limit
+    data["seed"] = int(data["seed"])
+    data["batch_size"] = int(data["batch_size"])
+    if data["batch_size"] < 1:
+        raise PruneBenchError("--batch_size must be >= 1")
+    stray = sorted(set(data["method_args"]) - set(data["methods"]))
+    if stray:
+        raise PruneBenchError(f"--method-args for {stray}, which are not among the swept methods {data['methods']}")
+    return data
+
+
+def to_yaml(data: dict[str, Any]) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(data))
