@@ -182,7 +182,7 @@ def lpm_loss(adapter, lpm: LearnedPruningModule, batch, answer_len: list[int], c
     ce = F.cross_entropy(adapter.model.lm_head(hidden[rows, cols]).float(), targets)
     ratio = m.mean()
     loss = ce + cfg.mask_weight * (cfg.target_ratio - ratio) ** 2
-    return loss, {"loss": float(loss), "ce": float(ce), "keep_ratio": float(ratio), "hard_ratio": float(hard.mean())}
+    return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "keep_ratio": float(ratio.detach()), "hard_ratio": float(hard.mean())}
 
 
 def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=None) -> tuple[LearnedPruningModule, list[dict[str, float]]]:
