@@ -52,6 +52,8 @@ def _method_cell(row: pd.Series) -> str:
 def _block_title(row: pd.Series) -> str:
     if row["source"] != MEASURED:
         head = f"Published: {_short_source(row['source'])}"
+        if row["method"] == BASELINE_METHOD:
+            return f"{head}, unpruned" + ("" if pd.isna(row["budget"]) else f" ({int(row['budget'])} tokens)")
         return head if pd.isna(row["budget"]) else f"{head}, {int(row['budget'])} tokens"
     if row["method"] == BASELINE_METHOD or pd.isna(row["budget"]):
         return "Unpruned"
@@ -63,7 +65,7 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:
     tasks = task_columns(df)
     value_cols = tasks + METRIC_COLUMNS
     multi_model = df["model"].nunique() > 1
-    head_cols = ["Method", "Budget"] + (["Model"] if multi_model else [])
+    head_cols = ["Method", "Budget"]  # with several models, each block's title names its model
     titles = [escape(t) for t in tasks] + [escape(COLUMN_TITLES[c]) for c in METRIC_COLUMNS]
     ncols = len(head_cols) + len(value_cols)
     rank = ranks(df)
@@ -94,8 +96,6 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:
             lines.append(f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{escape(title[2])}{model}}}}} \\\\")
             block = title
         cells = [_method_cell(row), escape(budget_text(row))]
-        if multi_model:
-            cells.append(escape(row["model"]))
         if row["status"] in ("failed", "infeasible"):
             note = row["status"]
             cells.append(f"\\multicolumn{{{len(value_cols)}}}{{c}}{{\\textit{{{note}}}}}")
