@@ -20,6 +20,7 @@ cell in flight, because nothing else is ever half-written.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 import math
@@ -141,6 +142,14 @@ def peak_memory_mb(device: Any) -> tuple[float, str]:
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated (this cell)"
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20, "process peak RSS (ru_maxrss, whole run so far)"
+
+
+@functools.lru_cache(maxsize=8)
+def cached_task_manager(include_path: tuple[str, ...] = ()) -> Any:
+    """lmms-eval's task index (a few seconds to build), shared by every sweep in this process."""
+    from lmms_eval.tasks import TaskManager
+
+    return TaskManager("WARNING", include_path=list(include_path) or None)
 
 
 # -- measurements -----------------------------------------------------------------------------------------------
@@ -319,10 +328,8 @@ class Sweep:
     @property
     def task_manager(self):
         if self._task_manager is None:
-            from lmms_eval.tasks import TaskManager
-
-            include = [*self.suite.include_path, *self.config["include_path"]]
-            self._task_manager = TaskManager("WARNING", include_path=include or None)
+            include = tuple(dict.fromkeys([*self.suite.include_path, *self.config["include_path"]]))
+            self._task_manager = cached_task_manager(include)
             missing = [t for t in self.suite.tasks if t not in self._task_manager.all_tasks]
             if missing:
                 raise PruneBenchError(f"lmms-eval does not know task(s) {missing}; check the names (`lmms-eval tasks list`) "

@@ -1,0 +1,99 @@
+"""prunebench as an lmms-eval 0.7 model: entry point, identity / response-cache isolation, batching, errors."""
+
+import pytest
+
+pytest.importorskip("lmms_eval.evaluator")
+
+from lmms_eval.caching.response_cache import ResponseCache  # noqa: E402
+from lmms_eval.evaluator import simple_evaluate  # noqa: E402
+
+from prunebench.lmms import NO_METHOD, PruneBenchLMM  # noqa: E402
+from prunebench.runner.sweep import cached_task_manager  # noqa: E402
+from prunebench.suites.shapes import TASK_DIR  # noqa: E402
+
+TASKS = ["shapes_count"]
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    return cached_task_manager((str(TASK_DIR),))
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llava):
+    return PruneBenchLMM.from_adapter(tiny_llava, pretrained="tiny-llava", batch_size=2)
+
+
+def _evaluate(lm, task_manager, **kwargs):
+    return simple_evaluate(model=lm, model_args=lm.model_args, tasks=TASKS, task_manager=task_manager, limit=3,
+                           batch_size=lm.batch_size, log_samples=True, bootstrap_iters=0, verbosity="WARNING", **kwargs)
+
+
+def _answers(results):
+    return {s["doc_id"]: s["resps"][0][0] for s in results["samples"][TASKS[0]]}
+
+
+def test_entry_point_resolves_the_model_class():
+    from lmms_eval.models import get_model
+
+    assert get_model("prunebench") is PruneBenchLMM
+    assert get_model("prunebench_llava") is PruneBenchLMM
+
+
+def test_model_args_from_the_cli_build_the_identity(tiny_llava):
+    # what `lmms-eval --model prunebench --model_args pretrained=tiny-llava,method=fastv,budget=300,fastv.layer=1` builds
+    lm = PruneBenchLMM.create_from_arg_string("pretrained=tiny-llava,method=fastv,budget=300,budget_mode=final,fastv.layer=1",
+                                              {"batch_size": 2, "device": "cpu"})
+    ident = lm.identity
+    assert ident["method"] == "fastv" and ident["budget"] == 300 and ident["budget_mode"] == "final"
+    assert ident["method_params"]["layer"] == 1 and ident["method_params"]["query"] == "last"  # every parameter, defaults included
+    assert lm.batch_size == 2
+    with pytest.raises(Exception, match="no parameter"):
+        PruneBenchLMM.from_adapter(tiny_llava, method="fastv", budget=64, bogus=1)
+
+
+def test_identity_separates_budgets_and_parameters(lm, tmp_path):
+    fingerprints = set()
+    cells = [("random", 64, None), ("random", 128, None), ("fastv", 64, {"layer": 1}), ("fastv", 64, {"layer": 2}), (NO_METHOD, None, None)]
+    for i, (method, budget, params) in enumerate(cells):
+        lm.configure(method, budget, budget_mode="final", params=params)
+        assert f"budget={budget if budget is not None else 'none'}" in lm.model_args
+        cache = ResponseCache.create(str(tmp_path / f"c{i}"), model=lm, model_args=lm.model_args)  # what simple_evaluate builds
+        fingerprints.add(cache._model_fingerprint_hash)
+        cache.close() if hasattr(cache, "close") else None
+    assert len(fingerprints) == len(cells)
+
+
+def test_response_cache_has_no_cross_talk_between_budgets(lm, task_manager, tmp_path):
+    cache = str(tmp_path / "cache")
+    lm.configure("random", 16)
+    first = _evaluate(lm, task_manager, use_cache=cache)
+    assert lm.timing["requests"] == 3
+    lm.configure("random", 500)
+    other = _evaluate(lm, task_manager, use_cache=cache)
+    assert lm.timing["requests"] == 3, "a different budget must not be answered from the cache"
+    lm.configure("random", 16)
+    again = _evaluate(lm, task_manager, use_cache=cache)
+    assert lm.timing["requests"] == 0, "the same identity is answered from the cache"
+    assert _answers(again) == _answers(first)
+    assert set(_answers(other)) == set(_answers(first))
+
+
+def test_batched_answers_equal_batch_one(lm, task_manager):
+    lm.configure("random", 64)
+    lm.batch_size_per_gpu = 3
+    batched = _answers(_evaluate(lm, task_manager))
+    lm.batch_size_per_gpu = 1
+    single = _answers(_evaluate(lm, task_manager))
+    lm.batch_size_per_gpu = 2
+    assert batched == single
+
+
+def test_loglikelihood_is_refused_clearly(lm):
+    with pytest.raises(NotImplementedError, match="generate_until"):
+        lm.loglikelihood([])
+
+
+def test_budget_on_the_unpruned_model_is_an_error(lm):
+    with pytest.raises(Exception, match="no budget"):
+        lm.configure(NO_METHOD, 64)
