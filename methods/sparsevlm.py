@@ -244,6 +244,11 @@ class SparseVLM(PruningMethod):
         if view.position_embeddings is None or view.captured is None:
             raise PruneBenchError("sparsevlm v2.0 needs the RoPE tables and captured q/k of the scoring layer")
         cos, sin = (t.float() for t in view.position_embeddings)
+        if cos.dim() != 3:
+            raise PruneBenchError(
+                f"sparsevlm v2.0's RoPE correction needs 1-D RoPE tables (B, L, d); this model gives {tuple(cos.shape)} "
+                "(M-RoPE?); use rope_correction='none' or version='1.5'"
+            )
 
         def at(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prunebench.attention import Captured
-from prunebench.core import InfeasibleBudget, PlanContext, PruneBenchError, check_plan_meets_budget
+from prunebench.core import InfeasibleBudget, PlanContext, PruneBenchError, Selection, check_plan_meets_budget
 from prunebench.registry import create_method
 from prunebench.views import LayerView, RecycledSelection, VisionView, sample_generators
 
@@ -289,3 +289,41 @@ def test_learnpruner_checkpoint_resolution(tmp_path):
     view.model_name = "tiny-llava"
     assert tiny.select_vision(view, 2).keep.shape == (1, 2)  # seeded random LPM for config-built test models
     assert math.isclose(sum(p.numel() for p in __import__("prunebench.training", fromlist=["x"]).LearnedPruningModule(1024).parameters()), 525_826)
+
+
+# -- engine: recycled tokens at an LLM stage ----------------------------------------------------------------------
+def test_engine_writes_recycled_values_into_kept_slots(tiny_llava, samples):
+    """A RecycledSelection whose values are the tokens' own hidden states is a plain selection; zero values
+    change the output; SparseVLM v1.5 (recycling) keeps the token contract and cached = recomputed."""
+    from dataclasses import dataclass
+
+    from prunebench.conformance import check_cache, check_token_contract
+    from prunebench.core import SingleCutLLMPruner, top_k
+    from prunebench.engine import Pruner
+
+    @dataclass
+    class Recycler(SingleCutLLMPruner):
+        scale: float = 1.0
+        name = "recycler"
+
+        def select_llm(self, view, keep):
+            kept = top_k(-view.visual_index.float(), keep)  # the first `keep` visual tokens
+            if self.scale < 0:
+                return Selection(kept)
+            rows = view.visual_index.gather(1, kept)
+            values = view.hidden_states.gather(1, rows[..., None].expand(-1, -1, view.hidden_states.shape[-1])) * self.scale
+            return RecycledSelection(kept, values=values, replace=torch.ones_like(kept, dtype=torch.bool))
+
+    batch = tiny_llava.prepare(samples[:2])
+
+    def logits(method):
+        with Pruner(tiny_llava, method, 64, budget_mode="final") as pruner:
+            return pruner.generate(batch, max_new_tokens=2, min_new_tokens=2, output_logits=True).logits[0]
+
+    plain, same, zero = logits(Recycler(scale=-1.0)), logits(Recycler(scale=1.0)), logits(Recycler(scale=0.0))
+    torch.testing.assert_close(plain, same)
+    assert (plain - zero).abs().max() > 1e-4
+    method = create_method("sparsevlm", version="1.5")
+    for check in (check_token_contract, check_cache):
+        passed, detail = check(tiny_llava, method, samples, 64)
+        assert passed, detail
