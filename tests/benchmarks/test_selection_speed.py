@@ -1,0 +1,146 @@
+"""How long each method's selection takes, at LLaVA-1.5-7B / LLaVA-NeXT-7B sizes, on synthetic signals.
+
+Inputs have the real widths: CLIP ViT-L/14-336 (24 layers, 16 heads, head_dim 64, 577 keys per crop, 1024-d
+features of layer 22 = ``hidden_states[-2]``), a 4096-d projector output, and a Vicuna-7B layer for FastV
+(32 heads, head_dim 128, hidden 4096, causal, prompt = 35 system tokens + image + 40 text tokens). Every
+method runs with its paper defaults at a budget of 64 tokens per 576 (VisPruner's 48 + 16 point, HiPrune's
+one anchor). A timed call is the whole ``select``: signals (the [CLS] row or the query-chunked received
+attention from captured q/k, the cosine matrices) are computed inside it, as in a real run; only the
+projector output is precomputed (the engine reuses it for the LLM input, so it is not selection cost).
+
+Groups:
+  * ``576``: one LLaVA-1.5 image;
+  * ``2880-crops``: LLaVA-NeXT's 5 x 576 (FasterVLM/VisPruner layout), one row per crop with 64 kept each:
+    how the originals of the ViT-attention methods (VisPruner, FasterVLM, HiPrune, VisionZip) act on NeXT,
+    since their signals exist only per crop (577 keys);
+  * ``2880-global``: one row of 2880 tokens and 320 kept: methods whose signals do not need per-crop ViT
+    attention (DivPrune's original selects globally over the NeXT image; random; LearnPruner's stage 1;
+    FastV inside the LLM).
+``random`` runs in every group and is the baseline of the ratios printed at the end (see conftest.py).
+Set ``PRUNEBENCH_BENCH_DEVICE=cuda`` to time on a GPU (each call is then synchronised).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from prunebench.attention import Captured
+from prunebench.core import PlanContext
+from prunebench.registry import create_method, get_method_class, list_methods
+from prunebench.views import LayerView, VisionView, sample_generators
+
+DEVICE = torch.device(os.environ.get("PRUNEBENCH_BENCH_DEVICE", "cpu"))
+VIT_LAYERS, FEATURE_LAYER, VIT_HEADS, VIT_HEAD_DIM, VIT_WIDTH = 24, 22, 16, 64, 1024
+LLM_LAYERS, LLM_HEADS, LLM_HEAD_DIM, LLM_WIDTH = 32, 32, 128, 4096
+CROP, GRID, PER_CROP_BUDGET, CROPS = 576, (24, 24), 64, 5
+SYSTEM_TOKENS, TEXT_TOKENS = 35, 40
+# Paper defaults, except where a synthetic input needs an asset: LearnPruner's stage 1 with an untrained, seeded
+# LPM (same shape and cost as a trained one).
+OVERRIDES = {"learnpruner": {"checkpoint": "random"}}
+
+
+def _builtin(name: str) -> bool:
+    return get_method_class(name).__module__.startswith("prunebench.methods.")
+
+
+VISION_METHODS = [n for n in list_methods() if _builtin(n) and "vision" in get_method_class(n).stages]
+READS_VIT_ATTENTION = {n for n in VISION_METHODS if create_method(n, **OVERRIDES.get(n, {})).vision_layers(VIT_LAYERS, FEATURE_LAYER)}
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _vision_view(rows: int, tokens: int, seed: int) -> VisionView:
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(DEVICE)
+
+    captured = {}
+    if tokens == CROP:  # ViT attention exists per crop only
+        layers = {l for n in VISION_METHODS for l in create_method(n, **OVERRIDES.get(n, {})).vision_layers(VIT_LAYERS, FEATURE_LAYER)}
+        for layer in sorted(layers):
+            q, k = randn(rows, VIT_HEADS, CROP + 1, VIT_HEAD_DIM), randn(rows, VIT_HEADS, CROP + 1, VIT_HEAD_DIM)
+            captured[layer] = Captured(q, k, None, VIT_HEAD_DIM**-0.5, False)
+    projected = randn(rows, tokens, LLM_WIDTH)
+    view = VisionView(
+        features=randn(rows, tokens, VIT_WIDTH), cls_feature=randn(rows, VIT_WIDTH),
+        grid=GRID if tokens == CROP else (tokens // GRID[1], GRID[1]), feature_layer=FEATURE_LAYER,
+        num_vision_layers=VIT_LAYERS, projector=lambda _: projected, captured=captured, has_cls=True,
+    )
+    view.generators = sample_generators(0, [f"bench-{i}" for i in range(rows)])
+    assert view.projected is projected  # cached: projection is not selection cost
+    return view
+
+
+LAYOUTS = {  # group -> (rows, tokens per row, keep per row)
+    "576": (1, CROP, PER_CROP_BUDGET),
+    "2880-crops": (CROPS, CROP, PER_CROP_BUDGET),
+    "2880-global": (1, CROPS * CROP, CROPS * PER_CROP_BUDGET),
+}
+CASES = [
+    (group, name)
+    for group in LAYOUTS
+    for name in VISION_METHODS
+    if name == "random" or (group == "2880-global") != (name in READS_VIT_ATTENTION) or group == "576"
+]
+
+
+@pytest.fixture(scope="module")
+def views():
+    return {group: _vision_view(rows, tokens, seed=i) for i, (group, (rows, tokens, _)) in enumerate(LAYOUTS.items())}
+
+
+@pytest.mark.parametrize("group,name", CASES, ids=[f"{g}-{n}" for g, n in CASES])
+def test_vision_selection(benchmark, views, group, name):
+    rows, tokens, keep = LAYOUTS[group]
+    method = create_method(name, **OVERRIDES.get(name, {}))
+    stage_keep = method.plan(keep, PlanContext(tokens, LLM_LAYERS, "average")).vision or keep
+    view = views[group]
+
+    def select():
+        selection = method.select_vision(view, stage_keep)
+        _sync()
+        return selection
+
+    benchmark.group = group
+    benchmark.extra_info.update(method=name, tokens=rows * tokens, kept=rows * stage_keep, device=str(DEVICE))
+    selection = benchmark(select)
+    selection.validate(rows, tokens, stage_keep, name)
+
+
+def _layer_view(visual: int, seed: int) -> LayerView:
+    gen = torch.Generator().manual_seed(seed)
+    length = SYSTEM_TOKENS + visual + TEXT_TOKENS
+    q = torch.randn(1, LLM_HEADS, length, LLM_HEAD_DIM, generator=gen).to(DEVICE)
+    k = torch.randn(1, LLM_HEADS, length, LLM_HEAD_DIM, generator=gen).to(DEVICE)
+    return LayerView(
+        layer=2,
+        hidden_states=torch.randn(1, length, LLM_WIDTH, generator=gen).to(DEVICE),
+        visual_index=(SYSTEM_TOKENS + torch.arange(visual))[None].to(DEVICE),
+        valid=torch.ones(1, length, dtype=torch.bool, device=DEVICE),
+        captured=Captured(q, k, None, LLM_HEAD_DIM**-0.5, True),
+        generators=sample_generators(0, ["bench-0"]),
+    )
+
+
+@pytest.mark.parametrize("group", ["576", "2880-global"])
+def test_fastv_selection(benchmark, group):
+    _, tokens, keep = LAYOUTS[group]
+    view = _layer_view(tokens, seed=7)
+    method = create_method("fastv")
+
+    def select():
+        selection = method.select_llm(view, keep)
+        _sync()
+        return selection
+
+    benchmark.group = group
+    benchmark.extra_info.update(method="fastv (select_llm)", tokens=tokens, kept=keep, device=str(DEVICE))
+    selection = benchmark(select)
+    selection.validate(1, tokens, keep, "fastv")
