@@ -73,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("-o", "--output", metavar="DIR", help="folder for the figures (default: RUN/plots of the first RUN)")
     p.add_argument("--formats", default="png,pdf", help="comma list of file formats (default png,pdf)")
+    p.add_argument("--dpi", type=int, default=300, help="resolution of raster formats (default 300)")
     p.set_defaults(func=cmd_plot)
 
 
@@ -128,7 +129,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     df = _leaderboard(args)
     outdir = Path(args.output) if args.output else Path(args.runs[0]) / "plots"
-    paths = plot_all(df, outdir, formats=formats)
+    paths = plot_all(df, outdir, formats=formats, dpi=args.dpi)
     for path in paths:
         print(path)
     return 0

@@ -32,6 +32,7 @@ SINGLE_COLUMN_IN = 3.3
 DOUBLE_COLUMN_IN = 7.0
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 BASELINE_STYLE = {"color": "black", "marker": "*"}
+RUN_LINESTYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run when several runs are combined
 COST_AXES = {"prefill_ms": "Prefill latency (ms)", "tflops": "Prefill TFLOPs", "kv_mb": "KV cache (MB)"}
 RC = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
@@ -135,6 +136,7 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
     pruned = measured[(measured["method"] != BASELINE_METHOD) & measured["budget"].notna()]
     baselines = measured[(measured["method"] == BASELINE_METHOD) & (measured["status"] == "done")]
     published = df[(df["source"] != MEASURED) & (df["budget"].fillna(0) > 0) & (df["method"] != BASELINE_METHOD)]
+    runs = sorted(pruned["run"].unique())
     ncols = min(len(panels), 3 if _width(width) >= DOUBLE_COLUMN_IN else 2)
     nrows = math.ceil(len(panels) / ncols)
     with matplotlib.rc_context(RC):
@@ -147,7 +149,7 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
                 y = group[col].where(group["status"] == "done")
                 st = styles[method]
                 ax.plot(group["budget"].astype(float), y.astype(float), color=st["color"], marker=st["marker"], label=label,
-                        linestyle="-" if run == sorted(pruned["run"].unique())[0] else "--")
+                        linestyle=RUN_LINESTYLES[runs.index(run) % len(RUN_LINESTYLES)])
             for _, base in baselines.iterrows():
                 value = 100.0 if col == "relacc" and pd.isna(base[col]) else base[col]
                 if pd.isna(value):
@@ -261,19 +263,19 @@ def _task_baselines(df: pd.DataFrame) -> dict[tuple, dict[str, float]]:
     return out
 
 
-def save_figure(fig: Figure, outdir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def save_figure(fig: Figure, outdir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = outdir / f"{stem}.{fmt}"
         with matplotlib.rc_context(RC):
-            fig.savefig(path, format=fmt)
+            fig.savefig(path, format=fmt, dpi=dpi)
         paths.append(path)
     return paths
 
 
-def plot_all(df: pd.DataFrame, outdir: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def plot_all(df: pd.DataFrame, outdir: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
     """Every figure of every model in ``df``, written to ``outdir`` (one file per figure and format)."""
     paths: list[Path] = []
     models = [m for m in df["model"][df["source"] == MEASURED].unique() if m] or [""]
@@ -281,14 +283,14 @@ def plot_all(df: pd.DataFrame, outdir: str | Path, formats: Sequence[str] = ("pn
         part = df[(df["model"] == model) | (df["source"] != MEASURED)] if model else df
         part.attrs = dict(df.attrs)
         suffix = f"_{_slug(model)}" if len(models) > 1 else ""
-        paths += save_figure(budget_curves(part), outdir, f"budget_curves{suffix}", formats)
+        paths += save_figure(budget_curves(part), outdir, f"budget_curves{suffix}", formats, dpi)
         for cost in COST_AXES:
             measured = part[part["source"] == MEASURED]
             if measured[cost].notna().any():
-                paths += save_figure(pareto_plot(part, cost), outdir, f"pareto_{cost}{suffix}", formats)
+                paths += save_figure(pareto_plot(part, cost), outdir, f"pareto_{cost}{suffix}", formats, dpi)
             else:
                 log.warning("no %s measured for %s: Pareto plot skipped", cost, model or "these runs")
-        paths += save_figure(relacc_heatmap(part), outdir, f"relacc_heatmap{suffix}", formats)
+        paths += save_figure(relacc_heatmap(part), outdir, f"relacc_heatmap{suffix}", formats, dpi)
     return paths
 
 
