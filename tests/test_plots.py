@@ -159,3 +159,18 @@ def test_two_runs_share_method_colours(tmp_path):
     pareto = pareto_plot(df, "prefill_ms").axes[0]
     points = {c.get_label(): c for c in pareto.collections}
     assert same_colour(points["FastV [mine]"].get_facecolors()[0], lines["FastV [mine]"].get_color())
+
+
+def test_pareto_falls_back_to_agreement_when_relacc_is_undefined(tmp_path):
+    store = write_example_store(tmp_path / "r")
+    for record in store.records():  # an unpruned score of 0 leaves every RelAcc undefined
+        if record["status"] == "done":
+            record["relacc"] = None
+            for entry in record["tasks"].values():
+                entry["baseline"] = 0.0
+            store.put(record)
+    df = leaderboard(store)
+    ax = pareto_plot(df, "kv_mb").axes[0]
+    assert ax.get_ylabel() == "Agreement with unpruned (%)"
+    points = {c.get_label(): c for c in ax.collections}
+    assert sorted(points["VisionZip"].get_offsets()[:, 1]) == [80.0, 90.0]

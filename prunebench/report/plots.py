@@ -175,12 +175,33 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
     return fig
 
 
-def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str = "relacc", width: str | float = "single") -> Figure:
-    """``y`` (RelAcc by default) versus a cost column, a marker per method, the Pareto front as a step line."""
+Y_AXES = {"relacc": "RelAcc (%)", "agreement": "Agreement with unpruned (%)", "score": "Mean task score"}
+
+
+def accuracy_column(df: pd.DataFrame) -> str:
+    """RelAcc where the pruned cells have it; else agreement (e.g. an unpruned score of 0 leaves RelAcc
+    undefined); else the mean task score."""
+    pruned = df[(df["source"] == MEASURED) & (df["method"] != BASELINE_METHOD) & (df["status"] == "done")]
+    for col in ("relacc", "agreement"):
+        if pruned[col].notna().any():
+            return col
+    return "score"
+
+
+def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None, width: str | float = "single") -> Figure:
+    """Accuracy versus a cost column, a marker per method, the Pareto front as a step line.
+
+    ``y``: "relacc", "agreement" or "score" (mean over tasks); default :func:`accuracy_column`.
+    """
     if cost not in COST_AXES:
         raise ValueError(f"cost must be one of {sorted(COST_AXES)}, got {cost!r}")
+    y = y or accuracy_column(df)
+    if y not in Y_AXES:
+        raise ValueError(f"y must be one of {sorted(Y_AXES)}, got {y!r}")
     styles = styles_for(df)
     rows = df[(df["status"].isin(["done", "published"]))].copy()
+    if y == "score":
+        rows["score"] = rows[task_columns(df)].mean(axis=1)
     if y == "relacc":
         rows.loc[(rows["method"] == BASELINE_METHOD) & rows["relacc"].isna() & (rows["source"] == MEASURED), "relacc"] = 100.0
     rows = rows[rows[cost].notna() & rows[y].notna()]
@@ -205,7 +226,7 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str = "relacc", w
             ys = [points[i][1] for i in front]
             ax.plot(xs, ys, color="0.35", linewidth=0.9, drawstyle="steps-post", zorder=1, label="Pareto front")
         ax.set_xlabel(COST_AXES[cost])
-        ax.set_ylabel("RelAcc (%)" if y == "relacc" else y)
+        ax.set_ylabel(Y_AXES[y])
         ax.legend(loc="lower right", frameon=False, handletextpad=0.3, borderaxespad=0.2)
     return fig
 
