@@ -217,15 +217,20 @@ def run_status(root: str | Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    report = run_status(args.run)
-    if args.json:
-        print(json.dumps(report, indent=1))
-        return 0
+def status_lines(root: str | Path) -> list[str]:
+    report = run_status(root)
     total = sum(len(v) for v in report.values())
-    print(f"{args.run}: {total} cells - " + ", ".join(f"{len(v)} {k}" for k, v in report.items()))
+    lines = [f"{root}: {total} cells - " + ", ".join(f"{len(v)} {k}" for k, v in report.items())]
     for status in ("done", "infeasible", "failed", "pending"):
         for cell in report.get(status, []):
             detail = f"  ({cell['error']})" if cell.get("error") else ""
-            print(f"  {status:10s} {cell['label']:24s} {cell['key']}{detail}")
+            lines.append(f"  {status:10s} {cell['label']:24s} {cell['key']}{detail}")
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(run_status(args.run), indent=1))
+        return 0
+    print("\n".join(status_lines(args.run)))
     return 0
