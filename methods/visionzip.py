@@ -33,6 +33,14 @@ class VisionZip(VisionStagePruner):
     Budget split: ``contextual = round(budget * 10/64)``, reproducing 54+10 / 108+20 / 162+30 and scaling
     between them; set ``dominant``/``contextual`` to fix them (they must then sum to the budget).
     Deviation: scores in fp32 from captured q/k instead of an fp16 eager softmax (near-ties may differ).
+
+    On Qwen2.5-VL (no [CLS]): dominant tokens are ranked by ``view.importance()``, the attention each merged
+    token receives at the last full-attention ViT block (head-mean, all queries, averaged over its 2x2 merge
+    unit, window order undone), as in the LightCompress port (methods-1.md §4.4); there is no [CLS] to prepend,
+    so all ``dominant`` tokens are patches, and the merging metric is the keys of the feature block averaged per
+    merge unit. The contextual tokens enter the LLM after the kept ones at the 3-D M-RoPE position of the
+    image's last token (the port writes them at their target's position). On Video-LLaVA videos the frames'
+    [CLS] tokens are candidates (``cls_feature`` is None): nothing is prepended either.
     """
 
     dominant: int = 0  # 0 = derived from the budget
@@ -60,11 +68,10 @@ class VisionZip(VisionStagePruner):
         if self.merge not in ("target+mean", "average"):
             raise PruneBenchError(f"visionzip merge must be 'target+mean' or 'average', got {self.merge!r}")
         dominant, contextual = self.split(keep)
-        if not view.has_cls:
-            raise PruneBenchError("visionzip needs a [CLS] token; this vision tower has none")
-        patches = dominant - 1  # [CLS] is one of the dominant tokens
-        kept = top_k(view.cls_attention(heads="sum"), patches)
-        prepend = view.cls_feature[:, None]
+        prefix = view.cls_feature is not None  # [CLS] is one of the dominant tokens where it is not a candidate
+        patches = dominant - 1 if prefix else dominant
+        kept = top_k(view.cls_attention(heads="sum") if view.has_cls else view.importance(), patches)
+        prepend = view.cls_feature[:, None] if prefix else None
         if contextual == 0:
             return Selection(kept, prepend=prepend)
         return Selection(kept, prepend=prepend, append=self._contextual(view, kept, contextual))

@@ -57,19 +57,50 @@ class ConformanceFailure(AssertionError):
     pass
 
 
-def synthetic_samples(count: int = 3, size: int = 336, seed: int = 0) -> list[Sample]:
-    """Deterministic images with a few coloured shapes on noise, and prompts of different lengths."""
+def _picture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):  # the same draws as the original square-only generator for square images
+        x, y = (int(v) for v in rng.integers(0, min(width, height) - 60, 2))
+        draw.ellipse([x, y, x + 50, y + 50], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    return image
+
+
+# Per family: (width, height) of each image, or ("video", frames, side). Mixed sizes / modalities make the batch
+# check cover batches whose samples have different visual-token counts (the engine groups them).
+FAMILY_INPUTS: dict[str, list[tuple]] = {
+    "llava_next": [(336, 336), (448, 336), (336, 336)],  # 1176 / 1464 / 1176 tokens (AnyRes, unpadded)
+    "video_llava": [("video", 4, 224), (224, 224), ("video", 4, 224)],  # 4 x 257 / 256 / 4 x 257
+    "qwen2_5_vl": [(252, 252), (308, 224), (252, 252), ("video", 4, 224)],  # 81 / 88 / 81 / 2 x 64 merged tokens
+}
+
+
+def synthetic_samples(count: int = 3, size: int = 336, seed: int = 0, family: str = "llava") -> list[Sample]:
+    """Deterministic images (or videos) with a few coloured shapes on noise, and prompts of different lengths.
+
+    ``family`` picks the inputs of :data:`FAMILY_INPUTS` (image sizes, videos) for that model family;
+    other families get ``count`` square images of ``size`` pixels.
+    """
     rng = np.random.default_rng(seed)
+    specs = FAMILY_INPUTS.get(family) or [(size, size)] * count
     samples = []
-    for i in range(count):
-        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        image = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(image)
-        for _ in range(3):
-            x, y = (int(v) for v in rng.integers(0, size - 60, 2))
-            draw.ellipse([x, y, x + 50, y + 50], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        samples.append(Sample(id=f"synthetic-{seed}-{i}", question=QUESTIONS[i % len(QUESTIONS)], image=image))
+    for i, spec in enumerate(specs):
+        sample = Sample(id=f"synthetic-{seed}-{i}", question=QUESTIONS[i % len(QUESTIONS)])
+        if spec[0] == "video":
+            _, frames, side = spec
+            sample.video = [_picture(rng, side, side) for _ in range(frames)]
+        else:
+            sample.image = _picture(rng, *spec)
+        samples.append(sample)
     return samples
+
+
+def _groups(adapter: ModelAdapter, samples: Sequence[Sample]) -> list[list[Sample]]:
+    """The samples split as the engine splits a batch: by equal visual layout."""
+    groups: dict = {}
+    for sample in samples:
+        groups.setdefault(adapter.group_key(sample), []).append(sample)
+    return list(groups.values())
 
 
 def _generate(adapter: ModelAdapter, method: PruningMethod, budget: int | None, samples: Sequence[Sample], mode: str = "final", seed: int = 0, logits: bool = False):
@@ -95,11 +126,15 @@ def check_noop(adapter, method, samples, budget):
         stock = adapter.model.generate(**batch.inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                                        return_dict_in_generate=True, output_logits=True)
     stock_tokens = stock.sequences[:, batch.input_ids.shape[1]:]
-    out = _generate(adapter, method, _num_visual(adapter, samples), samples, logits=True)
-    if not torch.equal(out.tokens, stock_tokens):
-        return False, f"tokens differ from stock generate: {out.tokens.tolist()} vs {stock_tokens.tolist()}"
-    diff = _max_diff(out.logits, stock.logits)
-    return diff <= LOGIT_TOL, f"max |Δlogit| vs stock = {diff:.2e}"
+    position = {id(s): i for i, s in enumerate(samples)}
+    worst = 0.0
+    for group in _groups(adapter, samples):  # a keep-all budget is per visual layout
+        rows = [position[id(s)] for s in group]
+        out = _generate(adapter, method, _num_visual(adapter, group), group, logits=True)
+        if not torch.equal(out.tokens, stock_tokens[rows]):
+            return False, f"tokens differ from stock generate: {out.tokens.tolist()} vs {stock_tokens[rows].tolist()}"
+        worst = max(worst, _max_diff(out.logits, [l[rows] for l in stock.logits]))
+    return worst <= LOGIT_TOL, f"max |Δlogit| vs stock = {worst:.2e}"
 
 
 def check_token_contract(adapter, method, samples, budget):
@@ -111,16 +146,17 @@ def check_token_contract(adapter, method, samples, budget):
         except InfeasibleBudget as exc:
             details.append(f"{mode}: infeasible ({exc})")
             continue
-        stats = out.stats
-        planned = stats.plan.tokens_per_layer()
-        if stats.tokens_per_layer != planned:
-            return False, f"{mode}: measured visual tokens per layer {stats.tokens_per_layer} != plan {planned}"
-        expected_kv = [stats.text_tokens + n for n in planned]
-        if stats.kv_lengths != expected_kv:
-            return False, f"{mode}: KV lengths per layer {stats.kv_lengths} != expected {expected_kv}"
-        if mode == "final" and stats.final_tokens != budget:
-            return False, f"final mode kept {stats.final_tokens} tokens, budget {budget}"
-        details.append(f"{mode}: layers {_compact(planned)}")
+        for group in out.groups:  # one per visual layout of the batch
+            stats = group.stats
+            planned = stats.plan.tokens_per_layer()
+            if stats.tokens_per_layer != planned:
+                return False, f"{mode}: measured visual tokens per layer {stats.tokens_per_layer} != plan {planned}"
+            expected_kv = [stats.text_tokens + n for n in planned]
+            if stats.kv_lengths != expected_kv:
+                return False, f"{mode}: KV lengths per layer {stats.kv_lengths} != expected {expected_kv}"
+            if mode == "final" and stats.final_tokens != budget:
+                return False, f"final mode kept {stats.final_tokens} tokens, budget {budget}"
+            details.append(f"{mode}: layers {_compact(planned)}")
     return True, "; ".join(details)
 
 
@@ -143,7 +179,7 @@ def check_batch(adapter, method, samples, budget):
         if not torch.equal(alone.tokens[0], together.tokens[i]):
             return False, f"sample {i}: tokens {alone.tokens[0].tolist()} alone vs {together.tokens[i].tolist()} in batch"
         for stage, kept in alone.stats.kept.items():
-            if not torch.equal(kept[0], together.stats.kept[stage][i]):
+            if not torch.equal(kept[0], together.kept(stage, i)):
                 return False, f"sample {i}: kept set at {stage} differs between batch and alone"
         worst = max(worst, _max_diff([l[0] for l in alone.logits], [l[i] for l in together.logits]))
     return worst <= LOGIT_TOL, f"max |Δlogit| batch vs single = {worst:.2e} (prompt lengths {[len(s.question.split()) for s in samples]})"
@@ -151,7 +187,17 @@ def check_batch(adapter, method, samples, budget):
 
 def check_signals(adapter, method, samples, budget):
     """Attention rows from captured q/k equal eager attention probabilities at every layer the method reads."""
-    batch = adapter.prepare(samples[:2])
+    worst, detail = 0.0, ""
+    for group in _groups(adapter, samples):  # each visual layout / modality (image and video towers)
+        passed, detail, diff = _check_signals_group(adapter, method, group[:2], budget)
+        worst = max(worst, diff)
+        if not passed:
+            return False, detail
+    return True, detail.replace("= ", "= (worst over groups) ") if len(_groups(adapter, samples)) > 1 else detail
+
+
+def _check_signals_group(adapter, method, samples, budget):
+    batch = adapter.prepare(samples)
     num_visual = _num_visual(adapter, samples)
     with Pruner(adapter, method, budget, budget_mode="final") as pruner:
         plan = pruner.plan_for(num_visual)
@@ -163,7 +209,6 @@ def check_signals(adapter, method, samples, budget):
     captured_llm: dict[int, Captured] = {}
     captured_vit: dict[int, Captured] = {}
     requests = {adapter.decoder_attention(l): (lambda c, l=l: captured_llm.setdefault(l, c)) for l in llm_layers}
-    requests.update({adapter.vision_attention(l): (lambda c, l=l: captured_vit.setdefault(l, c)) for l in vision_layers})
     model = adapter.model
     with torch.inference_mode():
         with attention_probe(model), capture(requests):
@@ -172,17 +217,22 @@ def check_signals(adapter, method, samples, budget):
         model.set_attn_implementation("eager")
         try:
             eager = model(**batch.inputs, output_attentions=True)
-            eager_vit = _vision_attentions(adapter, batch)
         finally:
             model.set_attn_implementation({k: v for k, v in original.items() if k} | {"": original[""]})
+    # ViT: every kernel call of those layers (one per image batch, or per window / image on Qwen2.5-VL)
+    captured_vit = adapter.captured_vision_attentions(batch, vision_layers)
+    eager_vit = adapter.eager_vision_attentions(batch, vision_layers)
     worst = 0.0
     for layer, cap in captured_llm.items():
         rows = torch.arange(cap.query.shape[2]).expand(cap.query.shape[0], -1)
         worst = max(worst, _max_diff([cap.probabilities(rows)], [eager.attentions[layer]]))
-    for layer, cap in captured_vit.items():
-        rows = torch.arange(cap.query.shape[2]).expand(cap.query.shape[0], -1)
-        worst = max(worst, _max_diff([cap.probabilities(rows)], [eager_vit[layer]]))
-    return worst <= SIGNAL_TOL, f"max |Δp| vs eager at LLM layers {llm_layers}, ViT layers {vision_layers} = {worst:.2e}"
+    for layer, caps in captured_vit.items():
+        if not caps or len(caps) != len(eager_vit[layer]):
+            return False, f"ViT layer {layer}: {len(caps)} captured kernel calls vs {len(eager_vit[layer])} eager ones", worst
+        for cap, reference in zip(caps, eager_vit[layer]):
+            rows = torch.arange(cap.query.shape[2]).expand(cap.query.shape[0], -1)
+            worst = max(worst, _max_diff([cap.probabilities(rows)], [reference]))
+    return worst <= SIGNAL_TOL, f"max |Δp| vs eager at LLM layers {llm_layers}, ViT layers {vision_layers} = {worst:.2e}", worst
 
 
 def check_hygiene(adapter, method, samples, budget):
@@ -217,10 +267,11 @@ def check_determinism(adapter, method, samples, budget):
     """The same seed selects the same tokens."""
     first = _generate(adapter, method, budget, samples, seed=7)
     second = _generate(adapter, method, budget, samples, seed=7)
-    for stage, kept in first.stats.kept.items():
-        if not torch.equal(kept, second.stats.kept[stage]):
-            return False, f"kept set at {stage} differs between two runs with seed 7"
-    return True, f"stages {sorted(first.stats.kept)} identical"
+    for group, again in zip(first.groups, second.groups):
+        for stage, kept in group.stats.kept.items():
+            if not torch.equal(kept, again.stats.kept[stage]):
+                return False, f"kept set at {stage} differs between two runs with seed 7"
+    return True, f"stages {sorted(first.groups[0].stats.kept)} identical"
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
@@ -259,11 +310,6 @@ def _sub_configs(model):
             yield key, sub
 
 
-def _vision_attentions(adapter: ModelAdapter, batch) -> tuple[torch.Tensor, ...]:
-    tower = adapter.model.model.vision_tower
-    return tower(batch.inputs["pixel_values"], output_attentions=True).attentions
-
-
 def _compact(counts: list[int]) -> str:
     return ",".join(str(c) for c in counts)
 
@@ -280,7 +326,7 @@ CHECK_FUNCTIONS: dict[str, Callable] = {
 
 
 def run_check(check: str, adapter: ModelAdapter, method: PruningMethod, budget: int = 64, samples: Sequence[Sample] | None = None) -> CheckResult:
-    samples = list(samples or synthetic_samples())
+    samples = list(samples or synthetic_samples(family=adapter.family))
     try:
         passed, detail = CHECK_FUNCTIONS[check](adapter, method, samples, budget)
     except Exception as exc:  # a crash is a failure of the property, reported with its cause
@@ -290,7 +336,7 @@ def run_check(check: str, adapter: ModelAdapter, method: PruningMethod, budget: 
 
 def run_conformance(methods: Sequence[PruningMethod], adapter: ModelAdapter, checks: Sequence[str] = CHECKS, budget: int = 64,
                     on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
-    samples = synthetic_samples()
+    samples = synthetic_samples(family=adapter.family)
     results = []
     for method in methods:
         for check in checks:

@@ -16,6 +16,15 @@ One ``generate`` call:
    (cos, sin), position ids and any 4-D mask. Layers >= K therefore cache only the kept tokens, while
    positions stay in the unpruned prompt's coordinates, so decoding continues at the right RoPE index.
    During decoding the hooks re-index a materialised mask's key axis to each layer's cached tokens.
+
+Batches whose samples have different visual-token counts (LLaVA-NeXT AnyRes and Qwen2.5-VL images of
+different sizes, Video-LLaVA images next to videos) are split into groups of equal layout
+(``adapter.group_key``); each group is prepared and generated as its own batch and the outputs are put back in
+the input order (``GenerationOutput.groups`` holds each group's stats). This keeps every tensor of a group
+rectangular, so nothing in the hooks changes, and a sample's result never depends on its batch-mates.
+
+``budget_scope``: ``image``/``video`` (default) = the budget counts all visual tokens of a sample;
+``crop``/``frame`` = the budget counts per unit, so the plan is made for ``budget * view.num_units`` tokens.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from prunebench.adapters.base import Batch, LLMInputs, ModelAdapter
+from prunebench.adapters.base import UNIT_SCOPES, WHOLE_SCOPES, Batch, LLMInputs, ModelAdapter, VisualLayout
 from prunebench.attention import Captured, attention_probe, capture
 from prunebench.core import (
     BudgetMode,
@@ -56,6 +65,8 @@ class Stats:
     kept: dict[str, torch.Tensor] = field(default_factory=dict)
     prompt_tokens: int = 0  # LLM input length after the vision stage (padding included)
     text_tokens: int = 0
+    budget_scope: str = "image"
+    units: int = 1  # crops / frames of the input (the per-unit budget was multiplied by this)
 
     @property
     def final_tokens(self) -> int:
@@ -67,12 +78,57 @@ class Stats:
 
 
 @dataclass
+class SampleGroup:
+    """Samples of a batch that ran together (equal visual layout), their stats and LLM inputs."""
+
+    indices: list[int]
+    stats: Stats
+    llm_inputs: LLMInputs | None = None
+
+
+class _MixedStats:
+    """Stands in for ``GenerationOutput.stats`` when a batch ran as several groups: their stats differ."""
+
+    def __init__(self, groups: int):
+        self._groups = groups
+
+    def __getattr__(self, name: str) -> Any:
+        raise PruneBenchError(
+            f"this batch mixed visual-token layouts and ran as {self._groups} groups with different plans; "
+            "read out.groups[g].stats or out.sample_stats(i)"
+        )
+
+
+@dataclass
 class GenerationOutput:
+    """Generated tokens of a batch in input order.
+
+    ``stats`` is the batch's stats when it ran as one group; a batch that mixed visual layouts ran as several
+    ``groups`` (each with its own plan), and then ``sample_stats(i)`` / ``kept(stage, i)`` give per-sample
+    values. Logits of steps a group did not run (it stopped earlier) are NaN; such tokens are padding.
+    """
+
     tokens: torch.Tensor  # (B, T) generated tokens only
     texts: list[str]
     stats: Stats
     logits: tuple[torch.Tensor, ...] | None = None  # per step (B, V), when requested
     llm_inputs: LLMInputs | None = None
+    groups: list[SampleGroup] = field(default_factory=list)
+
+    def _locate(self, sample: int) -> tuple[SampleGroup, int]:
+        for group in self.groups:
+            if sample in group.indices:
+                return group, group.indices.index(sample)
+        raise IndexError(f"sample {sample} is not in this output")
+
+    def sample_stats(self, sample: int) -> Stats:
+        """The stats of the group sample ``sample`` ran in."""
+        return self._locate(sample)[0].stats
+
+    def kept(self, stage: str, sample: int) -> torch.Tensor:
+        """Sample ``sample``'s kept indices at ``stage`` ("vision", "layer2", ...)."""
+        group, row = self._locate(sample)
+        return group.stats.kept[stage][row]
 
 
 class _StepClock(StoppingCriteria):
@@ -136,9 +192,17 @@ class Pruner:
         budget: int | None,
         budget_mode: BudgetMode = "average",
         seed: int = 0,
+        budget_scope: str = "image",
     ):
         if budget_mode not in ("average", "final"):
             raise PruneBenchError(f"budget mode must be 'average' or 'final', got {budget_mode!r}")
+        scopes = tuple(getattr(adapter, "budget_scopes", ("image",)))
+        if budget_scope not in WHOLE_SCOPES + scopes:
+            raise PruneBenchError(
+                f"--budget-scope {budget_scope!r} is not defined for {adapter.family or type(adapter).__name__}; "
+                f"choose one of {', '.join(dict.fromkeys(WHOLE_SCOPES + scopes))}"
+            )
+        self.budget_scope = budget_scope
         self.adapter = adapter
         self.method = method
         self.budget = budget
@@ -169,12 +233,15 @@ class Pruner:
             self._stack = None
 
     # -- planning --------------------------------------------------------------------------------------------
-    def plan_for(self, num_visual: int) -> Plan:
-        """The checked plan for an input with ``num_visual`` visual tokens (None budget: keep everything)."""
+    def plan_for(self, num_visual: int, num_units: int = 1) -> Plan:
+        """The checked plan for an input with ``num_visual`` visual tokens in ``num_units`` crops/frames
+        (None budget: keep everything). Under a per-unit scope the budget is multiplied by ``num_units``."""
         ctx = PlanContext(num_visual, self._num_layers, self.budget_mode)
         if self.budget is None:
             return ctx.plan()
         budget = check_budget(self.budget, num_visual)
+        if self.budget_scope in UNIT_SCOPES:
+            budget = check_budget(budget * num_units, num_visual)
         plan = self.method.plan(budget, ctx)
         check_plan_meets_budget(plan, budget, self.budget_mode, self.method.name)
         return plan
@@ -184,6 +251,31 @@ class Pruner:
     def generate(self, batch: Batch, max_new_tokens: int = 16, output_logits: bool = False, **generate_kwargs: Any) -> GenerationOutput:
         if self._stack is None:
             raise RuntimeError("use the Pruner as a context manager: `with Pruner(...) as pruner:`")
+        keys = [self.adapter.group_key(sample) for sample in batch.samples]
+        order: dict[Any, list[int]] = {}
+        for i, key in enumerate(keys):
+            order.setdefault(key, []).append(i)
+        if len(order) == 1:
+            out = self._generate_group(batch, max_new_tokens, output_logits, **generate_kwargs)
+            out.groups = [SampleGroup(list(range(len(batch.samples))), out.stats, out.llm_inputs)]
+            self._frozen_groups = [(list(range(len(batch.samples))), self._frozen)]
+            return out
+        outs, frozen = [], []
+        for indices in order.values():
+            sub = self.adapter.prepare([batch.samples[i] for i in indices])
+            outs.append((indices, self._generate_group(sub, max_new_tokens, output_logits, **dict(generate_kwargs))))
+            frozen.append((indices, self._frozen))
+        self._frozen_groups = frozen
+        return _merge_groups(outs, len(batch.samples), self._pad_id())
+
+    def _pad_id(self) -> int:
+        config = self.adapter.model.generation_config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+        return int(pad if pad is not None else 0)
+
+    def _generate_group(self, batch: Batch, max_new_tokens: int, output_logits: bool, **generate_kwargs: Any) -> GenerationOutput:
+        """One batch of samples with the same visual layout (see the module docstring)."""
         adapter, method = self.adapter, self.method
         device = adapter.device
         timings: dict[str, float] = {}
@@ -197,12 +289,12 @@ class Pruner:
         _sync(device)
         timings["vision_ms"] = (time.perf_counter() - start) * 1e3
 
-        plan = self.plan_for(view.num_tokens)
+        plan = self.plan_for(view.num_tokens, getattr(view, "num_units", 1))
         select_start = time.perf_counter()
-        visual, kept, vision_keep = self._vision_stage(view, plan)
+        visual, kept, vision_keep, layout = self._vision_stage(view, plan)
         _sync(device)
         vision_select_s = time.perf_counter() - select_start
-        llm_inputs = adapter.assemble(batch, visual, kept, self._position_policy())
+        llm_inputs = adapter.assemble(batch, visual, kept, self._position_policy(), layout=layout)
 
         num_visual_in = llm_inputs.visual_index.shape[1]
         prompt_len = llm_inputs.inputs_embeds.shape[1]
@@ -252,7 +344,8 @@ class Pruner:
             timings["generate_ms"] = (clock.times[-1] - gen_start) * 1e3
             timings["total_ms"] = (clock.times[-1] - start) * 1e3
         stats = Stats(plan=plan, tokens_per_layer=list(state.tokens_per_layer), timings_ms=timings, kept=dict(state.kept),
-                      prompt_tokens=prompt_len, text_tokens=state.num_text)
+                      prompt_tokens=prompt_len, text_tokens=state.num_text, budget_scope=self.budget_scope,
+                      units=getattr(view, "num_units", 1))
         cache = getattr(out, "past_key_values", None)
         if cache is not None:
             stats.kv_lengths, stats.kv_bytes = _cache_after_prefill(cache, steps)
@@ -264,10 +357,23 @@ class Pruner:
 
         Each step runs the whole sequence (prompt + tokens so far) through the hooked model, replaying the
         recorded selections; returns (steps, B, V). The conformance kit compares it with cached generation.
+        A batch that ran as several groups is recomputed group by group.
         """
-        frozen = getattr(self, "_frozen", None)
-        if frozen is None:
+        groups = getattr(self, "_frozen_groups", None)
+        if not groups:
             raise RuntimeError("call generate() first")
+        if len(groups) == 1:
+            return self._recompute(groups[0][1], generated)
+        result = None
+        for indices, frozen in groups:
+            index = torch.tensor(indices, device=generated.device)
+            part = self._recompute(frozen, generated.index_select(0, index))
+            if result is None:
+                result = part.new_full((part.shape[0], generated.shape[0], part.shape[2]), float("nan"))
+            result[:, index] = part
+        return result
+
+    def _recompute(self, frozen: "_State", generated: torch.Tensor) -> torch.Tensor:
         llm = frozen.llm_inputs
         embed = self.adapter.model.get_input_embeddings()
         bsz = generated.shape[0]
@@ -291,14 +397,15 @@ class Pruner:
     def _position_policy(self) -> str:
         return getattr(self.method, "position_policy", "compact")
 
-    def _vision_stage(self, view, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Projected visual tokens entering the LLM, the original indices they are (None if merged), the keep."""
+    def _vision_stage(self, view, plan: Plan) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, VisualLayout]:
+        """Projected visual tokens entering the LLM, the original indices they are (None if merged), the keep,
+        and the layout (merged rows before/after the kept ones) the adapter needs to place them."""
         total = view.num_tokens
         bsz = view.batch_size
         if plan.vision is None or plan.vision == total:
             # A stage that keeps every token is the unpruned model, whatever the method would merge.
             kept = torch.arange(total, device=view.features.device).expand(bsz, -1)
-            return view.projected, kept, (kept if "vision" in self.method.stages else None)
+            return view.projected, kept, (kept if "vision" in self.method.stages else None), VisualLayout(kept)
         selection = self.method.select_vision(view, plan.vision)
         selection.validate(bsz, total, plan.vision, f"{self.method.name} vision stage")
         keep = selection.keep.long()
@@ -310,7 +417,8 @@ class Pruner:
         parts.append(visual)
         parts += [self.adapter.project(t) for t in (selection.append,) if t is not None]
         merged = len(parts) > 1
-        return torch.cat(parts, dim=1), (None if merged else keep), keep
+        layout = VisualLayout(keep, *(0 if t is None else t.shape[1] for t in (selection.prepend, selection.append)))
+        return torch.cat(parts, dim=1), (None if merged else keep), keep, layout
 
     # -- LLM stages ------------------------------------------------------------------------------------------------
     def _make_hook(self, index: int):
@@ -445,6 +553,30 @@ class Pruner:
         mask = _expand_batch(mask, bsz)
         kwargs["attention_mask"] = mask.gather(3, index_kv[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1))
         return args, kwargs
+
+
+def _merge_groups(outs: list[tuple[list[int], GenerationOutput]], batch: int, pad_id: int) -> GenerationOutput:
+    """Put the outputs of the groups of one batch back in input order (tokens right-padded with ``pad_id``)."""
+    steps = max(out.tokens.shape[1] for _, out in outs)
+    first = outs[0][1].tokens
+    tokens = first.new_full((batch, steps), pad_id)
+    texts: list[str] = [""] * batch
+    with_logits = all(out.logits is not None for _, out in outs)
+    logits = None
+    if with_logits:
+        vocab = outs[0][1].logits[0].shape[-1]
+        logits = [outs[0][1].logits[0].new_full((batch, vocab), float("nan")) for _ in range(steps)]
+    groups = []
+    for indices, out in outs:
+        index = torch.tensor(indices, device=first.device)
+        tokens[index, : out.tokens.shape[1]] = out.tokens
+        for row, i in enumerate(indices):
+            texts[i] = out.texts[row]
+        if logits is not None:
+            for step, step_logits in enumerate(out.logits):
+                logits[step][index] = step_logits
+        groups.append(SampleGroup(indices, out.stats, out.llm_inputs))
+    return GenerationOutput(tokens, texts, _MixedStats(len(groups)), tuple(logits) if logits is not None else None, None, groups)  # type: ignore[arg-type]
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,12 @@ class VisionView(_SeededView):
     ``cls_feature``: (B, D_v) [CLS] feature of the same layer, or None for towers without one (Qwen2.5-VL).
     ``grid``: (rows, cols) of the N patches in raster order.
     ``feature_layer``: 0-based ViT encoder layer whose output ``features`` is.
+    ``num_units`` / ``unit_kind`` / ``unit_of``: the input's crops ("crop", LLaVA-NeXT AnyRes), frames
+    ("frame", video) or the single "image"; ``unit_of`` (B, N) says which unit each token comes from (None: all
+    unit 0). With ``--budget-scope crop|frame`` the engine multiplies the budget by ``num_units``; how a method
+    spreads it over the units is the method's choice (read ``unit_of`` to allocate per unit).
+    ``importance_layer``: the ViT layer whose received attention :meth:`importance` uses on towers without [CLS].
+    ``grid``: for multi-unit inputs, the (rows, cols) patch grid of one unit.
     """
 
     features: torch.Tensor = None  # type: ignore[assignment]
@@ -66,6 +72,10 @@ class VisionView(_SeededView):
     captured: dict[int, Captured] = field(default_factory=dict, repr=False)
     has_cls: bool = True
     model_name: str = ""  # the adapter's name (e.g. "toy-llava"): methods with per-model assets (LearnPruner's LPM)
+    num_units: int = 1
+    unit_kind: str = "image"
+    unit_of: torch.Tensor | None = field(default=None, repr=False)
+    importance_layer: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -112,6 +122,56 @@ class VisionView(_SeededView):
         if self.has_cls and not include_cls:
             keys = keys[:, 1:]
         return keys
+
+    def importance(self, heads: HeadReduce = "mean") -> torch.Tensor:
+        """(B, N) the generic "how much does the encoder look at this token" signal, fp32.
+
+        [CLS] attention at the feature layer where the tower has a [CLS] token (LLaVA-1.5/NeXT, Video-LLaVA);
+        otherwise (Qwen2.5-VL) the attention each token *receives*, averaged over heads and all queries, at
+        ``importance_layer`` (a full-attention block), which is what replaces [CLS] attention there. A method
+        that calls it must list ``importance_layer`` (or the feature layer) in ``vision_layers``; adapters of
+        towers without [CLS] capture ``importance_layer`` whenever any ViT layer is captured.
+        """
+        if self.has_cls:
+            return self.cls_attention(heads=heads)
+        received = self.received_attention(self.importance_layer)
+        return received * self._capture(self.importance_layer).num_heads if heads == "sum" else received
+
+
+@dataclass
+class UnitVisionView(VisionView):
+    """A :class:`VisionView` over a CLIP-style tower run on several units (AnyRes crops, video frames).
+
+    ``captured`` holds q/k of shape (B*U, H, T, d) (sample-major, T tokens per unit, [CLS] at 0);
+    ``token_map`` (B, N) gives, for each candidate token in LLM order, its index in the flattened (U*T) tower
+    tokens. Signals are computed per unit and gathered through the map, so a candidate's [CLS] attention is the
+    attention of **its own unit's** [CLS] (for a token that is itself a [CLS], as Video-LLaVA's video frames
+    keep them, its attention to itself); ``cls_feature`` is the first unit's [CLS] (LLaVA-NeXT: the base crop).
+    """
+
+    token_map: torch.Tensor = None  # type: ignore[assignment]
+    unit_tokens: int = 0
+
+    def cls_attention(self, layer: int | None = None, heads: HeadReduce = "mean") -> torch.Tensor:
+        if not self.has_cls:
+            raise ValueError("this vision tower has no [CLS] token; use importance() or received_attention() instead")
+        cap = self._capture(layer)
+        units, num_heads, tokens = cap.query.shape[0], cap.query.shape[1], cap.key.shape[2]
+        rows = torch.zeros(units, 1, dtype=torch.long, device=cap.query.device)
+        probs = cap.probabilities(rows)[:, :, 0, :]  # (B*U, H, T)
+        probs = probs.view(self.batch_size, -1, num_heads, tokens).transpose(1, 2).reshape(self.batch_size, num_heads, -1)
+        probs = probs.gather(2, self.token_map[:, None, :].expand(-1, num_heads, -1))
+        return _reduce_heads(probs, heads)
+
+    def received_attention(self, layer: int | None = None) -> torch.Tensor:
+        received = self._capture(layer).received().reshape(self.batch_size, -1)
+        return received.gather(1, self.token_map)
+
+    def keys(self, layer: int | None = None, include_cls: bool = False) -> torch.Tensor:
+        keys = self._capture(layer).key.mean(1)
+        keys = keys.reshape(self.batch_size, -1, keys.shape[-1])
+        picked = keys.gather(1, self.token_map[..., None].expand(-1, -1, keys.shape[-1]))
+        return torch.cat([keys[:, :1], picked], dim=1) if include_cls and self.has_cls else picked
 
 
 @dataclass

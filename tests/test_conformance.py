@@ -20,7 +20,7 @@ def _adapter(name):
 
 @functools.lru_cache(maxsize=None)
 def _samples(name):
-    return synthetic_samples()
+    return synthetic_samples(family=_adapter(name).family)
 
 
 @pytest.mark.parametrize("check", CHECKS)

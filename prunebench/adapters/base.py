@@ -8,25 +8,44 @@ every family.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 
+from prunebench.attention import Captured, capture
+from prunebench.core import PruneBenchError
 from prunebench.views import VisionView
+
+# --budget-scope values: the budget covers the whole visual input, or each of its units (crops / frames)
+WHOLE_SCOPES = ("image", "video")
+UNIT_SCOPES = ("crop", "frame")
 
 
 @dataclass
 class Sample:
-    """One request: an image and a question (``id`` seeds per-sample randomness)."""
+    """One request: an image **or** a video and a question (``id`` seeds per-sample randomness).
+
+    ``video``: the frames, already sampled (Video-LLaVA uses 8 uniformly spaced frames; Qwen2.5-VL any even
+    count); ``meta["fps"]`` (default 2.0) gives Qwen2.5-VL's temporal M-RoPE spacing.
+    """
 
     id: str
     question: str
     image: Image.Image | None = None
     answer: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    video: list[Image.Image] | None = None
+
+    @property
+    def modality(self) -> str:
+        if self.video is not None and self.image is not None:
+            raise PruneBenchError(f"sample {self.id!r} has both an image and a video; give one visual input per sample")
+        return "video" if self.video is not None else "image"
 
 
 @dataclass
@@ -34,7 +53,8 @@ class Batch:
     """Preprocessed model inputs for a list of samples (left-padded)."""
 
     samples: list[Sample]
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor]  # exactly what the model's own forward/generate takes
+    meta: dict[str, Any] = field(default_factory=dict)  # adapter-private layout facts (not model inputs)
 
     @property
     def ids(self) -> list[str]:
@@ -55,8 +75,22 @@ class LLMInputs:
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    visual_index: torch.Tensor  # (B, n) positions of the visual tokens in this sequence
+    position_ids: torch.Tensor  # (B, L), or (3, B, L) M-RoPE positions (Qwen2.5-VL)
+    visual_index: torch.Tensor  # (B, n) positions of the visual tokens (the pruning candidates) in this sequence
+
+
+@dataclass
+class VisualLayout:
+    """How the rows of the vision stage's output are made: ``prepend`` merged rows, then the kept candidates
+    ``keep`` (B, k) (original indices, ascending), then ``append`` merged rows."""
+
+    keep: torch.Tensor
+    prepend: int = 0
+    append: int = 0
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.prepend or self.append)
 
 
 @dataclass(frozen=True)
@@ -74,9 +108,15 @@ class LLMShape:
 
 
 class ModelAdapter:
-    """Base class; see :class:`prunebench.adapters.llava.LlavaAdapter` for the reference implementation."""
+    """Base class; see :class:`prunebench.adapters.llava.LlavaAdapter` for the reference implementation.
+
+    ``budget_scopes``: the ``--budget-scope`` values this family accepts. ``image``/``video``: one budget for
+    all visual tokens of a sample; ``crop``/``frame``: the budget applies per unit (crop of an AnyRes image,
+    frame of a video) and the engine multiplies it by ``VisionView.num_units``.
+    """
 
     family: str = ""
+    budget_scopes: tuple[str, ...] = ("image",)
 
     def __init__(self, model: nn.Module, processor: Any, name: str = ""):
         self.model = model
@@ -136,6 +176,45 @@ class ModelAdapter:
         """New tokens from the unhooked model's own ``generate`` (the conformance kit's reference)."""
         raise NotImplementedError
 
+    def group_key(self, sample: Sample) -> Hashable:
+        """Samples with equal keys have equally many visual tokens in the same layout and can share a batch.
+
+        The engine splits a batch whose samples have different keys into groups, runs each group and restores
+        the order (AnyRes and dynamic-resolution families give each image size its own token count).
+        """
+        return None
+
+    # -- attention references for the conformance kit -----------------------------------------------------------
+    def run_vision(self, batch: Batch) -> Any:
+        """Run the vision encoder(s) of ``batch`` the way :meth:`encode` does (no capture, no selection)."""
+        raise NotImplementedError
+
+    def vision_attention_modules(self, batch: Batch, layer: int) -> list[nn.Module]:
+        """The attention modules of ViT layer ``layer`` that :meth:`run_vision` calls for ``batch``."""
+        return [self.vision_attention(layer)]
+
+    def captured_vision_attentions(self, batch: Batch, layers: Sequence[int]) -> dict[int, list[Captured]]:
+        """q/k captured at ViT ``layers`` through the prunebench wrapper, one entry per kernel call."""
+        from prunebench.attention import attention_probe
+
+        found: dict[int, list[Captured]] = {layer: [] for layer in layers}
+        requests = {m: found[layer].append for layer in layers for m in self.vision_attention_modules(batch, layer)}
+        with torch.inference_mode(), attention_probe(self.model), capture(requests):
+            self.run_vision(batch)
+        return found
+
+    def eager_vision_attentions(self, batch: Batch, layers: Sequence[int]) -> dict[int, list[torch.Tensor]]:
+        """The probabilities the model's own **eager** kernel computes at ViT ``layers``, one per kernel call.
+
+        Recorded from the return value of the modelling file's ``eager_attention_forward`` (registered for
+        this call only), independent of prunebench's capture path: the conformance kit's reference.
+        """
+        found: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        wanted = {m: layer for layer in layers for m in self.vision_attention_modules(batch, layer)}
+        with torch.inference_mode(), _eager_recorder(self.model, wanted, found):
+            self.run_vision(batch)
+        return found
+
     def decode(self, tokens: torch.Tensor) -> list[str]:
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         return [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
@@ -149,3 +228,65 @@ class ModelAdapter:
             "device": str(self.device),
             "attn_implementation": self.model.config._attn_implementation,
         }
+
+
+@contextlib.contextmanager
+def _eager_recorder(model: nn.Module, wanted: dict[nn.Module, int], found: dict[int, list[torch.Tensor]]) -> Iterator[None]:
+    """Run every sub-model with eager attention, recording the softmax of the modules in ``wanted``."""
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    def recording(module, query, key, value, attention_mask, *args, **kwargs):
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        out, weights = eager(module, query, key, value, attention_mask, *args, **kwargs)
+        if module in wanted and query.shape[2] > 1:
+            found[wanted[module]].append(weights.detach().float())
+        return out, weights
+
+    AttentionInterface.register("prunebench_eager_reference", recording)
+    AttentionMaskInterface.register("prunebench_eager_reference", eager_mask)
+    configs = {"": model.config, **{k: getattr(model.config, k) for k in getattr(model.config, "sub_configs", {}) if getattr(model.config, k, None) is not None}}
+    original = {k: cfg._attn_implementation for k, cfg in configs.items()}
+    model.set_attn_implementation({k: "prunebench_eager_reference" for k in configs})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(original)
+
+
+def splice_span(
+    embed: nn.Module,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    placeholder: torch.Tensor,
+    span: torch.Tensor,
+    span_source: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace each sample's contiguous placeholder span by ``span`` (B, n, D), vectorised over the batch.
+
+    ``placeholder``: (B, L) bool, the same count S per sample, contiguous. ``span_source``: (B, n) index in
+    0..S-1 of the old span slot each new slot stands for (its position under the ``original`` policy), or None.
+    Returns (embeds, new 2-D mask, old_index (B, L'): the old sequence position each new position stands for,
+    span start (B, 1)); merged slots without a source map to the first slot of the span.
+    """
+    bsz, length = input_ids.shape
+    size = int(placeholder[0].sum())
+    start = placeholder.long().argmax(dim=1, keepdim=True)
+    n = span.shape[1]
+    new_len = length - size + n
+    j = torch.arange(new_len, device=input_ids.device).expand(bsz, -1)
+    in_span = (j >= start) & (j < start + n)
+    source = torch.where(j < start, j, j + (size - n)).clamp(max=length - 1)
+    text = embed(input_ids.gather(1, source))
+    slot = (j - start).clamp(0, max(n - 1, 0))
+    vis = span.to(text.dtype).gather(1, slot[..., None].expand(-1, -1, span.shape[-1]))
+    embeds = torch.where(in_span[..., None], vis, text)
+    new_mask = torch.where(in_span, torch.ones_like(mask[:, :1]), mask.gather(1, source))
+    span_old = start + (span_source.gather(1, slot) if span_source is not None else torch.zeros_like(slot))
+    old_index = torch.where(in_span, span_old, source)
+    return embeds, new_mask, old_index, start
+
+
+def require_single_scope(scope: str, allowed: Sequence[str], family: str) -> None:
+    if scope not in allowed:
+        raise PruneBenchError(f"--budget-scope {scope!r} is not defined for {family}; choose one of {', '.join(allowed)}")

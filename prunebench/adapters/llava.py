@@ -4,6 +4,13 @@ Vision features follow ``LlavaModel.get_image_features`` exactly (``hidden_state
 [CLS] dropped under the "default" strategy, then ``multi_modal_projector``), so keeping every token
 reproduces stock ``generate``. The image span is located from ``input_ids == image_token_id``; nothing is
 hard-coded (FastV's scripts used 36 where the span starts at 35, methods-1.md §0.2).
+
+Preprocessing (``preprocess=``, recorded by :meth:`describe`; methods-1.md §0.2, methods-2.md §0.8):
+    * ``"hf"`` (default): the checkpoint's own processor (resize the short side, centre-crop) and chat
+      template (no system prompt), i.e. what ``llava-hf`` checkpoints do;
+    * ``"paper"``: what the published LLaVA-1.5 numbers used (original ``haotian-liu/LLaVA``,
+      ``image_aspect_ratio='pad'``): expand to a square filled with the processor's mean colour, then resize,
+      and the ``vicuna_v1`` system prompt. Expect accuracy shifts between the two even with nothing pruned.
 """
 
 from __future__ import annotations
@@ -11,13 +18,32 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from PIL import Image
 from torch import nn
 
 from prunebench.adapters.base import Batch, LLMInputs, LLMShape, ModelAdapter, Sample
+from prunebench.core import PruneBenchError
 from prunebench.attention import Captured, capture
 from prunebench.views import VisionView
 
 DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+VICUNA_V1_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions. USER: <image>\n{question} ASSISTANT:"
+)
+PREPROCESS_MODES = ("hf", "paper")
+
+
+def expand_to_square(image: Image.Image, mean: Sequence[float]) -> Image.Image:
+    """LLaVA's ``expand2square``: pad the short side symmetrically with the mean colour (0..255)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    fill = tuple(int(round(255 * m)) for m in mean)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -37,6 +63,7 @@ class LlavaAdapter(ModelAdapter):
         device: str = "cpu",
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
+        **options: Any,
     ) -> "LlavaAdapter":
         """Load e.g. ``llava-hf/llava-1.5-7b-hf`` (hub id or local folder) with its own processor."""
         from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -46,10 +73,13 @@ class LlavaAdapter(ModelAdapter):
         ).to(device)
         processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         model.eval()
-        return cls(model, processor, name=str(name_or_path))
+        return cls(model, processor, name=str(name_or_path), **options)
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = ""):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
         super().__init__(model, processor, name)
+        if preprocess not in PREPROCESS_MODES:
+            raise PruneBenchError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
+        self.preprocess = preprocess
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -97,6 +127,8 @@ class LlavaAdapter(ModelAdapter):
 
     # -- data ----------------------------------------------------------------------------------------------
     def prompt(self, question: str) -> str:
+        if self.preprocess == "paper":
+            return VICUNA_V1_PROMPT.format(question=question)
         template = getattr(self.processor, "chat_template", None)
         if template:
             conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -108,8 +140,11 @@ class LlavaAdapter(ModelAdapter):
         missing = [s.id for s in samples if s.image is None]
         if missing:
             raise ValueError(f"samples {missing[:5]} have no image; LLaVA-1.5 pruning needs one image per sample")
+        images = [s.image.convert("RGB") for s in samples]
+        if self.preprocess == "paper":
+            images = [expand_to_square(im, self.processor.image_processor.image_mean) for im in images]
         inputs = self.processor(
-            images=[s.image.convert("RGB") for s in samples],
+            images=images,
             text=[self.prompt(s.question) for s in samples],
             padding=True,
             return_tensors="pt",
@@ -147,7 +182,7 @@ class LlavaAdapter(ModelAdapter):
     def project(self, features: torch.Tensor) -> torch.Tensor:
         return self._inner.multi_modal_projector(features)
 
-    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str) -> LLMInputs:
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, **_: Any) -> LLMInputs:
         input_ids, mask = batch.input_ids, batch.attention_mask
         bsz, length = input_ids.shape
         is_image = input_ids == self.image_token_id
@@ -175,6 +210,14 @@ class LlavaAdapter(ModelAdapter):
             raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
         visual_index = start + torch.arange(n, device=input_ids.device)
         return LLMInputs(embeds, new_mask, positions, visual_index)
+
+    def run_vision(self, batch: Batch) -> Any:
+        return self._inner.vision_tower(batch.inputs["pixel_values"], output_hidden_states=True, return_dict=True)
+
+    def describe(self) -> dict[str, Any]:
+        prompt = VICUNA_V1_PROMPT if self.preprocess == "paper" else ("chat template" if getattr(self.processor, "chat_template", None) else DEFAULT_PROMPT)
+        image = "expand-to-square (mean colour) + resize" if self.preprocess == "paper" else "processor (resize short side + centre crop)"
+        return {**super().describe(), "preprocess": self.preprocess, "image_preprocessing": image, "prompt": prompt}
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         out = self.model.generate(**batch.inputs, **generate_kwargs)

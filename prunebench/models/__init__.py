@@ -1,14 +1,26 @@
-"""Model names → adapters: tiny config-built models, the shipped toy model, and any hub id or folder."""
+"""Model names → adapters: tiny config-built models, the shipped toy model, and any hub id or folder.
+
+A hub id or folder is dispatched on its ``config.model_type``: ``llava`` (LLaVA-1.5), ``llava_next``
+(LLaVA-1.6), ``video_llava`` and ``qwen2_5_vl``. ``options`` go to the adapter: ``preprocess="paper"|"hf"``
+(LLaVA-1.5), ``layout="anyres"|"fivecrop"`` (LLaVA-NeXT), and are recorded by ``adapter.describe()``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from prunebench.adapters.base import ModelAdapter
 from prunebench.core import PruneBenchError
 
-TINY_MODELS = {"tiny-llava": "llava"}
+# tiny name -> family (model_type); the builders live in prunebench.models.tiny
+TINY_MODELS = {
+    "tiny-llava": "llava",
+    "tiny-llava_next": "llava_next",
+    "tiny-video_llava": "video_llava",
+    # "tiny-qwen2_5_vl": "qwen2_5_vl",  (next commit)
+}
 DEFAULT_MODEL = "toy-llava"
+FAMILIES = ("llava", "llava_next", "video_llava", "qwen2_5_vl")
 
 
 def _family_of(name_or_path: str, trust_remote_code: bool) -> str:
@@ -28,15 +40,39 @@ def known_models() -> list[str]:
     return sorted([*TINY_MODELS, DEFAULT_MODEL])
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False, seed: int = 0) -> ModelAdapter:
-    """An adapter for ``name``: ``tiny-<family>``, ``toy-llava``, a hub id (e.g. ``llava-hf/llava-1.5-7b-hf``) or a folder."""
-    from prunebench.adapters.llava import LlavaAdapter
+def adapter_class(family: str) -> type[ModelAdapter]:
+    """The adapter class of a model family (``config.model_type``)."""
+    if family == "llava":
+        from prunebench.adapters.llava import LlavaAdapter as cls
+    elif family == "llava_next":
+        from prunebench.adapters.llava_next import LlavaNextAdapter as cls
+    elif family == "video_llava":
+        from prunebench.adapters.video_llava import VideoLlavaAdapter as cls
+    elif family == "qwen2_5_vl":
+        from prunebench.adapters.qwen2_5_vl import Qwen2_5_VLAdapter as cls
+    else:
+        raise PruneBenchError(f"model type {family!r} has no adapter yet; supported: {', '.join(FAMILIES)}")
+    return cls
 
+
+def _tiny_builder(family: str) -> Callable:
+    from prunebench.models import tiny
+
+    return getattr(tiny, f"tiny_{family}")
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False, seed: int = 0,
+               **options: Any) -> ModelAdapter:
+    """An adapter for ``name``: ``tiny-<family>``, ``toy-llava``, a hub id or a folder.
+
+    Hub ids such as ``llava-hf/llava-1.5-7b-hf``, ``llava-hf/llava-v1.6-vicuna-7b-hf``,
+    ``LanguageBind/Video-LLaVA-7B-hf`` and ``Qwen/Qwen2.5-VL-7B-Instruct`` load through each adapter's
+    ``from_pretrained`` (the stock ``*ForConditionalGeneration.from_pretrained``).
+    """
     if name in TINY_MODELS:
-        from prunebench.models.tiny import tiny_llava
-
-        model, processor = tiny_llava(seed=seed)
-        return LlavaAdapter(model.to(device), processor, name=name)
+        family = TINY_MODELS[name]
+        model, processor = _tiny_builder(family)(seed=seed)
+        return adapter_class(family)(model.to(device), processor, name=name, **options)
     path: Any = name
     if name == DEFAULT_MODEL:
         from prunebench.toy import TOY_MODEL_DIR
@@ -45,8 +81,6 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cp
             raise PruneBenchError(f"the toy model is missing at {TOY_MODEL_DIR}; train it with `prunebench toy train`")
         path = str(TOY_MODEL_DIR)
     family = _family_of(str(path), trust_remote_code)
-    if family == "llava":
-        adapter = LlavaAdapter.from_pretrained(str(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        adapter.name = name
-        return adapter
-    raise PruneBenchError(f"model type {family!r} of {name!r} has no adapter yet; supported: llava")
+    adapter = adapter_class(family).from_pretrained(str(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options)
+    adapter.name = name
+    return adapter

@@ -21,19 +21,25 @@ CHAT_TEMPLATE = (
 )
 
 
-def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, extra: tuple[str, ...] = ("USER", ":", "ASSISTANT", "?", ".", ",")):
-    """A word-level fast tokenizer over ``words`` (transformers-notes §2.1)."""
+def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, extra: tuple[str, ...] = ("USER", ":", "ASSISTANT", "?", ".", ","),
+                   extra_specials: tuple[str, ...] = (), image_token: str = "<image>", video_token: str | None = None):
+    """A word-level fast tokenizer over ``words`` (transformers-notes §2.1).
+
+    ``extra_specials`` (e.g. ``<video>``, Qwen's ``<|image_pad|>``) are added as special tokens; ``image_token`` /
+    ``video_token`` set the tokenizer attributes processors read.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + sorted(set(words) | set(extra)))}
+    specials = SPECIALS + [t for t in extra_specials if t not in SPECIALS]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(words) | set(extra)))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": image_token, **({"video_token": video_token} if video_token else {})},
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[4:]})
     return tokenizer
 
 
@@ -72,3 +78,114 @@ def tiny_llava(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, hidde
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, llava_processor(tokenizer, image_size)
+
+
+# -- the other families ----------------------------------------------------------------------------------------
+QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672]]
+
+
+def _llama_text(tokenizer, num_layers: int, hidden: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _clip(image_size: int, vision_layers: int):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        image_size=image_size, patch_size=14, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=vision_layers, num_attention_heads=4, projection_dim=32,
+    )
+
+
+def _finish(model, tokenizer, seed: int, dtype):
+    model = model.to(dtype).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def tiny_llava_next(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, hidden: int = 64, dtype=torch.float32):
+    """(model, processor) of a tiny LLaVA-NeXT: CLIP at a 336 px base crop, AnyRes grid pinpoints up to 672x672.
+
+    A 336x336 image gives 1176 LLM tokens (576 base + 24 rows x (24 + newline)), a 672x672 one 2928, as the
+    7B model with the same pinpoints would (transformers-notes §2.2).
+    """
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    tokenizer = word_tokenizer()
+    config = LlavaNextConfig(
+        vision_config=_clip(336, vision_layers), text_config=_llama_text(tokenizer, num_layers, hidden),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_feature_layer=-2, vision_feature_select_strategy="default", attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = _finish(LlavaNextForConditionalGeneration(config), tokenizer, seed, dtype)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=NEXT_PINPOINTS,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def tiny_video_llava(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, hidden: int = 64, dtype=torch.float32):
+    """(model, (image processor, tokenizer)) of a tiny Video-LLaVA: 224 px CLIP towers for images and video.
+
+    ``VideoLlavaProcessor`` cannot be built without torchvision (transformers-notes §1.2), so the adapter
+    expands the ``<image>`` / ``<video>`` placeholders itself and preprocesses frames with the image processor.
+    """
+    from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+
+    tokenizer = word_tokenizer(extra_specials=("<video>",))
+    config = VideoLlavaConfig(
+        vision_config=_clip(224, vision_layers), text_config=_llama_text(tokenizer, num_layers, hidden),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=256, video_seq_length=8 * 257,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = _finish(VideoLlavaForConditionalGeneration(config), tokenizer, seed, dtype)
+    image_processor = VideoLlavaImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    return model, (image_processor, tokenizer)
+
+
+def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 4, hidden: int = 64, dtype=torch.float32):
+    """(model, (image processor, tokenizer)) of a tiny Qwen2.5-VL: windowed ViT (112 px windows) with full
+    attention at blocks 1 and 3, 2x2 merger, M-RoPE sections [2, 3, 3] (sum = head_dim / 2).
+
+    ``Qwen2_5_VLProcessor`` cannot be built without torchvision (transformers-notes §1.2); the adapter expands
+    ``<|image_pad|>`` / ``<|video_pad|>`` and builds ``mm_token_type_ids`` and the video patches itself.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tokenizer = word_tokenizer(extra_specials=tuple(QWEN_SPECIALS), image_token="<|image_pad|>", video_token="<|video_pad|>")
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=hidden, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1, vision_depth - 1],
+            tokens_per_second=2,
+        ),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = _finish(Qwen2_5_VLForConditionalGeneration(config), tokenizer, seed, dtype)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=448 * 448, patch_size=14, merge_size=2, temporal_patch_size=2)
+    return model, (image_processor, tokenizer)

@@ -1,0 +1,212 @@
+"""LLaVA-NeXT (LLaVA-1.6) on the stock ``transformers`` ``LlavaNextForConditionalGeneration``.
+
+Two visual layouts (``layout=``, recorded by :meth:`describe`; methods-1.md §0.3.4, §3.3, §4.4):
+
+* ``"anyres"`` (default, the stock model): base crop (24x24) + the AnyRes sub-crops tiled into one grid,
+  **unpadded** back to the image's aspect ratio, with an ``image_newline`` token after every row. The token
+  count depends on the image size (336x336 -> 1176 = 576 + 24 x (24 + 1)). The layout is taken from the
+  model's own ``pack_image_features`` (run on token indices instead of features), so it cannot drift from it.
+* ``"fivecrop"``: the papers' fixed layout (VisPruner/FasterVLM, VisionZip, HiPrune): the AnyRes grid forced to
+  672x672, i.e. base + 2x2 sub-crops, **no unpadding and no newline tokens**: 2880 = 5 x 576 tokens, the
+  sub-crops in raster order over the 48x48 tiled grid, the base crop first. Apply it to the unpruned baseline
+  too (a budget >= 2880) to compare like with like. Stock ``generate`` has no such layout.
+
+Newline tokens are **not pruning candidates**: they are a learned constant that marks row ends, they have no
+vision-tower feature, and they are **always kept** at the end of their row (the budget counts patch tokens
+only, like the papers' 2880-token layout, which has none). A row whose patches are all pruned keeps its newline,
+so every sample of a group keeps the same number of tokens. ``VisionView.features`` therefore holds only patch
+tokens; ``LayerView.visual_index`` skips the newlines, so LLM-stage methods never drop them.
+
+Budget scope (``--budget-scope``): ``image`` (default) = one budget for all patch tokens of the image; ``crop``
+= the budget is per crop and the engine multiplies it by ``VisionView.num_units`` (1 base + sub-crops; the
+papers' "32 x 5 = 160"). ``unit_of`` tells a method which crop each token is from (unpadded sub-crop tokens
+keep the crop they were cut from).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Sequence
+
+import torch
+from torch import nn
+
+from prunebench.adapters.base import Batch, LLMInputs, Sample, VisualLayout, splice_span
+from prunebench.adapters.llava import LlavaAdapter, _store, positions_from_mask
+from prunebench.attention import Captured, capture
+from prunebench.core import PruneBenchError
+from prunebench.views import UnitVisionView
+
+LAYOUTS = ("anyres", "fivecrop")
+FIVECROP_PINPOINTS = [[672, 672]]
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    family = "llava_next"
+    budget_scopes = ("image", "crop")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | str = "auto", device: str = "cpu",
+                        attn_implementation: str = "sdpa", trust_remote_code: bool = False, **options: Any) -> "LlavaNextAdapter":
+        """Load e.g. ``llava-hf/llava-v1.6-vicuna-7b-hf`` (hub id or local folder) with its own processor."""
+        from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+        model = LlavaNextForConditionalGeneration.from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+        ).to(device)
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model.eval()
+        return cls(model, processor, name=str(name_or_path), **options)
+
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", layout: str = "anyres", preprocess: str = "hf"):
+        if preprocess != "hf":
+            raise PruneBenchError("LLaVA-NeXT has one preprocessing (its AnyRes processor); use preprocess='hf'")
+        if layout not in LAYOUTS:
+            raise PruneBenchError(f"LLaVA-NeXT layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        super().__init__(model, processor, name, preprocess)
+        self.layout = layout
+        config = model.config
+        self.image_token_id = getattr(config, "image_token_id", None) or config.image_token_index
+        self._side = config.vision_config.image_size // config.vision_config.patch_size  # 24 for CLIP-L/336
+
+    # -- data ----------------------------------------------------------------------------------------------
+    def group_key(self, sample: Sample) -> Hashable:
+        return None if self.layout == "fivecrop" else tuple(sample.image.size) if sample.image is not None else None
+
+    def prepare(self, samples: Sequence[Sample]) -> Batch:
+        samples = list(samples)
+        missing = [s.id for s in samples if s.image is None or s.video is not None]
+        if missing:
+            raise ValueError(f"samples {missing[:5]} need exactly one image (LLaVA-NeXT takes images, not video)")
+        images = [s.image.convert("RGB") for s in samples]
+        prompts = [self.prompt(s.question) for s in samples]
+        if self.layout == "anyres":
+            inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        else:
+            # The processor's token count assumes the stock layout; expand the placeholder by hand (5 x 576).
+            image = self.processor.image_processor(images, image_grid_pinpoints=FIVECROP_PINPOINTS, return_tensors="pt")
+            token = self.processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
+            text = [p.replace(token, token * (5 * self._side**2), 1) for p in prompts]
+            inputs = {**self.processor.tokenizer(text, padding=True, return_tensors="pt"), **image}
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        counts = (inputs["input_ids"] == self.image_token_id).sum(1)
+        if int(counts.min()) == 0:
+            raise ValueError(f"each prompt must hold one image; image-token counts per sample: {counts.tolist()}")
+        return Batch(samples, inputs)
+
+    def _num_crops(self, image_size: torch.Tensor) -> int:
+        if self.layout == "fivecrop":
+            return 5
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        config = self.model.config
+        return image_size_to_num_patches(image_size, config.image_grid_pinpoints, config.vision_config.image_size)
+
+    def _tower_input(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        pixel_values, sizes = batch.inputs["pixel_values"], batch.inputs["image_sizes"]
+        crops = {self._num_crops(size) for size in sizes}
+        if len(crops) != 1:
+            raise PruneBenchError("images with different AnyRes grids in one group; the engine groups by image size")
+        crops = crops.pop()
+        return pixel_values[:, :crops].reshape(-1, *pixel_values.shape[2:]), crops
+
+    def token_layout(self, image_size: torch.Tensor, crops: int, tower_tokens: int) -> torch.Tensor:
+        """(T,) for each slot of the image span: the index of its tower token in the flattened (crops x
+        ``tower_tokens``) output, or -1 for a newline token."""
+        has_cls = self.model.config.vision_feature_select_strategy == "default"
+        per_crop = self._side**2
+        first = 1 if has_cls else 0
+        index = torch.arange(crops)[:, None] * tower_tokens + first + torch.arange(per_crop)[None]  # (crops, 576)
+        if self.layout == "fivecrop":
+            sub = index[1:].view(2, 2, self._side, self._side).permute(0, 2, 1, 3).reshape(-1)
+            return torch.cat([index[0], sub])
+        features = [index[..., None].double()]
+        packed, _ = self._inner.pack_image_features(
+            features, image_size[None].cpu(), self.model.config.vision_feature_select_strategy, image_newline=torch.tensor([-1.0], dtype=torch.double)
+        )
+        return packed[0][:, 0].round().long()
+
+    def run_vision(self, batch: Batch) -> Any:
+        pixels, _ = self._tower_input(batch)
+        return self._inner.vision_tower(pixels, output_hidden_states=True, return_dict=True)
+
+    def encode(self, batch: Batch, capture_layers: Sequence[int] = ()) -> UnitVisionView:
+        pixels, crops = self._tower_input(batch)
+        captured: dict[int, Captured] = {}
+        requests = {self.vision_attention(layer): _store(captured, layer) for layer in capture_layers}
+        with capture(requests):
+            out = self._inner.vision_tower(pixels, output_hidden_states=True, return_dict=True)
+        selected = [out.hidden_states[i] for i in self._feature_layers()]
+        hidden = torch.cat(selected, dim=-1)  # (B*crops, T, D)
+        bsz, tokens = len(batch.samples), hidden.shape[1]
+        slots = self.token_layout(batch.inputs["image_sizes"][0], crops, tokens).to(hidden.device)
+        newline = slots < 0
+        if int((batch.input_ids[0] == self.image_token_id).sum()) != slots.numel():
+            raise PruneBenchError(f"the prompt holds {int((batch.input_ids[0] == self.image_token_id).sum())} image tokens "
+                                  f"but the {self.layout} layout has {slots.numel()}; prepare the batch with this adapter")
+        token_map = slots[~newline].expand(bsz, -1)
+        flat = hidden.reshape(bsz, crops * tokens, -1)
+        has_cls = self.model.config.vision_feature_select_strategy == "default"
+        batch.meta["newline"] = newline
+        return UnitVisionView(
+            features=flat.gather(1, token_map[..., None].expand(-1, -1, flat.shape[-1])),
+            cls_feature=flat[:, 0] if has_cls else None,
+            grid=(self._side, self._side),
+            feature_layer=self.feature_layer,
+            num_vision_layers=self.num_vision_layers,
+            projector=self.project,
+            captured=captured,
+            has_cls=has_cls,
+            num_units=crops,
+            unit_kind="crop",
+            unit_of=token_map // tokens,
+            token_map=token_map,
+            unit_tokens=tokens,
+        )
+
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,
+                 layout: VisualLayout | None = None) -> LLMInputs:
+        input_ids, mask = batch.input_ids, batch.attention_mask
+        bsz, device = input_ids.shape[0], input_ids.device
+        newline = batch.meta.get("newline")
+        if newline is None:
+            raise PruneBenchError("assemble() needs the layout that encode() computed for this batch; call encode first")
+        if layout is None:
+            layout = VisualLayout(kept if kept is not None else torch.arange(visual.shape[1], device=device).expand(bsz, -1))
+        first, last = layout.prepend, visual.shape[1] - layout.append
+        keep = layout.keep
+        candidates = (~newline).nonzero().squeeze(1)
+        rows = candidates[keep]  # (B, k) span slots of the kept patches
+        breaks = newline.nonzero().squeeze(1).expand(bsz, -1)
+        slots = torch.cat([rows, breaks], dim=1)
+        order = slots.argsort(dim=1)
+        source = slots.gather(1, order)
+        newline_embed = self._inner.image_newline.to(visual.dtype)
+        values = torch.cat([visual[:, first:last], newline_embed.expand(bsz, breaks.shape[1], -1)], dim=1)
+        values = values.gather(1, order[..., None].expand(-1, -1, values.shape[-1]))
+        is_patch = order < rows.shape[1]
+        offsets = is_patch.nonzero()[:, 1].view(bsz, -1) + first
+        span = torch.cat([visual[:, :first], values, visual[:, last:]], dim=1)
+        span_source = torch.cat([source[:, :1].expand(-1, first), source, source[:, -1:].expand(-1, layout.append)], dim=1)
+        merged_offsets = [torch.arange(first, device=device).expand(bsz, -1), offsets,
+                          torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1)]
+        visual_offsets = torch.cat(merged_offsets, dim=1)
+        placeholder = input_ids == self.image_token_id
+        embeds, new_mask, old_index, start = splice_span(self.model.get_input_embeddings(), input_ids, mask, placeholder, span, span_source)
+        if policy == "compact":
+            positions = positions_from_mask(new_mask)
+        elif policy == "original":
+            if layout.merged or kept is None:
+                raise ValueError("merged tokens have no original position; this method needs position_policy='compact'")
+            positions = positions_from_mask(mask).gather(1, old_index)
+        else:
+            raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
+        return LLMInputs(embeds, new_mask, positions, start + visual_offsets)
+
+    def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
+        if self.layout != "anyres":
+            raise PruneBenchError("stock generate only knows the AnyRes layout; the fivecrop baseline is a keep-all budget")
+        return super().stock_generate(batch, **generate_kwargs)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "layout": self.layout, "newline_tokens": "always kept, not candidates" if self.layout == "anyres" else "none"}
