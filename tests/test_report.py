@@ -276,3 +276,29 @@ def test_report_command_writes_every_format(run, tmp_path, capsys):
     assert printed.startswith(r"\documentclass") and printed.rstrip().endswith(r"\end{document}")
     assert main(["report", str(run.root), "--format", "html"]) == 2
     assert "md, csv, latex" in capsys.readouterr().err
+
+
+def test_collisions_inside_one_run_name_params_and_budget_mode(tmp_path):
+    store = ResultStore(tmp_path / "r")
+    records = [r for r in example_records() if r["method"] in ("none", "visionzip") and r["status"] == "done"]
+    for record in records:
+        store.put(record)
+    for record in records[1:]:  # the same cells again with another parameter, and in the other budget mode
+        store.put(dict(record, key=record["key"] + "p", method_params={"dominant": 54}, relacc=0.5))
+        store.put(dict(record, key=record["key"] + "m", budget_mode="final", relacc=0.4))
+    df = leaderboard(store)
+    labels = set(df.loc[df["budget"] == 32, "label"])
+    assert labels == {"VisionZip (average) (dominant=default)", "VisionZip (average) (dominant=54)", "VisionZip (final)"}
+    rank = ranks(df)
+    # the two budget modes are ranked apart: the 'final' cell is alone in its group, so it is not bold
+    assert rank.loc[(df["budget_mode"] == "final"), "relacc"].eq(0).all()
+    tex = to_latex(df)
+    assert "32 visual tokens (budget mode: final)" in tex
+
+
+def test_published_model_from_hub_id(tmp_path):
+    store = ResultStore(tmp_path / "r")
+    for record in example_records(model="llava-hf/llava-v1.6-vicuna-7b-hf"):
+        store.put(record)
+    df = leaderboard(store, with_published=True)
+    assert set(df.loc[df["source"] != "measured", "model"]) == {"llava-next-7b"}

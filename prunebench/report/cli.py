@@ -44,9 +44,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `prunebench run` (several are combined)")
     p.add_argument("--with-published", action="store_true",
                    help="add the seed papers' published numbers (marked 'published: <paper> <table>'; not ranked)")
-    p.add_argument("--published-model", default="llava-1.5-7b", metavar="MODEL",
-                   help="which model's published numbers (default llava-1.5-7b; also llava-next-7b, qwen2.5-vl-7b, "
-                        "video-llava-7b, ...)")
+    p.add_argument("--published-model", metavar="MODEL",
+                   help="which model's published numbers: llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b, video-llava-7b, ... "
+                        "or a hub id such as llava-hf/llava-1.5-7b-hf (default: the runs' model if the papers report it, "
+                        "else llava-1.5-7b)")
     p.add_argument("--published-source", metavar="TEXT",
                    help="keep only published tables whose paper/table name contains TEXT, e.g. 'VisPruner' or 'DART'")
 

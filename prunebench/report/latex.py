@@ -49,7 +49,7 @@ def _method_cell(row: pd.Series) -> str:
     return text
 
 
-def _block_title(row: pd.Series) -> str:
+def _block_title(row: pd.Series, several_modes: bool = False) -> str:
     if row["source"] != MEASURED:
         head = f"Published: {_short_source(row['source'])}"
         if row["method"] == BASELINE_METHOD:
@@ -57,7 +57,8 @@ def _block_title(row: pd.Series) -> str:
         return head if pd.isna(row["budget"]) else f"{head}, {int(row['budget'])} tokens"
     if row["method"] == BASELINE_METHOD or pd.isna(row["budget"]):
         return "Unpruned"
-    return f"{int(row['budget'])} visual tokens"
+    mode = f" (budget mode: {row['budget_mode']})" if several_modes and row["budget_mode"] else ""
+    return f"{int(row['budget'])} visual tokens{mode}"
 
 
 def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:leaderboard", standalone: bool = False) -> str:
@@ -65,6 +66,7 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:
     tasks = task_columns(df)
     value_cols = tasks + METRIC_COLUMNS
     multi_model = df["model"].nunique() > 1
+    several_modes = df.loc[df["source"] == MEASURED, "budget_mode"].replace("", pd.NA).dropna().nunique() > 1
     head_cols = ["Method", "Budget"]  # with several models, each block's title names its model
     titles = [escape(t) for t in tasks] + [escape(COLUMN_TITLES[c]) for c in METRIC_COLUMNS]
     ncols = len(head_cols) + len(value_cols)
@@ -89,7 +91,7 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:
     ]
     block = None
     for idx, row in df.iterrows():
-        title = (row["source"], row["model"], _block_title(row))
+        title = (row["source"], row["model"], _block_title(row, several_modes))
         if title != block:
             lines.append(r"\midrule")
             model = f" ({escape(row['model'])})" if multi_model and row["model"] else ""

@@ -214,23 +214,34 @@ def _assign_labels(df: pd.DataFrame) -> pd.Series:
     labels = df["method"].map(display_name).astype(object)
     published = df["source"] != MEASURED
     labels[published] = df.loc[published, "label"]
-    measured = df[~published]
-    for _, group in measured.groupby(["model", "method", measured["budget"].fillna(-1)], dropna=False):
+    measured = df[~published].assign(_budget=df["budget"].astype("Float64").fillna(-1))
+    for _, group in measured.groupby(["model", "method", "_budget"], dropna=False):
+        if group["budget_mode"].nunique() > 1:
+            labels[group.index] = labels[group.index] + " (" + group["budget_mode"] + ")"
+        if group["suite"].nunique() > 1:
+            labels[group.index] = labels[group.index] + " {" + group["suite"] + "}"
+    for _, group in measured.groupby(["model", "method", "_budget", "budget_mode", "suite"], dropna=False):
         if len(group) < 2:
             continue
         if group["run"].nunique() > 1:
             labels[group.index] = labels[group.index] + " [" + group["run"] + "]"
         if group["params"].nunique() > 1:
-            labels[group.index] = labels[group.index] + " (" + group["params"].map(_short_params) + ")"
+            labels[group.index] = labels[group.index] + " (" + _differing_params(group["params"]) + ")"
     return labels
 
 
-def _short_params(text: str) -> str:
-    try:
-        params = json.loads(text)
-    except (TypeError, ValueError):
-        return text
-    return ", ".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, dict) else str(params)
+def _differing_params(texts: pd.Series) -> pd.Series:
+    """Per row, only the parameters that differ within the group ("k=default" where a row does not set k)."""
+    parsed = []
+    for text in texts:
+        try:
+            value = json.loads(text) if text else {}
+        except (TypeError, ValueError):
+            value = {"params": text}
+        parsed.append(value if isinstance(value, dict) else {"params": value})
+    keys = sorted({k for p in parsed for k in p})
+    differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in parsed}) > 1]
+    return pd.Series([", ".join(f"{k}={p.get(k, 'default')}" for k in differing) for p in parsed], index=texts.index)
 
 
 def task_columns(df: pd.DataFrame) -> list[str]:
@@ -242,14 +253,15 @@ def task_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in fixed]
 
 
-def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *, published_model: str = "llava-1.5-7b",
+def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *, published_model: str | None = None,
                 published_source: str | None = None) -> pd.DataFrame:
     """The leaderboard of one or several runs.
 
     ``store_or_records_or_paths``: a :class:`ResultStore`, a run folder, record dicts, or a list of those (several
     runs are combined; rows whose method and budget collide keep their run label). ``with_published`` adds the
     seed papers' published numbers for ``published_model`` (``published_source``: substring of paper/table to
-    keep), marked ``source = "published: <paper> <table>"``.
+    keep), marked ``source = "published: <paper> <table>"``. Without ``published_model``, the first measured model
+    that the published data knows (e.g. ``llava-hf/llava-1.5-7b-hf``) is used, else llava-1.5-7b.
     """
     rows = [_row(run, rec) for run, rec in load_records(store_or_records_or_paths)]
     _fill_relacc(rows)
@@ -265,8 +277,11 @@ def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *,
         records.append(r | {t: scores.get(t, math.nan) for t in tasks})
     df = pd.DataFrame.from_records(records, columns=META_COLUMNS + tasks + METRIC_COLUMNS + EXTRA_COLUMNS)
     if with_published:
-        from prunebench.report.published import published_rows
+        from prunebench.report.published import published_rows, resolve_model
 
+        if published_model is None:
+            found = [resolve_model(str(m)) for m in df["model"].unique()]
+            published_model = next((m for m in found if m), "llava-1.5-7b")
         pub = published_rows(published_model, source=published_source)
         if pub.empty:
             log.warning("no published numbers for model %r", published_model)
@@ -293,6 +308,7 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
         "source": df["source"],
         "model": df["model"],
         "base": (df["method"] != BASELINE_METHOD).astype(int),
+        "mode": df["budget_mode"],
         "budget": -df["budget"].astype("Float64").fillna(1e9),
         "method": df["method"],
         "run": df["run"],
@@ -309,7 +325,7 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
 def ranks(df: pd.DataFrame) -> pd.DataFrame:
     """1 = best, 2 = second best of each value column within each budget group; 0 = not ranked.
 
-    Groups are (model, budget) over the measured, finished, pruned rows (the unpruned baseline and published
+    Groups are (model, suite, budget mode, budget) over the measured, finished, pruned rows (the unpruned baseline and published
     rows are references, not contenders). Scores, RelAcc and agreement rank higher-is-better; prefill ms,
     TFLOPs and KV MB lower-is-better. Ties share a rank. A best needs at least two rows to compare; a second
     best needs at least three distinct values.
@@ -317,7 +333,7 @@ def ranks(df: pd.DataFrame) -> pd.DataFrame:
     cols = task_columns(df) + METRIC_COLUMNS
     out = pd.DataFrame(0, index=df.index, columns=cols)
     contenders = df[(df["source"] == MEASURED) & (df["status"] == "done") & (df["method"] != BASELINE_METHOD)]
-    for _, group in contenders.groupby(["model", "budget"], dropna=False):
+    for _, group in contenders.groupby(["model", "suite", "budget_mode", "budget"], dropna=False):
         if len(group) < 2:
             continue
         for col in cols:

@@ -36,6 +36,24 @@ def published_models() -> list[str]:
     return sorted(published_table()["model"].unique())
 
 
+# Hub ids (and the originals' checkpoints) of the models the papers report on -> the short names of the data.
+MODEL_ALIASES = {
+    "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b", "liuhaotian/llava-v1.5-7b": "llava-1.5-7b",
+    "llava-hf/llava-v1.6-vicuna-7b-hf": "llava-next-7b", "liuhaotian/llava-v1.6-vicuna-7b": "llava-next-7b",
+    "qwen/qwen2.5-vl-7b-instruct": "qwen2.5-vl-7b", "qwen/qwen2.5-vl-3b-instruct": "qwen2.5-vl-3b",
+    "qwen/qwen2-vl-7b-instruct": "qwen2-vl-7b", "languagebind/video-llava-7b-hf": "video-llava-7b",
+    "languagebind/video-llava-7b": "video-llava-7b",
+}
+
+
+def resolve_model(name: str) -> str | None:
+    """The published-data name of ``name`` (a short name such as llava-1.5-7b, or a hub id), or None."""
+    key = name.strip().lower()
+    if key in published_models():
+        return key
+    return MODEL_ALIASES.get(key)
+
+
 def source_label(paper: str, table: str) -> str:
     return f"published: {paper} {table}"
 
@@ -47,9 +65,11 @@ def published_rows(model: str = "llava-1.5-7b", source: str | None = None) -> pd
     """
     table = published_table()
     known = published_models()
-    if model not in known:
+    resolved = resolve_model(model)
+    if resolved is None:
         raise PruneBenchError(f"no published numbers for model {model!r}; shipped models: {', '.join(known)} "
                               "(choose one with --published-model)")
+    model = resolved
     sel = table[table["model"] == model]
     if source:
         text = (sel["paper"] + " " + sel["table"]).str.lower()
