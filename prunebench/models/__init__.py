@@ -17,7 +17,7 @@ TINY_MODELS = {
     "tiny-llava": "llava",
     "tiny-llava_next": "llava_next",
     "tiny-video_llava": "video_llava",
-    # "tiny-qwen2_5_vl": "qwen2_5_vl",  (next commit)
+    "tiny-qwen2_5_vl": "qwen2_5_vl",
 }
 DEFAULT_MODEL = "toy-llava"
 FAMILIES = ("llava", "llava_next", "video_llava", "qwen2_5_vl")
