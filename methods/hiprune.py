@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
+from prunebench.methods.vispruner import ranked_per_unit, unit_quotas
 from prunebench.registry import register_method
 from prunebench.views import VisionView
 
@@ -44,9 +45,12 @@ class HiPrune(VisionStagePruner):
     entry should set 15 (the port's block 16 of 32, a full-attention block).
     Deviations: fp32 scores (original: fp16 means of eager attention); the budget is per sample (the LLaVA
     code divides B by the number of images in the encoder batch, so batch > 1 would shrink it, §2.7); the grid
-    width comes from the view instead of the hard-coded 24. Multi-crop (LLaVA-NeXT): the original selects each
-    crop independently with int(B / n_crops); one VisionView row per crop reproduces it. HiPrune-Qwen2.5-VL
-    keeps original M-RoPE positions and scores 2x2 merge units; that variant belongs to the Qwen adapter.
+    width comes from the view instead of the hard-coded 24. Multi-unit inputs (LLaVA-NeXT crops, video
+    frames): the original selects each crop on its own (anchors, buffers on that crop's 24x24 grid, registers)
+    with int(B / n_crops) tokens; here each unit keeps its share (``unit_quotas``: B / n_units, the remainder
+    to the first units, so the total is exactly B) and neighbours are found on the unit's own grid (a
+    neighbour removed by AnyRes unpadding is dropped). HiPrune-Qwen2.5-VL keeps original M-RoPE positions
+    and scores 2x2 merge units; that variant belongs to the Qwen adapter.
     """
 
     alpha: float = 0.1
@@ -110,28 +114,85 @@ class HiPrune(VisionStagePruner):
     def select_vision(self, view: VisionView, keep: int) -> Selection:
         object_scores = view.received_attention(self._object_index(view.num_vision_layers))
         register_scores = view.received_attention(self._register_index(view.num_vision_layers, view.feature_layer))
-        anchored = self.anchors_and_buffers(object_scores, keep, view.grid[1])
-        sizes = anchored.sum(dim=1)
+        quotas = unit_quotas(view, keep)
+        if quotas is None:
+            anchored = self.anchors_and_buffers(object_scores, keep, view.grid[1])
+            self._check(anchored.sum(dim=1), keep)
+            # anchors and buffers first (they always fit), then the best register-layer tokens for the rest
+            return Selection(top_k(register_scores.masked_fill(anchored, float("inf")), keep))
+        # several crops / frames: each selects its own share, on its own grid, as the original does per crop
+        units, unit_of = view.num_units, view.unit_of
+        ranked = ranked_per_unit(object_scores, unit_of, units)
+        anchors = torch.cat([order[:, : self.num_anchors(quota)] for order, quota in zip(ranked, quotas)], dim=1)
+        patch, inverse, cells = grid_positions(view)
+        anchored = self._mark(anchors, patch, inverse, unit_of, cells, view.grid[1])
+        per_unit = torch.zeros(view.batch_size, units, dtype=torch.long, device=anchored.device)
+        per_unit.scatter_add_(1, unit_of, anchored.long())
+        for u, quota in enumerate(quotas):
+            self._check(per_unit[:, u], quota)
+        ranked = ranked_per_unit(register_scores.masked_fill(anchored, float("inf")), unit_of, units)
+        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(ranked, quotas)], dim=1))
+
+    def _check(self, sizes: torch.Tensor, keep: int) -> None:
         if bool((sizes > keep).any()):
             raise PruneBenchError(
                 f"hiprune: anchors and buffers hold {int(sizes.max())} tokens, more than the budget {keep}; lower alpha ({self.alpha})"
             )
-        # anchors and buffers first (they always fit), then the best register-layer tokens for the rest
-        score = register_scores.masked_fill(anchored, float("inf"))
-        return Selection(top_k(score, keep))
 
     def anchors_and_buffers(self, object_scores: torch.Tensor, keep: int, columns: int) -> torch.Tensor:
-        """(B, N) bool: the anchors (top object-layer scores) and their grid neighbours."""
+        """(B, N) bool: the anchors (top object-layer scores) and their neighbours on a single raster grid."""
         bsz, num = object_scores.shape
         anchors = object_scores.topk(min(self.num_anchors(keep), num), dim=-1).indices  # (B, a)
+        position = torch.arange(num, device=anchors.device).expand(bsz, -1)
+        return self._mark(anchors, position, position, torch.zeros_like(position), num, columns)
+
+    def _mark(self, anchors, patch, inverse, unit_of, cells: int, columns: int) -> torch.Tensor:
+        """Anchors plus their buffer neighbours: ``patch`` (B, N) is each candidate's cell on its unit's grid of
+        ``cells`` cells (-1: not a patch, e.g. a video frame's [CLS]); ``inverse`` (B, U * cells) maps a cell back
+        to its candidate (-1: not a candidate, e.g. removed by AnyRes unpadding)."""
+        bsz, num = patch.shape
         offsets = torch.tensor(self.offsets(columns), device=anchors.device)
-        neighbours = anchors[..., None] + offsets  # (B, a, s)
-        if self.edges == "clamp":
-            neighbours = neighbours.clamp(0, num - 1)
-        else:  # out-of-range neighbours are dropped: point them at their anchor, which is in the set anyway
-            inside = (neighbours >= 0) & (neighbours < num)
-            neighbours = torch.where(inside, neighbours, anchors[..., None])
+        cell = patch.gather(1, anchors)
+        neighbours = cell[..., None] + offsets  # (B, a, s)
+        if self.edges == "clamp":  # the code: out-of-range neighbours become the first / last cell
+            neighbours = neighbours.clamp(0, cells - 1)
+            valid = torch.ones_like(neighbours, dtype=torch.bool)
+        else:  # the paper's Eq. (5): out-of-range neighbours are dropped
+            valid = (neighbours >= 0) & (neighbours < cells)
+        valid &= (cell >= 0)[..., None]
+        flat = unit_of.gather(1, anchors)[..., None] * cells + neighbours.clamp(0, cells - 1)
+        candidate = inverse.gather(1, flat.reshape(bsz, -1)).view_as(neighbours)
+        valid &= candidate >= 0
+        # a dropped neighbour points at its own anchor, which is in the set anyway
+        candidate = torch.where(valid, candidate, anchors[..., None])
         mask = torch.zeros(bsz, num, dtype=torch.bool, device=anchors.device)
         mask.scatter_(1, anchors, True)
-        mask.scatter_(1, neighbours.reshape(bsz, -1), True)
+        mask.scatter_(1, candidate.reshape(bsz, -1), True)
         return mask
+
+
+def grid_positions(view: VisionView) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(patch (B, N), inverse (B, U * cells), cells) of a multi-unit view: each candidate's cell on its own
+    unit's ``view.grid``, and the candidate at each (unit, cell).
+
+    A view with a ``token_map`` (tower token of each candidate, ``unit_tokens`` per unit, [CLS] first where the
+    tower has one) gives exact cells, also when AnyRes unpadding removed some; without one, a unit's candidates
+    are taken to be its grid cells in raster order.
+    """
+    bsz, num = view.features.shape[:2]
+    rows, cols = view.grid
+    cells = rows * cols
+    device = view.features.device
+    unit_of = view.unit_of
+    token_map = getattr(view, "token_map", None)
+    if token_map is not None:
+        tokens = int(view.unit_tokens)
+        patch = token_map % tokens - (1 if view.has_cls else 0)
+    else:
+        onehot = torch.nn.functional.one_hot(unit_of, view.num_units)
+        patch = (onehot.cumsum(dim=1) * onehot).sum(-1) - 1
+    patch = torch.where(patch < cells, patch, torch.full_like(patch, -1))
+    inverse = torch.full((bsz, view.num_units * cells + 1), -1, dtype=torch.long, device=device)
+    slot = torch.where(patch >= 0, unit_of * cells + patch, torch.full_like(patch, view.num_units * cells))
+    inverse.scatter_(1, slot, torch.arange(num, device=device).expand(bsz, -1))
+    return patch, inverse[:, :-1], cells

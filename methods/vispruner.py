@@ -22,13 +22,54 @@ TOKENS_PER_CROP = 576
 
 def cls_importance(view: VisionView, name: str) -> torch.Tensor:
     """(B, N) [CLS] -> patch attention at the feature layer, mean over heads, not renormalised after dropping
-    the [CLS] -> [CLS] entry (``attentions[-2][:, :, 0, 1:].mean(1)`` in both originals), fp32."""
-    if not view.has_cls:
+    the [CLS] -> [CLS] entry (``attentions[-2][:, :, 0, 1:].mean(1)`` in both originals), fp32.
+
+    Towers without [CLS] (Qwen2.5-VL) have no such signal; there the view's ``importance()`` gives the attention
+    each token receives at a full-attention block, which is what LightCompress's Qwen2.5-VL port of VisPruner
+    uses (it is not the authors' code: they published none for Qwen).
+    """
+    if view.has_cls:
+        return view.cls_attention(heads="mean")
+    importance = getattr(view, "importance", None)
+    if importance is None:
         raise PruneBenchError(
             f"{name} scores patches by the ViT's [CLS] attention and this vision tower has no [CLS] token; "
             "use a method built on received attention (e.g. hiprune) for this model"
         )
-    return view.cls_attention(heads="mean")
+    return importance(heads="mean")
+
+
+# -- multi-unit inputs (LLaVA-NeXT crops, video frames) ---------------------------------------------------------
+# These two helpers are generic (HiPrune uses them too); they belong next to VisionView.unit_of in prunebench/.
+def unit_quotas(view: VisionView, keep: int) -> list[int] | None:
+    """Tokens each unit keeps, or None for a single-unit view.
+
+    The originals prune every crop/frame on its own with the same count (VisPruner/FasterVLM/HiPrune on
+    LLaVA-NeXT, FasterVLM per video frame). Equal units get ``keep // U`` each, the remainder going to the first
+    units; units of different sizes (stock AnyRes with unpadding, which no original ran) get shares
+    proportional to their size by largest remainder (ties to the lower unit), never more than they hold.
+    """
+    units, unit_of = getattr(view, "num_units", 1), getattr(view, "unit_of", None)
+    if units <= 1 or unit_of is None:
+        return None
+    if unit_of.shape[0] > 1 and not bool((unit_of == unit_of[:1]).all()):
+        raise PruneBenchError("every sample of a batch must have the same unit layout (the engine groups samples by it)")
+    sizes = torch.bincount(unit_of[0], minlength=units).tolist()
+    exact = [keep * size / view.num_tokens for size in sizes]
+    quotas = [int(e) for e in exact]
+    by_remainder = sorted(range(units), key=lambda u: (-(exact[u] - quotas[u]), u))
+    for u in by_remainder[: keep - sum(quotas)]:
+        quotas[u] += 1
+    return quotas
+
+
+def ranked_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int) -> list[torch.Tensor]:
+    """For each unit, its tokens (B, n_u) by descending score (stable: ties to the lower index)."""
+    order = scores.sort(dim=-1, descending=True, stable=True).indices
+    grouped = unit_of.gather(1, order).sort(dim=-1, stable=True)
+    tokens = order.gather(1, grouped.indices)
+    sizes = torch.bincount(unit_of[0], minlength=units).tolist()
+    return list(tokens.split(sizes, dim=1))
 
 
 @register_method("vispruner")
@@ -62,8 +103,10 @@ class VisPruner(VisionStagePruner):
         every sort is stable (ties broken by lower position) on fp32 scores from captured q/k;
       * cosine similarities in fp32 (original: fp16), computed once over the residual and gathered each
         round instead of one matmul per round (same values, far less work for 2880 tokens).
-    Multi-crop (LLaVA-NeXT) inputs: the original prunes each crop independently with the same T and r; here
-    each VisionView row is selected on its own, so a per-crop view reproduces it.
+    Multi-unit inputs (``view.num_units > 1``): the original prunes each LLaVA-NeXT crop independently with
+    the same T and r, so each unit keeps its share of the budget (:func:`unit_quotas`: 64 per crop for 320 of
+    2880) and runs steps 1-4 on its own tokens. Towers without [CLS] (Qwen2.5-VL) rank by ``view.importance()``
+    (received attention), as LightCompress's port does; the authors published no Qwen code.
     """
 
     important_ratio: float = 0.0  # 0 = the README's per-budget choice (see IMPORTANT_RATIO_PER_576)
@@ -100,13 +143,18 @@ class VisPruner(VisionStagePruner):
 
     def select_vision(self, view: VisionView, keep: int) -> Selection:
         scores = cls_importance(view, self.name)
-        order = scores.sort(dim=-1, descending=True, stable=True).indices
-        important, diverse = self.split(keep, view.num_tokens)
-        if diverse == 0:
-            return Selection.sorted(order[:, :important])
-        residual = order[:, important:]
-        kept = remove_duplicates(view.features, residual, diverse, self.step)
-        return Selection.sorted(torch.cat([order[:, :important], kept], dim=1))
+        quotas = unit_quotas(view, keep)
+        if quotas is None:
+            groups = [(scores.sort(dim=-1, descending=True, stable=True).indices, keep)]
+        else:
+            groups = list(zip(ranked_per_unit(scores, view.unit_of, view.num_units), quotas))
+        parts = []
+        for order, quota in groups:  # one unit (crop / frame) at a time, as the original does per crop
+            important, diverse = self.split(quota, order.shape[1])
+            parts.append(order[:, :important])
+            if diverse:
+                parts.append(remove_duplicates(view.features, order[:, important:], diverse, self.step))
+        return Selection.sorted(torch.cat(parts, dim=1))
 
 
 def remove_duplicates(features: torch.Tensor, residual: torch.Tensor, target: int, step: int = 8) -> torch.Tensor:
@@ -141,7 +189,8 @@ class FasterVLM(VisionStagePruner):
     renormalised), by ``topk`` as its code does, in original order; compact positions. VisPruner with
     ``important_ratio=1`` keeps the same set up to ties (it ranks with a stable sort instead of topk).
     Deviation: fp32 scores from captured q/k instead of an fp16 eager softmax (near-ties may differ).
-    Video (FasterVLM's video branch) keeps the same count per frame: one VisionView row per frame.
+    Multi-unit inputs keep each unit's share of the budget (:func:`unit_quotas`), as FasterVLM's video branch
+    keeps the same count per frame and VisPruner per LLaVA-NeXT crop.
     """
 
     signals = ("ViT [CLS] attention (feature layer)",)
@@ -152,4 +201,9 @@ class FasterVLM(VisionStagePruner):
         return (feature_layer,)
 
     def select_vision(self, view: VisionView, keep: int) -> Selection:
-        return Selection(top_k(cls_importance(view, self.name), keep))
+        scores = cls_importance(view, self.name)
+        quotas = unit_quotas(view, keep)
+        if quotas is None:
+            return Selection(top_k(scores, keep))
+        ranked = ranked_per_unit(scores, view.unit_of, view.num_units)
+        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(ranked, quotas)], dim=1))

@@ -143,11 +143,97 @@ def test_fastervlm_keeps_the_planted_high_attention_region():
     assert kept(create_method("vispruner", important_ratio=1.0), view, 5) == [0, 5, 6, 9, 10]
 
 
-def test_cls_methods_refuse_towers_without_cls():
-    view = view_of(torch.randn(1, 16, 8), (4, 4), {1: planted(torch.zeros(1, 16))}, has_cls=False)
-    for name in ("vispruner", "fastervlm"):
-        with pytest.raises(PruneBenchError, match="no \\[CLS\\] token.*hiprune"):
-            create_method(name).select_vision(view, 4)
+def test_cls_methods_rank_by_received_attention_on_towers_without_cls():
+    # No [CLS] (Qwen2.5-VL): view.importance() = attention received at a full-attention block (LightCompress's
+    # port of VisPruner); the planted 2x2 block receives the most.
+    logits = torch.zeros(1, 16)
+    logits[0, [5, 6, 9, 10]] = 3.0
+    view = view_of(torch.randn(1, 16, 8), (4, 4), {1: planted(logits)}, has_cls=False)
+    assert kept(create_method("fastervlm"), view, 4) == [5, 6, 9, 10]
+    assert kept(create_method("vispruner", important_ratio=1.0), view, 4) == [5, 6, 9, 10]
+
+
+# -- multi-unit inputs (crops, frames) ----------------------------------------------------------------------------
+def two_units(view, units=2):
+    per = view.num_tokens // units
+    view.num_units = units
+    view.unit_of = (torch.arange(view.num_tokens) // per)[None].expand(view.batch_size, -1)
+    return view
+
+
+def test_unit_quotas_split_the_budget_per_crop_like_the_originals():
+    from prunebench.methods.vispruner import unit_quotas
+
+    five = view_of(torch.zeros(1, 2880, 2), (24, 24))
+    assert unit_quotas(five, 320) is None  # a single-unit view selects globally
+    two_units(five, 5)
+    assert unit_quotas(five, 320) == [64] * 5
+    assert unit_quotas(five, 322) == [65, 65, 64, 64, 64]
+    anyres = view_of(torch.zeros(1, 1152, 2), (24, 24))  # base 576 + two unpadded sub-crops of 288
+    anyres.num_units, anyres.unit_of = 3, torch.tensor([0] * 576 + [1] * 288 + [2] * 288)[None]
+    assert unit_quotas(anyres, 100) == [50, 25, 25]
+    assert unit_quotas(anyres, 101) == [51, 25, 25]
+
+
+def test_fastervlm_keeps_each_crops_share_not_the_global_top():
+    # two 4x4 crops; every token of crop 0 outscores every token of crop 1, so a global top-4 would take crop 0
+    # only. Per crop (the original on LLaVA-NeXT): the top 2 of each.
+    logits = torch.cat([torch.linspace(3, 4, 16), torch.linspace(0, 1, 16)])[None]
+    view = two_units(view_of(torch.randn(1, 32, 8), (4, 4), {1: planted(with_cls(logits))}))
+    assert kept(create_method("fastervlm"), view, 4) == [14, 15, 30, 31]
+
+
+def test_vispruner_per_unit_equals_running_each_unit_alone():
+    gen = torch.Generator().manual_seed(5)
+    logits, feats = torch.randn(1, 72, generator=gen), torch.randn(1, 72, 8, generator=gen)
+    feats[:, 1::2] = feats[:, ::2]  # planted twins
+    method = create_method("vispruner", important_ratio=0.5)
+    whole = two_units(view_of(feats, (6, 6), {1: planted(with_cls(logits))}))
+    alone = []
+    for u in range(2):
+        part = slice(36 * u, 36 * (u + 1))
+        sub = view_of(feats[:, part], (6, 6), {1: planted(with_cls(logits[:, part]))})
+        alone += [36 * u + i for i in kept(method, sub, 10)]
+    assert kept(method, whole, 20) == alone
+
+
+def test_hiprune_selects_per_crop_on_each_crops_own_grid():
+    # two 6x8 crops (tokens 0-47, 48-95), keep 60 = 30 per crop -> one anchor per crop (round(0.6)).
+    # Object layer: 19 (crop 0) > 21 (crop 0) > 50 (crop 1, cell 2): per crop the anchors are 19 and 50, not 19
+    # and 21. Crop 1's anchor sits in its first row: cell 2 - 8 is clamped to cell 0 of crop 1 (token 48), not
+    # token 42 of crop 0 as arithmetic over the concatenated sequence would give.
+    # Register layer: attention rises with the index, so crop 0 keeps its 30 only because of its quota.
+    num = 96
+    object_logits = torch.zeros(1, num)
+    object_logits[0, [19, 21, 50]] = torch.tensor([6.0, 5.5, 5.0])
+    register_logits = 0.1 * torch.arange(num, dtype=torch.float32)[None]
+    captured = {0: planted(with_cls(object_logits)), 1: planted(with_cls(register_logits))}
+    view = two_units(view_of(torch.randn(1, num, 8), (6, 8), captured))
+    crop0 = {11, 18, 19, 20, 27} | set(range(22, 27)) | set(range(28, 48))
+    crop1 = {48, 49, 50, 51, 58} | set(range(71, 96))
+    assert kept(create_method("hiprune", object_layer=0), view, 60) == sorted(crop0 | crop1)
+
+
+def test_hiprune_grid_follows_the_token_map_and_drops_unpadded_neighbours():
+    # A unit view whose token_map says where each candidate sits in its crop's tower output ([CLS] at 0, 25
+    # tokens per crop on a 3x8 grid): crop 1 lost its first row to unpadding, so for an anchor at its cell 9 the
+    # upper neighbour (cell 1) is no candidate and is dropped; the others map to their candidates.
+    from prunebench.methods.hiprune import grid_positions
+
+    rows, cols = 3, 8
+    crop0 = list(range(1, 25))  # tower tokens 1..24 of crop 0 (cells 0..23)
+    crop1 = [25 + 1 + c for c in range(8, 24)]  # crop 1 keeps cells 8..23 (its first row was removed)
+    view = view_of(torch.randn(1, 40, 4), (rows, cols))
+    view.num_units, view.unit_tokens = 2, 25
+    view.token_map = torch.tensor(crop0 + crop1)[None]
+    view.unit_of = view.token_map // 25
+    patch, inverse, cells = grid_positions(view)
+    assert cells == 24 and patch[0, 24].item() == 8 and patch[0, -1].item() == 23
+    assert inverse[0, 24 + 8].item() == 24 and inverse[0, 24 + 0].item() == -1
+    method = create_method("hiprune", edges="clamp")
+    anchors = torch.tensor([[25]])  # crop 1, cell 9: neighbours 8, 10, 1 (not a candidate: dropped), 17
+    mask = method._mark(anchors, patch, inverse, view.unit_of, cells, cols)
+    assert mask[0].nonzero().squeeze(1).tolist() == [24, 25, 26, 33]
 
 
 # -- DivPrune -----------------------------------------------------------------------------------------------------
