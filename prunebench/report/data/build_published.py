@@ -35,7 +35,7 @@ METHOD_KEY = {
     "visionzip": "visionzip", "visionzip‡": "visionzip-ft", "vispruner": "vispruner", "tome": "tome", "prumerge+": "prumerge+",
     "hiprune": "hiprune", "hiprune++": "hiprune++", "dart": "dart", "divprune": "divprune", "learnpruner": "learnpruner",
     "pdrop": "pdrop", "pyramiddrop": "pdrop", "fastervlm": "fastervlm", "hired†": "hired", "trim†": "trim",
-    "mustdrop": "mustdrop", "twigvlm": "twigvlm", "video-llava": "none",
+    "mustdrop": "mustdrop", "twigvlm": "twigvlm", "video-llava": "none", "0 visual tokens": "no-visual-tokens",
 }
 RELACC = "relative accuracy, % (mean over the table's benchmarks of method / vanilla)"
 ACC_VP = "VisPruner Acc: mean of raw scores with MME/20"
@@ -210,7 +210,7 @@ def build(ref: Path) -> list[dict]:
     emit_bullets(out, m1, "**H2, LLaVA-NeXT-7B (2880 tokens).**", "**H3", columns=hcols, paper=fv, table="H2 (LLaVA-NeXT-7B)",
                  model="llava-next-7b", mme="perception", evidence="authors' project-page image (methods-1.md §6 H2)", vanilla_budget="2880")
     # H1 "0 tokens" row is a method-less bullet: literal
-    add(out, fv, "H1 (LLaVA-1.5-7B)", "llava-1.5-7b", "FasterVLM", "0", "0 visual tokens", hcols + ["Avg"],
+    add(out, fv, "H1 (LLaVA-1.5-7B)", "llava-1.5-7b", "0 visual tokens", "0", "", hcols + ["Avg"],
         [40.73, 37.38, 45.36, 63.06, 41.43, 47.21, 719.10, 20.02, 17.70, 11.30, 56.50], mme="perception",
         evidence="authors' project-page image (methods-1.md §6 H1)", note="row printed without a method name ('0 tokens')")
     # H3 video (Acc/Score per dataset)
@@ -266,8 +266,8 @@ def build(ref: Path) -> list[dict]:
     add(out, dart, "Table 1", "llava-1.5-7b", "DART† (applied during training)", "64", "", ["Avg"], [97.2], evidence="paper text (methods-2.md §4.6)")
     d3 = ["GQA", "MMB", "MMB-CN", "MME", "POPE", "SQA", "VQAv2", "TextVQA", "VizWiz", "OCR"]
     ev = "paper text (methods-2.md §4.6)"
-    add(out, dart, "Table 3", "llava-next-7b", "vanilla", "2880", "", d3, [64.2, 67.4, 60.6, 1851, 86.5, 70.1, 81.8, 64.9, 57.6, 517], evidence=ev,
-        note="vanilla token count not printed in the source; 2880 assumed from the NeXT-7B convention")
+    add(out, dart, "Table 3", "llava-next-7b", "vanilla", "", "unpruned", d3, [64.2, 67.4, 60.6, 1851, 86.5, 70.1, 81.8, 64.9, 57.6, 517], evidence=ev,
+        note="the unpruned token count is not given in the source")
     add(out, dart, "Table 3", "llava-next-7b", "DART", "320", "", d3 + ["Avg"], [61.7, 65.3, 58.2, 1710, 84.1, 68.4, 79.1, 58.7, 56.1, 406, 93.9], evidence=ev)
     for method, v in (("FastV", 86.4), ("HiRED", 91.8), ("PruMerge", 79.9), ("SparseVLM", 85.9), ("PDrop", 86.8), ("MustDrop", 90.4),
                       ("FasterVLM", 89.8), ("GlobalCom2", 90.3)):
@@ -308,8 +308,8 @@ def build(ref: Path) -> list[dict]:
     # HiPrune Table 3/9 NeXT
     n9 = ["MMB", "MMB-CN", "POPE", "SQA", "VizWiz"]
     ev = "paper text (methods-2.md §2.6)"
-    add(out, hp, "Table 3/9", "llava-next-7b", "vanilla", "2880", "", n9, [67.4, 60.6, 86.5, 70.1, 57.6], evidence=ev,
-        note="vanilla token count not printed in the source; 2880 assumed from the NeXT-7B convention")
+    add(out, hp, "Table 3/9", "llava-next-7b", "vanilla", "", "unpruned", n9, [67.4, 60.6, 86.5, 70.1, 57.6], evidence=ev,
+        note="the unpruned token count is not given in the source")
     for budget, vals, rel in (("640", [67.0, 59.3, 85.3, 68.0, 59.9], 99.4), ("320", [65.3, 57.0, 78.9, 67.3, 59.9], 96.4), ("160", [59.8, 50.7, 67.7, 68.7, 57.2], 89.6)):
         add(out, hp, "Table 3/9", "llava-next-7b", "HiPrune", budget, "", n9 + ["Avg"], vals + [rel], evidence=ev)
     for i, budget in enumerate(("640", "320", "160")):
