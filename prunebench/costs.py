@@ -166,13 +166,13 @@ class FlopCount:
 
 
 def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budget: int | None, batch: "Batch",
-                          budget_mode: str = "average", seed: int = 0) -> FlopCount:
+                          budget_mode: str = "average", seed: int = 0, budget_scope: str = "image") -> FlopCount:
     """Count one pruned prefill of a batch of one sample with ``FlopCounterMode`` (real tensors, any device)."""
     from prunebench.engine import Pruner
 
     if len(batch.samples) != 1:
         raise ValueError("measure_prefill_flops counts one sequence; pass a batch of one sample")
-    with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed) as pruner:
+    with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed, budget_scope=budget_scope) as pruner:
         with FlopCounterMode(display=False, depth=None) as counter:
             out = pruner.generate(batch, max_new_tokens=1)
     counts = counter.get_flop_counts()
@@ -182,12 +182,15 @@ def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budg
     stats = out.stats
     shape = adapter.llm_shape
     projected = stats.plan.vision if stats.plan.vision is not None else stats.plan.num_visual
-    vshape = VisionShape.from_llava_config(adapter.model.config)
+    try:  # the analytic ViT formula covers CLIP + LLaVA projector; other towers report their measured count
+        analytic_vision = vision_flops(VisionShape.from_llava_config(adapter.model.config), projected)
+    except (AttributeError, TypeError):
+        analytic_vision = total - llm
     return FlopCount(
         measured_total=total,
         measured_vision=total - llm,
         measured_llm=llm,
-        analytic_vision=vision_flops(vshape, projected),
+        analytic_vision=analytic_vision,
         analytic_llm=llm_prefill_flops(shape, stats.tokens_per_layer, stats.text_tokens),
         tokens_per_layer=list(stats.tokens_per_layer),
         text_tokens=stats.text_tokens,

@@ -113,12 +113,13 @@ class PruneBenchLMM(lmms):
         if adapter is None:
             from prunebench.models import load_model
 
-            adapter = load_model(pretrained or DEFAULT_MODEL, dtype=dtype, device=device or "cpu", trust_remote_code=trust_remote_code)
+            options = {"preprocess": preprocess} if preprocess != "hf" else {}
+            adapter = load_model(pretrained or DEFAULT_MODEL, dtype=dtype, device=device or "cpu", trust_remote_code=trust_remote_code, **options)
         self.adapter = adapter
         self.model_name = pretrained or adapter.name
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 1
         self.max_new_tokens = max_new_tokens
-        self.preprocess = preprocess
+        self.preprocess = getattr(adapter, "preprocess", preprocess)
         self.requests_log: list[RequestLog] = []
         self.timing = {"requests": 0, "wall_s": 0.0, "visual_s": 0.0, "prepare_s": 0.0, "generate_s": 0.0}
         prefix = f"{method}."
@@ -182,6 +183,27 @@ class PruneBenchLMM(lmms):
 
     __repr__ = __str__
 
+    def _sample(self, task: str, doc_id: int, question: str, visuals: list[Any]):
+        """One engine sample from a request's visuals: one image, or a video (a file path or a list of frames)."""
+        from PIL import Image
+
+        from prunebench.adapters.base import Sample
+
+        meta = {"task": task, "doc_id": doc_id}
+        sid = f"{task}/{doc_id}"
+        video_ok = "video" in getattr(self.adapter, "budget_scopes", ())
+        if len(visuals) == 1 and isinstance(visuals[0], Image.Image):
+            return Sample(id=sid, question=question, image=visuals[0], meta=meta)
+        if video_ok and len(visuals) == 1 and isinstance(visuals[0], str):
+            return Sample(id=sid, question=question, video=_video_frames(visuals[0]), meta=meta)
+        if video_ok and len(visuals) > 1 and all(isinstance(v, Image.Image) for v in visuals):
+            return Sample(id=sid, question=question, video=list(visuals), meta=meta)
+        kinds = sorted({type(v).__name__ for v in visuals}) or ["nothing"]
+        raise PruneBenchError(
+            f"task {task} doc {doc_id} gives {len(visuals)} visual(s) ({', '.join(kinds)}); the {self.adapter.family} adapter takes "
+            + ("one image or one video per request" if video_ok else "exactly one image per request (use a video-capable model such as Video-LLaVA for video tasks)")
+        )
+
     # -- lmms-eval interface -----------------------------------------------------------------------------------
     @property
     def batch_size(self) -> int:
@@ -202,7 +224,6 @@ class PruneBenchLMM(lmms):
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
 
-        from prunebench.adapters.base import Sample
         from prunebench.engine import Pruner
 
         answers: list[str | None] = [None] * len(requests)
@@ -210,7 +231,7 @@ class PruneBenchLMM(lmms):
         bar = tqdm(total=len(requests), desc=f"{self.method.name}@{self.budget if self.budget is not None else 'all'}",
                    unit="sample", leave=False, mininterval=1.0)
         wall_start = time.perf_counter()
-        with Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed) as pruner:
+        with Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed, budget_scope=self.budget_scope) as pruner:
             for group in order:
                 for start in range(0, len(group), self.batch_size):
                     chunk = group[start:start + self.batch_size]
@@ -219,15 +240,8 @@ class PruneBenchLMM(lmms):
                     for i in chunk:
                         context, _gen, doc_to_visual, doc_id, task, split = requests[i].args
                         visuals = _flatten(doc_to_visual(self.task_dict[task][split][doc_id]))
-                        if len(visuals) != 1:
-                            raise PruneBenchError(
-                                f"task {task} doc {doc_id} gives {len(visuals)} visuals; the {self.adapter.family} adapter "
-                                "takes exactly one image per request (multi-image and video need an adapter that supports them)"
-                            )
-                        if isinstance(visuals[0], str):
-                            raise PruneBenchError(f"task {task} gives a video/file path ({visuals[0]!r}); the {self.adapter.family} adapter takes images")
-                        question = context.replace("<image>", "").strip()
-                        samples.append(Sample(id=f"{task}/{doc_id}", question=question, image=visuals[0], meta={"task": task, "doc_id": doc_id}))
+                        question = context.replace("<image>", "").replace("<video>", "").strip()
+                        samples.append(self._sample(task, doc_id, question, visuals))
                     t1 = time.perf_counter()
                     batch = self.adapter.prepare(samples)
                     t2 = time.perf_counter()
@@ -251,6 +265,20 @@ class PruneBenchLMM(lmms):
         self.timing["wall_s"] += time.perf_counter() - wall_start
         bar.close()
         return answers  # type: ignore[return-value]
+
+
+def _video_frames(path: str, count: int = 8) -> list[Any]:
+    """``count`` uniformly spaced RGB frames of a video file (PyAV)."""
+    try:
+        import av
+    except ImportError:
+        raise PruneBenchError(f"video {path!r} needs PyAV to decode: pip install av") from None
+    with av.open(path) as container:
+        frames = [f.to_image() for f in container.decode(video=0)]
+    if not frames:
+        raise PruneBenchError(f"no frames decoded from {path!r}")
+    step = len(frames) / count
+    return [frames[min(int(i * step), len(frames) - 1)].convert("RGB") for i in range(count)]
 
 
 def _batch_order(requests) -> list[list[int]]:

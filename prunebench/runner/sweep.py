@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from prunebench.core import InfeasibleBudget, PruneBenchError
+from prunebench.core import BudgetError, InfeasibleBudget, PruneBenchError
 from prunebench.store import BASELINE_METHOD, ResultStore, cell_key
 
 log = logging.getLogger("prunebench.runner")
@@ -165,13 +165,13 @@ def _stat(values: list[float]) -> dict[str, float] | None:
 
 
 def latency_probe(adapter: Any, method: Any, budget: int | None, mode: str, seed: int, samples: list[Any], warmup: int,
-                  new_tokens: int) -> tuple[dict[str, Any], list[Any]]:
+                  new_tokens: int, scope: str = "image") -> tuple[dict[str, Any], list[Any]]:
     """Batch-1 timings over ``samples`` after ``warmup`` calls; returns (latency_ms record, per-sample Stats)."""
     from prunebench.engine import Pruner
 
     batches = [adapter.prepare([s]) for s in samples]
     stats = []
-    with Pruner(adapter, method, budget, budget_mode=mode, seed=seed) as pruner:
+    with Pruner(adapter, method, budget, budget_mode=mode, seed=seed, budget_scope=scope) as pruner:
         for i in range(warmup):
             pruner.generate(batches[i % len(batches)], max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         for batch in batches:
@@ -313,15 +313,8 @@ class Sweep:
         if self._adapter is None:
             from prunebench.models import load_model
 
-            if self.config["preprocess"] != "hf":
-                import inspect
-
-                if "preprocess" not in inspect.signature(load_model).parameters:
-                    raise PruneBenchError("--preprocess paper is not available in this prunebench build yet (the adapters implement 'hf'); use --preprocess hf")
-                self._adapter = load_model(self.model_name, dtype=self.config["dtype"], device=self.config["device"], seed=self.config["seed"],
-                                           preprocess=self.config["preprocess"])
-            else:
-                self._adapter = load_model(self.model_name, dtype=self.config["dtype"], device=self.config["device"], seed=self.config["seed"])
+            options = {"preprocess": self.config["preprocess"]} if self.config["preprocess"] != "hf" else {}
+            self._adapter = load_model(self.model_name, dtype=self.config["dtype"], device=self.config["device"], seed=self.config["seed"], **options)
             log.info("loaded %s (%s)", self.model_name, self._adapter.describe())
         return self._adapter
 
@@ -414,7 +407,7 @@ class Sweep:
                 torch.cuda.reset_peak_memory_stats(self.adapter.device)
             lat = self.config["latency"]
             latency, probe_stats = latency_probe(self.adapter, method, cell.budget, mode, self.config["seed"], self.probe,
-                                                 int(lat["warmup"]), int(lat["new_tokens"]))
+                                                 int(lat["warmup"]), int(lat["new_tokens"]), self.config["budget_scope"])
             first = probe_stats[0]
             record["latency_ms"] = latency
             record["flops"] = self._flops(cell, method, first)
@@ -422,6 +415,7 @@ class Sweep:
             record["tokens"] = {"planned_per_layer": first.plan.tokens_per_layer(), "per_layer": list(first.tokens_per_layer)}
 
             lm = self.lm.configure(method, cell.budget, budget_mode=mode, budget_scope=self.config["budget_scope"], seed=self.config["seed"])
+            record["env_adapter"] = self.adapter.describe()
             results = self._evaluate(lm)
             tasks = task_scores(results, self.suite.tasks)
             rows = sample_rows(results, tasks)
@@ -448,7 +442,7 @@ class Sweep:
             if cell.method == BASELINE_METHOD:
                 self.baselines.put(record, rows)
             return record
-        except InfeasibleBudget as exc:
+        except (InfeasibleBudget, BudgetError) as exc:
             record.update(status="infeasible", error=str(exc), finished=_now())
         except PruneBenchError:
             raise  # a configuration error (unknown task, missing model): every cell would fail the same way
@@ -483,7 +477,8 @@ class Sweep:
         count = self._flops_cache.get(pattern)
         if count is None:
             batch = self.adapter.prepare([self.probe[0]])
-            count = measure_prefill_flops(self.adapter, method, cell.budget, batch, budget_mode=self.config["budget_mode"], seed=self.config["seed"])
+            count = measure_prefill_flops(self.adapter, method, cell.budget, batch, budget_mode=self.config["budget_mode"], seed=self.config["seed"],
+                                          budget_scope=self.config["budget_scope"])
             self._flops_cache[pattern] = count
         return {**count.as_record(), "counted_on": "first probe sample, batch 1, prefill up to the first token"}
 
