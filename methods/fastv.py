@@ -29,6 +29,10 @@ class FastV(SingleCutLLMPruner):
     near-ties), every sample of a batch is scored on its own (the original reads batch element 0), and the
     kept set is chosen once at prefill and kept in the KV cache (the HF/KV-cache port, not the no-cache
     in-place variant that re-selects at every generated token).
+
+    On Qwen2.5-VL: FastV reads LLM attention, not the ViT's, so nothing replaces [CLS] attention; the same
+    last-token rule runs on the ``<|image_pad|>``/``<|video_pad|>`` span and kept tokens keep their original
+    3-D M-RoPE positions (methods-1.md §1.4, §7.3). On LLaVA-NeXT, AnyRes newline tokens are never candidates.
     """
 
     layer: int = 2

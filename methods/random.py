@@ -19,6 +19,10 @@ class RandomPruning(VisionStagePruner):
     kept set does not depend on the batch it is in. The originals keep FastV-style original position ids;
     pre-LLM LLaVA code renumbers. We renumber (``compact``) by default; ``position_policy="original"``
     reproduces the FastV/LightCompress variant.
+
+    On Qwen2.5-VL: no attention signal is read, so nothing replaces [CLS] attention; candidates are the merged
+    (2x2) tokens and the kept ones keep their unpruned 3-D M-RoPE positions whatever ``position_policy`` says.
+    On LLaVA-NeXT, AnyRes newline tokens are not candidates (always kept).
     """
 
     position_policy: str = "compact"

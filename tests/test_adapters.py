@@ -1,0 +1,205 @@
+"""Model adapters of the four families (issue 6): layouts, budget scopes, mixed batches, M-RoPE, preprocessing.
+
+The conformance kit (tests/test_conformance.py) proves no-op = stock generate, cache consistency and batch =
+single on every tiny family; these tests pin the family-specific facts that the kit does not look at.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prunebench.adapters.base import Sample
+from prunebench.conformance import synthetic_samples
+from prunebench.core import PruneBenchError
+from prunebench.engine import Pruner
+from prunebench.models import TINY_MODELS, load_model
+from prunebench.registry import create_method
+
+
+@functools.lru_cache(maxsize=None)
+def adapter(name, **options):
+    return load_model(name, **dict(options))
+
+
+def _image(width, height, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def _run(ad, method, budget, samples, scope="image", mode="final", new=2):
+    batch = ad.prepare(samples)
+    with Pruner(ad, create_method(method), budget, budget_mode=mode, budget_scope=scope) as pruner:
+        return pruner.generate(batch, max_new_tokens=new, min_new_tokens=new)
+
+
+def test_every_family_has_a_tiny_model():
+    assert set(TINY_MODELS.values()) == {"llava", "llava_next", "video_llava", "qwen2_5_vl"}
+    for name, family in TINY_MODELS.items():
+        assert adapter(name).family == family
+
+
+# -- LLaVA-NeXT ---------------------------------------------------------------------------------------------------
+def test_next_anyres_layout_matches_the_stock_token_count_and_keeps_newlines():
+    ad = adapter("tiny-llava_next")
+    sample = Sample("a", "what is it ?", image=_image(336, 336))
+    batch = ad.prepare([sample])
+    from prunebench.attention import attention_probe
+
+    with attention_probe(ad.model):
+        view = ad.encode(batch)
+    span = int((batch.input_ids == ad.image_token_id).sum())
+    rows = int(batch.meta["newline"].sum())
+    assert span == 1176 and rows == 24 and view.num_tokens == span - rows  # 576 base + 24 x 24, 24 newlines
+    assert view.num_units == 3 and view.unit_kind == "crop" and int(view.unit_of.max()) == 2
+
+    out = _run(ad, "random", 32, [sample])
+    llm = out.llm_inputs
+    assert llm.visual_index.shape[1] == 32 and out.stats.tokens_per_layer == [32] * 4
+    newline = ad._inner.image_newline
+    start = int(llm.visual_index[0, 0])
+    span_embeds = llm.inputs_embeds[0, start:start + 32 + rows]
+    is_newline = (span_embeds == newline).all(-1)
+    assert int(is_newline.sum()) == rows  # every row's newline survives, none is counted as visual
+    assert not bool(is_newline[llm.visual_index[0] - start].any())
+
+
+def test_next_fivecrop_is_five_full_crops_without_newlines():
+    ad = adapter("tiny-llava_next", layout="fivecrop")
+    assert ad.describe()["layout"] == "fivecrop"
+    batch = ad.prepare([Sample("a", "what", image=_image(448, 336))])
+    from prunebench.attention import attention_probe
+
+    with attention_probe(ad.model):
+        view = ad.encode(batch)
+    assert view.num_tokens == 2880 == int((batch.input_ids == ad.image_token_id).sum())
+    assert not bool(batch.meta["newline"].any())
+    assert torch.bincount(view.unit_of[0]).tolist() == [576] * 5
+    # sub-crops in raster order over the tiled 48 x 48 grid: token (r, c) comes from crop 1 + 2 (r // 24) + c // 24
+    sub = view.unit_of[0, 576:].view(48, 48)
+    r, c = torch.meshgrid(torch.arange(48), torch.arange(48), indexing="ij")
+    assert torch.equal(sub, 1 + 2 * (r // 24) + c // 24)
+    out = _run(ad, "random", 32, [batch.samples[0]], scope="crop")
+    assert out.stats.plan.vision == 160 and out.stats.units == 5  # the papers' "32 x 5"
+
+
+def test_budget_scope_multiplies_by_units_and_rejects_foreign_scopes():
+    ad = adapter("tiny-llava_next")
+    sample = Sample("a", "what", image=_image(336, 336))
+    assert _run(ad, "random", 16, [sample], scope="crop").stats.plan.vision == 48  # 3 crops
+    assert _run(ad, "random", 16, [sample], scope="image").stats.plan.vision == 16
+    with pytest.raises(PruneBenchError, match="budget-scope 'frame' is not defined for llava_next"):
+        Pruner(ad, create_method("random"), 16, budget_scope="frame")
+    video = adapter("tiny-video_llava")
+    clip = Sample("v", "what", video=[_image(224, 224, s) for s in range(4)])
+    assert _run(video, "random", 16, [clip], scope="frame").stats.plan.vision == 64
+    with pytest.raises(PruneBenchError, match="choose one of image, video, frame"):
+        Pruner(video, create_method("random"), 16, budget_scope="crop")
+
+
+def test_mixed_batch_runs_in_groups_and_restores_order():
+    ad = adapter("tiny-llava_next")
+    samples = synthetic_samples(family="llava_next")  # 1176 / 1464 / 1176 image tokens
+    out = _run(ad, "fastv", 64, samples)
+    assert [g.indices for g in out.groups] == [[0, 2], [1]]
+    with pytest.raises(PruneBenchError, match="read out.groups"):
+        out.stats.plan
+    assert out.sample_stats(1).plan.num_visual != out.sample_stats(0).plan.num_visual
+    alone = _run(ad, "fastv", 64, [samples[1]])
+    assert torch.equal(out.tokens[1], alone.tokens[0]) and torch.equal(out.kept("layer2", 1), alone.stats.kept["layer2"][0])
+
+
+# -- Video-LLaVA ----------------------------------------------------------------------------------------------------
+def test_video_llava_images_and_videos():
+    ad = adapter("tiny-video_llava")
+    from prunebench.attention import attention_probe
+
+    image = ad.prepare([Sample("i", "what", image=_image(300, 224))])
+    video = ad.prepare([Sample("v", "what", video=[_image(224, 224, s) for s in range(8)])])
+    assert int((image.input_ids == ad.image_token_id).sum()) == 256
+    assert int((video.input_ids == ad.video_token_id).sum()) == 8 * 257  # the HF video tower keeps [CLS]
+    with attention_probe(ad.model):
+        view = ad.encode(video, (ad.feature_layer,))
+    assert view.num_tokens == 2056 and view.num_units == 8 and view.cls_feature is None
+    cls = view.cls_attention()
+    assert cls.shape == (1, 2056)
+    # per frame, the [CLS] row sums to 1 over the frame's 257 keys (its own [CLS] included)
+    assert torch.allclose(cls.view(8, 257).sum(-1), torch.ones(8), atol=1e-5)
+    with pytest.raises(PruneBenchError, match="one visual input"):
+        ad.prepare([Sample("x", "what", image=_image(224, 224), video=[_image(224, 224)] * 2)])
+
+
+# -- Qwen2.5-VL -----------------------------------------------------------------------------------------------------
+def test_qwen_features_project_to_the_stock_merged_tokens():
+    ad = adapter("tiny-qwen2_5_vl")
+    from prunebench.attention import attention_probe
+
+    batch = ad.prepare([Sample("a", "what", image=_image(308, 224))])
+    with attention_probe(ad.model), torch.inference_mode():
+        view = ad.encode(batch, (ad.feature_layer,))
+        stock = ad._inner.get_image_features(batch.inputs["pixel_values"], batch.inputs["image_grid_thw"]).pooler_output[0]
+        projected = view.projected[0]
+    assert view.num_tokens == 88 and view.grid == (8, 11) and not view.has_cls
+    assert torch.allclose(projected, stock, atol=1e-6)  # window order undone: raster order of the LLM
+    importance = view.importance()
+    assert importance.shape == (1, 88) and torch.isfinite(importance).all()
+    assert view.importance_layer == 3
+    with pytest.raises(ValueError, match="no \\[CLS\\] token; use view.importance"):
+        view.cls_attention()
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_qwen_kept_tokens_keep_their_unpruned_mrope_positions(kind):
+    ad = adapter("tiny-qwen2_5_vl")
+    if kind == "image":
+        sample = Sample("a", "what is it ?", image=_image(252, 252))
+    else:
+        sample = Sample("v", "what is it ?", video=[_image(224, 224, s) for s in range(4)])
+    batch = ad.prepare([sample])
+    full = ad.rope_positions(batch)
+    out = _run(ad, "random", 20, [sample], new=3)
+    llm, kept = out.llm_inputs, out.stats.kept["vision"]
+    token = ad.video_token_id if kind == "video" else ad.image_token_id
+    start = int((batch.input_ids[0] == token).nonzero()[0])
+    assert llm.position_ids.shape[0] == 3
+    assert torch.equal(llm.position_ids[:, 0, llm.visual_index[0]], full[:, 0, start + kept[0]])
+    assert torch.equal(llm.position_ids[:, 0, -1], full[:, 0, -1])  # text after the image: unchanged
+    if kind == "video":
+        assert out.stats.units == 2 and len(set(full[0, 0, start:start + 128].tolist())) == 2  # 2 temporal units
+
+
+# -- LLaVA-1.5 preprocessing ------------------------------------------------------------------------------------------
+def test_llava_paper_preprocessing_pads_to_square_and_uses_the_vicuna_prompt():
+    from prunebench.adapters.llava import VICUNA_V1_PROMPT, expand_to_square
+
+    tall = Image.new("RGB", (100, 300), (255, 0, 0))
+    square = expand_to_square(tall, (0.5, 0.25, 0.0))
+    assert square.size == (300, 300) and square.getpixel((0, 0)) == (128, 64, 0) and square.getpixel((150, 150)) == (255, 0, 0)
+    hf, paper = adapter("tiny-llava"), adapter("tiny-llava", preprocess="paper")
+    assert hf.describe()["preprocess"] == "hf" and paper.describe()["preprocess"] == "paper"
+    assert paper.prompt("q").startswith("A chat between a curious human") and paper.prompt("q") == VICUNA_V1_PROMPT.format(question="q")
+    sample = Sample("a", "what", image=tall)
+    # centre crop keeps only red; padding brings in the mean colour at the edges
+    hf_pixels, paper_pixels = hf.prepare([sample]).inputs["pixel_values"], paper.prepare([sample]).inputs["pixel_values"]
+    assert not torch.allclose(hf_pixels, paper_pixels)
+    assert torch.allclose(hf_pixels[0, :, :, 0], hf_pixels[0, :, :, 168])
+    with pytest.raises(PruneBenchError, match="preprocess must be one of"):
+        load_model("tiny-llava", preprocess="square")
+
+
+# -- loading from a folder: dispatch on config.model_type, the real from_pretrained code ------------------------------
+@pytest.mark.parametrize("name", ["tiny-llava_next", "tiny-video_llava", "tiny-qwen2_5_vl"])
+def test_load_model_from_a_saved_folder_dispatches_on_model_type(name, tmp_path):
+    ad = adapter(name)
+    ad.model.save_pretrained(tmp_path)
+    if hasattr(ad.processor, "save_pretrained"):
+        ad.processor.save_pretrained(tmp_path)
+    else:
+        ad.processor.image_processor.save_pretrained(tmp_path)
+        ad.processor.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype="float32")
+    assert type(loaded) is type(ad) and loaded.family == ad.family
+    sample = synthetic_samples(family=ad.family)[0]
+    assert torch.equal(_run(loaded, "random", 16, [sample]).tokens, _run(ad, "random", 16, [sample]).tokens)
