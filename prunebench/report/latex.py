@@ -1,6 +1,6 @@
 """LaTeX leaderboard: a booktabs table, one block per budget, best value per column in bold, second underlined.
 
-The fragment needs ``\\usepackage{booktabs}`` (and natbib, or biblatex with natbib=true, for ``\\citep``);
+The fragment needs ``\\usepackage{booktabs}`` and ``graphicx`` (a table wider than the text is shrunk to fit) (and natbib, or biblatex with natbib=true, for ``\\citep``);
 ``to_latex(df, standalone=True)`` wraps it in a document that compiles as it is.
 """
 
@@ -78,13 +78,14 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:
     arrows = [higher] * len(tasks) + [higher if c in ("relacc", "agreement") else lower for c in METRIC_COLUMNS]
 
     lines = [
-        "% prunebench leaderboard; needs \\usepackage{booktabs} (and natbib for \\citep)",
+        "% prunebench leaderboard; needs \\usepackage{booktabs,graphicx} (and natbib for \\citep)",
         r"\begin{table*}[t]",
         r"\centering",
         r"\small",
         r"\setlength{\tabcolsep}{3pt}",
         f"\\caption{{{escape(caption) if caption else _default_caption(df)}}}",
         f"\\label{{{label}}}",
+        r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%  shrink to the text width only if wider",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",
         " & ".join(head_cols + [f"{t} {a}" for t, a in zip(titles, arrows)]) + r" \\",
@@ -114,11 +115,11 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:
                         text = f"\\underline{{{text}}}"
                 cells.append(text)
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]
     body = "\n".join(lines) + "\n"
     if not standalone:
         return body
-    return ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n"
+    return ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
             "\\usepackage[numbers]{natbib}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n"
             + body + "\\end{document}\n")
 
