@@ -302,3 +302,13 @@ def test_published_model_from_hub_id(tmp_path):
         store.put(record)
     df = leaderboard(store, with_published=True)
     assert set(df.loc[df["source"] != "measured", "model"]) == {"llava-next-7b"}
+
+
+def test_relacc_above_two_is_still_a_ratio(tmp_path):
+    store = ResultStore(tmp_path / "r")
+    for record in example_records():
+        if record["method"] == "fastv" and record["budget"] == 32:
+            record["relacc"] = 2.5  # e.g. 0.25 where the unpruned model scored 0.1
+        store.put(record)
+    df = leaderboard(store)
+    assert df.loc[(df["method"] == "fastv") & (df["budget"] == 32), "relacc"].item() == pytest.approx(250.0)
