@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ID = "prunebench"
 NO_METHOD = "none"
-_OWN_ARGS = {"pretrained", "model", "method", "budget", "budget_mode", "budget_scope", "preprocess", "seed", "batch_size",
+_OWN_ARGS = {"cache_mb", "pretrained", "model", "method", "budget", "budget_mode", "budget_scope", "preprocess", "seed", "batch_size",
              "max_batch_size", "device", "dtype", "max_new_tokens", "trust_remote_code"}
 
 
@@ -105,7 +105,7 @@ class PruneBenchLMM(lmms):
     def __init__(self, pretrained: str | None = None, method: str = NO_METHOD, budget: Any = None, budget_mode: str = "average",
                  budget_scope: str = "image", preprocess: str = "hf", seed: int = 0, batch_size: int | str = 1,
                  device: str | None = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
-                 max_batch_size: int | None = None, trust_remote_code: bool = False, adapter: Any = None,
+                 max_batch_size: int | None = None, trust_remote_code: bool = False, cache_mb: float = 1024, adapter: Any = None,
                  **method_params: Any):
         super().__init__()
         from prunebench.models import DEFAULT_MODEL
@@ -120,6 +120,10 @@ class PruneBenchLMM(lmms):
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 1
         self.max_new_tokens = max_new_tokens
         self.preprocess = getattr(adapter, "preprocess", preprocess)
+        self.progress = True  # a progress bar over the samples of each generate_until call
+        # Preprocessed batches are the same for every cell of a sweep (same documents, same processor): keep them
+        # (bounded; 0 disables) so images are rendered/decoded and preprocessed once per sweep, not once per cell.
+        self._batches = _BatchCache(int(float(cache_mb) * 2**20))
         self.requests_log: list[RequestLog] = []
         self.timing = {"requests": 0, "wall_s": 0.0, "visual_s": 0.0, "prepare_s": 0.0, "generate_s": 0.0}
         prefix = f"{method}."
@@ -229,21 +233,28 @@ class PruneBenchLMM(lmms):
         answers: list[str | None] = [None] * len(requests)
         order = _batch_order(requests)
         bar = tqdm(total=len(requests), desc=f"{self.method.name}@{self.budget if self.budget is not None else 'all'}",
-                   unit="sample", leave=False, mininterval=1.0)
+                   unit="sample", leave=False, mininterval=1.0, disable=not self.progress)
         wall_start = time.perf_counter()
         with Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed, budget_scope=self.budget_scope) as pruner:
             for group in order:
                 for start in range(0, len(group), self.batch_size):
                     chunk = group[start:start + self.batch_size]
                     t0 = time.perf_counter()
-                    samples = []
-                    for i in chunk:
-                        context, _gen, doc_to_visual, doc_id, task, split = requests[i].args
-                        visuals = _flatten(doc_to_visual(self.task_dict[task][split][doc_id]))
-                        question = context.replace("<image>", "").replace("<video>", "").strip()
-                        samples.append(self._sample(task, doc_id, question, visuals))
-                    t1 = time.perf_counter()
-                    batch = self.adapter.prepare(samples)
+                    key = tuple((requests[i].args[4], requests[i].args[3], requests[i].args[0]) for i in chunk)
+                    batch = self._batches.get(key)
+                    if batch is None:
+                        samples = []
+                        for i in chunk:
+                            context, _gen, doc_to_visual, doc_id, task, split = requests[i].args
+                            visuals = _flatten(doc_to_visual(self.task_dict[task][split][doc_id]))
+                            question = context.replace("<image>", "").replace("<video>", "").strip()
+                            samples.append(self._sample(task, doc_id, question, visuals))
+                        t1 = time.perf_counter()
+                        batch = self.adapter.prepare(samples)
+                        self._batches.put(key, batch)
+                    else:
+                        t1 = t0
+                    samples = batch.samples
                     t2 = time.perf_counter()
                     gen_kwargs = dict(requests[chunk[0]].args[1] or {})
                     max_new = int(self.max_new_tokens or gen_kwargs.get("max_new_tokens") or gen_kwargs.get("max_gen_toks") or 32)
@@ -265,6 +276,35 @@ class PruneBenchLMM(lmms):
         self.timing["wall_s"] += time.perf_counter() - wall_start
         bar.close()
         return answers  # type: ignore[return-value]
+
+
+class _BatchCache:
+    """Prepared batches by (task, doc id, context) of their requests, least recently used out beyond ``max_bytes``."""
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self.items: "OrderedDict[tuple, Any]" = OrderedDict()
+        self.sizes: dict[tuple, int] = {}
+        self.bytes = 0
+
+    def get(self, key: tuple) -> Any:
+        batch = self.items.get(key)
+        if batch is not None:
+            self.items.move_to_end(key)
+        return batch
+
+    def put(self, key: tuple, batch: Any) -> None:
+        size = sum(t.numel() * t.element_size() for t in batch.inputs.values() if hasattr(t, "numel"))
+        if size > self.max_bytes:
+            return
+        self.items[key] = batch
+        self.sizes[key] = size
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            old, _ = self.items.popitem(last=False)
+            self.bytes -= self.sizes.pop(old)
 
 
 def _video_frames(path: str, count: int = 8) -> list[Any]:

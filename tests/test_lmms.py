@@ -97,3 +97,17 @@ def test_loglikelihood_is_refused_clearly(lm):
 def test_budget_on_the_unpruned_model_is_an_error(lm):
     with pytest.raises(Exception, match="no budget"):
         lm.configure(NO_METHOD, 64)
+
+
+def test_preprocessed_batches_are_reused_across_cells(tiny_llava, task_manager):
+    lm = PruneBenchLMM.from_adapter(tiny_llava, pretrained="tiny-llava", batch_size=2)
+    lm.configure("random", 64)
+    first = _answers(_evaluate(lm, task_manager))
+    assert lm.timing["prepare_s"] > 0 and lm._batches.bytes > 0
+    lm.configure("random", 64)
+    again = _answers(_evaluate(lm, task_manager))
+    assert lm.timing["prepare_s"] == 0 and lm.timing["visual_s"] == 0, "the second cell re-rendered or re-preprocessed its images"
+    assert again == first
+    tiny = PruneBenchLMM.from_adapter(tiny_llava, pretrained="tiny-llava", batch_size=2, cache_mb=0)
+    _evaluate(tiny, task_manager)
+    assert tiny._batches.bytes == 0

@@ -336,6 +336,7 @@ class Sweep:
 
             self._lm = PruneBenchLMM.from_adapter(self.adapter, pretrained=self.model_name, batch_size=self.config["batch_size"],
                                                   preprocess=self.config["preprocess"], seed=self.config["seed"])
+            self._lm.progress = self.progress
         return self._lm
 
     @property
