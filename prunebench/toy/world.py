@@ -230,9 +230,48 @@ def render(sample: dict) -> Image.Image:
 
 # --------------------------------------------------------------------------------------------- splits
 def scene_key(sample: dict) -> str:
-    """Canonical key of a sample's content (everything but id and noise): equal keys = same question on the same scene."""
-    return json.dumps({k: sample[k] for k in ("family", "question", "answer", "background", "objects")},
-                      sort_keys=True)
+    """Canonical key of a scene (background and objects; not the question, id or noise).
+
+    Disjointness is checked on scenes, not on questions, because training asks several questions
+    about each scene (:func:`scene_questions`).
+    """
+    return json.dumps({"background": sample["background"], "objects": sample["objects"]}, sort_keys=True)
+
+
+def scene_questions(sample: dict, rng: random.Random, per_family: int = 2) -> list[tuple[str, str, str]]:
+    """Other valid (family, question, answer) triples about the same scene (up to ``per_family`` each).
+
+    Used to get many supervised answers per rendered image during training (the image is the
+    expensive part). Questions are drawn the same way as in the families' own scenes: no count /
+    exist / attribute questions about scenes with a small object, relations only between objects with
+    unique shapes at least 4 patches apart, exist balanced between yes and no.
+    """
+    objs = sample["objects"]
+    out = [("background", "what color is the background ?", sample["background"])]
+    if any(o["size"] != 2 for o in objs):
+        return out
+    out.append(("count", "how many shapes are there ?", NUMBERS[len(objs) - 1]))
+    present = sorted({(o["shape"], o["color"]) for o in objs})
+    absent = [(sh, c) for sh in SHAPES for c in COLORS if (sh, c) not in present]
+    for _ in range(per_family):
+        if rng.random() < 0.5:
+            sh, c = rng.choice(present)
+            out.append(("exist", f"is there a {c} {sh} ?", "yes"))
+        else:
+            sh, c = rng.choice(absent)
+            out.append(("exist", f"is there a {c} {sh} ?", "no"))
+    shapes = [o["shape"] for o in objs]
+    colors = [o["color"] for o in objs]
+    unique_shape = [o for o in objs if shapes.count(o["shape"]) == 1]
+    unique_color = [o for o in objs if colors.count(o["color"]) == 1]
+    attr = [(f"what color is the {o['shape']} ?", o["color"]) for o in unique_shape]
+    attr += [(f"what shape is the {o['color']} object ?", o["shape"]) for o in unique_color]
+    out += [("attribute", q, a) for q, a in rng.sample(attr, min(per_family, len(attr)))]
+    pairs = [(a, b) for a in unique_shape for b in unique_shape if a is not b and abs(a["x"] - b["x"]) >= 4]
+    for a, b in rng.sample(pairs, min(per_family, len(pairs))):
+        out.append(("relation", f"is the {a['shape']} left or right of the {b['shape']} ?",
+                    "left" if a["x"] < b["x"] else "right"))
+    return out
 
 
 def _generate_split(name: str, per_family: int) -> list[dict]:
