@@ -51,7 +51,9 @@ class _SeededView:
 class VisionView(_SeededView):
     """The vision encoder's output for a batch of images, one row per image.
 
-    ``features``: (B, N, D_v) patch features of the selected ViT layer, before the projector, [CLS] removed.
+    ``features``: (B, N, D_v) the pruning candidates: features of the selected ViT layer, before the projector,
+    in the order they enter the LLM; [CLS] removed where the LLM never sees it (Video-LLaVA's video frames keep
+    theirs, so there they are candidates; Qwen2.5-VL's candidates are 2x2 merge units, see its adapter).
     ``cls_feature``: (B, D_v) [CLS] feature of the same layer, or None for towers without one (Qwen2.5-VL).
     ``grid``: (rows, cols) of the N patches in raster order.
     ``feature_layer``: 0-based ViT encoder layer whose output ``features`` is.

@@ -150,6 +150,23 @@ def test_qwen_features_project_to_the_stock_merged_tokens():
         view.cls_attention()
 
 
+def test_qwen_signals_are_the_same_from_one_varlen_call():
+    """FlashAttention runs each ViT block as one varlen call over every image/window; the view splits it."""
+    from prunebench.attention import Captured, attention_probe
+
+    ad = adapter("tiny-qwen2_5_vl")
+    batch = ad.prepare([Sample("a", "what", image=_image(252, 252)), Sample("b", "what", image=_image(252, 252, 1))])
+    with attention_probe(ad.model), torch.inference_mode():
+        view = ad.encode(batch, (0, ad.feature_layer))  # block 0 is windowed, block 3 full attention
+    for layer in (0, 3):
+        chunks = view.captured[layer]
+        assert len(chunks) == len(view.chunk_lengths[layer]) >= 2  # 2 images; block 0: 9 windows each
+        expected_received, expected_keys = view.received_attention(layer), view.keys(layer)
+        one = Captured(torch.cat([c.query for c in chunks], 2), torch.cat([c.key for c in chunks], 2), None, chunks[0].scaling, False)
+        view.captured[layer] = [one]
+        assert torch.allclose(view.received_attention(layer), expected_received) and torch.equal(view.keys(layer), expected_keys)
+
+
 @pytest.mark.parametrize("kind", ["image", "video"])
 def test_qwen_kept_tokens_keep_their_unpruned_mrope_positions(kind):
     ad = adapter("tiny-qwen2_5_vl")
