@@ -10,9 +10,10 @@ projector output is precomputed (the engine reuses it for the LLM input, so it i
 
 Groups:
   * ``576``: one LLaVA-1.5 image;
-  * ``2880-crops``: LLaVA-NeXT's 5 x 576 (FasterVLM/VisPruner layout), one row per crop with 64 kept each:
-    how the originals of the ViT-attention methods (VisPruner, FasterVLM, HiPrune, VisionZip) act on NeXT,
-    since their signals exist only per crop (577 keys);
+  * ``2880-crops``: LLaVA-NeXT's 5 x 576 (the FasterVLM/VisPruner "fivecrop" layout) as the adapter hands it
+    over: one :class:`UnitVisionView` row of 2880 candidates, 5 crop units, q/k captured per crop (577 keys),
+    320 kept. Methods whose signals need per-crop ViT attention run here (VisPruner, FasterVLM and HiPrune keep
+    64 per crop, as their originals do on NeXT);
   * ``2880-global``: one row of 2880 tokens and 320 kept: methods whose signals do not need per-crop ViT
     attention (DivPrune's original selects globally over the NeXT image; random; LearnPruner's stage 1;
     FastV inside the LLM).
@@ -30,7 +31,7 @@ import torch
 from prunebench.attention import Captured
 from prunebench.core import PlanContext
 from prunebench.registry import create_method, get_method_class, list_methods
-from prunebench.views import LayerView, VisionView, sample_generators
+from prunebench.views import LayerView, UnitVisionView, VisionView, sample_generators
 
 DEVICE = torch.device(os.environ.get("PRUNEBENCH_BENCH_DEVICE", "cpu"))
 VIT_LAYERS, FEATURE_LAYER, VIT_HEADS, VIT_HEAD_DIM, VIT_WIDTH = 24, 22, 16, 64, 1024
@@ -55,32 +56,40 @@ def _sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
-def _vision_view(rows: int, tokens: int, seed: int) -> VisionView:
+def _vision_view(units: int, tokens: int, seed: int) -> VisionView:
+    """One image of ``tokens`` candidates; ``units`` > 1: that many 576-token crops with per-crop ViT q/k."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(DEVICE)
 
     captured = {}
-    if tokens == CROP:  # ViT attention exists per crop only
+    if units * CROP == tokens:  # ViT attention exists per crop only
         layers = {l for n in VISION_METHODS for l in create_method(n, **OVERRIDES.get(n, {})).vision_layers(VIT_LAYERS, FEATURE_LAYER)}
         for layer in sorted(layers):
-            q, k = randn(rows, VIT_HEADS, CROP + 1, VIT_HEAD_DIM), randn(rows, VIT_HEADS, CROP + 1, VIT_HEAD_DIM)
+            q, k = randn(units, VIT_HEADS, CROP + 1, VIT_HEAD_DIM), randn(units, VIT_HEADS, CROP + 1, VIT_HEAD_DIM)
             captured[layer] = Captured(q, k, None, VIT_HEAD_DIM**-0.5, False)
-    projected = randn(rows, tokens, LLM_WIDTH)
-    view = VisionView(
-        features=randn(rows, tokens, VIT_WIDTH), cls_feature=randn(rows, VIT_WIDTH),
-        grid=GRID if tokens == CROP else (tokens // GRID[1], GRID[1]), feature_layer=FEATURE_LAYER,
+    projected = randn(1, tokens, LLM_WIDTH)
+    common = dict(
+        features=randn(1, tokens, VIT_WIDTH), cls_feature=randn(1, VIT_WIDTH), feature_layer=FEATURE_LAYER,
         num_vision_layers=VIT_LAYERS, projector=lambda _: projected, captured=captured, has_cls=True,
     )
-    view.generators = sample_generators(0, [f"bench-{i}" for i in range(rows)])
+    if units > 1:
+        position = torch.arange(tokens, device=DEVICE)
+        unit_of = (position // CROP)[None]
+        token_map = (unit_of * (CROP + 1) + 1 + position % CROP)
+        view = UnitVisionView(**common, grid=GRID, num_units=units, unit_kind="crop", unit_of=unit_of,
+                              token_map=token_map, unit_tokens=CROP + 1)
+    else:
+        view = VisionView(**common, grid=GRID if tokens == CROP else (tokens // GRID[1], GRID[1]))
+    view.generators = sample_generators(0, ["bench-0"])
     assert view.projected is projected  # cached: projection is not selection cost
     return view
 
 
-LAYOUTS = {  # group -> (rows, tokens per row, keep per row)
+LAYOUTS = {  # group -> (crop units, tokens, keep)
     "576": (1, CROP, PER_CROP_BUDGET),
-    "2880-crops": (CROPS, CROP, PER_CROP_BUDGET),
+    "2880-crops": (CROPS, CROPS * CROP, CROPS * PER_CROP_BUDGET),
     "2880-global": (1, CROPS * CROP, CROPS * PER_CROP_BUDGET),
 }
 CASES = [
@@ -93,12 +102,12 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def views():
-    return {group: _vision_view(rows, tokens, seed=i) for i, (group, (rows, tokens, _)) in enumerate(LAYOUTS.items())}
+    return {group: _vision_view(units, tokens, seed=i) for i, (group, (units, tokens, _)) in enumerate(LAYOUTS.items())}
 
 
 @pytest.mark.parametrize("group,name", CASES, ids=[f"{g}-{n}" for g, n in CASES])
 def test_vision_selection(benchmark, views, group, name):
-    rows, tokens, keep = LAYOUTS[group]
+    _, tokens, keep = LAYOUTS[group]
     method = create_method(name, **OVERRIDES.get(name, {}))
     stage_keep = method.plan(keep, PlanContext(tokens, LLM_LAYERS, "average")).vision or keep
     view = views[group]
@@ -109,9 +118,9 @@ def test_vision_selection(benchmark, views, group, name):
         return selection
 
     benchmark.group = group
-    benchmark.extra_info.update(method=name, tokens=rows * tokens, kept=rows * stage_keep, device=str(DEVICE))
+    benchmark.extra_info.update(method=name, tokens=tokens, kept=stage_keep, device=str(DEVICE))
     selection = benchmark(select)
-    selection.validate(rows, tokens, stage_keep, name)
+    selection.validate(1, tokens, stage_keep, name)
 
 
 def _layer_view(visual: int, seed: int) -> LayerView:
