@@ -252,10 +252,10 @@ class PruneBenchLMM(lmms):
                         t1 = time.perf_counter()
                         batch = self.adapter.prepare(samples)
                         self._batches.put(key, batch)
+                        t2 = time.perf_counter()
                     else:
-                        t1 = t0
+                        t0 = t1 = t2 = time.perf_counter()  # cache hits cost nothing in data / preprocessing time
                     samples = batch.samples
-                    t2 = time.perf_counter()
                     gen_kwargs = dict(requests[chunk[0]].args[1] or {})
                     max_new = int(self.max_new_tokens or gen_kwargs.get("max_new_tokens") or gen_kwargs.get("max_gen_toks") or 32)
                     out = pruner.generate(batch, max_new_tokens=max_new)
