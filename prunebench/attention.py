@@ -58,12 +58,14 @@ class Captured:
         """Softmax attention of query rows ``rows`` (B, r): (B, H, r, Lk), fp32, exactly the kernel's mask."""
         return torch.softmax(self.logits(rows), dim=-1)
 
-    def received(self, chunk: int = 256) -> torch.Tensor:
-        """Attention each key receives, averaged over heads and over all (unmasked) query rows: (B, Lk).
+    def received(self, chunk_elements: int = 1 << 22) -> torch.Tensor:
+        """Attention each key receives, averaged over heads and over all query rows: (B, Lk).
 
-        Computed in query chunks so no (Lq, Lk) matrix of all heads is ever held at once.
+        Computed in query chunks of at most ``chunk_elements`` probabilities (16 MB in fp32), sized by the
+        batch (crops, frames) and head count, so no (Lq, Lk) matrix of all heads is ever held at once.
         """
-        batch, _, length, _ = self.query.shape
+        batch, heads, length, _ = self.query.shape
+        chunk = max(1, chunk_elements // (batch * heads * self.key.shape[2]))
         total = torch.zeros(batch, self.key.shape[2], device=self.query.device)
         for start in range(0, length, chunk):
             rows = torch.arange(start, min(start + chunk, length), device=self.query.device).expand(batch, -1)

@@ -51,10 +51,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from prunebench.conformance import CHECKS, run_conformance
     from prunebench.models import TINY_MODELS, load_model
-    from prunebench.registry import create_method, list_methods
+    from prunebench.models.defaults import resolve_method
+    from prunebench.registry import get_method_class, list_methods
 
     names = list_methods() if args.methods == ["all"] else args.methods
-    methods = [create_method(n) for n in names]
+    for name in names:
+        get_method_class(name)  # unknown names fail before any model is built
     checks = CHECKS if args.checks == "all" else tuple(c.strip() for c in args.checks.split(","))
     unknown = sorted(set(checks) - set(CHECKS))
     if unknown:
@@ -63,6 +65,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     failures = []
     for model_name in args.model or sorted(TINY_MODELS):
         adapter = load_model(model_name)
+        methods = [resolve_method(n, model_name, adapter.family) for n in names]  # per-model defaults table
         results = run_conformance(methods, adapter, checks, budget=args.budget, on_result=lambda r: print(str(r).splitlines()[0], flush=True))
         failures += [r for r in results if not r.passed]
     if failures:
