@@ -72,6 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     how.add_argument("--dtype", help="model dtype: auto (default), float32, bfloat16, float16")
     how.add_argument("--output", "--output_path", dest="output", metavar="RUN", help="run folder (default results/<model>_<suite>_<mode>)")
+    how.add_argument("--baseline-cache", "--baseline_cache", dest="baseline_cache", metavar="DIR",
+                     help="shared store of unpruned baselines reused across runs (default: <parent of RUN>/.baselines)")
     how.add_argument("--log_samples", "--log-samples", dest="log_samples", action=argparse.BooleanOptionalAction,
                      help="keep per-sample answers (default on; needed for agreement)")
     how.add_argument("--latency-samples", dest="latency_samples", type=int, help="samples timed per cell (default 8)")
@@ -95,7 +97,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "budgets": args.budgets, "budget_mode": args.budget_mode, "budget_scope": args.budget_scope, "preprocess": args.preprocess,
         "method_args": args.method_args, "plugins": args.plugins, "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
         "device": args.device, "dtype": args.dtype, "output": args.output, "log_samples": args.log_samples,
-        "leaderboard": args.leaderboard, "latency": latency if any(v is not None for v in latency.values()) else None,
+        "leaderboard": args.leaderboard, "baseline_cache": args.baseline_cache, "latency": latency if any(v is not None for v in latency.values()) else None,
     }
 
 
@@ -137,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths = write_leaderboard(sweep.store, echo=print) if config.get("leaderboard", True) else []
     counts = status_counts(sweep.store)
     print(f"\n{counts['done']} done, {counts['infeasible']} infeasible, {counts['failed']} failed, {counts['pending']} pending "
-          f"({len(result.computed)} computed now, {len(result.skipped)} reused)")
+          f"({len(result.computed)} computed now, {len(result.skipped)} finished earlier, {len(result.reused)} from the baseline cache)")
     print(f"results: {sweep.store.root.resolve()}")
     for path in paths:
         print(f"leaderboard: {path.resolve()}")

@@ -57,7 +57,8 @@ class SweepResult:
     store: ResultStore
     cells: list[Cell]
     computed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # finished before this run
+    reused: list[str] = field(default_factory=list)  # baselines taken from the shared baseline cache
     leaderboard_paths: list[Path] = field(default_factory=list)
     leaderboard: Any = None
 
@@ -370,6 +371,7 @@ class Sweep:
                 continue
             bar.set_postfix_str(cell.label)
             if cell is baseline_cell and self._reuse_baseline(cell):
+                result.reused.append(cell.key)
                 self.echo(f"  {cell.label}: reused from the baseline cache {self.baselines.root}")
             else:
                 record = self.run_cell(cell)
@@ -439,7 +441,8 @@ class Sweep:
             record["overhead_ms"] = _overhead(lm)
             memory, how = peak_memory_mb(self.adapter.device)
             record.update(peak_memory_mb=memory, peak_memory_kind=how, env=self.env, status="done", finished=_now())
-            self.store.put(record, rows if self.config["log_samples"] else [])
+            keep_rows = self.config["log_samples"] or cell.method == BASELINE_METHOD  # agreement needs the baseline's answers
+            self.store.put(record, rows if keep_rows else [])
             if cell.method == BASELINE_METHOD:
                 self.baselines.put(record, rows)
             return record
