@@ -220,3 +220,15 @@ def test_load_model_from_a_saved_folder_dispatches_on_model_type(name, tmp_path)
     assert type(loaded) is type(ad) and loaded.family == ad.family
     sample = synthetic_samples(family=ad.family)[0]
     assert torch.equal(_run(loaded, "random", 16, [sample]).tokens, _run(ad, "random", 16, [sample]).tokens)
+
+
+@pytest.mark.parametrize("method", ["visionzip", "fastv"])
+def test_fivecrop_layout_passes_the_kit_properties_that_need_no_stock_reference(method):
+    """Stock generate has no five-crop layout, so no-op is checked on AnyRes; the rest must hold here too."""
+    from prunebench.conformance import run_check
+
+    ad = adapter("tiny-llava_next", layout="fivecrop")
+    samples = [Sample(f"s{i}", q, image=_image(w, h, i)) for i, (q, (w, h)) in enumerate([("what", (336, 448)), ("how many ?", (448, 336))])]
+    for check in ("token_contract", "cache", "batch"):
+        result = run_check(check, ad, create_method(method), budget=64, samples=samples)
+        assert result.passed, result.detail
