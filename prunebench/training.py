@@ -120,6 +120,7 @@ class TrainConfig:
     eps: float = 1e-6  # log(m + eps) on masked keys: finite gradients at m = 0 (DynamicViT uses an eps too)
     seed: int = 0
     log_every: int = 10
+    max_minutes: float = 0.0  # stop early after this wall time (0 = run all steps); the recipe records steps done
 
 
 @dataclass
@@ -203,8 +204,12 @@ def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=Non
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, cfg.steps - warm)))
     )
     history: list[dict[str, float]] = []
+    start = time.time()
     try:
         for step in range(cfg.steps):
+            if cfg.max_minutes and time.time() - start > 60 * cfg.max_minutes:
+                log.warning("stopping after %d of %d steps: --max-minutes %s reached", step, cfg.steps, cfg.max_minutes)
+                break
             samples = [next(data) for _ in range(cfg.batch_size)]
             batch, answer_len = _answer_batch(adapter, samples)
             loss, stats = lpm_loss(adapter, lpm, batch, answer_len, cfg)
@@ -289,7 +294,9 @@ def train_learnpruner(model: str, cfg: TrainConfig, output: Path | None = None, 
         "data": description,
         "config": asdict(cfg),
         "loss": "CE(answer + EOS) + mask_weight * (target_ratio - mean m)^2; m = STE(argmax, softmax); key-masking log(m + eps) in every LLM layer",
+        "steps_done": len(history),
         "final": {k: sum(h[k] for h in tail) / len(tail) for k in ("loss", "ce", "keep_ratio", "hard_ratio")},
+        "first": {k: history[0][k] for k in ("loss", "ce", "keep_ratio", "hard_ratio")} if history else {},
         "seconds": round(time.time() - start, 1),
         "versions": versions(),
     }
