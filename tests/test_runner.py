@@ -175,3 +175,16 @@ def test_sigkill_loses_at_most_the_cell_in_flight(tmp_path, tiny_llava):
     assert len(after) == 6 and all(r["status"] == "done" for r in store.records())
     assert {k: after[k] for k in before} == before, "finished cells were recomputed"
     assert set(result.computed) == set(after) - set(before)
+
+
+def test_command_line_dry_run_and_status(tmp_path, capsys):
+    from prunebench.cli import main
+
+    out = tmp_path / "dry"
+    code = main(["run", "--model", "tiny-llava", "--tasks", "shapes_count", "--methods", "random,fastv", "--budgets", "8,16",
+                 "--method-args", "fastv.layer=1", "--budget-mode", "final", "--output_path", str(out), "--dry-run"])
+    text = capsys.readouterr().out
+    assert code == 0 and "budget_mode: final" in text and text.count("pending") == 5 and "'layer': 1" in text
+    assert main(["run", "--model", "tiny-llava", "--methods", "random", "--budgets", "x", "--dry-run"]) == 2
+    assert "budgets must be positive integers" in capsys.readouterr().err
+    assert main(["status", str(tmp_path / "nowhere")]) == 2

@@ -104,6 +104,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _quiet_lmms_eval(verbose: bool) -> None:
     if verbose:
         return
+    import os
+
+    # lmms-eval and datasets draw a progress bar per task and step; tqdm reads TQDM_* only for arguments a caller
+    # leaves unset, and prunebench's own bars (cells, samples) set `disable` explicitly, so they stay.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         import sys
 

@@ -287,7 +287,7 @@ class Sweep:
         baseline_dir = config.get("baseline_cache") or (self.output.parent / ".baselines")
         self.baselines = ResultStore(baseline_dir)
         self.progress = progress
-        self.echo = echo or print
+        self.echo = echo or _write
         self.cells = plan_cells(self.config, self.model_name, self.suite.tasks)
         self._flops_cache: dict[tuple, Any] = {}
         self._adapter = None
@@ -501,6 +501,12 @@ def _overhead(lm: Any) -> dict[str, Any]:
     return {"per_sample_data_ms": t["visual_s"] / n * 1e3, "per_sample_preprocess_ms": t["prepare_s"] / n * 1e3,
             "per_sample_generate_ms": t["generate_s"] / n * 1e3, "per_sample_harness_ms": harness / n * 1e3,
             "batch_size": lm.batch_size, "requests": int(t["requests"])}
+
+
+def _write(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message)  # keeps the progress bar intact
 
 
 def _mean(values: list[float]) -> float | None:
