@@ -37,6 +37,7 @@ from prunebench.core import BudgetError, InfeasibleBudget, PruneBenchError
 from prunebench.store import BASELINE_METHOD, ResultStore, cell_key
 
 log = logging.getLogger("prunebench.runner")
+FLOPS_NOTE = "per sample: first probe sample, batch 1, prefill up to the first token (vision + LLM + lm_head at 1 position)"
 
 
 @dataclass
@@ -84,14 +85,20 @@ def family_of(model: str) -> str:
         return ""
 
 
-def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str]) -> list[Cell]:
-    """The baseline and every method x budget cell, each with its resolved parameters and key."""
+def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str], generation_kwargs: dict[str, Any] | None = None) -> list[Cell]:
+    """The baseline and every method x budget cell, each with its resolved parameters and key.
+
+    The key covers everything that changes a cell's numbers: model, suite tasks and their generation overrides,
+    limit, seed, preprocessing, dtype, device, the latency protocol, method, every method parameter, budget,
+    budget mode and scope (not the batch size: batched outputs equal batch-1 outputs by the engine's contract).
+    """
     from prunebench.lmms import resolve
 
     family = family_of(model)
     common = {
         "model": model, "suite": config["suite"], "task_names": sorted(suite_tasks), "limit": config["limit"],
         "seed": config["seed"], "preprocess": config["preprocess"], "dtype": config["dtype"], "device": config["device"],
+        "generation_kwargs": dict(generation_kwargs or {}), "latency": dict(config["latency"]),
     }
     cells = [_cell(BASELINE_METHOD, None, {}, {**common, "budget_mode": None, "budget_scope": None})]
     for method in config["methods"]:
@@ -180,7 +187,6 @@ def latency_probe(adapter: Any, method: Any, budget: int | None, mode: str, seed
     keys = {"prefill": "prefill_ms", "decode_per_token": "decode_ms_per_token", "total": "total_ms", "vision": "vision_ms",
             "select": "select_ms", "generate": "generate_ms"}
     record = {name: _stat([s.timings_ms.get(k, float("nan")) for s in stats]) for name, k in keys.items()}
-    record["protocol"] = f"batch 1, {len(samples)} fixed samples after {warmup} warm-up calls, {new_tokens} new tokens each"
     return record, stats
 
 
@@ -288,7 +294,7 @@ class Sweep:
         self.baselines = ResultStore(baseline_dir)
         self.progress = progress
         self.echo = echo or _write
-        self.cells = plan_cells(self.config, self.model_name, self.suite.tasks)
+        self.cells = plan_cells(self.config, self.model_name, self.suite.tasks, self.suite.generation_kwargs)
         self._flops_cache: dict[tuple, Any] = {}
         self._adapter = None
         self._lm = None
@@ -413,9 +419,13 @@ class Sweep:
                                                  int(lat["warmup"]), int(lat["new_tokens"]), self.config["budget_scope"])
             first = probe_stats[0]
             record["latency_ms"] = latency
+            record["latency_protocol"] = (f"batch 1, {len(self.probe)} fixed samples after {lat['warmup']} warm-up calls, "
+                                          f"{lat['new_tokens']} new tokens each; engine timings (perf_counter on CPU, synchronised on GPU)")
             record["flops"] = self._flops(cell, method, first)
+            record["flops_counted_on"] = FLOPS_NOTE
             record["kv_cache"] = self._kv(first)
-            record["tokens"] = {"planned_per_layer": first.plan.tokens_per_layer(), "per_layer": list(first.tokens_per_layer)}
+            record["tokens"] = {"planned_per_layer": first.plan.tokens_per_layer(), "per_layer": list(first.tokens_per_layer),
+                                "kv_per_layer": list(first.kv_lengths), "text": first.text_tokens}
 
             lm = self.lm.configure(method, cell.budget, budget_mode=mode, budget_scope=self.config["budget_scope"], seed=self.config["seed"])
             record["env_adapter"] = self.adapter.describe()
@@ -484,14 +494,15 @@ class Sweep:
             count = measure_prefill_flops(self.adapter, method, cell.budget, batch, budget_mode=self.config["budget_mode"], seed=self.config["seed"],
                                           budget_scope=self.config["budget_scope"])
             self._flops_cache[pattern] = count
-        return {**count.as_record(), "counted_on": "first probe sample, batch 1, prefill up to the first token"}
+        record = {k: v for k, v in count.as_record().items() if isinstance(v, (int, float))}
+        return record
 
     def _kv(self, stats: Any) -> dict[str, Any]:
         from prunebench.costs import kv_cache_bytes
 
         shape = self.adapter.llm_shape
         analytic = kv_cache_bytes(shape, [stats.text_tokens + v for v in stats.tokens_per_layer], self.adapter.dtype.itemsize)
-        return {"measured_mb": stats.kv_bytes / 2**20, "analytic_mb": analytic / 2**20, "per_layer_tokens": list(stats.kv_lengths)}
+        return {"measured_mb": stats.kv_bytes / 2**20, "analytic_mb": analytic / 2**20}
 
 
 def _overhead(lm: Any) -> dict[str, Any]:
