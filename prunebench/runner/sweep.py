@@ -190,11 +190,13 @@ def latency_probe(adapter: Any, method: Any, budget: int | None, mode: str, seed
     return record, stats
 
 
-def probe_samples(task_manager: Any, tasks: list[str], count: int) -> list[Any]:
-    """The first ``count`` documents of the suite, round-robin over its tasks, as engine samples."""
+def probe_samples(task_manager: Any, tasks: list[str], count: int, make_sample: Callable[..., Any]) -> list[Any]:
+    """The first ``count`` documents of the suite, round-robin over its tasks, as engine samples.
+
+    ``make_sample(task, doc_index, question, visuals)`` builds one (``PruneBenchLMM._sample``: image or video).
+    """
     from lmms_eval.tasks import get_task_dict
 
-    from prunebench.adapters.base import Sample
     from prunebench.lmms import _flatten
 
     leaves: list[tuple[str, Any]] = []
@@ -221,8 +223,8 @@ def probe_samples(task_manager: Any, tasks: list[str], count: int) -> list[Any]:
                 doc = items[index]
                 visuals = _flatten(task.doc_to_visual(doc))
                 text = task.doc_to_text(doc)
-                out.append(Sample(id=f"{name}/{index}", question=str(text).replace("<image>", "").strip(),
-                                  image=visuals[0] if visuals else None))
+                question = str(text).replace("<image>", "").replace("<video>", "").strip()
+                out.append(make_sample(name, index, question, visuals))
         index += 1
     return out
 
@@ -350,7 +352,7 @@ class Sweep:
     def probe(self) -> list[Any]:
         if self._probe is None:
             lat = self.config["latency"]
-            self._probe = probe_samples(self.task_manager, self.suite.tasks, int(lat["samples"]))
+            self._probe = probe_samples(self.task_manager, self.suite.tasks, int(lat["samples"]), self.lm._sample)
         return self._probe
 
     @property
