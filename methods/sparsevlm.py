@@ -90,12 +90,14 @@ class SparseVLM(PruningMethod):
     {2, 6, 15}; other depths take their pruning layers from the per-model defaults table.
 
     Deviations, each deliberate:
-      * positions: both versions keep the kept tokens' original (gapped) position ids, as v2.0 does; v1.5's
-        per-layer renumbering (decode positions = each layer's own cache length) is not reproduced;
-      * recycling (v1.5, ``recycle="inplace"``): a merged token takes the slot of its cluster centre (a pruned
-        token, revived with the cluster mean) instead of being appended after the kept tokens, so it has the
-        centre's position id and the harness never adds tokens inside the LLM; ``recycle="none"`` switches
-        recycling off (what v2.0 does);
+      * positions (``positions``): v2.0 keeps the kept tokens' original (gapped) position ids; v1.5 renumbers
+        every layer after a cut 0..n'-1 and a generated token takes each layer's own cache length as its
+        position, as the published code does (the engine's ``llm_position_policy="renumber"``); with left
+        padding "cache length" means the valid tokens cached, so a batch equals its samples run alone;
+      * recycling (``recycle``): v1.5 appends the merged tokens right after the kept visual tokens, as
+        published (``"append"``, needs renumbered positions); ``"inplace"`` instead gives each merged token its
+        cluster centre's slot (a pruned token revived with the cluster mean) and keeps original positions;
+        ``"none"`` switches recycling off (what v2.0 does);
       * scores in fp32 from captured q/k instead of the original fp16 materialised softmax; per-sample raters
         and scores (the originals read batch element 0); the clustering noise is seeded per sample;
       * v2.0's division by R can divide by values near 0 or below 0 (R is a sum of cosines);
@@ -106,7 +108,8 @@ class SparseVLM(PruningMethod):
     version: str = "2.0"
     layers: Sequence[int] | str = "auto"  # "auto": PAPER_LAYERS, scaled by depth/32 where they do not fit
     heads: int = 14
-    recycle: str = "auto"  # "auto": inplace for v1.5, none for v2.0
+    recycle: str = "auto"  # "auto": append for v1.5, none for v2.0
+    positions: str = "auto"  # "auto": renumber for v1.5, original for v2.0
     rope_correction: str = "divide"
     rope_floor: float = 1e-3
     recycle_share: float = 0.3
@@ -122,8 +125,13 @@ class SparseVLM(PruningMethod):
         self.version = str(self.version)
         if self.version not in SCHEDULES:
             raise PruneBenchError(f"sparsevlm version must be '2.0' (SparseVLM+) or '1.5' (ICML), got {self.version!r}")
-        if self.recycle not in ("auto", "inplace", "none"):
-            raise PruneBenchError(f"sparsevlm recycle must be 'auto', 'inplace' or 'none', got {self.recycle!r}")
+        if self.recycle not in ("auto", "append", "inplace", "none"):
+            raise PruneBenchError(f"sparsevlm recycle must be 'auto', 'append', 'inplace' or 'none', got {self.recycle!r}")
+        if self.positions not in ("auto", "renumber", "original"):
+            raise PruneBenchError(f"sparsevlm positions must be 'auto', 'renumber' or 'original', got {self.positions!r}")
+        if self.recycle == "append" and self.llm_position_policy != "renumber":
+            raise PruneBenchError("sparsevlm recycle='append' places merged tokens by renumbering; use positions='renumber' "
+                                  "(or recycle='inplace' with original positions)")
         if self.rope_correction not in ("divide", "clamp", "none"):
             raise PruneBenchError(f"sparsevlm rope_correction must be 'divide', 'clamp' or 'none', got {self.rope_correction!r}")
         if isinstance(self.layers, str) and self.layers != "auto":
@@ -135,8 +143,18 @@ class SparseVLM(PruningMethod):
 
     # -- budget -------------------------------------------------------------------------------------------
     @property
-    def recycling(self) -> bool:
-        return self.recycle == "inplace" or (self.recycle == "auto" and self.version == "1.5")
+    def recycling(self) -> str:
+        """"append" (v1.5 as published), "inplace" (merged token in its centre's slot) or "none" (v2.0)."""
+        if self.recycle == "auto":
+            return "append" if self.version == "1.5" else "none"
+        return self.recycle
+
+    @property
+    def llm_position_policy(self) -> str:
+        """How the engine numbers positions after each stage: v1.5 renumbers per layer, v2.0 keeps the originals."""
+        if self.positions == "auto":
+            return "renumber" if self.version == "1.5" else "original"
+        return self.positions
 
     def pruning_layers(self, num_layers: int) -> tuple[int, ...]:
         """The 0-based layers whose outputs are pruned: ``layers``, or for "auto" the paper's (2, 6, 15) where
@@ -187,7 +205,7 @@ class SparseVLM(PruningMethod):
     def select_llm(self, view: LayerView, keep: int) -> Selection:
         rel = self.relevance(view)
         n = view.num_visual
-        if not self.recycling:
+        if self.recycling == "none":
             return Selection(top_k(rel, keep))
         kept_count = self.kept_before_recycling(n, keep)
         kept = top_k(rel, kept_count)
@@ -260,7 +278,7 @@ class SparseVLM(PruningMethod):
             r = r.clamp(min=self.rope_floor)
         return r
 
-    def _recycle(self, view: LayerView, rel: torch.Tensor, kept: torch.Tensor, clusters: int) -> RecycledSelection:
+    def _recycle(self, view: LayerView, rel: torch.Tensor, kept: torch.Tensor, clusters: int) -> Selection:
         bsz, n = rel.shape
         pruned_mask = torch.ones(bsz, n, dtype=torch.bool, device=rel.device)
         pruned_mask.scatter_(1, kept, False)
@@ -276,6 +294,8 @@ class SparseVLM(PruningMethod):
         sums = torch.zeros(bsz, c, feats.shape[-1], device=feats.device).scatter_add_(1, assign[..., None].expand(-1, -1, feats.shape[-1]), feats)
         counts = torch.zeros(bsz, c, device=feats.device).scatter_add_(1, assign, torch.ones_like(feats[..., 0]))
         merged = sums / (counts[..., None] + 1e-6)
+        if self.recycling == "append":  # after the kept tokens, in centre order (the published code)
+            return Selection(kept, append=merged.to(hidden.dtype))
         centre_index = cand.gather(1, centres)  # (B, c) into visual
         indices = torch.cat([kept, centre_index], dim=1)
         order = indices.argsort(dim=1)

@@ -16,6 +16,9 @@ One ``generate`` call:
    (cos, sin), position ids and any 4-D mask. Layers >= K therefore cache only the kept tokens, while
    positions stay in the unpruned prompt's coordinates, so decoding continues at the right RoPE index.
    During decoding the hooks re-index a materialised mask's key axis to each layer's cached tokens.
+   Two opt-ins for SparseVLM-style methods: a ``RecycledSelection`` gives kept slots new hidden states, and a
+   method with ``llm_position_policy = "renumber"`` gets positions 0..n'-1 after each cut (generated tokens
+   at each layer's own valid cache length) and may append merged tokens after the kept visual tokens.
 
 Batches whose samples have different visual-token counts (LLaVA-NeXT AnyRes and Qwen2.5-VL images of
 different sizes, Video-LLaVA images next to videos) are split into groups of equal layout
@@ -157,6 +160,12 @@ class _Cut:
     visual_local: torch.Tensor | None = None  # (B, k) kept visual tokens' positions after the cut (recycling only)
     values: torch.Tensor | None = None  # (B, k, D) new hidden states of recycled tokens
     replace: torch.Tensor | None = None  # (B, k) bool: which kept visual tokens take ``values``
+    # merged tokens added at this stage (Selection.append): keep_local holds -1-m for merged token m
+    merged: torch.Tensor | None = None  # (B, c, D)
+    # per-layer renumbering (llm_position_policy "renumber", SparseVLM v1/v1.5): prompt positions 0..n'-1 after
+    # the cut; generated tokens continue at this layer's own valid cache length (shift = n' - n_prompt)
+    positions: torch.Tensor | None = None  # (B, L_out)
+    shift: torch.Tensor | None = None  # (B, 1)
 
 
 @dataclass
@@ -468,26 +477,37 @@ class Pruner:
             # kwargs hold the model's full-length position tables; index them to the tokens still present
             positions = kwargs.get("position_ids")
             cos, sin = kwargs["position_embeddings"]
+            renumbered = [c for k, c in sorted(state.cuts.items()) if k < index and c.positions is not None]
+            if renumbered:  # the tokens' positions are those of the last renumbering cut, not the prompt's
+                positions = renumbered[-1].positions
+                cos, sin = self._rope(hidden, positions)
+            elif positions is not None:
+                positions = _gather_last(positions, state.abs_index)
+                cos, sin = _gather_rows(cos, state.abs_index), _gather_rows(sin, state.abs_index)
+            else:
+                cos, sin = _gather_rows(cos, state.abs_index), _gather_rows(sin, state.abs_index)
             view = LayerView(
                 layer=index,
                 hidden_states=hidden,
                 visual_index=visual_index,
                 valid=state.valid,
-                position_ids=None if positions is None else _gather_last(positions, state.abs_index),
+                position_ids=positions,
                 captured=state.captured.get(index - 1),
                 generators=state.generators,
-                position_embeddings=(_gather_rows(cos, state.abs_index), _gather_rows(sin, state.abs_index)),
+                position_embeddings=(cos, sin),
                 input_embeds=state.input_embeds,
                 input_visual_index=state.llm_inputs.visual_index,
             )
             selection = self.method.select_llm(view, keep)
-            if selection.prepend is not None or selection.append is not None:
+            if selection.prepend is not None or (selection.append is not None and not self._renumber()):
                 raise SelectionError(
-                    f"{self.method.name} layer {index}: an LLM stage cannot add tokens; return a RecycledSelection "
-                    "that gives kept slots new hidden states instead"
+                    f"{self.method.name} layer {index}: an LLM stage can only append merged tokens (after the kept visual "
+                    "tokens) with llm_position_policy='renumber', since they have no original position; or return a "
+                    "RecycledSelection that gives kept slots new hidden states"
                 )
             selection.validate(bsz, visual_index.shape[1], keep, f"{self.method.name} layer {index}")
             chosen = selection.keep.long()
+            merged = selection.append
             if isinstance(selection, RecycledSelection) and selection.values is not None:
                 replace = selection.replace if selection.replace is not None else torch.ones_like(chosen, dtype=torch.bool)
                 if selection.values.shape[:2] != chosen.shape or replace.shape != chosen.shape:
@@ -495,24 +515,69 @@ class Pruner:
                 recycled = (selection.values.detach(), replace.bool())
         else:
             chosen = torch.arange(keep, device=hidden.device).expand(bsz, -1)
+            merged = None
         state.kept[f"layer{index}"] = chosen
         retain = torch.ones(bsz, length, dtype=torch.bool, device=hidden.device)
         retain.scatter_(1, visual_index, False)
         retain.scatter_(1, visual_index.gather(1, chosen), True)
         keep_local = torch.arange(length, device=hidden.device).expand(bsz, -1)[retain].view(bsz, -1)
-        state.cuts[index] = _Cut(keep_local, state.abs_index.gather(1, keep_local), length)
-        state.abs_index = state.cuts[index].keep_abs
-        state.visual_index = torch.searchsorted(keep_local, visual_index.gather(1, chosen))
+        if merged is None or merged.shape[1] == 0:
+            state.cuts[index] = _Cut(keep_local, state.abs_index.gather(1, keep_local), length)
+            state.abs_index = state.cuts[index].keep_abs
+            state.visual_index = torch.searchsorted(keep_local, visual_index.gather(1, chosen))
+            state.valid = state.valid.gather(1, keep_local)
+        else:
+            self._insert_merged(index, state, keep_local, visual_index.gather(1, chosen), merged.detach(), length)
         if recycled is not None:
             cut = state.cuts[index]
             cut.visual_local, (cut.values, cut.replace) = state.visual_index, recycled
-        state.valid = state.valid.gather(1, keep_local)
+        if self._renumber():
+            cut = state.cuts[index]
+            cut.positions = (state.valid.long().cumsum(1) - 1).clamp(min=0)
+            cut.shift = state.valid.sum(1, keepdim=True) - state.llm_inputs.attention_mask.sum(1, keepdim=True)
         _sync(hidden.device)
         state.select_s += time.perf_counter() - start
+
+    def _renumber(self) -> bool:
+        return getattr(self.method, "llm_position_policy", "original") == "renumber"
+
+    def _insert_merged(self, index: int, state: _State, keep_local: torch.Tensor, kept_visual: torch.Tensor,
+                       merged: torch.Tensor, length: int) -> None:
+        """Cut with ``merged`` (B, c, D) tokens placed right after the last kept visual token (SparseVLM's
+        recycled tokens). They count as visual tokens from here on; for the mask and the decode-time key
+        index they borrow the prompt index of the last kept visual token (valid, and the causal order among
+        the borrowed entries is restored in ``_apply_cut``)."""
+        bsz, count = merged.shape[0], merged.shape[1]
+        device = keep_local.device
+        last = kept_visual.max(dim=1, keepdim=True).values  # (B, 1) local position of the last kept visual token
+        keys = torch.cat([keep_local.float(), last.float() + (torch.arange(count, device=device) + 1) / (count + 1)], 1)
+        order = keys.argsort(dim=1)
+        codes = torch.cat([keep_local, -1 - torch.arange(count, device=device).expand(bsz, -1)], 1).gather(1, order)
+        is_visual = torch.zeros(bsz, length, dtype=torch.bool, device=device).scatter(1, kept_visual, True).gather(1, keep_local)
+        is_visual = torch.cat([is_visual, torch.ones(bsz, count, dtype=torch.bool, device=device)], 1).gather(1, order)
+        absolute = torch.cat([state.abs_index.gather(1, keep_local), state.abs_index.gather(1, last).expand(-1, count)], 1).gather(1, order)
+        valid = torch.cat([state.valid.gather(1, keep_local), torch.ones(bsz, count, dtype=torch.bool, device=device)], 1).gather(1, order)
+        cut = _Cut(codes, absolute, length, merged=merged)
+        state.cuts[index] = cut
+        state.abs_index = absolute
+        state.visual_index = torch.arange(codes.shape[1], device=device).expand(bsz, -1)[is_visual].view(bsz, -1)
+        state.valid = valid
+
+    def _rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rotary = getattr(self, "_rotary", None)
+        if rotary is None:
+            found = [m for name, m in self.adapter.model.named_modules() if name.endswith("rotary_emb") and "vision" not in name]
+            if not found:
+                raise PruneBenchError(f"{self.method.name}: per-layer renumbering needs the LLM's rotary embedding module; none found")
+            rotary = self._rotary = found[0]
+        return rotary(hidden, positions)
 
     def _apply_cut(self, index: int, state: _State, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, dict]:
         cut = state.cuts[index]
         local, absolute = cut.keep_local, cut.keep_abs
+        if cut.merged is not None:  # merged tokens live after the input rows (and after any generated rows)
+            hidden = torch.cat([hidden, cut.merged.to(hidden.dtype)], 1)
+            local = torch.where(local < 0, cut.in_len + state.extra - 1 - local, local)
         if state.extra:
             bsz = local.shape[0]
             local = torch.cat([local, torch.arange(cut.in_len, cut.in_len + state.extra, device=local.device).expand(bsz, -1)], 1)
@@ -523,16 +588,27 @@ class Pruner:
             new = torch.where(cut.replace[..., None], cut.values.to(hidden.dtype), hidden.gather(1, slots))
             hidden = hidden.scatter(1, slots, new)
         gathered: dict[str, Any] = {}
-        cos, sin = kwargs["position_embeddings"]
-        gathered["position_embeddings"] = (_gather_rows(cos, absolute), _gather_rows(sin, absolute))
-        if kwargs.get("position_ids") is not None:
-            gathered["position_ids"] = _gather_last(kwargs["position_ids"], absolute)
+        if cut.positions is not None:  # renumbered: 0..n'-1 over the valid prompt tokens, then generated ones
+            positions = cut.positions
+            if state.extra:
+                positions = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(state.extra, device=positions.device)], 1)
+            gathered["position_embeddings"] = self._rope(hidden, positions)
+            gathered["position_ids"] = positions
+        else:
+            cos, sin = kwargs["position_embeddings"]
+            gathered["position_embeddings"] = (_gather_rows(cos, absolute), _gather_rows(sin, absolute))
+            if kwargs.get("position_ids") is not None:
+                gathered["position_ids"] = _gather_last(kwargs["position_ids"], absolute)
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
             # every layer receives the model's original (full-length) mask: index it in prompt coordinates
             mask = _expand_batch(mask, absolute.shape[0])
             mask = mask.gather(2, absolute[:, None, :, None].expand(-1, mask.shape[1], -1, mask.shape[3]))
             mask = mask.gather(3, absolute[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1))
+            if any(c.merged is not None for k, c in state.cuts.items() if k <= index):
+                # merged tokens share a borrowed prompt index: restore causality in the new order
+                causal = torch.ones(mask.shape[-2], mask.shape[-1], dtype=torch.bool, device=mask.device).tril()
+                mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, torch.finfo(mask.dtype).min)
             gathered["attention_mask"] = mask
         state.gathered = gathered
         kwargs.update(gathered)
@@ -542,11 +618,18 @@ class Pruner:
         first_cut = min(state.plan.llm) if state.plan.llm else None
         if first_cut is None or index < first_cut:
             return None
+        cut_layer = max(k for k in state.plan.llm if k <= index)
+        cut = state.cuts[cut_layer]
+        if cut.shift is not None and kwargs.get("position_ids") is not None:
+            # renumbered layers: the new token sits at this layer's own cache length (SparseVLM v1/v1.5)
+            hidden = args[0] if args else kwargs["hidden_states"]
+            positions = kwargs["position_ids"] + cut.shift
+            kwargs["position_ids"] = positions
+            kwargs["position_embeddings"] = self._rope(hidden, positions)
         mask = kwargs.get("attention_mask")
         if not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
-            return None
-        cut_layer = max(k for k in state.plan.llm if k <= index)
-        keep_abs = state.cuts[cut_layer].keep_abs
+            return args, kwargs
+        keep_abs = cut.keep_abs
         kv_len = mask.shape[-1]
         bsz = keep_abs.shape[0]
         index_kv = torch.cat([keep_abs, torch.arange(state.prompt_len, kv_len, device=keep_abs.device).expand(bsz, -1)], 1)

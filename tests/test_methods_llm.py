@@ -137,8 +137,23 @@ def test_sparsevlm_v2_divides_by_rope_attention():
     assert create_method("sparsevlm", heads=1, rope_correction="none").select_llm(view, 1).keep[0].tolist() in ([1], [5])
 
 
-def test_sparsevlm_v15_recycles_pruned_tokens_into_centre_slots():
+def test_sparsevlm_v15_appends_merged_tokens():
+    """Published v1.5: 3 kept + 1 merged token (the mean of its cluster) appended after the kept ones."""
+    weights = uniform()
+    planted_rows(weights, [8, 10], [2, 3, 4])
+    hidden = torch.randn(1, L, 8, generator=torch.Generator().manual_seed(1))
     method = create_method("sparsevlm", version="1.5")
+    assert method.llm_position_policy == "renumber" and method.recycling == "append"
+    sel = method.select_llm(layer_view(weights, rater_embeds(), hidden), 4)
+    assert sel.keep[0].tolist() == [1, 2, 3] and sel.append.shape == (1, 1, 8)
+    # n1 = 1 candidate: the pruned token with the highest rel; with uniform rows it is one of 0, 4, 5
+    assert any(torch.allclose(sel.append[0, 0], hidden[0, 1 + j]) for j in (0, 4, 5))
+    with pytest.raises(PruneBenchError, match="renumber"):
+        create_method("sparsevlm", version="1.5", recycle="append", positions="original")
+
+
+def test_sparsevlm_v15_recycles_pruned_tokens_into_centre_slots():
+    method = create_method("sparsevlm", version="1.5", recycle="inplace", positions="original")
     n, total = 6, 4
     k = method.kept_before_recycling(n, total)
     n1, c = method.clusters(n - k)
@@ -327,3 +342,27 @@ def test_engine_writes_recycled_values_into_kept_slots(tiny_llava, samples):
     for check in (check_token_contract, check_cache):
         passed, detail = check(tiny_llava, method, samples, 64)
         assert passed, detail
+
+
+def test_engine_renumbers_positions_per_layer_for_v15(tiny_llava, samples):
+    """SparseVLM v1.5 after its cuts at layers 1, 2, 3: each layer sees positions 0..n'-1 in prefill and the
+    first generated token at n' (its own cache length), n' = that layer's prompt length."""
+    from prunebench.engine import Pruner
+
+    seen: dict[int, list[torch.Tensor]] = {}
+    layers = tiny_llava.decoder_layers()
+    method = create_method("sparsevlm", version="1.5")
+    with Pruner(tiny_llava, method, 64, budget_mode="final") as pruner:
+        handles = [layers[i].register_forward_pre_hook(
+            lambda m, a, kw, i=i: seen.setdefault(i, []).append(kw["position_ids"].clone()), with_kwargs=True) for i in (0, 2, 3)]
+        try:
+            out = pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=2, min_new_tokens=2)
+        finally:
+            for h in handles:
+                h.remove()
+    prompt = out.stats.prompt_tokens
+    for i in (2, 3):
+        length = out.stats.text_tokens + out.stats.tokens_per_layer[i]
+        assert seen[i][0][0].tolist() == list(range(length))
+        assert seen[i][1][0].tolist() == [length]
+    assert seen[0][0][0].tolist() == list(range(prompt)) and seen[0][1][0].tolist() == [prompt]
