@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("lmms_eval.evaluator")
 
-from prunebench.core import Selection, VisionStagePruner  # noqa: E402
+from prunebench.core import Selection, SelectionError, VisionStagePruner  # noqa: E402
 from prunebench.registry import _ORIGIN, _REGISTRY, register_method  # noqa: E402
 from prunebench.runner import Sweep, resolve_config  # noqa: E402
 from prunebench.runner.cli import status_lines, run_status  # noqa: E402
@@ -27,7 +27,7 @@ def boom():
     @dataclass
     class Boom(VisionStagePruner):
         def select_vision(self, view, keep):
-            raise RuntimeError("boom: a method plugin that raises")
+            raise SelectionError("boom: a method plugin that raises")  # a PruneBenchError too: still only this cell fails
 
     yield "boom_test"
     _REGISTRY.pop("boom_test", None)

@@ -373,6 +373,10 @@ class Sweep:
                   f"{len(self.cells)} cells ({done} already finished, {len(pending)} to run) -> {self.output}")
         result.skipped = [c.key for c in self.cells if c not in pending]
         baseline_cell = self.cells[0]
+        if pending and not (pending == [baseline_cell] and self.baselines.is_done(baseline_cell.key)):
+            # shared resources first: a missing model or an unknown task stops the sweep here with its message,
+            # instead of being recorded as a failure of every cell
+            _ = self.adapter, self.task_manager, self.lm, self.probe
         bar = tqdm(total=len(self.cells), initial=done, desc="cells", unit="cell", disable=not self.progress)
         for cell in self.cells:
             if cell not in pending:
@@ -462,8 +466,6 @@ class Sweep:
             return record
         except (InfeasibleBudget, BudgetError) as exc:
             record.update(status="infeasible", error=str(exc), finished=_now())
-        except PruneBenchError:
-            raise  # a configuration error (unknown task, missing model): every cell would fail the same way
         except Exception as exc:  # noqa: BLE001 - a broken cell is recorded and the sweep goes on
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), finished=_now())
             log.error("cell %s failed: %s", cell.label, exc)
