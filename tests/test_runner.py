@@ -1,6 +1,5 @@
 """Sweeps: records per the store schema, baseline reuse, resume, failing and infeasible cells, SIGKILL, config, status."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 
 pytest.importorskip("lmms_eval.evaluator")
 
-from prunebench.core import Selection, SelectionError, VisionStagePruner  # noqa: E402
+from prunebench.core import SelectionError, VisionStagePruner  # noqa: E402
 from prunebench.registry import _ORIGIN, _REGISTRY, register_method  # noqa: E402
 from prunebench.runner import Sweep, resolve_config  # noqa: E402
 from prunebench.runner.cli import status_lines, run_status  # noqa: E402
@@ -141,7 +140,7 @@ def test_sigkill_loses_at_most_the_cell_in_flight(tmp_path, tiny_llava):
     (tmp_path / "slowplug.py").write_text(PLUGIN)
     out = tmp_path / "killed"
     args = ["--model", "tiny-llava", "--tasks", "shapes_count", "--limit", "2", "--batch_size", "1", "--methods", "slow_test",
-            "--budgets", "8,16,24,32,40", "--plugins", "slowplug", "--latency-samples", "2", "--latency-warmup", "1",
+            "--budgets", "8,16,24,32,40", "--plugins", "slowplug", "--latency-samples", "2", "--latency-warmup", "1", "--latency-new-tokens", "2",
             "--output", str(out), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "prunebench.cli", "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -78,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="keep per-sample answers (default on; needed for agreement)")
     how.add_argument("--latency-samples", dest="latency_samples", type=int, help="samples timed per cell (default 8)")
     how.add_argument("--latency-warmup", dest="latency_warmup", type=int, help="warm-up calls before timing (default 2)")
+    how.add_argument("--latency-new-tokens", dest="latency_new_tokens", type=int, help="tokens generated per timed call (default 8)")
     how.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", default=None, help="do not print/write the leaderboard")
     how.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     how.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
@@ -91,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    latency = {"samples": args.latency_samples, "warmup": args.latency_warmup}
+    latency = {"samples": args.latency_samples, "warmup": args.latency_warmup, "new_tokens": args.latency_new_tokens}
     return {
         "model": args.model, "suite": args.suite, "tasks": args.tasks, "include_path": args.include_path, "methods": args.methods,
         "budgets": args.budgets, "budget_mode": args.budget_mode, "budget_scope": args.budget_scope, "preprocess": args.preprocess,
