@@ -40,17 +40,23 @@ def _sweep(tmp_path, name="run", **overrides):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_llava):
-    """One small sweep shared by the record checks: baseline, random@64, fastv@64 (infeasible in average mode)."""
+    """One small sweep shared by the record checks: baseline, random@64, visionzip@64, fastv@64 (infeasible in average mode)."""
     root = tmp_path_factory.mktemp("sweep")
-    sweep = _sweep(root, methods="random,fastv", budgets="64")
+    sweep = _sweep(root, methods="random,fastv,visionzip", budgets="64")
     sweep._adapter = tiny_llava  # the session's model: load once
     return sweep, sweep.run()
+
+
+def done_flops(record):
+    return record["flops"]["analytic_tflops"]
 
 
 def test_records_follow_the_store_schema(finished):
     sweep, result = finished
     records = {(r["method"], r["budget"]): r for r in sweep.store.records()}
-    assert set(records) == {("none", None), ("random", 64), ("fastv", 64)}
+    assert set(records) == {("none", None), ("random", 64), ("fastv", 64), ("visionzip", 64)}
+    assert len(sweep._flops_cache) == 2, "FLOPs are counted once per per-layer token pattern (random@64 = visionzip@64)"
+    assert records[("visionzip", 64)]["flops"]["analytic_tflops"] == done_flops(records[("random", 64)])
     done = records[("random", 64)]
     for field in ("key", "status", "model", "suite", "task_names", "method", "method_params", "budget", "budget_mode", "budget_scope",
                   "limit", "seed", "preprocess", "tasks", "relacc", "agreement", "tokens", "latency_ms", "flops", "kv_cache",
@@ -77,7 +83,7 @@ def test_records_follow_the_store_schema(finished):
 
 def test_rerun_skips_and_baseline_is_reused_by_a_new_run(finished, tmp_path, tiny_llava):
     sweep, _ = finished
-    again = _sweep(sweep.store.root.parent, methods="random,fastv", budgets="64")
+    again = _sweep(sweep.store.root.parent, methods="random,fastv,visionzip", budgets="64")
     again._adapter = tiny_llava
     before = {r["key"]: r["finished"] for r in again.store.records()}
     assert again.run().computed == []

@@ -210,3 +210,19 @@ def _wrapper_overhead_ms(adapter) -> float:
                     limit=8, batch_size=1, bootstrap_iters=0, verbosity="WARNING")
     t = lm.timing
     return (t["wall_s"] - t["visual_s"] - t["prepare_s"] - t["generate_s"]) / t["requests"] * 1e3
+
+
+def test_default_sweep_time(benchmark, tmp_path):
+    """`prunebench run` with its defaults (toy-llava, shapes test split, 3 methods x 3 budgets) in under 10 minutes."""
+    from prunebench.toy import TOY_MODEL_DIR
+
+    if not (TOY_MODEL_DIR / "config.json").exists():
+        pytest.skip(f"the toy checkpoint is not at {TOY_MODEL_DIR} yet (`prunebench toy train`)")
+    from prunebench.runner import run_sweep
+
+    start = time.perf_counter()
+    result = benchmark.pedantic(lambda: run_sweep(output=str(tmp_path / "default")), rounds=1, iterations=1)
+    wall = time.perf_counter() - start
+    benchmark.extra_info.update(wall_s=wall, cells=len(result.cells), computed=len(result.computed))
+    print(f"\n[sweep] default sweep: {len(result.cells)} cells in {wall:.0f} s")
+    assert wall < 600
