@@ -193,3 +193,14 @@ def test_command_line_dry_run_and_status(tmp_path, capsys):
     assert main(["run", "--model", "tiny-llava", "--methods", "random", "--budgets", "x", "--dry-run"]) == 2
     assert "budgets must be positive integers" in capsys.readouterr().err
     assert main(["status", str(tmp_path / "nowhere")]) == 2
+
+
+def test_leaderboard_files_and_fallback_table(finished):
+    from prunebench.runner.cli import simple_leaderboard, write_leaderboard
+
+    sweep, _ = finished
+    paths = write_leaderboard(sweep.store, echo=lambda _m: None)
+    assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv"] and all(p.stat().st_size for p in paths)
+    df = simple_leaderboard(list(sweep.store.records()))  # the table printed when prunebench.report is not installed
+    assert {"method", "budget", "shapes_count", "RelAcc", "agreement", "prefill ms", "TFLOPs", "KV MB"} <= set(df.columns)
+    assert df.iloc[0]["method"] == "none" and len(df) == 4
