@@ -35,6 +35,14 @@ examples:
   prunebench run --config sweep.yaml --limit 20           YAML config, command line wins
   prunebench status results/smoke                         finished / failed / infeasible / pending cells
 
+outputs (RUN = --output):
+  RUN/config.yaml             the resolved config (defaults <- --config YAML <- flags)
+  RUN/plan.json               every cell of the sweep with its key (what `prunebench status` compares against)
+  RUN/cells/<key>.json        one record per finished cell (schema: prunebench/store.py), written atomically
+  RUN/samples/<key>.jsonl     per-sample answers, targets and scores of that cell
+  RUN/leaderboard.md|.csv     method x budget table (also printed at the end)
+  RUN/../.baselines/          unpruned baselines shared by later runs (--baseline-cache)
+
 a config file holds the same keys as the flags (underscored): model, suite, tasks, methods, budgets,
 budget_mode, budget_scope, preprocess, method_args ({fastv: {layer: 3}}), limit, seed, batch_size, device,
 dtype, output, include_path, plugins, latency ({samples: 8, warmup: 2, new_tokens: 8}).
