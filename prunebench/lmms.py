@@ -236,9 +236,9 @@ class PruneBenchLMM(lmms):
                    unit="sample", leave=False, mininterval=1.0, disable=not self.progress)
         wall_start = time.perf_counter()
         with Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed, budget_scope=self.budget_scope) as pruner:
-            for group in order:
-                for start in range(0, len(group), self.batch_size):
-                    chunk = group[start:start + self.batch_size]
+            for same_task in order:
+                for start in range(0, len(same_task), self.batch_size):
+                    chunk = same_task[start:start + self.batch_size]
                     t0 = time.perf_counter()
                     key = tuple((requests[i].args[4], requests[i].args[3], requests[i].args[0]) for i in chunk)
                     batch = self._batches.get(key)
@@ -262,12 +262,16 @@ class PruneBenchLMM(lmms):
                     t3 = time.perf_counter()
                     until = gen_kwargs.get("until") or []
                     until = [until] if isinstance(until, str) else list(until)
-                    stats = out.stats
-                    for i, sample, text in zip(chunk, samples, out.texts):
+                    # samples of different visual layouts (NeXT crops, video) run as separate groups with their own stats
+                    group_of = [(out.stats, len(chunk))] * len(chunk)
+                    for ran in getattr(out, "groups", None) or []:
+                        for index in ran.indices:
+                            group_of[index] = (ran.stats, len(ran.indices))
+                    for i, sample, text, (stats, size) in zip(chunk, samples, out.texts, group_of):
                         text = _truncate(text, until)
                         answers[i] = text
                         self.requests_log.append(RequestLog(sample.meta["task"], sample.meta["doc_id"], text, stats.final_tokens,
-                                                            stats.average_tokens, stats.kv_bytes // len(chunk), len(chunk)))
+                                                            stats.average_tokens, stats.kv_bytes // size, len(chunk)))
                     self.timing["visual_s"] += t1 - t0
                     self.timing["prepare_s"] += t2 - t1
                     self.timing["generate_s"] += t3 - t2
