@@ -182,10 +182,14 @@ def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budg
     stats = out.stats
     shape = adapter.llm_shape
     projected = stats.plan.vision if stats.plan.vision is not None else stats.plan.num_visual
-    try:  # the analytic ViT formula covers CLIP + LLaVA projector; other towers report their measured count
-        analytic_vision = vision_flops(VisionShape.from_llava_config(adapter.model.config), projected)
-    except (AttributeError, TypeError):
-        analytic_vision = total - llm
+    # The analytic ViT formula covers LLaVA-1.5's single 336 px CLIP pass + projector. Other families (NeXT crops,
+    # Video-LLaVA frames, Qwen's windowed ViT) report their measured vision count in both fields.
+    analytic_vision = total - llm
+    if getattr(adapter, "family", "") == "llava":
+        try:
+            analytic_vision = vision_flops(VisionShape.from_llava_config(adapter.model.config), projected)
+        except (AttributeError, TypeError):
+            pass
     return FlopCount(
         measured_total=total,
         measured_vision=total - llm,
