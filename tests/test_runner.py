@@ -204,3 +204,11 @@ def test_leaderboard_files_and_fallback_table(finished):
     df = simple_leaderboard(list(sweep.store.records()))  # the table printed when prunebench.report is not installed
     assert {"method", "budget", "shapes_count", "RelAcc", "agreement", "prefill ms", "TFLOPs", "KV MB"} <= set(df.columns)
     assert df.iloc[0]["method"] == "none" and len(df) == 4
+
+
+def test_gen_kwargs_override_the_suite_and_change_the_key(tmp_path):
+    plain = Sweep(resolve_config(None, {**SMALL, "output": str(tmp_path / "a")}), progress=False)
+    short = Sweep(resolve_config(None, {**SMALL, "output": str(tmp_path / "b"), "gen_kwargs": "max_new_tokens=2,do_sample=false"}), progress=False)
+    assert short.suite.generation_kwargs == {"max_new_tokens": 2, "do_sample": False}
+    assert short.suite.gen_kwargs_string() == "max_new_tokens=2,do_sample=False"
+    assert {c.key for c in plain.cells}.isdisjoint(c.key for c in short.cells)

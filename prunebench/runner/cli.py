@@ -74,6 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="method parameter, e.g. fastv.layer=3 (repeatable or comma-separated)")
     what.add_argument("--plugins", help="comma-separated Python modules to import first (they register extra methods)")
     how = p.add_argument_group("how to run (lmms-eval names)")
+    how.add_argument("--gen_kwargs", "--gen-kwargs", dest="gen_kwargs", metavar="K=V,...",
+                     help="generation overrides for every task, lmms-eval style (e.g. max_new_tokens=8)")
     how.add_argument("--limit", type=float, help="documents per task (an int), or a fraction < 1; default: all")
     how.add_argument("--seed", type=int, help="seed of random methods and lmms-eval (default 0)")
     how.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, help="evaluation batch size (default 8); latency is always timed at 1")
@@ -106,7 +108,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "budgets": args.budgets, "budget_mode": args.budget_mode, "budget_scope": args.budget_scope, "preprocess": args.preprocess,
         "method_args": args.method_args, "plugins": args.plugins, "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
         "device": args.device, "dtype": args.dtype, "output": args.output, "log_samples": args.log_samples,
-        "leaderboard": args.leaderboard, "baseline_cache": args.baseline_cache, "latency": latency if any(v is not None for v in latency.values()) else None,
+        "leaderboard": args.leaderboard, "baseline_cache": args.baseline_cache, "gen_kwargs": args.gen_kwargs, "latency": latency if any(v is not None for v in latency.values()) else None,
     }
 
 

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "model": None,  # None: prunebench.models.DEFAULT_MODEL (toy-llava)
     "suite": "shapes",
     "tasks": None,  # None: the suite's tasks
+    "gen_kwargs": {},  # generation overrides for every task (over the suite's), e.g. {max_new_tokens: 8}
     "include_path": [],  # extra lmms-eval task folders
     "methods": ["random", "fastv", "visionzip"],
     "budgets": [32, 64, 128],
@@ -88,6 +89,27 @@ def parse_method_args(items: Any) -> dict[str, dict[str, Any]]:
     return parsed
 
 
+def parse_gen_kwargs(value: Any) -> dict[str, Any]:
+    """``"max_new_tokens=8,temperature=0"`` (lmms-eval's --gen_kwargs form) or a mapping -> dict."""
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    out: dict[str, Any] = {}
+    for item in split_list(value):
+        if "=" not in str(item):
+            raise PruneBenchError(f"--gen_kwargs entries look like KEY=VALUE, got {item!r}")
+        key, raw = str(item).split("=", 1)
+        try:
+            out[key.strip()] = int(raw)
+        except ValueError:
+            try:
+                out[key.strip()] = float(raw)
+            except ValueError:
+                out[key.strip()] = {"true": True, "false": False}.get(raw.lower(), raw)
+    return out
+
+
 def resolve_config(yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults <- YAML <- overrides (``None`` values in overrides mean "not given")."""
     from omegaconf import OmegaConf
@@ -125,6 +147,7 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
     data["tasks"] = split_list(data["tasks"]) or None
     data["include_path"] = split_list(data["include_path"])
     data["plugins"] = split_list(data["plugins"])
+    data["gen_kwargs"] = parse_gen_kwargs(data.get("gen_kwargs"))
     data["method_args"] = parse_method_args(data.get("method_args") or {})
     if not data["methods"]:
         raise PruneBenchError("no methods to sweep; pass e.g. --methods random,fastv")

@@ -289,6 +289,7 @@ class Sweep:
         for module in config.get("plugins") or []:
             __import__(module)
         self.suite = load_suite(config["suite"], config["tasks"])
+        self.suite.generation_kwargs.update(config.get("gen_kwargs") or {})
         self.output = Path(config["output"]) if config["output"] else default_output(config, self.model_name)
         self.config["output"] = str(self.output)
         self.store = ResultStore(self.output)
