@@ -22,6 +22,12 @@ Record fields (all JSON; readers must tolerate extra fields)::
     env: {attn_implementation, device, dtype, versions, git},
     error, started, finished
 
+Fields the runner adds (readers may rely on them when present)::
+
+    requested_tasks, reused_from, traceback, latency_protocol, overhead_ms, env_adapter, peak_memory_kind,
+    flops_counted_on, flops.{llm_measured,llm_analytic,vision_measured}_tflops, flops.llm_rel_diff,
+    tokens.{kv_per_layer, text}
+
 The unpruned baseline is an ordinary cell with ``method == "none"`` and ``budget is None``.
 """
 
