@@ -18,7 +18,7 @@ def _train(args) -> int:
                    warmup=args.warmup, minutes=args.minutes, eval_every=args.eval_every, threads=args.threads,
                    progress=not args.no_progress, stop_after=args.stop_after,
                    init_from=Path(args.init_from) if args.init_from else None,
-                   extra_questions=args.extra_questions)
+                   extra_questions=args.extra_questions, aux_weight=args.aux_weight)
     if args.eval:
         from .evaluate import evaluate_checkpoint
 
@@ -53,6 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=int, default=None, help="stop at this step (the schedule still follows --steps)")
     t.add_argument("--init-from", default=None, help="start from this checkpoint's weights (second stage)")
     t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--aux-weight", type=float, default=0.5,
+                   help="weight of the training-only per-patch auxiliary loss (0 disables it)")
     t.add_argument("--extra-questions", type=int, default=8,
                    help="extra chat turns per training image: other questions about the same scene")
     t.add_argument("--lr", type=float, default=1e-3)

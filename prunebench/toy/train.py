@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .world import render, scene_questions, test_split, training_stream
+from .world import BACKGROUNDS, COLORS, GRID, SHAPES, render, scene_questions, test_split, training_stream
 
 log = logging.getLogger("prunebench.toy.train")
 
@@ -60,17 +60,70 @@ def encode_batch(samples, tokenizer, image_processor, image_token_id: int, n_ima
     return input_ids, attn, pixel_values, targets, first
 
 
-def _loss(model, batch):
+AUX_COLORS = tuple(BACKGROUNDS) + tuple(COLORS)
+AUX_SHAPES = ("none",) + SHAPES
+AUX_SIZES = 3  # background, normal object, small object
+
+
+def patch_labels(samples):
+    """Per-patch targets of the auxiliary loss, (B, 576, 4): colour, shape, kind, column."""
+    import torch
+
+    lab = torch.zeros((len(samples), GRID, GRID, 4), dtype=torch.long)
+    lab[..., 3] = torch.arange(GRID)  # column (x) of each patch, row-major order like the image tokens
+    for i, s in enumerate(samples):
+        lab[i, :, :, 0] = AUX_COLORS.index(s["background"])
+        for o in s["objects"]:
+            k = o["size"]
+            sl = (i, slice(o["y"], o["y"] + k), slice(o["x"], o["x"] + k))
+            lab[sl + (0,)] = AUX_COLORS.index(o["color"])
+            lab[sl + (1,)] = AUX_SHAPES.index(o["shape"])
+            lab[sl + (2,)] = 1 if k == 2 else 2
+    return lab.reshape(len(samples), GRID * GRID, 4)
+
+
+class AuxHead:
+    """Training-only linear probes on the projected visual tokens (not part of the saved model).
+
+    Dense per-patch supervision (colour, shape, object kind, column) makes the from-scratch ViT and
+    projector informative within a few hundred steps, instead of waiting for the answer-only loss to
+    break symmetry; it also keeps each visual token about its own patch, so pruning removes information.
+    """
+
+    def __init__(self, width: int):
+        import torch
+
+        sizes = (len(AUX_COLORS), len(AUX_SHAPES), AUX_SIZES, GRID)
+        self.sizes = sizes
+        self.linear = torch.nn.Linear(width, sum(sizes))
+
+    def loss(self, feats, labels):
+        import torch.nn.functional as F
+
+        logits = self.linear(feats).split(self.sizes, dim=-1)
+        return sum(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[..., j].reshape(-1))
+                   for j, lg in enumerate(logits)) / len(logits)
+
+
+def _loss(model, batch, aux=None, aux_labels=None, aux_weight: float = 0.5):
     import torch
     import torch.nn.functional as F
 
     input_ids, attn, pixel_values, targets, _ = batch
-    hidden = model.model(input_ids=input_ids, attention_mask=attn, pixel_values=pixel_values).last_hidden_state
+    emb = model.get_input_embeddings()(input_ids)
+    feats = model.model.get_image_features(pixel_values=pixel_values).pooler_output
+    feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+    feats = feats.reshape(input_ids.shape[0], -1, emb.shape[-1])
+    is_img = (input_ids == model.config.image_token_id)[..., None].expand_as(emb)
+    emb = emb.masked_scatter(is_img, feats.to(emb.dtype))
+    hidden = model.model(inputs_embeds=emb, attention_mask=attn).last_hidden_state
     rows = torch.tensor([r for r, _, _ in targets])
     cols = torch.tensor([p for _, p, _ in targets])
     labels = torch.tensor([y for _, _, y in targets])
-    logits = model.lm_head(hidden[rows, cols])
-    return F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(model.lm_head(hidden[rows, cols]), labels)
+    if aux is not None:
+        return loss, aux.loss(feats, aux_labels)
+    return loss, None
 
 
 def quick_accuracy(model, tokenizer, image_processor, samples, batch_size: int = 16) -> dict:
@@ -98,7 +151,8 @@ def quick_accuracy(model, tokenizer, image_processor, samples, batch_size: int =
 def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, lr: float = 1e-3,
           warmup: int = 200, weight_decay: float = 0.01, minutes: float | None = None,
           eval_every: int = 200, threads: int = 2, arch=None, progress: bool = True,
-          stop_after: int | None = None, init_from: Path | None = None, extra_questions: int = 8) -> dict:
+          stop_after: int | None = None, init_from: Path | None = None, extra_questions: int = 8,
+          aux_weight: float = 0.5) -> dict:
     """Train and save to ``output`` (model, processor, ``training.json``).
 
     ``steps`` fixes the LR schedule; with ``minutes`` the cosine follows whichever of steps and wall
@@ -129,7 +183,9 @@ def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, l
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log.info("toy-llava: %.2f M parameters, arch %s", n_params / 1e6, arch_dict(arch))
+    aux = AuxHead(model.config.text_config.hidden_size) if aux_weight > 0 else None
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    decay += list(aux.linear.parameters()) if aux is not None else []
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
@@ -156,7 +212,7 @@ def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, l
     tmp = output.with_name(output.name + ".partial")
     t0 = time.time()
     bar = tqdm(range(steps), disable=not progress, desc="toy train", mininterval=10)
-    ema = None
+    ema = aux_ema = None
     done = 0
     for step in bar:
         for g in opt.param_groups:
@@ -168,21 +224,24 @@ def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, l
             qrng.shuffle(more)
             extra.append(more[:extra_questions])
         batch = encode_batch(scenes, tokenizer, processor.image_processor, image_token_id, extra_turns=extra)
-        loss = _loss(model, batch)
+        answer_loss, aux_loss = _loss(model, batch, aux, patch_labels(scenes) if aux is not None else None)
+        loss = answer_loss + aux_weight * aux_loss if aux is not None else answer_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         done = step + 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        ema = answer_loss.item() if ema is None else 0.98 * ema + 0.02 * answer_loss.item()
+        aux_ema = None if aux is None else (aux_loss.item() if aux_ema is None else 0.98 * aux_ema + 0.02 * aux_loss.item())
+        bar.set_postfix(loss=f"{ema:.3f}", aux=f"{aux_ema or 0:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
         if done % eval_every == 0 or done == steps:
             acc = quick_accuracy(model, tokenizer, processor.image_processor, val)
             elapsed = time.time() - t0
-            history.append({"step": done, "loss_ema": round(ema, 4), "elapsed_s": round(elapsed, 1),
+            history.append({"step": done, "loss_ema": round(ema, 4), "aux_loss_ema": round(aux_ema or 0, 4),
+                            "elapsed_s": round(elapsed, 1),
                             "lr": round(opt.param_groups[0]["lr"], 7),
                             **{k: round(v, 3) for k, v in acc.items()}})
-            log.info("step %d loss %.3f elapsed %.0fs val %s", done, ema, elapsed,
+            log.info("step %d loss %.3f aux %.3f elapsed %.0fs val %s", done, ema, aux_ema or 0, elapsed,
                      " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
@@ -199,7 +258,7 @@ def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, l
     recipe = {
         "model": "toy-llava",
         "command": (f"prunebench toy train --seed {seed} --steps {steps} --batch-size {batch_size} --lr {lr}"
-                    f" --warmup {warmup} --extra-questions {extra_questions}"
+                    f" --warmup {warmup} --extra-questions {extra_questions} --aux-weight {aux_weight}"
                     + (f" --minutes {minutes}" if minutes else "") + (f" --stop-after {done}" if done < steps else "")
                     + (f" --init-from {init_from}" if init_from else "")),
         "init_from": str(init_from) if init_from else None,
@@ -210,6 +269,8 @@ def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, l
         "minutes": minutes, "weight_decay": weight_decay,
         "optimizer": "AdamW(betas=(0.9, 0.98)), grad clip 1.0", "loss": "cross-entropy on answer words + EOS of every turn",
         "extra_questions": extra_questions,
+        "aux_loss": (f"weight {aux_weight}: training-only linear probes on the projected visual tokens predict each "
+                     "patch's colour, shape, object kind and column (not saved)") if aux is not None else None,
         "arch": arch_dict(arch), "parameters": n_params, "threads": threads,
         "wall_time_s": round(wall, 1), "machine": f"{platform.machine()}, {threads} CPU threads",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
