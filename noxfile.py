@@ -37,7 +37,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
     install(session, "eval")
-    args = session.posargs or ["--methods", "learnpruner,vispruner,fastv", "--budgets", "32,64,128", "--output", "results/demo"]
+    args = session.posargs or ["--methods", "learnpruner,vispruner,random", "--budgets", "32,64,128", "--output", "results/demo"]
     session.run("prunebench", "run", *args, env=OFFLINE)
 
 
