@@ -269,6 +269,17 @@ def data_for(model: str, seed: int) -> tuple[Iterator[TrainSample], str]:
     )
 
 
+def weights_digest(adapter) -> str:
+    """sha256 of the base model's weights (an LPM is only valid for the ViT it was trained on)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(adapter.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def versions() -> dict[str, str]:
     import transformers
 
@@ -291,6 +302,7 @@ def train_learnpruner(model: str, cfg: TrainConfig, output: Path | None = None, 
         "module": {"class": "LearnedPruningModule", "width": lpm.width, "hidden": lpm.hidden, "keep_class": KEEP,
                    "parameters": sum(p.numel() for p in lpm.parameters()), "input": "ViT feature layer, [CLS] dropped, before the projector"},
         "model": model,
+        "base_weights_sha256": weights_digest(adapter),
         "data": description,
         "config": asdict(cfg),
         "loss": "CE(answer + EOS) + mask_weight * (target_ratio - mean m)^2; m = STE(argmax, softmax); key-masking log(m + eps) in every LLM layer",
