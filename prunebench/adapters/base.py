@@ -118,6 +118,37 @@ class ModelAdapter:
     family: str = ""
     budget_scopes: tuple[str, ...] = ("image",)
 
+    model_class: str = ""  # the stock transformers class this adapter drives
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        dtype: torch.dtype | str = "auto",
+        device: str = "cpu",
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        **options: Any,
+    ) -> "ModelAdapter":
+        """Load a checkpoint (hub id or local folder) into the stock class with its own processor.
+
+        Weights load only from safetensors (nothing is unpickled); ``trust_remote_code`` stays off unless asked.
+        """
+        import transformers
+
+        model = getattr(transformers, cls.model_class).from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, use_safetensors=True,
+        ).to(device)
+        model.eval()
+        return cls(model, cls.load_processor(name_or_path, trust_remote_code), name=str(name_or_path), **options)
+
+    @classmethod
+    def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> Any:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
     def __init__(self, model: nn.Module, processor: Any, name: str = ""):
         self.model = model
         self.processor = processor

@@ -55,25 +55,7 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 class LlavaAdapter(ModelAdapter):
     family = "llava"
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str,
-        dtype: torch.dtype | str = "auto",
-        device: str = "cpu",
-        attn_implementation: str = "sdpa",
-        trust_remote_code: bool = False,
-        **options: Any,
-    ) -> "LlavaAdapter":
-        """Load e.g. ``llava-hf/llava-1.5-7b-hf`` (hub id or local folder) with its own processor."""
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        model = LlavaForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-        ).to(device)
-        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model.eval()
-        return cls(model, processor, name=str(name_or_path), **options)
+    model_class = "LlavaForConditionalGeneration"  # e.g. llava-hf/llava-1.5-7b-hf
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
         super().__init__(model, processor, name)

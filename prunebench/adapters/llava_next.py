@@ -44,18 +44,7 @@ class LlavaNextAdapter(LlavaAdapter):
     family = "llava_next"
     budget_scopes = ("image", "crop")
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | str = "auto", device: str = "cpu",
-                        attn_implementation: str = "sdpa", trust_remote_code: bool = False, **options: Any) -> "LlavaNextAdapter":
-        """Load e.g. ``llava-hf/llava-v1.6-vicuna-7b-hf`` (hub id or local folder) with its own processor."""
-        from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-        model = LlavaNextForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-        ).to(device)
-        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model.eval()
-        return cls(model, processor, name=str(name_or_path), **options)
+    model_class = "LlavaNextForConditionalGeneration"  # e.g. llava-hf/llava-v1.6-vicuna-7b-hf
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", layout: str = "anyres", preprocess: str = "hf"):
         if preprocess != "hf":

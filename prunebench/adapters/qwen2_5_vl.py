@@ -108,19 +108,15 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     family = "qwen2_5_vl"
     budget_scopes = ("video", "frame")
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | str = "auto", device: str = "cpu",
-                        attn_implementation: str = "sdpa", trust_remote_code: bool = False, **options: Any) -> "Qwen2_5_VLAdapter":
-        """Load e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``: the stock model, its image processor and tokenizer."""
-        from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    model_class = "Qwen2_5_VLForConditionalGeneration"  # e.g. Qwen/Qwen2.5-VL-7B-Instruct
 
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-        ).to(device)
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model.eval()
-        return cls(model, ManualProcessor(image_processor, tokenizer), name=str(name_or_path), **options)
+    @classmethod
+    def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> ManualProcessor:
+        """The image processor and tokenizer (the processor object needs torchvision, notes §1.2)."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        return ManualProcessor(AutoImageProcessor.from_pretrained(name_or_path),
+                               AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
         if isinstance(processor, tuple):

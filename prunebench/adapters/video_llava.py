@@ -48,19 +48,15 @@ class VideoLlavaAdapter(LlavaAdapter):
     family = "video_llava"
     budget_scopes = ("video", "frame")
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | str = "auto", device: str = "cpu",
-                        attn_implementation: str = "sdpa", trust_remote_code: bool = False, **options: Any) -> "VideoLlavaAdapter":
-        """Load e.g. ``LanguageBind/Video-LLaVA-7B-hf``: the stock model, its image processor and tokenizer."""
-        from transformers import AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+    model_class = "VideoLlavaForConditionalGeneration"  # e.g. LanguageBind/Video-LLaVA-7B-hf
 
-        model = VideoLlavaForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
-        ).to(device)
-        image_processor = VideoLlavaImageProcessor.from_pretrained(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model.eval()
-        return cls(model, ManualProcessor(image_processor, tokenizer), name=str(name_or_path), **options)
+    @classmethod
+    def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> "ManualProcessor":
+        """The image processor and tokenizer (the processor object needs torchvision, notes §1.2)."""
+        from transformers import AutoTokenizer, VideoLlavaImageProcessor
+
+        return ManualProcessor(VideoLlavaImageProcessor.from_pretrained(name_or_path),
+                               AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
         if isinstance(processor, tuple):
