@@ -48,8 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the toy LLaVA from scratch on CPU (seeded)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps", type=int, default=2600, help="optimizer steps (default: %(default)s)")
-    t.add_argument("--minutes", type=float, default=None, help="stop early after this wall time")
+    t.add_argument("--steps", type=int, default=6000, help="optimizer steps (default: %(default)s)")
+    t.add_argument("--minutes", type=float, default=45.0,
+                   help="wall-time budget; the cosine follows steps or minutes, whichever runs out first (default: %(default)s)")
     t.add_argument("--stop-after", type=int, default=None, help="stop at this step (the schedule still follows --steps)")
     t.add_argument("--init-from", default=None, help="start from this checkpoint's weights (second stage)")
     t.add_argument("--batch-size", type=int, default=8)
@@ -57,9 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="weight of the training-only per-patch auxiliary loss (0 disables it)")
     t.add_argument("--extra-questions", type=int, default=8,
                    help="extra chat turns per training image: other questions about the same scene")
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--warmup", type=int, default=200)
-    t.add_argument("--eval-every", type=int, default=200, help="log val accuracy and save a .partial checkpoint")
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--warmup", type=int, default=150)
+    t.add_argument("--eval-every", type=int, default=150, help="log val accuracy and save a .partial checkpoint")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--output", default=None, help="checkpoint directory (default: the shipped prunebench/assets/toy-llava)")
     t.add_argument("--eval", action="store_true", help="evaluate on the test split afterwards and record it")
