@@ -19,6 +19,14 @@ One ``generate`` call:
    Two opt-ins for SparseVLM-style methods: a ``RecycledSelection`` gives kept slots new hidden states, and a
    method with ``llm_position_policy = "renumber"`` gets positions 0..n'-1 after each cut (generated tokens
    at each layer's own valid cache length) and may append merged tokens after the kept visual tokens.
+   Renumbering is refused on M-RoPE families (Qwen2.5-VL): 0..n'-1 would turn the kept image tokens' 3-D
+   (t, h, w) positions into 1-D ones, and DESIGN.md keeps them as computed on the unpruned sequence.
+6. after ``generate`` the measured per-layer visual tokens and KV lengths are compared with the plan (the
+   run-time token contract): ``Stats.contract_ok`` / ``contract_detail`` flag a cell whose counts miss it.
+
+``LayerView.position_ids`` are the position ids of the tokens present: the LLM input's ``position_ids``
+(``(3, B, L)`` M-RoPE rows on Qwen2.5-VL) gathered to them, or the last renumbering cut's. They come from the
+engine's state, not from the decoder layer's ``position_ids`` argument, which Qwen's text model sets to None.
 
 Batches whose samples have different visual-token counts (LLaVA-NeXT AnyRes and Qwen2.5-VL images of
 different sizes, Video-LLaVA images next to videos) are split into groups of equal layout
@@ -70,6 +78,12 @@ class Stats:
     text_tokens: int = 0
     budget_scope: str = "image"
     units: int = 1  # crops / frames of the input (the per-unit budget was multiplied by this)
+    # visual-span tokens outside the budget, never pruning candidates (LLaVA-NeXT AnyRes: one image_newline per
+    # row); they reach every layer and are counted in ``text_tokens``, so costs include them
+    extra_visual_tokens: int = 0
+    # run-time token contract: measured per-layer visual tokens and KV lengths equal what the plan implies
+    contract_ok: bool = True
+    contract_detail: str = ""
 
     @property
     def final_tokens(self) -> int:
@@ -117,6 +131,11 @@ class GenerationOutput:
     logits: tuple[torch.Tensor, ...] | None = None  # per step (B, V), when requested
     llm_inputs: LLMInputs | None = None
     groups: list[SampleGroup] = field(default_factory=list)
+
+    @property
+    def contract_ok(self) -> bool:
+        """Every group's measured token counts and KV lengths met its plan."""
+        return all(group.stats.contract_ok for group in self.groups) if self.groups else self.stats.contract_ok
 
     def _locate(self, sample: int) -> tuple[SampleGroup, int]:
         for group in self.groups:
@@ -214,6 +233,13 @@ class Pruner:
         self.budget_scope = budget_scope
         self.adapter = adapter
         self.method = method
+        if self._renumber() and getattr(adapter, "mrope", False):
+            raise PruneBenchError(
+                f"{method.name} renumbers positions per layer (llm_position_policy='renumber'), which is not defined for "
+                f"{adapter.family}'s 3-D M-RoPE positions: kept tokens keep the (t, h, w) positions of the unpruned "
+                "sequence. Use the method's original-positions setting (llm_position_policy='original'; for SparseVLM "
+                "v1.5: positions='original' with recycle='inplace' or 'none')"
+            )
         self.budget = budget
         self.budget_mode = budget_mode
         self.seed = seed
@@ -354,10 +380,12 @@ class Pruner:
             timings["total_ms"] = (clock.times[-1] - start) * 1e3
         stats = Stats(plan=plan, tokens_per_layer=list(state.tokens_per_layer), timings_ms=timings, kept=dict(state.kept),
                       prompt_tokens=prompt_len, text_tokens=state.num_text, budget_scope=self.budget_scope,
-                      units=getattr(view, "num_units", 1))
+                      units=getattr(view, "num_units", 1), extra_visual_tokens=llm_inputs.extra_visual_tokens)
         cache = getattr(out, "past_key_values", None)
         if cache is not None:
             stats.kv_lengths, stats.kv_bytes = _cache_after_prefill(cache, steps)
+        problems = contract_problems(plan, stats.tokens_per_layer, stats.kv_lengths, stats.text_tokens)
+        stats.contract_ok, stats.contract_detail = not problems, "; ".join(problems)
         return GenerationOutput(out.sequences, adapter.decode(out.sequences), stats, getattr(out, "logits", None), llm_inputs)
 
     @torch.inference_mode()
@@ -474,17 +502,15 @@ class Pruner:
         start = time.perf_counter()
         recycled = None
         if keep < visual_index.shape[1]:
-            # kwargs hold the model's full-length position tables; index them to the tokens still present
-            positions = kwargs.get("position_ids")
+            # kwargs hold the model's full-length RoPE tables; index them to the tokens still present. Positions
+            # come from the LLM input (3 rows on M-RoPE), since Qwen's decoder layers get position_ids=None.
             cos, sin = kwargs["position_embeddings"]
             renumbered = [c for k, c in sorted(state.cuts.items()) if k < index and c.positions is not None]
             if renumbered:  # the tokens' positions are those of the last renumbering cut, not the prompt's
                 positions = renumbered[-1].positions
                 cos, sin = self._rope(hidden, positions)
-            elif positions is not None:
-                positions = _gather_last(positions, state.abs_index)
-                cos, sin = _gather_rows(cos, state.abs_index), _gather_rows(sin, state.abs_index)
             else:
+                positions = _gather_last(state.llm_inputs.position_ids, state.abs_index)
                 cos, sin = _gather_rows(cos, state.abs_index), _gather_rows(sin, state.abs_index)
             view = LayerView(
                 layer=index,
@@ -620,8 +646,11 @@ class Pruner:
             return None
         cut_layer = max(k for k in state.plan.llm if k <= index)
         cut = state.cuts[cut_layer]
-        if cut.shift is not None and kwargs.get("position_ids") is not None:
+        if cut.shift is not None:
             # renumbered layers: the new token sits at this layer's own cache length (SparseVLM v1/v1.5)
+            if kwargs.get("position_ids") is None:
+                raise PruneBenchError(f"{self.method.name}: per-layer renumbering needs the decoder layers' position_ids, "
+                                      f"which {self.adapter.family} does not pass; use original positions")
             hidden = args[0] if args else kwargs["hidden_states"]
             positions = kwargs["position_ids"] + cut.shift
             kwargs["position_ids"] = positions
@@ -636,6 +665,23 @@ class Pruner:
         mask = _expand_batch(mask, bsz)
         kwargs["attention_mask"] = mask.gather(3, index_kv[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1))
         return args, kwargs
+
+
+def contract_problems(plan: Plan, tokens_per_layer: list[int], kv_lengths: list[int], text_tokens: int) -> list[str]:
+    """How measured prefill counts miss ``plan`` (empty: the token contract holds).
+
+    Visual tokens per decoder layer must equal ``plan.tokens_per_layer()``, and each layer's KV cache must hold
+    its text tokens (padding and any extra visual tokens included) plus the visual tokens it saw. KV lengths
+    are skipped when none were measured (generation without a cache).
+    """
+    planned = plan.tokens_per_layer()
+    problems = []
+    if list(tokens_per_layer) != planned:
+        problems.append(f"measured visual tokens per layer {list(tokens_per_layer)} != plan {planned}")
+    expected_kv = [text_tokens + n for n in planned]
+    if kv_lengths and list(kv_lengths) != expected_kv:
+        problems.append(f"KV lengths per layer {list(kv_lengths)} != {expected_kv} implied by the plan")
+    return problems
 
 
 def _merge_groups(outs: list[tuple[list[int], GenerationOutput]], batch: int, pad_id: int) -> GenerationOutput:

@@ -77,6 +77,8 @@ class LLMInputs:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor  # (B, L), or (3, B, L) M-RoPE positions (Qwen2.5-VL)
     visual_index: torch.Tensor  # (B, n) positions of the visual tokens (the pruning candidates) in this sequence
+    # tokens of the visual span that are not candidates and not in the budget, per sample (LLaVA-NeXT's newlines)
+    extra_visual_tokens: int = 0
 
 
 @dataclass
@@ -117,6 +119,7 @@ class ModelAdapter:
 
     family: str = ""
     budget_scopes: tuple[str, ...] = ("image",)
+    mrope: bool = False  # position ids are (3, B, L) M-RoPE rows (Qwen2.5-VL): per-layer renumbering is undefined
 
     model_class: str = ""  # the stock transformers class this adapter drives
 

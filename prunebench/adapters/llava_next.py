@@ -11,11 +11,18 @@ Two visual layouts (``layout=``, recorded by :meth:`describe`; methods-1.md §0.
   sub-crops in raster order over the 48x48 tiled grid, the base crop first. Apply it to the unpruned baseline
   too (a budget >= 2880) to compare like with like. Stock ``generate`` has no such layout.
 
-Newline tokens are **not pruning candidates**: they are a learned constant that marks row ends, they have no
-vision-tower feature, and they are **always kept** at the end of their row (the budget counts patch tokens
-only, like the papers' 2880-token layout, which has none). A row whose patches are all pruned keeps its newline,
-so every sample of a group keeps the same number of tokens. ``VisionView.features`` therefore holds only patch
-tokens; ``LayerView.visual_index`` skips the newlines, so LLM-stage methods never drop them.
+Newline tokens and the budget (a deliberate choice; the originals disagree, methods-1.md §0.3.4): newlines are
+**not pruning candidates and not counted in the budget**. They are a learned constant that marks row ends and
+have no vision-tower feature, so no vision-stage signal can rank them. After pruning, :meth:`assemble` puts
+the kept patches back in their original slots and **every row's newline after its row**, also for a row whose
+patches were all pruned, so the samples of a group (one image size) keep equally many tokens and the kept
+tokens keep the row structure the model was trained on. The LLM therefore sees ``budget + rows`` visual-span
+tokens: at budget 32 on a 672x672 image, 32 patches + 48 newlines. The engine records the newlines as
+``Stats.extra_visual_tokens`` (they are also inside ``Stats.text_tokens``, so FLOPs and KV bytes include them;
+``final_tokens`` / ``average_tokens`` count only budgeted tokens). ``VisionView.features`` holds only patch
+tokens and ``LayerView.visual_index`` skips the newlines, so LLM-stage methods never drop them either.
+Alternatives: ``layout="fivecrop"`` has no newlines (VisPruner/FasterVLM/HiPrune/VisionZip's NeXT code); DivPrune
+and DART rank newlines as ordinary candidates on stock NeXT, which prunebench does not offer (no ViT feature).
 
 Budget scope (``--budget-scope``): ``image`` (default) = one budget for all patch tokens of the image; ``crop``
 = the budget is per crop and the engine multiplies it by ``VisionView.num_units`` (1 base + sub-crops; the
@@ -190,7 +197,7 @@ class LlavaNextAdapter(LlavaAdapter):
             positions = positions_from_mask(mask).gather(1, old_index)
         else:
             raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
-        return LLMInputs(embeds, new_mask, positions, start + visual_offsets)
+        return LLMInputs(embeds, new_mask, positions, start + visual_offsets, extra_visual_tokens=int(breaks.shape[1]))
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         if self.layout != "anyres":
@@ -198,4 +205,4 @@ class LlavaNextAdapter(LlavaAdapter):
         return super().stock_generate(batch, **generate_kwargs)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "layout": self.layout, "newline_tokens": "always kept, not candidates" if self.layout == "anyres" else "none"}
+        return {**super().describe(), "layout": self.layout, "newline_tokens": "one per row, always kept, outside the budget (Stats.extra_visual_tokens)" if self.layout == "anyres" else "none"}

@@ -107,6 +107,7 @@ class QwenVisionView(VisionView):
 class Qwen2_5_VLAdapter(ModelAdapter):
     family = "qwen2_5_vl"
     budget_scopes = ("video", "frame")
+    mrope = True
 
     model_class = "Qwen2_5_VLForConditionalGeneration"  # e.g. Qwen/Qwen2.5-VL-7B-Instruct
 
