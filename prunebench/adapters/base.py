@@ -31,7 +31,8 @@ class Sample:
     """One request: an image **or** a video and a question (``id`` seeds per-sample randomness).
 
     ``video``: the frames, already sampled (Video-LLaVA uses 8 uniformly spaced frames; Qwen2.5-VL any even
-    count); ``meta["fps"]`` (default 2.0) gives Qwen2.5-VL's temporal M-RoPE spacing.
+    count); ``meta["fps"]``, the rate of the frames given (default 2.0), or ``meta["second_per_grid"]`` gives
+    Qwen2.5-VL's temporal M-RoPE spacing (see its adapter).
     """
 
     id: str

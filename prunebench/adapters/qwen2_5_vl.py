@@ -23,13 +23,32 @@ What differs from the LLaVA family, and the choices made (methods-1.md §7.3, me
 * **Dynamic resolution**: the token count depends on the image size (``smart_resize`` to multiples of 28);
   the engine groups a batch by image size.
 * **Video**: frames are grouped in temporal pairs (``temporal_patch_size`` 2), so T frames give T/2 units of
-  (H/28)x(W/28) tokens; ``--budget-scope frame`` applies the budget per temporal unit.
+  (H/28)x(W/28) tokens; ``--budget-scope frame`` applies the budget per temporal unit. The temporal M-RoPE
+  index of unit i is ``i * second_per_grid * tokens_per_second``; ``second_per_grid`` = ``temporal_patch_size /
+  fps``, where ``fps`` is the rate **of the frames given** (``Sample.meta["fps"]``: 8 frames sampled from a 16 s
+  clip are 0.5 fps, i.e. 4 s per unit), or ``Sample.meta["second_per_grid"]`` directly. Without either, fps is
+  2.0 (1 s per unit), which is also what ``Qwen2_5_VLProcessor`` and lmms-eval's ``qwen2_5_vl`` wrapper use
+  when no fps is passed; qwen-vl-utils passes the sampled fps, which is what Qwen's own inference does.
 
 Preprocessing: ``Qwen2_5_VLProcessor`` cannot be built without torchvision (transformers-notes §1.2), so on
-every machine the adapter uses the image processor (``Qwen2VLImageProcessor``) for images, a hand-written video
-patchifier (PIL bicubic resize to the ``smart_resize`` grid, rescale, CLIP normalisation, the video processor's
-patch layout) and expands ``<|image_pad|>`` / ``<|video_pad|>`` itself, with the chat template's default system
-prompt; ``mm_token_type_ids`` = 0 text, 1 image, 2 video.
+every machine the adapter uses the image processor (``Qwen2VLImageProcessor``) for images and builds by hand
+what the video processor (``Qwen2VLVideoProcessor``, which needs torchvision) would do:
+
+* per-frame size: ``smart_resize`` to multiples of 28 within the **video** pixel range, ``video_min_pixels`` ..
+  ``video_max_pixels`` per frame; default 128·28·28 .. 768·28·28, the video processor's own defaults (and
+  qwen-vl-utils' VIDEO_MIN/MAX_PIXELS), or the checkpoint's video processor config where it has one. Not the
+  image processor's range: transformers falls back to ``preprocessor_config.json`` (the image limits, up to
+  12.8 M pixels per frame on Qwen2.5-VL-7B) only when a checkpoint has no video config, which gives frames far
+  larger than the model was trained on (transformers PR 37660 fixed the same for Qwen2.5-Omni);
+* resize with PIL bicubic (the video processor resizes uint8 tensors with torchvision's bicubic, so pixels can
+  differ slightly), rescale, CLIP normalisation, padding T to even with the last frame, and the video
+  processor's patch layout (the image processor's too: a still two-frame video gives the image's patches,
+  checked by the tests);
+* not reproduced: the optional total-pixel cap (``cap_pixels_per_frame``, off by default in transformers 5.23)
+  that only bites beyond about 300 frames; frame sampling (the caller passes sampled frames).
+
+``<|image_pad|>`` / ``<|video_pad|>`` are expanded by hand, with the chat template's default system prompt;
+``mm_token_type_ids`` = 0 text, 1 image, 2 video.
 """
 
 from __future__ import annotations
@@ -53,6 +72,35 @@ PROMPT = (
     "<|vision_start|>{placeholder}<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 )
 DEFAULT_FPS = 2.0
+# Qwen2VLVideoProcessor.size (transformers 5.23) = qwen-vl-utils' VIDEO_MIN_PIXELS / VIDEO_MAX_PIXELS, per frame
+VIDEO_MIN_PIXELS = 128 * 28 * 28
+VIDEO_MAX_PIXELS = 768 * 28 * 28
+
+
+def video_size_from_checkpoint(name_or_path: str) -> dict[str, int] | None:
+    """The video processor's ``size`` saved with a checkpoint (``processor_config.json``'s nested entry, then
+    ``video_preprocessor_config.json``), read as JSON because the class needs torchvision; None if absent."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for filename, key in (("processor_config.json", "video_processor"), ("video_preprocessor_config.json", None)):
+        path = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False)
+        if path is None:
+            continue
+        with open(path) as handle:
+            config = json.load(handle)
+        config = config.get(key) if key else config
+        if not config:
+            continue
+        size = dict(config.get("size") or {})
+        if config.get("min_pixels") is not None:
+            size["shortest_edge"] = config["min_pixels"]
+        if config.get("max_pixels") is not None:
+            size["longest_edge"] = config["max_pixels"]
+        if "shortest_edge" in size and "longest_edge" in size:
+            return {"shortest_edge": int(size["shortest_edge"]), "longest_edge": int(size["longest_edge"])}
+    return None
 
 
 @dataclass
@@ -117,14 +165,21 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         from transformers import AutoImageProcessor, AutoTokenizer
 
         return ManualProcessor(AutoImageProcessor.from_pretrained(name_or_path),
-                               AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
+                               AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
+                               video_size=video_size_from_checkpoint(name_or_path))
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf",
+                 video_min_pixels: int | None = None, video_max_pixels: int | None = None):
         if isinstance(processor, tuple):
             processor = ManualProcessor(*processor)
         if preprocess != "hf":
             raise PruneBenchError("Qwen2.5-VL has one preprocessing (its image processor); use preprocess='hf'")
         super().__init__(model, processor, name)
+        size = getattr(processor, "video_size", None) or {}
+        self.video_pixels = (int(video_min_pixels or size.get("shortest_edge", VIDEO_MIN_PIXELS)),
+                             int(video_max_pixels or size.get("longest_edge", VIDEO_MAX_PIXELS)))
+        if not 0 < self.video_pixels[0] <= self.video_pixels[1]:
+            raise PruneBenchError(f"video pixel range must satisfy 0 < min <= max, got {self.video_pixels}")
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -167,21 +222,31 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     # -- data ----------------------------------------------------------------------------------------------
     def group_key(self, sample: Sample) -> Hashable:
         if sample.modality == "video":
-            return ("video", len(sample.video), tuple(sample.video[0].size), float(sample.meta.get("fps", DEFAULT_FPS)))
+            return ("video", len(sample.video), tuple(sample.video[0].size), self.second_per_grid(sample))
         return ("image", tuple(sample.image.size))
 
-    def _pixel_range(self) -> tuple[int, int]:
-        size = self.processor.image_processor.size
-        return int(size["shortest_edge"]), int(size["longest_edge"])
+    def second_per_grid(self, sample: Sample) -> float:
+        """Seconds one temporal unit spans: ``meta["second_per_grid"]``, else temporal_patch_size / ``meta["fps"]``
+        (the rate of the frames given; default 2.0)."""
+        if sample.meta.get("second_per_grid") is not None:
+            seconds = float(sample.meta["second_per_grid"])
+        else:
+            fps = float(sample.meta.get("fps", DEFAULT_FPS))
+            if fps <= 0:
+                raise PruneBenchError(f"sample {sample.id!r}: fps must be positive (frames per second of the frames given), got {fps}")
+            seconds = self.temporal / fps
+        if seconds <= 0:
+            raise PruneBenchError(f"sample {sample.id!r}: second_per_grid must be positive, got {seconds}")
+        return seconds
 
     def patchify_video(self, frames: Sequence[Image.Image]) -> tuple[torch.Tensor, list[int]]:
-        """Hand-written ``Qwen2VLVideoProcessor``: (patches (t*h*w, C*2*14*14), [t, h, w])."""
+        """Hand-written ``Qwen2VLVideoProcessor``: (patches (t*h*w, C*2*14*14), [t, h, w]); see the module docstring."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         proc = self.processor.image_processor
         factor = self.patch * self.merge
         width, height = frames[0].size
-        min_pixels, max_pixels = self._pixel_range()
+        min_pixels, max_pixels = self.video_pixels
         new_h, new_w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         arrays = [np.asarray(f.convert("RGB").resize((new_w, new_h), Image.BICUBIC), dtype=np.float32) / 255.0 for f in frames]
         video = (np.stack(arrays) - np.array(proc.image_mean, dtype=np.float32)) / np.array(proc.image_std, dtype=np.float32)
@@ -205,7 +270,6 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         inputs: dict[str, torch.Tensor] = {}
         image_grids: list[list[int]] = []
         if images:
-            min_pixels, max_pixels = self._pixel_range()
             processed = self.processor.image_processor(images=images, return_tensors="pt")
             inputs["pixel_values"] = processed["pixel_values"]
             inputs["image_grid_thw"] = processed["image_grid_thw"]
@@ -217,7 +281,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
                 patches, grid = self.patchify_video(s.video)
                 video_patches.append(patches)
                 video_grids.append(grid)
-                seconds.append(self.temporal / float(s.meta.get("fps", DEFAULT_FPS)))
+                seconds.append(self.second_per_grid(s))
                 placeholder = video_pad * (int(np.prod(grid)) // self.merge**2)
             else:
                 placeholder = image_pad * (int(np.prod(image_grids.pop(0))) // self.merge**2)
@@ -347,4 +411,5 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "preprocess": "hf", "prompt": PROMPT, "positions": "original 3-D M-RoPE (all methods)",
                 "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
-                "preprocessing": "Qwen2VLImageProcessor for images; hand-written video patchifier; hand-expanded pads"}
+                "preprocessing": "Qwen2VLImageProcessor for images; hand-written video patchifier; hand-expanded pads",
+                "video_pixels": list(self.video_pixels), "video_fps_default": DEFAULT_FPS}

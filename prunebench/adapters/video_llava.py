@@ -36,12 +36,27 @@ PROMPT = "USER: {placeholder}\n{question} ASSISTANT:"
 
 
 class ManualProcessor:
-    """An image processor and a tokenizer, where the model's processor class cannot be built (torchvision)."""
+    """An image processor and a tokenizer, where the model's processor class cannot be built (torchvision).
 
-    def __init__(self, image_processor: Any, tokenizer: Any):
+    ``video_size``: the video processor's ``{"shortest_edge", "longest_edge"}`` pixel range, where it differs
+    from the image processor's (Qwen2.5-VL); saved as ``video_preprocessor_config.json``.
+    """
+
+    def __init__(self, image_processor: Any, tokenizer: Any, video_size: dict[str, int] | None = None):
         self.image_processor = image_processor
         self.tokenizer = tokenizer
+        self.video_size = video_size
         self.chat_template = None
+
+    def save_pretrained(self, directory: str) -> None:
+        import json
+        from pathlib import Path
+
+        self.image_processor.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        if self.video_size:
+            config = {"size": dict(self.video_size), "video_processor_type": "Qwen2VLVideoProcessor"}
+            (Path(directory) / "video_preprocessor_config.json").write_text(json.dumps(config, indent=2))
 
 
 class VideoLlavaAdapter(LlavaAdapter):

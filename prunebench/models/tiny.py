@@ -159,13 +159,15 @@ def tiny_video_llava(seed: int = 0, num_layers: int = 4, vision_layers: int = 3,
 
 
 def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 4, hidden: int = 64, dtype=torch.float32):
-    """(model, (image processor, tokenizer)) of a tiny Qwen2.5-VL: windowed ViT (112 px windows) with full
+    """(model, ManualProcessor) of a tiny Qwen2.5-VL: windowed ViT (112 px windows) with full
     attention at blocks 1 and 3, 2x2 merger, M-RoPE sections [2, 3, 3] (sum = head_dim / 2).
 
     ``Qwen2_5_VLProcessor`` cannot be built without torchvision (transformers-notes §1.2); the adapter expands
     ``<|image_pad|>`` / ``<|video_pad|>`` and builds ``mm_token_type_ids`` and the video patches itself.
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from prunebench.adapters.video_llava import ManualProcessor
 
     tokenizer = word_tokenizer(extra_specials=tuple(QWEN_SPECIALS), image_token="<|image_pad|>", video_token="<|video_pad|>")
     ids = tokenizer.convert_tokens_to_ids
@@ -188,4 +190,5 @@ def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 4, h
     torch.manual_seed(seed)
     model = _finish(Qwen2_5_VLForConditionalGeneration(config), tokenizer, seed, dtype)
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=448 * 448, patch_size=14, merge_size=2, temporal_patch_size=2)
-    return model, (image_processor, tokenizer)
+    # tiny video limits too (the real default, 128*28*28 per frame, would upscale 224 px test frames to 336 px)
+    return model, ManualProcessor(image_processor, tokenizer, video_size={"shortest_edge": 28 * 28 * 4, "longest_edge": 448 * 448})
