@@ -58,6 +58,9 @@ def test_next_anyres_layout_matches_the_stock_token_count_and_keeps_newlines():
     out = _run(ad, "random", 32, [sample])
     llm = out.llm_inputs
     assert llm.visual_index.shape[1] == 32 and out.stats.tokens_per_layer == [32] * 4
+    # the newlines are outside the budget: recorded, and inside the text count that KV lengths and costs use
+    assert out.stats.extra_visual_tokens == rows and out.stats.final_tokens == 32
+    assert out.stats.kv_lengths == [out.stats.text_tokens + 32] * 4 and out.stats.text_tokens >= rows
     newline = ad._inner.image_newline
     start = int(llm.visual_index[0, 0])
     span_embeds = llm.inputs_embeds[0, start:start + 32 + rows]
@@ -187,13 +190,49 @@ def test_qwen_kept_tokens_keep_their_unpruned_mrope_positions(kind):
         assert out.stats.units == 2 and len(set(full[0, 0, start:start + 128].tolist())) == 2  # 2 temporal units
 
 
+def test_qwen_video_uses_the_video_pixel_range_and_the_given_frame_rate():
+    from prunebench.adapters.qwen2_5_vl import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, Qwen2_5_VLAdapter
+
+    tiny = adapter("tiny-qwen2_5_vl")
+    default = Qwen2_5_VLAdapter(tiny.model, (tiny.processor.image_processor, tiny.processor.tokenizer))
+    assert default.video_pixels == (VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS) == (128 * 28 * 28, 768 * 28 * 28)
+    frames = [_image(224, 224, s) for s in range(4)]
+    # 224 x 224 = 50176 px < 100352: smart_resize scales by sqrt(2) and rounds up to 12 x 28 = 336 px -> 24 x 24 patches
+    assert default.patchify_video(frames)[1] == [2, 24, 24]
+    assert tiny.patchify_video(frames)[1] == [2, 16, 16]  # the tiny model's own (small) range keeps 224 px
+    # fps is the rate of the frames given: 4 frames of a 4 s clip = 1 fps -> 2 s per temporal unit
+    clips = [Sample("v", "what", video=frames, meta=meta) for meta in ({}, {"fps": 1.0}, {"second_per_grid": 3.0})]
+    seconds = [tiny.prepare([clip]).inputs["second_per_grid_ts"].tolist() for clip in clips]
+    assert seconds == [[1.0], [2.0], [3.0]]
+    positions = [tiny.rope_positions(tiny.prepare([clip])) for clip in clips[:2]]
+    start = int((tiny.prepare([clips[0]]).input_ids[0] == tiny.video_token_id).nonzero()[0])
+    # temporal row of the second unit's first token: unit * second_per_grid * tokens_per_second (2) after unit 0
+    step = [int(p[0, 0, start + 64] - p[0, 0, start]) for p in positions]
+    assert step == [2, 4]
+    assert len({tiny.group_key(c) for c in clips}) == 3  # different spacing, different M-RoPE: never one group
+    with pytest.raises(PruneBenchError, match="fps must be positive"):
+        tiny.prepare([Sample("v", "what", video=frames, meta={"fps": 0})])
+
+
+def test_qwen_still_video_gives_the_image_processor_patches():
+    """The hand-built video patches use the processors' layout: two equal frames = the image, which the image
+    processor repeats over the temporal patch."""
+    ad = adapter("tiny-qwen2_5_vl")
+    frame = _image(308, 224, 3)
+    patches, grid = ad.patchify_video([frame, frame])
+    image = ad.processor.image_processor(images=[frame], return_tensors="pt")
+    assert grid == image["image_grid_thw"][0].tolist() == [1, 16, 22]
+    assert torch.allclose(patches, image["pixel_values"], atol=1e-6)
+
+
 # -- LLaVA-1.5 preprocessing ------------------------------------------------------------------------------------------
 def test_llava_paper_preprocessing_pads_to_square_and_uses_the_vicuna_prompt():
     from prunebench.adapters.llava import VICUNA_V1_PROMPT, expand_to_square
 
     tall = Image.new("RGB", (100, 300), (255, 0, 0))
-    square = expand_to_square(tall, (0.5, 0.25, 0.0))
-    assert square.size == (300, 300) and square.getpixel((0, 0)) == (128, 64, 0) and square.getpixel((150, 150)) == (255, 0, 0)
+    # the original's fill is tuple(int(x * 255) for x in image_mean): CLIP's mean x 255 = (122.77, 116.75, 104.09)
+    square = expand_to_square(tall, (0.48145466, 0.4578275, 0.40821073))
+    assert square.size == (300, 300) and square.getpixel((0, 0)) == (122, 116, 104) and square.getpixel((150, 150)) == (255, 0, 0)
     hf, paper = adapter("tiny-llava"), adapter("tiny-llava", preprocess="paper")
     assert hf.describe()["preprocess"] == "hf" and paper.describe()["preprocess"] == "paper"
     assert paper.prompt("q").startswith("A chat between a curious human") and paper.prompt("q") == VICUNA_V1_PROMPT.format(question="q")
@@ -206,8 +245,66 @@ def test_llava_paper_preprocessing_pads_to_square_and_uses_the_vicuna_prompt():
         load_model("tiny-llava", preprocess="square")
 
 
+def _original_tokenizer_image_token(prompt, tokenizer, image_token_index):
+    """LLaVA's mm_utils.tokenizer_image_token (haotian-liu/LLaVA), the oracle for paper-mode input ids."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    separated = [part for chunk in chunks for part in (chunk, None)][:-1]
+    offset = 1 if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
+    ids = [chunks[0][0]] if offset else []
+    for part in separated:
+        ids.extend(([image_token_index] * (offset + 1))[offset:] if part is None else part[offset:])
+    return ids
+
+
+def _sentencepiece_like_tokenizer(texts):
+    """A word-level tokenizer with Llama's dummy prefix: "▁" before the first word of every string it encodes
+    (Metaspace, prepend_scheme "first"), and BOS prepended; the vocabulary covers ``texts`` split either way."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from prunebench.models.tiny import SPECIALS
+
+    pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    pieces = {p for text in texts for p, _ in pre.pre_tokenize_str(text)}
+    pieces |= {p[1:] for p in pieces if p.startswith("▁") and len(p) > 1}
+    core = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(SPECIALS + sorted(pieces))}, unk_token="<unk>"))
+    core.pre_tokenizer = pre
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", SPECIALS.index("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tokenizer
+
+
+def test_llava_paper_input_ids_follow_the_original_chunked_tokenization():
+    from prunebench.adapters.llava import VICUNA_V1_PROMPT, LlavaAdapter
+    from prunebench.models.tiny import llava_processor, tiny_llava
+
+    questions = ["what color is it ?", "how many ?"]
+    prompts = [VICUNA_V1_PROMPT.format(question=q) for q in questions]
+    tokenizer = _sentencepiece_like_tokenizer([chunk for p in prompts for chunk in p.split("<image>")])
+    model, _ = tiny_llava()
+    paper = LlavaAdapter(model, llava_processor(tokenizer), preprocess="paper")
+    image, bos = paper.image_token_id, tokenizer.bos_token_id
+    assert image == model.config.image_token_id
+    batch = paper.prepare([Sample(str(i), q, image=_image(300, 200, i)) for i, q in enumerate(questions)])
+    for row, prompt in enumerate(prompts):
+        expected = _original_tokenizer_image_token(prompt, tokenizer, image)
+        at = expected.index(image)
+        expected[at:at + 1] = [image] * 576
+        ids = batch.input_ids[row][batch.attention_mask[row].bool()].tolist()
+        assert ids == expected and ids.count(bos) == 1 and ids[0] == bos  # the chunk after <image> lost its BOS
+        # the text after the image starts with the dummy prefix, as LLaVA's "▁" (29871) before "\n" (13);
+        # one pass over the whole prompt does not put it there
+        assert tokenizer.convert_ids_to_tokens(ids[at + 576]) == "▁\n" + questions[row].split()[0]
+        one_pass = tokenizer(prompt).input_ids
+        assert tokenizer.convert_ids_to_tokens(one_pass[one_pass.index(image) + 1]) == "\n" + questions[row].split()[0]
+    assert batch.attention_mask[1, 0] == 0  # left padding: the second prompt is shorter
+    assert paper.describe()["tokenization"].startswith("tokenizer_image_token")
+
+
 # -- loading from a folder: dispatch on config.model_type, the real from_pretrained code ------------------------------
-@pytest.mark.parametrize("name", ["tiny-llava_next", "tiny-video_llava", "tiny-qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-llava_next", "tiny-video_llava", "tiny-qwen2_5_vl"])
 def test_load_model_from_a_saved_folder_dispatches_on_model_type(name, tmp_path):
     ad = adapter(name)
     ad.model.save_pretrained(tmp_path)
@@ -218,6 +315,8 @@ def test_load_model_from_a_saved_folder_dispatches_on_model_type(name, tmp_path)
         ad.processor.tokenizer.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path), dtype="float32")
     assert type(loaded) is type(ad) and loaded.family == ad.family
+    if name == "tiny-qwen2_5_vl":  # the video pixel range travels in video_preprocessor_config.json
+        assert loaded.video_pixels == ad.video_pixels == (28 * 28 * 4, 448 * 448)
     sample = synthetic_samples(family=ad.family)[0]
     assert torch.equal(_run(loaded, "random", 16, [sample]).tokens, _run(ad, "random", 16, [sample]).tokens)
 

@@ -9,8 +9,16 @@ Preprocessing (``preprocess=``, recorded by :meth:`describe`; methods-1.md §0.2
     * ``"hf"`` (default): the checkpoint's own processor (resize the short side, centre-crop) and chat
       template (no system prompt), i.e. what ``llava-hf`` checkpoints do;
     * ``"paper"``: what the published LLaVA-1.5 numbers used (original ``haotian-liu/LLaVA``,
-      ``image_aspect_ratio='pad'``): expand to a square filled with the processor's mean colour, then resize,
-      and the ``vicuna_v1`` system prompt. Expect accuracy shifts between the two even with nothing pruned.
+      ``image_aspect_ratio='pad'``): ``expand2square`` with the mean colour as the original computes it,
+      ``tuple(int(x * 255) for x in image_mean)`` (truncated: CLIP's mean gives (122, 116, 104)), then the
+      processor's resize, the ``vicuna_v1`` system prompt, and the original's ``tokenizer_image_token``: the
+      prompt is split at ``<image>``, each chunk tokenized **on its own** (the first keeps its BOS, later ones
+      lose theirs) and the image tokens inserted between. Known difference to ``"hf"``, which tokenizes the whole
+      prompt in one pass: with LLaVA's Llama SentencePiece tokenizer the chunk after ``<image>`` is
+      ``"\n{question} ASSISTANT:"`` tokenized from scratch, so it starts with the dummy-prefix ``▁`` (id 29871)
+      before ``\n`` (13), and the chunk before ends in ``USER:`` + ``▁``, exactly as the original model saw it;
+      a one-pass tokenization around the special ``<image>`` token need not produce those. Expect accuracy
+      shifts between the two modes even with nothing pruned.
 """
 
 from __future__ import annotations
@@ -40,10 +48,26 @@ def expand_to_square(image: Image.Image, mean: Sequence[float]) -> Image.Image:
     if width == height:
         return image
     side = max(width, height)
-    fill = tuple(int(round(255 * m)) for m in mean)
+    fill = tuple(int(m * 255) for m in mean)  # truncated, as the original (int(x*255)), not rounded
     canvas = Image.new(image.mode, (side, side), fill)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
+
+
+def tokenizer_image_token(tokenizer: Any, prompt: str, image_token: str, image_token_id: int, count: int) -> list[int]:
+    """The original LLaVA ``tokenizer_image_token`` with the placeholder expanded to ``count`` image tokens.
+
+    Each chunk between ``image_token`` occurrences is tokenized on its own; if the tokenizer prepends BOS, the
+    first chunk keeps it and the others drop it.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(image_token)]
+    offset = 1 if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
+    ids = chunks[0][:offset]
+    for i, chunk in enumerate(chunks):
+        if i:
+            ids.extend([image_token_id] * count)
+        ids.extend(chunk[offset:])
+    return ids
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -124,19 +148,28 @@ class LlavaAdapter(ModelAdapter):
             raise ValueError(f"samples {missing[:5]} have no image; LLaVA-1.5 pruning needs one image per sample")
         images = [s.image.convert("RGB") for s in samples]
         if self.preprocess == "paper":
-            images = [expand_to_square(im, self.processor.image_processor.image_mean) for im in images]
-        inputs = self.processor(
-            images=images,
-            text=[self.prompt(s.question) for s in samples],
-            padding=True,
-            return_tensors="pt",
-        )
+            inputs = self._paper_inputs(samples, images)
+        else:
+            inputs = self.processor(images=images, text=[self.prompt(s.question) for s in samples], padding=True, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         counts = (inputs["input_ids"] == self.image_token_id).sum(1)
         if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
             raise ValueError(f"each prompt must hold exactly one image; image-token counts per sample: {counts.tolist()}")
         return Batch(samples, inputs)
+
+    def _paper_inputs(self, samples: Sequence[Sample], images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """expand2square + the image processor, and ``tokenizer_image_token`` on the vicuna_v1 prompt (module docstring)."""
+        processor, tokenizer = self.processor.image_processor, self.processor.tokenizer
+        pixels = processor(images=[expand_to_square(im, processor.image_mean) for im in images], return_tensors="pt")["pixel_values"]
+        vision = self.model.config.vision_config
+        side = vision.image_size // vision.patch_size
+        count = side * side + (0 if self.model.config.vision_feature_select_strategy == "default" else 1)
+        token = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        ids = [tokenizer_image_token(tokenizer, self.prompt(s.question).replace("<image>", token), token, self.image_token_id, count)
+               for s in samples]
+        encoded = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "pixel_values": pixels}
 
     def encode(self, batch: Batch, capture_layers: Sequence[int] = ()) -> VisionView:
         tower = self._inner.vision_tower
@@ -198,8 +231,9 @@ class LlavaAdapter(ModelAdapter):
 
     def describe(self) -> dict[str, Any]:
         prompt = VICUNA_V1_PROMPT if self.preprocess == "paper" else ("chat template" if getattr(self.processor, "chat_template", None) else DEFAULT_PROMPT)
-        image = "expand-to-square (mean colour) + resize" if self.preprocess == "paper" else "processor (resize short side + centre crop)"
-        return {**super().describe(), "preprocess": self.preprocess, "image_preprocessing": image, "prompt": prompt}
+        image = "expand-to-square (int(255*mean) colour) + resize" if self.preprocess == "paper" else "processor (resize short side + centre crop)"
+        tokens = "tokenizer_image_token (chunks tokenized separately)" if self.preprocess == "paper" else "processor (one pass)"
+        return {**super().describe(), "preprocess": self.preprocess, "image_preprocessing": image, "prompt": prompt, "tokenization": tokens}
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         out = self.model.generate(**batch.inputs, **generate_kwargs)
