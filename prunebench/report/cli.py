@@ -13,7 +13,11 @@ FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex"}
 REPORT_EPILOG = """\
 rows: the unpruned baseline, then method x budget (failed and infeasible cells are listed, not dropped);
 columns: each task's score, RelAcc (mean of score / unpruned score, %), agreement with the unpruned answers (%),
-prefill latency (median ms), TFLOPs (measured, else analytic) and KV cache (MB).
+latency (median time to first token, "TTFT (ms)", where recorded, else LLM prefill; a prefill time in a TTFT
+column is marked *), TFLOPs (counted, else analytic, marked †) and KV cache (MB). Bold / underline are ranked
+per budget on the printed values, a cost only among values of one kind.
+a run folder contributes the cells of its plan.json (the sweep as last planned); --all adds older records.
+published numbers print as the papers print them; in LaTeX each paper table gets its own table.
 
 examples:
   prunebench report results/toy                                  Markdown to the terminal
@@ -23,20 +27,27 @@ examples:
   prunebench report results/mine results/reference               two runs in one table (rows keep their run)
   prunebench report results/llava --with-published --published-source VisPruner
                                                                  beside the numbers VisPruner's paper prints
+  prunebench report results/llava --format latex --with-published --bib refs.bib -o table.tex
+                                                                 tables plus the BibTeX entries they cite
 """
 
 PLOT_EPILOG = """\
-figures (PNG and PDF, sized for a two-column paper, one colour and marker per method in every figure):
-  budget_curves      score per task and RelAcc versus budget; the unpruned model as a dotted line
-  pareto_prefill_ms  RelAcc versus prefill latency, with the Pareto front
+figures (PNG and PDF, sized for a two-column paper, one colour and marker per method in every figure and
+every invocation; the star is the unpruned model's):
+  budget_curves      score per task and RelAcc versus budget; the unpruned model as a dotted line; × = a
+                     failed or infeasible budget
+  pareto_prefill_ms  RelAcc versus time to first token (else prefill latency), with the Pareto front
   pareto_tflops      RelAcc versus TFLOPs, with the Pareto front
   pareto_kv_mb       RelAcc versus KV-cache size, with the Pareto front
-  relacc_heatmap     per-task RelAcc of every cell
-published numbers (--with-published) are drawn with hollow markers.
+  relacc_heatmap     method x budget grids of RelAcc: the mean, then one per task
+several runs: one line style and marker fill per run. published numbers (--with-published) are hollow
+markers labelled with their source, e.g. "FastV (VisPruner T1)"; the figures show one published table (the
+one sharing most methods with the runs, or --published-source TEXT; --published-source all shows every one).
 
 examples:
   prunebench plot results/toy                         figures in results/toy/plots/
   prunebench plot results/mine results/reference -o figs --with-published
+  prunebench plot results/toy --width single          every figure one column (3.3 in) wide
 """
 
 
@@ -49,7 +60,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "or a hub id such as llava-hf/llava-1.5-7b-hf (default: the runs' model if the papers report it, "
                         "else llava-1.5-7b)")
     p.add_argument("--published-source", metavar="TEXT",
-                   help="keep only published tables whose paper/table name contains TEXT, e.g. 'VisPruner' or 'DART'")
+                   help="keep only published tables whose paper/table name contains TEXT, e.g. 'VisPruner' or 'DART' "
+                        "('all': every table, also in plots, which otherwise show one)")
+    p.add_argument("--all", dest="all_cells", action="store_true",
+                   help="every record in RUN/cells/, also those of earlier sweeps that RUN/plan.json no longer lists")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +78,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="write here instead of the terminal; with several formats, FILE's suffix is replaced by "
                         ".md / .csv / .tex")
     r.add_argument("--standalone", action="store_true", help="LaTeX: a whole document (compiles with pdflatex as it is)")
-    r.add_argument("--caption", help="LaTeX caption (default: describes the columns and the bold/underline convention)")
+    r.add_argument("--caption", help="LaTeX caption as plain text, escaped (default: describes the columns and the bold/underline convention)")
+    r.add_argument("--caption-latex", metavar="TEX", help="LaTeX caption used as it is (math, \\cite, ...)")
+    r.add_argument("--bib", metavar="FILE", help="also write the BibTeX entries the table cites (methods and published sources) to FILE")
     r.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser(
@@ -75,28 +91,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="DIR", help="folder for the figures (default: RUN/plots of the first RUN)")
     p.add_argument("--formats", default="png,pdf", help="comma list of file formats (default png,pdf)")
     p.add_argument("--dpi", type=int, default=300, help="resolution of raster formats (default 300)")
+    p.add_argument("--width", metavar="W",
+                   help="figure width: single (3.3 in), double (6.3 in) or inches (default: budget curves and heat map "
+                        "double, Pareto plots single)")
     p.set_defaults(func=cmd_plot)
 
 
 def _leaderboard(args: argparse.Namespace):
     from prunebench.report import leaderboard
 
+    source = None if args.published_source == "all" else args.published_source
     df = leaderboard(args.runs, with_published=args.with_published, published_model=args.published_model,
-                     published_source=args.published_source)
+                     published_source=source, all_cells=args.all_cells)
     if df.empty:
         raise PruneBenchError(f"no finished cells in {', '.join(args.runs)}; run `prunebench run` first "
                               "(or check that the folder is the run folder, holding cells/)")
     return df
 
 
-def render(df, fmt: str, *, standalone: bool = False, caption: str | None = None) -> str:
+def render(df, fmt: str, *, standalone: bool = False, caption: str | None = None, caption_latex: str | None = None) -> str:
     from prunebench.report import to_csv, to_latex, to_markdown
 
     if fmt == "md":
         return to_markdown(df)
     if fmt == "csv":
         return to_csv(df)
-    return to_latex(df, standalone=standalone, caption=caption)
+    return to_latex(df, standalone=standalone, caption=caption, caption_latex=caption_latex)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -106,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise PruneBenchError(f"unknown --format {','.join(unknown) or args.format!r}; choose from md, csv, latex (comma list allowed)")
     df = _leaderboard(args)
     for fmt in formats:
-        text = render(df, fmt, standalone=args.standalone, caption=args.caption)
+        text = render(df, fmt, standalone=args.standalone, caption=args.caption, caption_latex=args.caption_latex)
         if args.output:
             out = Path(args.output)
             if len(formats) > 1 or not out.suffix:
@@ -118,6 +138,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
             if len(formats) > 1:
                 sys.stdout.write("\n")
+    if args.bib:
+        from prunebench.report.latex import bibtex, cited_keys
+
+        out = Path(args.bib)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(bibtex(cited_keys(df)))
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -128,9 +155,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from prunebench.report.plots import plot_all
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    width = args.width
+    if width is not None and width not in ("single", "double"):
+        try:
+            width = float(width)
+        except ValueError:
+            raise PruneBenchError(f"--width {args.width!r}: use single, double or a width in inches such as 5.5") from None
     df = _leaderboard(args)
     outdir = Path(args.output) if args.output else Path(args.runs[0]) / "plots"
-    paths = plot_all(df, outdir, formats=formats, dpi=args.dpi)
+    try:
+        paths = plot_all(df, outdir, formats=formats, dpi=args.dpi, width=width,
+                         published_source="all" if args.published_source == "all" else args.published_source)
+    except ValueError as exc:
+        raise PruneBenchError(str(exc)) from None
     for path in paths:
         print(path)
     return 0

@@ -1,35 +1,49 @@
-"""LaTeX leaderboard: a booktabs table, one block per budget, best value per column in bold, second underlined.
+"""LaTeX leaderboard: booktabs tables, one block per budget, best value per column in bold, second underlined.
 
-The fragment needs ``\\usepackage{booktabs}`` and ``graphicx`` (a table wider than the text is shrunk to fit) (and natbib, or biblatex with natbib=true, for ``\\citep``);
-``to_latex(df, standalone=True)`` wraps it in a document that compiles as it is.
+The fragment needs ``\\usepackage{booktabs}`` and ``graphicx`` (a table wider than the text is shrunk to fit) and
+natbib (or biblatex with natbib=true) for ``\\citep``; the keys are in ``data/references.bib``
+(:func:`bibtex` returns the entries a table cites). ``to_latex(df, standalone=True)`` wraps the tables in a
+document that compiles as it is.
+
+With published numbers of several papers, each paper table gets its own ``table`` (its own columns, its own
+baseline), after the measured one: one 30-column table of mostly empty cells helps nobody. Columns that no row
+of a table fills are left out. Published cells print as the paper prints them.
 """
 
 from __future__ import annotations
 
-import math
 import re
+from importlib import resources
 
 import pandas as pd
 
 from prunebench.report.leaderboard import (
-    COLUMN_TITLES,
+    ANALYTIC_MARK,
     MEASURED,
     METRIC_COLUMNS,
+    PREFILL_MARK,
     budget_text,
+    cell_text,
     citation_key,
-    column_decimals,
-    format_value,
+    column_title,
+    cost_mark,
+    cost_notes,
+    printed_text,
     ranks,
     task_columns,
+    value_decimals,
 )
+from prunebench.report.published import short_source, source_citation
 from prunebench.store import BASELINE_METHOD
 
 _SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
     "†": r"\textsuperscript{\dag}", "‡": r"\textsuperscript{\ddag}", "—": "--", "–": "--", "×": r"$\times$",
+    "±": r"$\pm$", "§": r"\S{}",
 }
 _SPECIAL_RE = re.compile("|".join(re.escape(k) for k in _SPECIAL))
+_MARKS = {ANALYTIC_MARK: r"\textsuperscript{\dag}", PREFILL_MARK: r"$^{*}$"}
 
 
 def escape(text: str) -> str:
@@ -61,37 +75,81 @@ def _block_title(row: pd.Series, several_modes: bool = False) -> str:
     return f"{int(row['budget'])} visual tokens{mode}"
 
 
-def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:leaderboard", standalone: bool = False) -> str:
-    """The leaderboard as a booktabs ``table`` (``standalone=True``: a whole compilable document)."""
-    tasks = task_columns(df)
-    value_cols = tasks + METRIC_COLUMNS
-    multi_model = df["model"].nunique() > 1
-    several_modes = df.loc[df["source"] == MEASURED, "budget_mode"].replace("", pd.NA).dropna().nunique() > 1
-    head_cols = ["Method", "Budget"]  # with several models, each block's title names its model
-    titles = [escape(t) for t in tasks] + [escape(COLUMN_TITLES[c]) for c in METRIC_COLUMNS]
-    ncols = len(head_cols) + len(value_cols)
-    rank = ranks(df)
-    decimals = {c: column_decimals(df[c], c) for c in value_cols}
-    spec = "l" * len(head_cols) + "r" * len(value_cols)
-    higher = r"$\uparrow$"
-    lower = r"$\downarrow$"
-    arrows = [higher] * len(tasks) + [higher if c in ("relacc", "agreement") else lower for c in METRIC_COLUMNS]
+def table_parts(df: pd.DataFrame, split: bool | None = None) -> list[pd.DataFrame]:
+    """The row sets of the tables: one table, or (``split``, default: more than one published source) the measured
+    rows and then one part per published source."""
+    sources = [s for s in dict.fromkeys(df["source"]) if s != MEASURED]
+    if split is None:
+        split = len(sources) > 1
+    if not split:
+        return [df]
+    parts = [df[df["source"] == MEASURED]] if (df["source"] == MEASURED).any() else []
+    return parts + [df[df["source"] == s] for s in sources]
 
+
+def to_latex(df: pd.DataFrame, *, caption: str | None = None, caption_latex: str | None = None,
+             label: str = "tab:leaderboard", standalone: bool = False, split: bool | None = None) -> str:
+    """The leaderboard as booktabs ``table`` environments (``standalone=True``: a whole compilable document).
+
+    ``caption`` is plain text (escaped); ``caption_latex`` is used as it is (math, \\cite, ...). ``split``: one
+    table per published source (default when there are several). Bold / underline are ranked on the whole
+    leaderboard, at the precision printed.
+    """
+    rank = ranks(df)
+    decimals = value_decimals(df)
+    parts = table_parts(df, split)
+    bodies = []
+    for i, part in enumerate(parts):
+        published_only = not (part["source"] == MEASURED).any()
+        if caption_latex is not None and i == 0:
+            text = caption_latex
+        elif caption and i == 0:
+            text = escape(caption)
+        elif published_only:
+            text = _published_caption(part)
+        else:
+            text = _default_caption(part)
+        suffix = "" if i == 0 else "-" + _slug(short_source(part["source"].iloc[0]))
+        bodies.append(_table(part, df, rank, decimals, text, label + suffix))
+    body = "\n".join(bodies)
+    if not standalone:
+        return body
+    # The cited entries travel inside the document (filecontents), so pdflatex + bibtex resolve every \citep.
+    keys = cited_keys(df)
+    bib = ("\\begin{filecontents*}[overwrite]{prunebench-references.bib}\n" + bibtex(keys) + "\\end{filecontents*}\n") if keys else ""
+    tail = "\\bibliographystyle{plainnat}\n\\bibliography{prunebench-references}\n" if keys else ""
+    return (bib + "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+            "\\usepackage[numbers]{natbib}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n"
+            + body + tail + "\\end{document}\n")
+
+
+def _table(part: pd.DataFrame, full: pd.DataFrame, rank: pd.DataFrame, decimals: dict[str, int], caption: str, label: str) -> str:
+    value_cols = [c for c in task_columns(full) + METRIC_COLUMNS if part[c].notna().any()]
+    multi_model = part["model"].nunique() > 1
+    several_modes = part.loc[part["source"] == MEASURED, "budget_mode"].replace("", pd.NA).dropna().nunique() > 1
+    head_cols = ["Method", "Budget"]  # with several models, each block's title names its model
+    titles = [escape(column_title(full, c)) for c in value_cols]
+    ncols = len(head_cols) + len(value_cols)
+    spec = "l" * len(head_cols) + "r" * len(value_cols)
+    arrows = [r"$\downarrow$" if c in ("prefill_ms", "tflops", "kv_mb") else r"$\uparrow$" for c in value_cols]
+    published_only = not (part["source"] == MEASURED).any()
+    if published_only:
+        arrows = ["" for _ in value_cols]  # quoted numbers are not ranked; nothing to read the arrows against
     lines = [
         "% prunebench leaderboard; needs \\usepackage{booktabs,graphicx} (and natbib for \\citep)",
         r"\begin{table*}[t]",
         r"\centering",
         r"\small",
         r"\setlength{\tabcolsep}{3pt}",
-        f"\\caption{{{escape(caption) if caption else _default_caption(df)}}}",
+        f"\\caption{{{caption}}}",
         f"\\label{{{label}}}",
         r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%  shrink to the text width only if wider",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",
-        " & ".join(head_cols + [f"{t} {a}" for t, a in zip(titles, arrows)]) + r" \\",
+        " & ".join(head_cols + [f"{t} {a}".strip() for t, a in zip(titles, arrows)]) + r" \\",
     ]
     block = None
-    for idx, row in df.iterrows():
+    for idx, row in part.iterrows():
         title = (row["source"], row["model"], _block_title(row, several_modes))
         if title != block:
             lines.append(r"\midrule")
@@ -100,28 +158,38 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, label: str = "tab:
             block = title
         cells = [_method_cell(row), escape(budget_text(row))]
         if row["status"] in ("failed", "infeasible"):
-            note = row["status"]
-            cells.append(f"\\multicolumn{{{len(value_cols)}}}{{c}}{{\\textit{{{note}}}}}")
+            cells.append(f"\\multicolumn{{{len(value_cols)}}}{{c}}{{\\textit{{{row['status']}}}}}")
         else:
+            printed = printed_text(row)
             for col in value_cols:
-                value = row[col]
-                text = format_value(value, col, decimals[col])
-                text = "--" if text == "—" else text
-                if not (isinstance(value, float) and math.isnan(value)):
-                    r = rank.at[idx, col]
-                    if r == 1:
-                        text = f"\\textbf{{{text}}}"
-                    elif r == 2:
-                        text = f"\\underline{{{text}}}"
-                cells.append(text)
+                text = cell_text(row, col, decimals[col], printed)
+                if text == "—":
+                    cells.append("--")
+                    continue
+                text = escape(text)
+                r = rank.at[idx, col] if idx in rank.index else 0
+                if r == 1:
+                    text = f"\\textbf{{{text}}}"
+                elif r == 2:
+                    text = f"\\underline{{{text}}}"
+                mark = cost_mark(full, row, col)
+                cells.append(text + _MARKS.get(mark, ""))
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]
-    body = "\n".join(lines) + "\n"
-    if not standalone:
-        return body
-    return ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
-            "\\usepackage[numbers]{natbib}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n"
-            + body + "\\end{document}\n")
+    lines += [r"\bottomrule", r"\end{tabular}}"]
+    notes = cost_notes(part)
+    if notes:
+        lines.append(r"\par\smallskip{\footnotesize " + r" \quad ".join(_note_latex(n) for n in notes) + "}")
+    lines.append(r"\end{table*}")
+    return "\n".join(lines) + "\n"
+
+
+def _note_latex(note: str) -> str:
+    mark = note[0]
+    return _MARKS.get(mark, escape(mark)) + escape(note[1:])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
 def _default_caption(df: pd.DataFrame) -> str:
@@ -133,3 +201,37 @@ def _default_caption(df: pd.DataFrame) -> str:
     if (df["source"] != MEASURED).any():
         text += " Published rows are quoted from the papers (their own baselines and metric conventions) and not ranked."
     return text
+
+
+def _published_caption(part: pd.DataFrame) -> str:
+    source = part["source"].iloc[0]
+    key = source_citation(source)
+    cite = f"~\\citep{{{key}}}" if key else ""
+    model = escape(part["model"].iloc[0])
+    text = (f"Published numbers on {model} as printed in {escape(_short_source(source))}{cite}, quoted, not re-run: "
+            "that paper's own unpruned baseline, benchmark splits and metric conventions, not comparable cell by cell "
+            "with measured rows or other papers.")
+    if part[["tflops", "kv_mb", "prefill_ms"]].notna().any().any():
+        text += " Cost columns follow the paper's convention (published.csv, column metric), not the harness's."
+    return text
+
+
+def cited_keys(df: pd.DataFrame) -> list[str]:
+    """BibTeX keys the tables of ``df`` cite (methods and published sources), in first-use order."""
+    keys = [citation_key(m) for m in df["method"] if m != BASELINE_METHOD]
+    keys += [source_citation(s) for s in df["source"] if s != MEASURED]
+    return [k for k in dict.fromkeys(keys) if k]
+
+
+def bibtex(keys: list[str] | None = None) -> str:
+    """The entries of ``data/references.bib`` for ``keys`` (all entries when None); unknown keys are listed in a
+    comment so a missing entry is visible rather than a silent ``[?]``."""
+    text = resources.files("prunebench.report").joinpath("data/references.bib").read_text(encoding="utf-8")
+    entries = {m.group(1): m.group(0).strip() for m in re.finditer(r"@\w+\{([^,]+),.*?\n\}", text, re.S)}
+    if keys is None:
+        return "\n\n".join(entries.values()) + "\n"
+    missing = [k for k in keys if k not in entries]
+    out = [entries[k] for k in keys if k in entries]
+    if missing:
+        out.append("% no entry shipped for: " + ", ".join(missing))
+    return "\n\n".join(out) + "\n"

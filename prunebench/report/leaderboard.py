@@ -4,12 +4,20 @@ The DataFrame is the single source of every output (Markdown, CSV, LaTeX, plots)
 
     run, source, model, suite, method, label, params, budget, budget_mode, status, error,
     <one column per task: that task's score>, relacc, agreement, prefill_ms, tflops, kv_mb,
-    tokens_final, tokens_layer_average
+    tflops_source, latency_source, tokens_final, tokens_layer_average, limit, seed, printed
 
-``relacc`` and ``agreement`` are in percent (records hold ratios: 1.0 = the unpruned model). ``tflops`` is the
-measured count, falling back to the analytic one (``tflops_source`` says which). Failed and infeasible cells keep
-their row with empty metrics and their ``status``/``error``; nothing is dropped silently. The task columns are
-listed in ``df.attrs["tasks"]`` (see :func:`task_columns`).
+``relacc`` and ``agreement`` are in percent (records hold ratios: 1.0 = the unpruned model). ``prefill_ms`` is
+the median time to first token where the record has one (``latency_ms.ttft``), else the median LLM prefill
+time (``latency_source`` says which: "ttft" or "prefill"). ``tflops`` is the measured count, falling back to
+the analytic one (``tflops_source``). The human tables mark the fallbacks (analytic TFLOPs with †, prefill
+times in a TTFT column with *) and rank each cost only among values of one kind. Failed and infeasible cells
+keep their row with empty metrics and their ``status``/``error``; nothing is dropped silently. The task columns
+are listed in ``df.attrs["tasks"]`` (see :func:`task_columns`). ``label`` names one series (a method with its
+parameters, budget mode, suite and run) the same way at every budget, adding only what tells series apart.
+Published rows (``source`` "published: <paper> <table>") keep the paper's printed text in ``printed``.
+
+A run folder's leaderboard holds the cells of its ``plan.json`` (the sweep as last planned); records left in
+``cells/`` by earlier plans of the same folder are shown only with ``all_cells=True``.
 """
 
 from __future__ import annotations
@@ -30,10 +38,14 @@ log = logging.getLogger(__name__)
 
 META_COLUMNS = ["run", "source", "model", "suite", "method", "label", "params", "budget", "budget_mode", "status", "error"]
 METRIC_COLUMNS = ["relacc", "agreement", "prefill_ms", "tflops", "kv_mb"]
-EXTRA_COLUMNS = ["tflops_source", "tokens_final", "tokens_layer_average"]
+EXTRA_COLUMNS = ["tflops_source", "latency_source", "tokens_final", "tokens_layer_average", "limit", "seed", "printed"]
 HIGHER_IS_BETTER = {"relacc": True, "agreement": True, "prefill_ms": False, "tflops": False, "kv_mb": False}
 COLUMN_TITLES = {"relacc": "RelAcc (%)", "agreement": "Agree. (%)", "prefill_ms": "Prefill (ms)", "tflops": "TFLOPs", "kv_mb": "KV (MB)"}
 MEASURED = "measured"
+ANALYTIC_MARK = "†"  # TFLOPs computed from the config, not counted
+PREFILL_MARK = "*"  # LLM prefill time standing in a TTFT column
+# The kind of each cost that is ranked when a group mixes kinds: one kind is never ranked against another.
+PREFERRED_SOURCE = {"tflops": ("tflops_source", "measured"), "prefill_ms": ("latency_source", "ttft")}
 
 # How papers write the names; a method class may override with a ``display_name`` attribute.
 DISPLAY_NAMES = {
@@ -41,6 +53,15 @@ DISPLAY_NAMES = {
     "sparsevlm": "SparseVLM", "vispruner": "VisPruner", "divprune": "DivPrune", "hiprune": "HiPrune", "hiprune++": "HiPrune++",
     "learnpruner": "LearnPruner", "dart": "DART", "pdrop": "PDrop", "twigvlm": "TwigVLM", "tome": "ToMe",
     "prumerge+": "PruMerge+", "fastervlm": "FasterVLM", "mustdrop": "MustDrop", "hired": "HiRED", "trim": "TRIM",
+    "prumerge": "PruMerge", "pdrop": "PDrop", "ficoco-v": "FiCoCo-V", "globalcom2": "GlobalCom2",
+    "no-visual-tokens": "0 visual tokens",
+}
+# BibTeX keys (data/references.bib) of methods that appear only in published data (registered methods carry
+# their own ``citation``). Methods whose paper the reference documents do not identify have none.
+PUBLISHED_CITATIONS = {
+    "visionzip-ft": "yang2025visionzip", "dart": "wen2025dart", "pdrop": "xing2025pyramiddrop", "tome": "bolya2023tome",
+    "prumerge+": "shang2024prumerge", "prumerge": "shang2024prumerge", "twigvlm": "shao2025twigvlm",
+    "hiprune++": "liu2025hiprune",
 }
 
 
@@ -64,7 +85,8 @@ def citation_key(method: str) -> str:
     if method == BASELINE_METHOD:
         return ""
     cls = _method_class(method)
-    return str(getattr(cls, "citation", "") or "") if cls is not None else ""
+    key = str(getattr(cls, "citation", "") or "") if cls is not None else ""
+    return key or PUBLISHED_CITATIONS.get(method, "")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -76,8 +98,24 @@ def _run_label(path: Path) -> str:
     return path.name or str(path)
 
 
-def load_records(source: Any) -> list[tuple[str, dict[str, Any]]]:
-    """``(run label, record)`` pairs from a ResultStore, a run folder path, a list of either, or record dicts."""
+def planned_keys(store: ResultStore) -> set[str] | None:
+    """Cell keys of the run's ``plan.json`` (None when the folder has none, e.g. a store written by hand)."""
+    path = store.root / "plan.json"
+    if not path.exists():
+        return None
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PruneBenchError(f"{path} is not readable JSON ({exc}); rerun `prunebench run` or pass --all to read every cell") from None
+    return {str(cell["key"]) for cell in plan if isinstance(cell, dict) and "key" in cell}
+
+
+def load_records(source: Any, all_cells: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """``(run label, record)`` pairs from a ResultStore, a run folder path, a list of either, or record dicts.
+
+    A run folder contributes the cells of its ``plan.json`` only (a folder reused for another sweep keeps the
+    old records in ``cells/``); ``all_cells=True`` reads every record.
+    """
     if isinstance(source, (ResultStore, str, os.PathLike)):
         source = [source]
     if isinstance(source, dict):
@@ -97,7 +135,15 @@ def load_records(source: Any) -> list[tuple[str, dict[str, Any]]]:
         if label in labels and labels[label] != store.root.resolve():  # two runs called "latest" in different places
             label = f"{store.root.resolve().parent.name}/{label}"
         labels[label] = store.root.resolve()
-        items += [(label, rec) for rec in store.records()]
+        records = list(store.records())
+        keys = None if all_cells else planned_keys(store)
+        if keys is not None:
+            kept = [r for r in records if r.get("key") in keys]
+            if len(kept) < len(records):
+                log.info("%s: %d record(s) in cells/ are not in plan.json (an earlier sweep); shown with --all",
+                         store.root, len(records) - len(kept))
+            records = kept
+        items += [(label, rec) for rec in records]
     return items
 
 
@@ -145,6 +191,12 @@ def _row(run: str, record: dict[str, Any]) -> dict[str, Any]:
         tflops = _num(_get(record, "flops", "analytic_tflops"))
         tflops_source = "analytic" if not math.isnan(tflops) else ""
     status = str(record.get("status") or "done")
+    latency = record.get("latency_ms") or {}
+    ttft = _num(_get(latency, "ttft", "median"))
+    if math.isnan(ttft):
+        ttft = _num(_get(latency, "ttft_ms", "median"))
+    prefill = ttft if not math.isnan(ttft) else _num(_get(latency, "prefill", "median"))
+    latency_source = "ttft" if not math.isnan(ttft) else ("prefill" if not math.isnan(prefill) else "")
     row = {
         "run": run,
         "source": MEASURED,
@@ -159,12 +211,16 @@ def _row(run: str, record: dict[str, Any]) -> dict[str, Any]:
         "error": "" if record.get("error") is None else str(record.get("error")),
         "relacc": _percent(record.get("relacc")),
         "agreement": _percent(record.get("agreement")),
-        "prefill_ms": _num(_get(record, "latency_ms", "prefill", "median")),
+        "prefill_ms": prefill,
         "tflops": tflops,
         "kv_mb": _num(_get(record, "kv_cache", "measured_mb")),
         "tflops_source": tflops_source,
+        "latency_source": latency_source,
         "tokens_final": _num(_get(record, "tokens", "final")),
         "tokens_layer_average": _num(_get(record, "tokens", "layer_average")),
+        "limit": "" if record.get("limit") is None else str(record.get("limit")),
+        "seed": "" if record.get("seed") is None else str(record.get("seed")),
+        "printed": "",
     }
     tasks = record.get("tasks") or {}
     scores = {t: _num((v or {}).get("score")) for t, v in tasks.items()} if isinstance(tasks, dict) else {}
@@ -208,24 +264,37 @@ def _fill_relacc(rows: list[dict[str, Any]]) -> None:
 
 
 def _assign_labels(df: pd.DataFrame) -> pd.Series:
-    """Display label: the method's paper name, plus the run (or parameters) where rows would collide."""
+    """Display label of each series: the method's paper name, plus only what tells its series apart.
+
+    A series is one method with one parameter set, budget mode, suite, run, limit and seed; its label is the same
+    at every budget (a plot line and its table rows share it). The budget mode and suite are named where a
+    method has several, then (within one mode and suite) the run, the differing parameters and limit/seed.
+    """
     labels = df["method"].map(display_name).astype(object)
     published = df["source"] != MEASURED
     labels[published] = df.loc[published, "label"]
-    measured = df[~published].assign(_budget=df["budget"].astype("Float64").fillna(-1))
-    for _, group in measured.groupby(["model", "method", "_budget"], dropna=False):
+    measured = df[~published]
+    for _, group in measured.groupby(["model", "method"], dropna=False):
         if group["budget_mode"].nunique() > 1:
             labels[group.index] = labels[group.index] + " (" + group["budget_mode"] + ")"
         if group["suite"].nunique() > 1:
             labels[group.index] = labels[group.index] + " {" + group["suite"] + "}"
-    for _, group in measured.groupby(["model", "method", "_budget", "budget_mode", "suite"], dropna=False):
-        if len(group) < 2:
-            continue
-        if group["run"].nunique() > 1:
-            labels[group.index] = labels[group.index] + " [" + group["run"] + "]"
-        if group["params"].nunique() > 1:
-            labels[group.index] = labels[group.index] + " (" + _differing_params(group["params"]) + ")"
+        for _, sub in group.groupby(["budget_mode", "suite"], dropna=False):
+            if sub["run"].nunique() > 1:
+                labels[sub.index] = labels[sub.index] + " [" + sub["run"] + "]"
+            if sub["params"].nunique() > 1:
+                labels[sub.index] = labels[sub.index] + " (" + _differing_params(sub["params"]) + ")"
+            protocol = sub[["limit", "seed"]].astype(str)
+            differing = [c for c in ("limit", "seed") if protocol[c].nunique() > 1]
+            if differing:
+                text = protocol[differing].apply(lambda r: ", ".join(f"{c}={r[c] or 'none'}" for c in differing), axis=1)
+                labels[sub.index] = labels[sub.index] + " (" + text + ")"
     return labels
+
+
+def series_columns() -> list[str]:
+    """The columns that identify one series (one plot line): the leaderboard labels each series once."""
+    return ["model", "method", "params", "budget_mode", "suite", "run", "limit", "seed", "source"]
 
 
 def _differing_params(texts: pd.Series) -> pd.Series:
@@ -252,16 +321,18 @@ def task_columns(df: pd.DataFrame) -> list[str]:
 
 
 def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *, published_model: str | None = None,
-                published_source: str | None = None) -> pd.DataFrame:
+                published_source: str | None = None, all_cells: bool = False) -> pd.DataFrame:
     """The leaderboard of one or several runs.
 
     ``store_or_records_or_paths``: a :class:`ResultStore`, a run folder, record dicts, or a list of those (several
     runs are combined; rows whose method and budget collide keep their run label). ``with_published`` adds the
     seed papers' published numbers for ``published_model`` (``published_source``: substring of paper/table to
     keep), marked ``source = "published: <paper> <table>"``. Without ``published_model``, the first measured model
-    that the published data knows (e.g. ``llava-hf/llava-1.5-7b-hf``) is used, else llava-1.5-7b.
+    that the published data knows (e.g. ``llava-hf/llava-1.5-7b-hf``) is used, else llava-1.5-7b. A published
+    benchmark that a measured task measures lands in that task's column (see :mod:`prunebench.report.published`).
+    ``all_cells``: also the records of a run folder that its ``plan.json`` no longer lists.
     """
-    rows = [_row(run, rec) for run, rec in load_records(store_or_records_or_paths)]
+    rows = [_row(run, rec) for run, rec in load_records(store_or_records_or_paths, all_cells=all_cells)]
     _fill_relacc(rows)
     tasks: list[str] = []
     for r in rows:
@@ -280,7 +351,7 @@ def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *,
         if published_model is None:
             found = [resolve_model(str(m)) for m in df["model"].unique()]
             published_model = next((m for m in found if m), "llava-1.5-7b")
-        pub = published_rows(published_model, source=published_source)
+        pub = published_rows(published_model, source=published_source, tasks=tasks)
         if pub.empty:
             log.warning("no published numbers for model %r", published_model)
         pub_tasks = [c for c in pub.columns if c not in df.columns and c not in META_COLUMNS + METRIC_COLUMNS + EXTRA_COLUMNS]
@@ -290,7 +361,8 @@ def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *,
     for col in tasks + METRIC_COLUMNS + ["tokens_final", "tokens_layer_average"]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["budget"] = pd.array([None if (b is None or (isinstance(b, float) and math.isnan(b))) else int(b) for b in df["budget"]], dtype="Int64")
-    for col in ("run", "source", "model", "suite", "method", "label", "params", "budget_mode", "status", "error", "tflops_source"):
+    for col in ("run", "source", "model", "suite", "method", "label", "params", "budget_mode", "status", "error", "tflops_source",
+                "latency_source", "limit", "seed", "printed"):
         df[col] = df[col].fillna("").astype(str)
     df = _sort(df)
     df["label"] = _assign_labels(df)
@@ -311,6 +383,8 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
         "method": df["method"],
         "run": df["run"],
         "params": df["params"],
+        "limit": df["limit"],
+        "seed": df["seed"],
     })
     order = key.sort_values(list(key.columns), kind="stable").index
     return df.loc[order].reset_index(drop=True)
@@ -320,15 +394,18 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
 # ranking (bold / underline)
 
 
-def ranks(df: pd.DataFrame) -> pd.DataFrame:
+def ranks(df: pd.DataFrame, decimals: dict[str, int] | None = None) -> pd.DataFrame:
     """1 = best, 2 = second best of each value column within each budget group; 0 = not ranked.
 
-    Groups are (model, suite, budget mode, budget) over the measured, finished, pruned rows (the unpruned baseline and published
-    rows are references, not contenders). Scores, RelAcc and agreement rank higher-is-better; prefill ms,
-    TFLOPs and KV MB lower-is-better. Ties share a rank. A best needs at least two rows to compare; a second
-    best needs at least three distinct values.
+    Groups are (model, suite, budget mode, budget) over the measured, finished, pruned rows (the unpruned baseline
+    and published rows are references, not contenders). Scores, RelAcc and agreement rank higher-is-better;
+    prefill ms, TFLOPs and KV MB lower-is-better. Values are compared as printed (``decimals``, default
+    :func:`value_decimals`), so two cells that read the same get the same mark. A cost of another kind than the
+    group's preferred one (an analytic TFLOPs among measured ones, a prefill time among TTFTs) is not ranked.
+    Ties share a rank. A best needs at least two rows to compare; a second best needs three distinct values.
     """
     cols = task_columns(df) + METRIC_COLUMNS
+    decimals = value_decimals(df) if decimals is None else decimals
     out = pd.DataFrame(0, index=df.index, columns=cols)
     contenders = df[(df["source"] == MEASURED) & (df["status"] == "done") & (df["method"] != BASELINE_METHOD)]
     for _, group in contenders.groupby(["model", "suite", "budget_mode", "budget"], dropna=False):
@@ -336,14 +413,22 @@ def ranks(df: pd.DataFrame) -> pd.DataFrame:
             continue
         for col in cols:
             values = group[col].dropna()
+            if col in PREFERRED_SOURCE and len(values):
+                kind_col, preferred = PREFERRED_SOURCE[col]
+                kinds = group.loc[values.index, kind_col]
+                if (kinds == preferred).any():
+                    values = values[kinds == preferred]
+                else:  # all of the fallback kind: rank those among themselves
+                    values = values[kinds == kinds.iloc[0]]
             if len(values) < 2:
                 continue
-            distinct = sorted(values.unique(), reverse=HIGHER_IS_BETTER.get(col, True))
+            shown = values.map(lambda v: round(float(v), decimals.get(col, 6)))
+            distinct = sorted(shown.unique(), reverse=HIGHER_IS_BETTER.get(col, True))
             if len(distinct) < 2:
                 continue  # every row ties: nothing stands out
-            out.loc[values.index[values == distinct[0]], col] = 1
+            out.loc[shown.index[shown == distinct[0]], col] = 1
             if len(distinct) >= 3:
-                out.loc[values.index[values == distinct[1]], col] = 2
+                out.loc[shown.index[shown == distinct[1]], col] = 2
     return out
 
 
@@ -365,12 +450,61 @@ def column_decimals(values: Iterable[float], column: str) -> int:
     return int(min(6, max(1, 2 - math.floor(math.log10(largest)))))
 
 
+def value_decimals(df: pd.DataFrame) -> dict[str, int]:
+    """Decimals of every value column, from the measured rows (published cells print as the paper does)."""
+    measured = df[df["source"] == MEASURED]
+    out = {}
+    for col in task_columns(df) + METRIC_COLUMNS:
+        base = measured[col] if measured[col].notna().any() else df[col]
+        out[col] = column_decimals(base, col)
+    return out
+
+
 def format_value(value: float, column: str, decimals: int | None = None) -> str:
     if value is None or pd.isna(value):
         return "—"
     if decimals is None:
         decimals = column_decimals([value], column)
     return f"{value:.{decimals}f}"
+
+
+def printed_text(row: pd.Series) -> dict[str, str]:
+    text = row.get("printed") if hasattr(row, "get") else None
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+
+
+def cell_text(row: pd.Series, column: str, decimals: int, printed: dict[str, str] | None = None) -> str:
+    """The number as shown: a published cell verbatim (its own precision), a measured one at the column's."""
+    printed = printed_text(row) if printed is None else printed
+    if column in printed and not pd.isna(row[column]):
+        return printed[column]
+    return format_value(row[column], column, decimals)
+
+
+def latency_title(df: pd.DataFrame) -> str:
+    """'TTFT (ms)' when any measured row has a time to first token, else 'Prefill (ms)'."""
+    measured = df[(df["source"] == MEASURED) & df["prefill_ms"].notna()]
+    return "TTFT (ms)" if (measured["latency_source"] == "ttft").any() else "Prefill (ms)"
+
+
+def column_title(df: pd.DataFrame, column: str) -> str:
+    return latency_title(df) if column == "prefill_ms" else COLUMN_TITLES.get(column, column)
+
+
+def cost_mark(df: pd.DataFrame, row: pd.Series, column: str) -> str:
+    """† on analytic TFLOPs, * on a prefill time in a TTFT column (measured rows only)."""
+    if row["source"] != MEASURED or pd.isna(row[column]):
+        return ""
+    if column == "tflops" and row.get("tflops_source") == "analytic":
+        return ANALYTIC_MARK
+    if column == "prefill_ms" and row.get("latency_source") == "prefill" and latency_title(df).startswith("TTFT"):
+        return PREFILL_MARK
+    return ""
 
 
 def budget_text(row: pd.Series) -> str:
@@ -390,6 +524,11 @@ def status_text(row: pd.Series) -> str:
     return status
 
 
+def value_columns(df: pd.DataFrame) -> list[str]:
+    """Task and metric columns with at least one value in ``df`` (a column no row fills is left out)."""
+    return [c for c in task_columns(df) + METRIC_COLUMNS if df[c].notna().any()]
+
+
 def display_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
     """(column, title) pairs of the human tables."""
     cols = [("label", "Method"), ("budget", "Budget")]
@@ -399,32 +538,50 @@ def display_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
         cols.append(("source", "Source"))
     if (df["status"].isin(["failed", "infeasible"])).any():
         cols.append(("status", "Status"))
-    cols += [(t, t) for t in task_columns(df)]
-    cols += [(c, COLUMN_TITLES[c]) for c in METRIC_COLUMNS]
+    values = value_columns(df)
+    cols += [(t, t) for t in task_columns(df) if t in values]
+    cols += [(c, column_title(df, c)) for c in METRIC_COLUMNS if c in values]
     return cols
+
+
+def cost_notes(df: pd.DataFrame) -> list[str]:
+    """The footnotes the marks in ``df``'s tables need."""
+    notes = []
+    measured = df[(df["source"] == MEASURED) & (df["status"] == "done")]
+    if (measured["tflops"].notna() & (measured["tflops_source"] == "analytic")).any():
+        notes.append(f"{ANALYTIC_MARK} TFLOPs computed analytically from the config and the measured token counts "
+                     "(no counted FLOPs for that cell); ranked only among analytic values.")
+    if latency_title(df).startswith("TTFT") and (measured["prefill_ms"].notna() & (measured["latency_source"] == "prefill")).any():
+        notes.append(f"{PREFILL_MARK} LLM prefill time (the record has no time to first token); ranked only among prefill times.")
+    return notes
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of the leaderboard (failed / infeasible cells shown as such)."""
     cols = display_columns(df)
-    numeric = set(task_columns(df)) | set(METRIC_COLUMNS)
-    decimals = {c: column_decimals(df[c], c) for c in numeric}
+    numeric = set(value_columns(df))
+    decimals = value_decimals(df)
     lines = ["| " + " | ".join(title.replace("|", "\\|") for _, title in cols) + " |",
              "|" + "|".join("---:" if c in numeric or c == "budget" else "---" for c, _ in cols) + "|"]
     for _, row in df.iterrows():
         cells = []
+        printed = printed_text(row)
         for col, _ in cols:
             if col == "budget":
                 text = budget_text(row)
             elif col == "status":
                 text = status_text(row)
             elif col in numeric:
-                text = row["status"] if row["status"] in ("failed", "infeasible") else format_value(row[col], col, decimals[col])
+                if row["status"] in ("failed", "infeasible"):
+                    text = row["status"]
+                else:
+                    text = cell_text(row, col, decimals[col], printed) + cost_mark(df, row, col)
             else:
                 text = str(row[col])
             cells.append(text.replace("|", "\\|").replace("\n", " "))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = cost_notes(df)
+    return "\n".join(lines) + "\n" + ("".join(f"\n{n}\n" for n in notes))
 
 
 def to_csv(df: pd.DataFrame) -> str:
