@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import matplotlib
@@ -10,16 +11,21 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
-from matplotlib.collections import PathCollection
 from matplotlib.colors import to_rgba
+from matplotlib.lines import Line2D
 
 from prunebench.cli import main
+from prunebench.registry import list_methods
 from prunebench.report import leaderboard
-from prunebench.report.example import write_example_store
+from prunebench.report.example import example_records, write_example_store
+from prunebench.report.published import published_table
 from prunebench.report.plots import (
     DOUBLE_COLUMN_IN,
+    METHOD_STYLES,
     SINGLE_COLUMN_IN,
     budget_curves,
+    choose_published,
+    method_style,
     method_styles,
     pareto_front,
     pareto_plot,
@@ -27,6 +33,7 @@ from prunebench.report.plots import (
     save_figure,
     styles_for,
 )
+from prunebench.store import ResultStore
 
 PRUNED = ["fastv", "my_plugin", "random", "visionzip"]
 
@@ -44,6 +51,11 @@ def all_font_sizes(fig):
     return [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
 
 
+def series(ax) -> dict[str, Line2D]:
+    """The labelled lines of an axis (crosses of lost budgets and other helpers start with '_')."""
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
 def test_pareto_front_hand_made():
     # (cost, accuracy): lower cost and higher accuracy are better
     points = [(1.0, 50.0), (2.0, 70.0), (2.0, 60.0), (3.0, 65.0), (4.0, 90.0), (0.5, 40.0), (4.0, 90.0), (5.0, float("nan"))]
@@ -52,13 +64,28 @@ def test_pareto_front_hand_made():
     assert pareto_front([(1.0, 1.0)]) == [0]
 
 
-def test_method_colours_fixed_by_sorted_names():
+def test_method_colours_are_fixed_per_name():
     a = method_styles(["visionzip", "fastv", "none"])
-    b = method_styles(["fastv", "visionzip"], extra=["vispruner", "fastv"])
-    assert a["fastv"] == b["fastv"] and a["visionzip"] == b["visionzip"]  # published-only methods come after
-    assert a["none"]["color"] == "black"
-    assert len({tuple(s["color"]) for k, s in a.items() if k != "none"}) == 2
-    assert a["fastv"]["marker"] != a["visionzip"]["marker"]
+    b = method_styles(["fastv"], extra=["vispruner", "divprune", "zzz"])
+    assert a["fastv"] == b["fastv"] == method_style("fastv")  # whatever else is shown
+    assert a["none"]["color"] == "black" and a["none"]["marker"] == "*"
+    assert method_style("my_plugin") == method_style("my_plugin")  # unknown names: from a hash, stable
+    assert method_style("my_plugin")["marker"] != "*"
+    # every registered method has its own colour and marker
+    registered = [m for m in list_methods()]
+    assert set(registered) <= set(METHOD_STYLES)
+    assert len({METHOD_STYLES[m][0] for m in registered}) == len(registered)
+    assert len({METHOD_STYLES[m][1] for m in registered}) == len(registered)
+    # no two names share colour and marker; the star is the unpruned model's only
+    assert len(set(METHOD_STYLES.values())) == len(METHOD_STYLES)
+    assert all(marker != "*" for _, marker in METHOD_STYLES.values())
+    # within every shipped published table, no two methods share a colour
+    t = published_table()
+    for _, table in t.groupby(["paper", "table", "model"]):
+        methods = sorted(set(table["method_key"]) - {"none"})
+        assert set(methods) <= set(METHOD_STYLES), methods
+        colours = [METHOD_STYLES[m][0] for m in methods]
+        assert len(set(colours)) == len(colours), methods
 
 
 def test_budget_curves_lines_per_method_and_baseline(df):
@@ -68,37 +95,92 @@ def test_budget_curves_lines_per_method_and_baseline(df):
     assert [ax.get_title() for ax in axes] == ["shapes_count", "shapes_color", "RelAcc (%)"]
     assert fig.get_size_inches()[0] == pytest.approx(DOUBLE_COLUMN_IN)
     for ax in axes:
-        lines = {line.get_label(): line for line in ax.get_lines()}
-        assert set(lines) == {"FastV", "my_plugin", "Random", "VisionZip", "Unpruned"}
+        lines = series(ax)
+        assert set(lines) - {"failed / infeasible"} == {"FastV", "my_plugin", "Random", "VisionZip", "Unpruned"}
         for method, label in zip(PRUNED, ["FastV", "my_plugin", "Random", "VisionZip"]):
             assert same_colour(lines[label].get_color(), styles[method]["color"])
             assert lines[label].get_marker() == styles[method]["marker"]
         assert list(lines["FastV"].get_xdata()) == [8, 16, 32]  # the infeasible budget leaves a gap
         assert math.isnan(lines["FastV"].get_ydata()[0])
-    relacc = {line.get_label(): line for line in axes[2].get_lines()}
+        assert lines["Unpruned"].get_linestyle() == ":"  # dotted
+    relacc = series(axes[2])
     assert list(relacc["VisionZip"].get_ydata()[1:]) == pytest.approx([87.5, 95.0])
     assert list(relacc["Unpruned"].get_ydata()) == [100.0, 100.0]  # the horizontal baseline
-    count = {line.get_label(): line for line in axes[0].get_lines()}
+    count = series(axes[0])
     assert list(count["Unpruned"].get_ydata()) == [0.8, 0.8]
+    assert axes[0].get_ylabel() == "score" and axes[2].get_ylabel() == "RelAcc (%)"
+    assert "failed / infeasible" in fig.legends[0].get_texts()[-1].get_text()  # the cross is explained once
     assert min(all_font_sizes(fig)) >= 7
 
 
-def test_published_points_are_hollow(tmp_path):
+def test_budget_curves_mark_failed_and_infeasible_budgets(df):
+    ax = budget_curves(df, panels=["relacc"]).axes[0]
+    crosses = [line for line in ax.get_lines() if line.get_label() == "_lost"]
+    # FastV @8 infeasible and VisionZip @8 failed: two crosses at budget 8, stacked, in their series' colours
+    assert sorted(float(c.get_xdata()[0]) for c in crosses) == [8.0, 8.0]
+    assert len({float(c.get_ydata()[0]) for c in crosses}) == 2
+    styles = styles_for(df)
+    assert {tuple(np.round(to_rgba(c.get_color()), 3)) for c in crosses} == {
+        tuple(np.round(to_rgba(styles[m]["color"]), 3)) for m in ("fastv", "visionzip")}
+    assert all(c.get_marker() == "x" for c in crosses)
+
+
+def test_variants_of_one_method_are_separate_series(tmp_path):
+    """Two parameter sets and two budget modes of VisionZip in one run: three lines, never one zig-zag."""
+    store = ResultStore(tmp_path / "r")
+    records = [r for r in example_records() if r["method"] in ("none", "visionzip") and r["status"] == "done"]
+    for record in records:
+        store.put(record)
+    for record in records[1:]:
+        store.put(dict(record, key=record["key"] + "p", method_params={"dominant": 54}, relacc=0.5))
+        store.put(dict(record, key=record["key"] + "m", budget_mode="final", relacc=0.4))
+    df = leaderboard(store)
+    ax = budget_curves(df, panels=["relacc"]).axes[0]
+    lines = series(ax)
+    names = {"VisionZip (average) (dominant=default)", "VisionZip (average) (dominant=54)", "VisionZip (final)"}
+    assert names <= set(lines)
+    for name in names:
+        assert list(lines[name].get_xdata()) == [16, 32]  # one point per budget
+    assert list(lines["VisionZip (average) (dominant=54)"].get_ydata()) == [50.0, 50.0]
+    assert list(lines["VisionZip (final)"].get_ydata()) == [40.0, 40.0]
+    colours = [to_rgba(lines[n].get_color()) for n in sorted(names)]
+    assert len({tuple(np.round(c, 3)) for c in colours}) == 3  # shades of VisionZip's colour tell them apart
+    pareto = series(pareto_plot(df, "kv_mb").axes[0])
+    assert names <= set(pareto)
+
+
+def test_published_points_are_hollow_and_name_their_source(tmp_path):
     df = leaderboard(write_example_store(tmp_path / "r"), with_published=True, published_source="VisPruner (arXiv 2412.01818v2+) Table 1")
     fig = budget_curves(df, panels=["relacc"])
     ax = fig.axes[0]
-    pubs = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label().endswith("(published)")]
-    assert {c.get_label() for c in pubs} == {"FastV (published)", "SparseVLM (published)", "VisionZip (published)",
-                                            "VisPruner (published)", "ToMe (published)", "PruMerge+ (published)"}
-    for c in pubs:
-        assert len(c.get_facecolors()) == 0 or np.all(c.get_facecolors()[:, 3] == 0)  # hollow
+    pubs = {name: line for name, line in series(ax).items() if name.endswith("(VisPruner T1)")}
+    assert set(pubs) == {"FastV (VisPruner T1)", "SparseVLM (VisPruner T1)", "VisionZip (VisPruner T1)",
+                         "VisPruner (VisPruner T1)", "ToMe (VisPruner T1)", "PruMerge+ (VisPruner T1)"}
+    assert all(line.get_fillstyle() == "none" and line.get_linestyle() == "None" for line in pubs.values())
     styles = styles_for(df)
-    fastv = next(c for c in pubs if c.get_label() == "FastV (published)")
-    assert same_colour(fastv.get_edgecolors()[0], styles["fastv"]["color"])  # same colour as the measured FastV line
-    assert sorted(fastv.get_offsets()[:, 0]) == [32, 64, 128]
-    assert sorted(fastv.get_offsets()[:, 1]) == [64.1, 75.9, 85.4]
-    measured = {line.get_label(): line for line in ax.get_lines()}
-    assert same_colour(measured["FastV"].get_color(), styles["fastv"]["color"])
+    fastv = pubs["FastV (VisPruner T1)"]
+    assert same_colour(fastv.get_color(), styles["fastv"]["color"])  # the colour of the measured FastV line
+    assert sorted(fastv.get_xdata()) == [32, 64, 128]
+    assert sorted(fastv.get_ydata()) == [64.1, 75.9, 85.4]
+    assert same_colour(series(ax)["FastV"].get_color(), styles["fastv"]["color"])
+    assert fig.legends and ax.get_legend() is None  # the legend sits outside the axes
+
+
+def test_figures_show_one_published_source_unless_asked(tmp_path, caplog):
+    df = leaderboard(write_example_store(tmp_path / "r"), with_published=True)
+    assert df.loc[df["source"] != "measured", "source"].nunique() > 5
+    with caplog.at_level(logging.WARNING):
+        one = choose_published(df)
+    shown = set(one.loc[one["source"] != "measured", "source"])
+    assert len(shown) == 1 and "--published-source" in caplog.text
+    # the default shares most methods with the runs (FastV, VisionZip) and has fewest others: VisionZip's Table 1
+    assert shown == {"published: VisionZip (arXiv 2412.04467v1) Table 1"}
+    assert one["source"].eq("measured").sum() == 10
+    assert choose_published(df, "all")["source"].nunique() == df["source"].nunique()
+    assert set(choose_published(df, "DART (arXiv 2502.11494, EMNLP version) Table 1")["source"]) == {
+        "measured", "published: DART (arXiv 2502.11494, EMNLP version) Table 1"}
+    with pytest.raises(ValueError, match="available"):
+        choose_published(df, "no such paper")
 
 
 def test_pareto_plot_points_and_front(df):
@@ -106,32 +188,59 @@ def test_pareto_plot_points_and_front(df):
     ax = fig.axes[0]
     styles = styles_for(df)
     assert fig.get_size_inches()[0] == pytest.approx(SINGLE_COLUMN_IN)
-    points = {c.get_label(): c for c in ax.collections if isinstance(c, PathCollection)}
-    assert set(points) == {"FastV", "my_plugin", "Random", "VisionZip", "Unpruned"}
-    assert len(points["FastV"].get_offsets()) == 2 and len(points["my_plugin"].get_offsets()) == 1
+    points = series(ax)
+    assert set(points) == {"FastV", "my_plugin", "Random", "VisionZip", "Unpruned", "Pareto front"}
+    assert len(points["FastV"].get_xdata()) == 2 and len(points["my_plugin"].get_xdata()) == 1
     for method, label in zip(PRUNED, ["FastV", "my_plugin", "Random", "VisionZip"]):
-        assert same_colour(points[label].get_facecolors()[0], styles[method]["color"])
-    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+        assert same_colour(points[label].get_color(), styles[method]["color"])
+        assert points[label].get_marker() == styles[method]["marker"]
+    front = points["Pareto front"]
     # VisionZip@16 (0.6 T, 87.5 %), VisionZip@32 (0.8 T, 95 %), unpruned (2 T, 100 %)
     assert list(front.get_xdata()) == pytest.approx([0.6, 0.8, 2.0])
     assert list(front.get_ydata()) == pytest.approx([87.5, 95.0, 100.0])
+    assert fig.legends and ax.get_legend() is None
     assert min(all_font_sizes(fig)) >= 7
     with pytest.raises(ValueError, match="cost must be one of"):
         pareto_plot(df, "watts")
 
 
-def test_relacc_heatmap_values_and_failed_rows(df):
+def test_pareto_warns_about_published_rows_without_the_cost(tmp_path, caplog):
+    df = leaderboard(write_example_store(tmp_path / "r"), with_published=True, published_source="VisPruner (arXiv 2412.01818v2+) Table 1")
+    with caplog.at_level(logging.WARNING):
+        ax = pareto_plot(df, "kv_mb").axes[0]
+    assert "published row(s) of VisPruner T1 lack kv_mb" in caplog.text
+    assert not any(name.endswith("(VisPruner T1)") for name in series(ax))
+
+
+def test_pareto_latency_axis_names_time_to_first_token(tmp_path):
+    store = ResultStore(tmp_path / "r")
+    for record in example_records():
+        if record["status"] == "done":
+            record["latency_ms"]["ttft"] = {"median": record["latency_ms"]["prefill"]["median"] + 1.0, "p90": 0.0}
+        store.put(record)
+    ax = pareto_plot(leaderboard(store), "prefill_ms").axes[0]
+    assert ax.get_xlabel() == "Time to first token (ms)"
+    assert sorted(series(ax)["VisionZip"].get_xdata()) == [6.5, 7.0]
+
+
+def test_relacc_heatmap_is_a_series_by_budget_grid(df):
     fig = relacc_heatmap(df)
-    ax = fig.axes[0]
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert "FastV @8 (infeasible)" in labels and "VisionZip @8 (failed)" in labels
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["shapes_count", "shapes_color"]
-    data = np.ma.filled(ax.collections[0].get_array(), np.nan).reshape(len(labels), 2)
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["RelAcc (mean over tasks)", "shapes_count", "shapes_color"]
+    assert fig.get_size_inches()[0] == pytest.approx(DOUBLE_COLUMN_IN) and fig.get_size_inches()[1] < 8.5
+    ax = axes[1]
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert labels == ["FastV", "Random", "VisionZip", "my_plugin"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["8", "16", "32"]
+    data = np.ma.filled(ax.collections[0].get_array(), np.nan).reshape(len(labels), 3)
     row = dict(zip(labels, data))
-    assert row["VisionZip @32"] == pytest.approx([95.0, 95.0])
-    assert row["Random @16"] == pytest.approx([50.0, 70.0])
-    assert np.isnan(row["FastV @8 (infeasible)"]).all()
+    assert row["VisionZip"][1:] == pytest.approx([85.0, 95.0])  # 0.68 / 0.80, 0.76 / 0.80
+    assert row["Random"][1:] == pytest.approx([50.0, 75.0])
+    assert np.isnan(row["FastV"][0]) and np.isnan(row["Random"][0])
+    crosses = [t for t in ax.texts if t.get_text() == "×"]
+    assert sorted((t.get_position()[0], t.get_position()[1]) for t in crosses) == [(0.5, 0.5), (0.5, 2.5)]  # FastV@8, VisionZip@8
     assert min(all_font_sizes(fig)) >= 7
+    assert relacc_heatmap(df, width="single").get_size_inches()[0] == pytest.approx(SINGLE_COLUMN_IN)
 
 
 def test_figures_are_written_as_png_and_pdf(df, tmp_path):
@@ -143,22 +252,27 @@ def test_figures_are_written_as_png_and_pdf(df, tmp_path):
 def test_plot_command(tmp_path, capsys):
     a = write_example_store(tmp_path / "reference")
     b = write_example_store(tmp_path / "mine", scale=0.9)
-    assert main(["plot", str(a.root), str(b.root), "-o", str(tmp_path / "out"), "--formats", "png", "--dpi", "60"]) == 0
+    assert main(["plot", str(a.root), str(b.root), "-o", str(tmp_path / "out"), "--formats", "png", "--dpi", "60", "--width", "single"]) == 0
     printed = sorted(p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split())
     assert printed == ["budget_curves.png", "pareto_kv_mb.png", "pareto_prefill_ms.png", "pareto_tflops.png", "relacc_heatmap.png"]
     assert (tmp_path / "out" / "pareto_tflops.png").stat().st_size > 2000
+    assert main(["plot", str(a.root), "--width", "wide"]) == 2
+    assert "--width" in capsys.readouterr().err
 
 
-def test_two_runs_share_method_colours(tmp_path):
+def test_two_runs_share_method_colours_and_differ_in_style(tmp_path):
     df = leaderboard([write_example_store(tmp_path / "reference"), write_example_store(tmp_path / "mine", scale=0.9)])
     ax = budget_curves(df, panels=["relacc"]).axes[0]
-    lines = {line.get_label(): line for line in ax.get_lines()}
+    lines = series(ax)
     assert same_colour(lines["FastV [mine]"].get_color(), lines["FastV [reference]"].get_color())
     assert lines["FastV [mine]"].get_linestyle() != lines["FastV [reference]"].get_linestyle()
+    assert lines["FastV [mine]"].get_fillstyle() != lines["FastV [reference]"].get_fillstyle()
     assert not same_colour(lines["FastV [mine]"].get_color(), lines["VisionZip [mine]"].get_color())
-    pareto = pareto_plot(df, "prefill_ms").axes[0]
-    points = {c.get_label(): c for c in pareto.collections}
-    assert same_colour(points["FastV [mine]"].get_facecolors()[0], lines["FastV [mine]"].get_color())
+    assert lines["Unpruned [mine]"].get_linestyle() != lines["Unpruned [reference]"].get_linestyle()
+    pareto = series(pareto_plot(df, "prefill_ms").axes[0])
+    assert same_colour(pareto["FastV [mine]"].get_color(), lines["FastV [mine]"].get_color())
+    assert pareto["FastV [mine]"].get_fillstyle() != pareto["FastV [reference]"].get_fillstyle()
+    assert "none" not in {pareto[n].get_fillstyle() for n in pareto}  # hollow stays the mark of published numbers
 
 
 def test_pareto_falls_back_to_agreement_when_relacc_is_undefined(tmp_path):
@@ -172,5 +286,4 @@ def test_pareto_falls_back_to_agreement_when_relacc_is_undefined(tmp_path):
     df = leaderboard(store)
     ax = pareto_plot(df, "kv_mb").axes[0]
     assert ax.get_ylabel() == "Agreement with unpruned (%)"
-    points = {c.get_label(): c for c in ax.collections}
-    assert sorted(points["VisionZip"].get_offsets()[:, 1]) == [80.0, 90.0]
+    assert sorted(series(ax)["VisionZip"].get_ydata()) == [80.0, 90.0]

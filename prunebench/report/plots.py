@@ -1,17 +1,22 @@
 """Paper figures from a leaderboard: budget curves, accuracy-vs-cost Pareto plots, a RelAcc heat map.
 
 Every function takes the DataFrame of :func:`prunebench.report.leaderboard` and returns a matplotlib
-``Figure`` (built without pyplot, so no display and no global state is needed). Sizes follow a two-column
-paper: 3.3 in wide for one column, 7 in for the full width, fonts of 7-8 pt. Colours come from seaborn's
-colour-blind palette and are fixed per method: the sorted method names of all the runs shown together get the
-palette in order (published-only methods follow), so a method has the same colour and marker in every figure.
-Published numbers are drawn with hollow markers.
+``Figure`` (built without pyplot, so no display and no global state is needed). Widths follow a two-column
+paper: ``"single"`` = 3.3 in (one column), ``"double"`` = 6.3 in (the text width), or any number of inches;
+fonts are 7-8 pt. Colours come from seaborn's colour-blind palette and are fixed per method name
+(:data:`METHOD_STYLES`: every registered method and every method of the shipped published tables, chosen so that
+no two methods of one published table share a colour; other names get a colour and marker from a hash of the
+name), so a method looks the same in every figure and every invocation whatever else is shown. The star is
+the unpruned model's only. Each series is one leaderboard label (a method with its parameters, budget mode,
+suite and run); with several runs, each run has its own line style and marker fill. Published numbers are
+hollow markers labelled with their source ("FastV (VisPruner T1)").
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import zlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,19 +24,39 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+from matplotlib.transforms import blended_transform_factory
 
-from prunebench.report.leaderboard import MEASURED, display_name, task_columns
+from prunebench.report.leaderboard import MEASURED, display_name, latency_title, series_columns, task_columns
+from prunebench.report.published import short_source
 from prunebench.store import BASELINE_METHOD
 
 log = logging.getLogger(__name__)
 
 SINGLE_COLUMN_IN = 3.3
-DOUBLE_COLUMN_IN = 7.0
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
-BASELINE_STYLE = {"color": "black", "marker": "*"}
+DOUBLE_COLUMN_IN = 6.3
+MAX_HEIGHT_IN = 8.5  # a figure taller than this does not fit a page with its caption
+PALETTE = tuple(sns.color_palette("colorblind", 10))
+BASELINE_MARKER = "*"
+FALLBACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "d", "<", ">", "p", "H", "8")
+FALLBACK_COLOURS = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # not grey: it reads as the random baseline
+# method -> (palette index, marker). Registered methods first (distinct colours and markers), then the methods
+# of the shipped published tables: within every published table no two methods share a colour, and no two
+# names share a (colour, marker) pair. Light colours get a darker marker edge (see _edge).
+METHOD_STYLES: dict[str, tuple[int, str]] = {
+    "fastv": (0, "o"), "sparsevlm": (1, "s"), "visionzip": (2, "^"), "vispruner": (3, "D"), "divprune": (4, "v"),
+    "hiprune": (5, "P"), "learnpruner": (6, "X"), "random": (7, "h"), "fastervlm": (8, "d"),
+    "pdrop": (9, "<"), "hiprune++": (6, "p"), "dart": (2, ">"), "tome": (4, "8"), "hired": (3, "H"),
+    "visionzip-ft": (9, "^"), "mustdrop": (4, ">"), "prumerge": (5, "<"), "twigvlm": (9, "d"), "prumerge+": (9, ">"),
+    "trim": (7, "p"), "globalcom2": (6, "<"), "no-visual-tokens": (9, "8"), "ficoco-v": (6, "H"), "visionzip*": (0, "p"),
+}
+BASELINE_STYLE = {"color": "black", "marker": BASELINE_MARKER}
 RUN_LINESTYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run when several runs are combined
+RUN_FILLSTYLES = ("full", "left", "bottom", "right")  # hollow ("none") is kept for published numbers
+BASELINE_LINESTYLES = (":", "-.", "--", (0, (1, 3)))  # dotted for a single run
+BASELINE_COLOURS = ("black", "0.45", "black", "0.45")
 COST_AXES = {"prefill_ms": "Prefill latency (ms)", "tflops": "Prefill TFLOPs", "kv_mb": "KV cache (MB)"}
 RC = {
     "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
@@ -44,23 +69,42 @@ RC = {
 def _width(width: str | float) -> float:
     if isinstance(width, (int, float)):
         return float(width)
-    return {"single": SINGLE_COLUMN_IN, "double": DOUBLE_COLUMN_IN}[width]
+    try:
+        return {"single": SINGLE_COLUMN_IN, "double": DOUBLE_COLUMN_IN}[width]
+    except KeyError:
+        try:
+            return float(width)
+        except ValueError:
+            raise ValueError(f"width must be 'single' ({SINGLE_COLUMN_IN} in), 'double' ({DOUBLE_COLUMN_IN} in) or inches, got {width!r}") from None
+
+
+def method_style(method: str) -> dict[str, object]:
+    """{color, marker} of one method name, the same in every figure (a hash of the name for unknown ones)."""
+    if method == BASELINE_METHOD:
+        return dict(BASELINE_STYLE)
+    if method in METHOD_STYLES:
+        colour, marker = METHOD_STYLES[method]
+    else:
+        digest = zlib.crc32(method.encode())
+        colour = FALLBACK_COLOURS[digest % len(FALLBACK_COLOURS)]
+        marker = FALLBACK_MARKERS[(digest // len(FALLBACK_COLOURS)) % len(FALLBACK_MARKERS)]
+    return {"color": PALETTE[colour], "marker": marker}
 
 
 def method_styles(methods: Iterable[str], extra: Iterable[str] = ()) -> dict[str, dict[str, object]]:
-    """Fixed method -> {color, marker}: palette order = sorted ``methods``, then sorted ``extra`` (published-only)."""
-    palette = sns.color_palette("colorblind", 10)
-    names = sorted({m for m in methods if m != BASELINE_METHOD})
-    names += sorted({m for m in extra if m != BASELINE_METHOD} - set(names))
-    styles: dict[str, dict[str, object]] = {BASELINE_METHOD: dict(BASELINE_STYLE)}
-    for i, name in enumerate(names):
-        styles[name] = {"color": palette[i % len(palette)], "marker": MARKERS[i % len(MARKERS)]}
-    return styles
+    """method -> {color, marker} for ``methods`` and ``extra`` (each from :func:`method_style`), plus the baseline."""
+    names = {BASELINE_METHOD, *methods, *extra}
+    return {name: method_style(name) for name in names}
 
 
 def styles_for(df: pd.DataFrame) -> dict[str, dict[str, object]]:
-    measured = df["method"][df["source"] == MEASURED]
-    return method_styles(measured, df["method"][df["source"] != MEASURED])
+    return method_styles(df["method"])
+
+
+def _edge(colour) -> tuple[float, float, float]:
+    """A darker edge so light palette colours (yellow, light pink) stay visible on white."""
+    r, g, b = to_rgb(colour)
+    return (0.65 * r, 0.65 * g, 0.65 * b)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -77,13 +121,35 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def _groups(df: pd.DataFrame):
-    """Measured rows grouped per (method, run); the label names the run only when a method comes from several."""
-    runs_per_method = df.groupby("method")["run"].nunique()
-    for (method, run), group in df.groupby(["method", "run"], sort=True):
-        label = display_name(method)
-        if runs_per_method.get(method, 1) > 1:
-            label += f" [{run}]"
+    """Measured rows grouped per series (method, parameters, budget mode, suite, run, limit, seed), in label order;
+    yields (method, run index, label, rows). The label is the leaderboard's, which names what tells series apart."""
+    for method, run, _, label, group in _series(df):
         yield method, run, label, group
+
+
+def _series(df: pd.DataFrame):
+    """(method, run index, variant index, label, rows) per series; the variant index counts the series of one
+    method within one run (parameter sets, budget modes, suites), drawn as shades of the method's colour."""
+    runs = sorted(df["run"].unique())
+    keys = [c for c in series_columns() if c in df.columns]
+    groups = [(str(g["label"].iloc[0]), g) for _, g in df.groupby(keys, sort=False, dropna=False)]
+    seen: dict[tuple, int] = {}
+    for label, group in sorted(groups, key=lambda item: (item[1]["method"].iloc[0] != BASELINE_METHOD, item[0])):
+        method, run = str(group["method"].iloc[0]), runs.index(group["run"].iloc[0])
+        variant = seen.get((method, run), 0)
+        seen[(method, run)] = variant + 1
+        yield method, run, variant, label, group
+
+
+VARIANT_SHADES = (1.0, 0.6, 1.45, 0.4)  # < 1 darker, > 1 lighter: a method's variants keep its hue
+
+
+def _shade(colour, factor: float):
+    r, g, b = to_rgb(colour)
+    if factor <= 1:
+        return (r * factor, g * factor, b * factor)
+    t = min(1.0, factor - 1.0)
+    return (r + (1 - r) * t, g + (1 - g) * t, b + (1 - b) * t)
 
 
 def _log2_budget_axis(ax, budgets: Iterable[int]) -> None:
@@ -96,36 +162,71 @@ def _log2_budget_axis(ax, budgets: Iterable[int]) -> None:
     if len(ticks) > 6:
         lo, hi = math.floor(math.log2(ticks[0])), math.ceil(math.log2(ticks[-1]))
         ticks = [2**k for k in range(lo, hi + 1)]
+    labels, last = [], None
+    for t in ticks:  # label a tick only if it is far enough (on the log axis) from the last labelled one
+        far = last is None or t / last >= 1.6
+        labels.append(str(t) if far else "")
+        last = t if far else last
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(FixedFormatter([str(t) for t in ticks]))
+    ax.xaxis.set_major_formatter(FixedFormatter(labels))
 
 
 def _published_name(method: str, group: pd.DataFrame) -> str:
-    """A published method's legend name: prunebench's name for known methods, else the paper's own label."""
+    """A published series' legend name: the method (prunebench's name for known methods, else the paper's own
+    label) and its source, e.g. 'FastV (VisPruner T1)'."""
     name = display_name(method)
     if name == method and len(group):
         name = str(group["label"].iloc[0]).split(" (")[0]
-    return f"{name} (published)"
+    return f"{name} ({short_source(str(group['source'].iloc[0]))})"
+
+
+def _published_groups(published: pd.DataFrame):
+    """Published rows per (source, method, setting): one hollow series each."""
+    setting = published["label"].str.extract(r"\((.*)\)$", expand=False).fillna("")
+    for (_, method, _), group in published.assign(_setting=setting).groupby(["source", "method", "_setting"], sort=True):
+        name = _published_name(method, group)
+        if group["_setting"].iloc[0] and group["budget"].isna().all():
+            name = name[:-1] + f", {group['_setting'].iloc[0]})"
+        yield method, name, group
 
 
 def _legend(fig: Figure, axes, ncol: int) -> None:
+    """One legend for the figure, below the axes (outside them, so it never hides a point)."""
     handles, labels = {}, []
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
+            if lab not in handles and not lab.startswith("_"):
                 handles[lab] = h
                 labels.append(lab)
     if handles:
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncol=min(ncol, len(labels)),
-                   frameon=False, handlelength=1.8, columnspacing=1.0)
+        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncol=max(1, min(ncol, len(labels))),
+                   frameon=False, handlelength=2.2, columnspacing=1.0, handletextpad=0.4)
+
+
+def _series_kwargs(method: str, run_index: int, styles: dict, variant: int = 0) -> dict:
+    st = styles.get(method) or method_style(method)
+    colour = _shade(st["color"], VARIANT_SHADES[variant % len(VARIANT_SHADES)])
+    return {"color": colour, "marker": st["marker"], "markeredgecolor": _edge(colour), "markeredgewidth": 0.6,
+            "linestyle": RUN_LINESTYLES[run_index % len(RUN_LINESTYLES)], "fillstyle": RUN_FILLSTYLES[run_index % len(RUN_FILLSTYLES)]}
+
+
+def _published_kwargs(method: str, styles: dict) -> dict:
+    st = styles.get(method) or method_style(method)
+    return {"color": st["color"], "marker": st["marker"], "fillstyle": "none", "markeredgewidth": 1.0, "linestyle": "none",
+            "markersize": 5.0, "zorder": 3}
+
+
+def _legend_columns(width: float) -> int:
+    return 4 if width >= DOUBLE_COLUMN_IN else 2
 
 
 def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: str | float = "double") -> Figure:
-    """Score (one panel per task) and RelAcc versus budget, one line per method, unpruned as a dashed line.
+    """Score (one panel per task) and RelAcc versus budget, one line per series, the unpruned model as a dotted
+    line (one style per run); a failed or infeasible budget is an × on the axis.
 
     ``panels``: the columns to plot (default: every task, then ``relacc``). Published numbers, where their
-    benchmark matches a panel, are hollow markers.
+    benchmark is a panel's task (see :mod:`prunebench.report.published`), are hollow markers.
     """
     tasks = task_columns(df)
     measured = df[(df["source"] == MEASURED)]
@@ -135,42 +236,52 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
     pruned = measured[(measured["method"] != BASELINE_METHOD) & measured["budget"].notna()]
     baselines = measured[(measured["method"] == BASELINE_METHOD) & (measured["status"] == "done")]
     published = df[(df["source"] != MEASURED) & (df["budget"].fillna(0) > 0) & (df["method"] != BASELINE_METHOD)]
-    runs = sorted(pruned["run"].unique())
-    ncols = min(len(panels), 3 if _width(width) >= DOUBLE_COLUMN_IN else 2)
+    runs = sorted(measured["run"].unique())
+    w = _width(width)
+    ncols = min(len(panels), 3 if w >= DOUBLE_COLUMN_IN else 2)
     nrows = math.ceil(len(panels) / ncols)
     with matplotlib.rc_context(RC):
-        w = _width(width)
-        fig = Figure(figsize=(w, 1.9 * nrows + 0.5), layout="constrained")
+        fig = Figure(figsize=(w, 1.9 * nrows + 0.6), layout="constrained")
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-        for ax, col in zip(axes, panels):
-            for method, run, label, group in _groups(pruned):
+        for i, (ax, col) in enumerate(zip(axes, panels)):
+            stacked: dict[float, int] = {}  # crosses at one budget stack upwards instead of hiding each other
+            for method, run, variant, label, group in _series(pruned):
                 group = group.sort_values("budget")
-                y = group[col].where(group["status"] == "done")
-                st = styles[method]
-                ax.plot(group["budget"].astype(float), y.astype(float), color=st["color"], marker=st["marker"], label=label,
-                        linestyle=RUN_LINESTYLES[runs.index(run) % len(RUN_LINESTYLES)])
+                done = group["status"] == "done"
+                kwargs = _series_kwargs(method, run, styles, variant)
+                ax.plot(group["budget"].astype(float), group[col].where(done).astype(float), label=label, **kwargs)
+                for budget in group.loc[~done, "budget"].astype(float):  # failed / infeasible: a cross on the axis
+                    level = stacked.get(budget, 0)
+                    stacked[budget] = level + 1
+                    ax.plot([budget], [0.04 + 0.07 * level], transform=blended_transform_factory(ax.transData, ax.transAxes),
+                            linestyle="none", marker="x", color=kwargs["color"], markersize=4.5, markeredgewidth=1.1,
+                            clip_on=False, zorder=4, label="_lost")
             for _, base in baselines.iterrows():
                 value = 100.0 if col == "relacc" and pd.isna(base[col]) else base[col]
                 if pd.isna(value):
                     continue
+                k = runs.index(base["run"]) if base["run"] in runs else 0
                 label = "Unpruned" if baselines["run"].nunique() == 1 else f"Unpruned [{base['run']}]"
-                ax.axhline(float(value), color="black", linestyle=":", linewidth=1.0, label=label)
+                ax.axhline(float(value), color=BASELINE_COLOURS[k % len(BASELINE_COLOURS)],
+                           linestyle=BASELINE_LINESTYLES[k % len(BASELINE_LINESTYLES)], linewidth=1.0, label=label, zorder=1)
             if col in published.columns:
-                for (method, source), group in published[published[col].notna()].groupby(["method", "source"], sort=True):
-                    st = styles[method]
-                    ax.scatter(group["budget"].astype(float), group[col].astype(float), marker=st["marker"], facecolors="none",
-                               edgecolors=[st["color"]], linewidths=0.9, s=22, zorder=3,
-                               label=_published_name(method, group))
+                for method, name, group in _published_groups(published[published[col].notna()]):
+                    ax.plot(group["budget"].astype(float), group[col].astype(float), label=name, **_published_kwargs(method, styles))
             shown = list(pruned["budget"].dropna())
             if col in published.columns:
                 shown += list(published.loc[published[col].notna(), "budget"])
             _log2_budget_axis(ax, shown)
             ax.set_title("RelAcc (%)" if col == "relacc" else col)
             ax.set_xlabel("visual tokens (budget)")
+            if col == "relacc":
+                ax.set_ylabel("RelAcc (%)")
+            elif i % ncols == 0:
+                ax.set_ylabel("score")
         for ax in axes[len(panels):]:
             ax.set_visible(False)
-        axes[0].set_ylabel("score")
-        _legend(fig, axes[: len(panels)], ncol=4 if _width(width) >= DOUBLE_COLUMN_IN else 2)
+        if len(pruned) and (pruned["status"] != "done").any():
+            axes[0].plot([], [], linestyle="none", marker="x", color="0.3", markeredgewidth=1.1, label="failed / infeasible")
+        _legend(fig, axes[: len(panels)], ncol=_legend_columns(w))
     return fig
 
 
@@ -187,10 +298,18 @@ def accuracy_column(df: pd.DataFrame) -> str:
     return "score"
 
 
-def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None, width: str | float = "single") -> Figure:
-    """Accuracy versus a cost column, a marker per method, the Pareto front as a step line.
+def cost_label(df: pd.DataFrame, cost: str) -> str:
+    if cost == "prefill_ms":
+        return "Time to first token (ms)" if latency_title(df).startswith("TTFT") else COST_AXES[cost]
+    return COST_AXES[cost]
 
-    ``y``: "relacc", "agreement" or "score" (mean over tasks); default :func:`accuracy_column`.
+
+def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None, width: str | float = "single") -> Figure:
+    """Accuracy versus a cost column, a marker per series (thin lines join a series' budgets), the Pareto front
+    of the measured points as a step line, the legend below the axes.
+
+    ``y``: "relacc", "agreement" or "score" (mean over tasks); default :func:`accuracy_column`. Published rows
+    are drawn where the paper prints that cost (in its own convention); the others are counted in a warning.
     """
     if cost not in COST_AXES:
         raise ValueError(f"cost must be one of {sorted(COST_AXES)}, got {cost!r}")
@@ -203,70 +322,104 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
         rows["score"] = rows[task_columns(df)].mean(axis=1)
     if y == "relacc":
         rows.loc[(rows["method"] == BASELINE_METHOD) & rows["relacc"].isna() & (rows["source"] == MEASURED), "relacc"] = 100.0
+    published_all = rows[rows["source"] != MEASURED]
+    missing = published_all[published_all[cost].isna() | published_all[y].isna()]
+    if len(missing):
+        log.warning("%d published row(s) of %s lack %s or %s: not in the %s Pareto plot", len(missing),
+                    ", ".join(sorted({short_source(s) for s in missing["source"]})), cost, y, cost)
     rows = rows[rows[cost].notna() & rows[y].notna()]
     measured = rows[rows["source"] == MEASURED]
+    w = _width(width)
     with matplotlib.rc_context(RC):
-        w = _width(width)
-        fig = Figure(figsize=(w, 0.8 * w + 0.4), layout="constrained")
+        fig = Figure(figsize=(w, 0.75 * w + 0.6), layout="constrained")
         ax = fig.subplots()
-        for method, run, label, group in _groups(measured):
-            st = styles[method]
-            ax.scatter(group[cost].astype(float), group[y].astype(float), color=st["color"], marker=st["marker"],
-                       s=40 if method == BASELINE_METHOD else 22, label=label, zorder=3)
-        published = rows[rows["source"] != MEASURED]
-        for (method, source), group in published.groupby(["method", "source"], sort=True):
-            st = styles[method]
-            ax.scatter(group[cost].astype(float), group[y].astype(float), marker=st["marker"], facecolors="none",
-                       edgecolors=[st["color"]], linewidths=0.9, s=22, zorder=3, label=_published_name(method, group))
+        for method, run, variant, label, group in _series(measured):
+            group = group.sort_values("budget", na_position="last")
+            kwargs = _series_kwargs(method, run, styles, variant)
+            kwargs["markersize"] = 8.0 if method == BASELINE_METHOD else 5.0
+            if method == BASELINE_METHOD:
+                kwargs["markeredgecolor"] = "black"
+            line = dict(kwargs, linewidth=0.6, alpha=0.55) if len(group) > 1 else dict(kwargs, linestyle="none")
+            ax.plot(group[cost].astype(float), group[y].astype(float), label=label, zorder=3, **line)
+        for method, name, group in _published_groups(rows[rows["source"] != MEASURED]):
+            ax.plot(group[cost].astype(float), group[y].astype(float), label=name, **_published_kwargs(method, styles))
         points = list(zip(measured[cost].astype(float), measured[y].astype(float)))
         front = pareto_front(points)
         if front:
             xs = [points[i][0] for i in front]
             ys = [points[i][1] for i in front]
             ax.plot(xs, ys, color="0.35", linewidth=0.9, drawstyle="steps-post", zorder=1, label="Pareto front")
-        ax.set_xlabel(COST_AXES[cost])
+        ax.set_xlabel(cost_label(df, cost))
         ax.set_ylabel(Y_AXES[y])
-        ax.legend(loc="lower right", frameon=False, handletextpad=0.3, borderaxespad=0.2)
+        _legend(fig, [ax], ncol=2 if w < DOUBLE_COLUMN_IN else 3)
     return fig
 
 
-def relacc_heatmap(df: pd.DataFrame, width: str | float = "single") -> Figure:
-    """Per-task RelAcc (score / unpruned score, %) of every measured cell; failed or infeasible cells stay as
-    empty rows labelled with their status."""
+def relacc_heatmap(df: pd.DataFrame, width: str | float = "double", panels: Sequence[str] | None = None) -> Figure:
+    """RelAcc (%) as a series x budget grid: one panel for the mean RelAcc, then one per task (score / unpruned
+    score). A failed or infeasible cell shows ×. The cells shrink so the figure stays within a page
+    (:data:`MAX_HEIGHT_IN`); ``panels`` chooses tasks (and "relacc") when there are too many to read."""
     tasks = [t for t in task_columns(df) if df.loc[df["source"] == MEASURED, t].notna().any()]
-    measured = df[(df["source"] == MEASURED) & (df["method"] != BASELINE_METHOD)]
+    panels = list(panels) if panels is not None else ["relacc"] + tasks
+    measured = df[(df["source"] == MEASURED) & (df["method"] != BASELINE_METHOD) & df["budget"].notna()]
     base = _task_baselines(df)
-    data, labels = [], []
-    for _, row in measured.iterrows():
-        ref = base.get((row["run"], row["model"], row["suite"]), {})
-        values = []
-        for t in tasks:
-            b = ref.get(t, math.nan)
-            s = row[t] if row["status"] == "done" else math.nan
-            values.append(100.0 * s / b if b and not math.isnan(b) and not pd.isna(s) else math.nan)
-        data.append(values)
-        budget = "" if pd.isna(row["budget"]) else f" @{int(row['budget'])}"
-        status = "" if row["status"] == "done" else f" ({row['status']})"
-        labels.append(f"{row['label']}{budget}{status}")
-    matrix = pd.DataFrame(data, index=labels, columns=tasks, dtype=float)
+    budgets = sorted({int(b) for b in measured["budget"]})
+    series = [(label, group) for _, _, label, group in _groups(measured)]
+    grids: dict[str, np.ndarray] = {}
+    lost = np.zeros((len(series), len(budgets)), dtype=bool)
+    for col in panels:
+        grid = np.full((len(series), len(budgets)), np.nan)
+        for i, (_, group) in enumerate(series):
+            for _, row in group.iterrows():
+                j = budgets.index(int(row["budget"]))
+                if row["status"] != "done":
+                    lost[i, j] = True
+                    continue
+                if col == "relacc":
+                    grid[i, j] = row["relacc"]
+                else:
+                    b = base.get((row["run"], row["model"], row["suite"]), {}).get(col, math.nan)
+                    s = row[col]
+                    grid[i, j] = 100.0 * s / b if b and not math.isnan(b) and not pd.isna(s) else math.nan
+        grids[col] = grid
+    w = _width(width)
+    ncols = max(1, min(len(panels), 3 if w >= DOUBLE_COLUMN_IN else 1))
+    nrows = math.ceil(len(panels) / ncols)
+    cell_h = 0.19
+    height = nrows * (cell_h * max(len(series), 1) + 0.55) + 0.5
+    if height > MAX_HEIGHT_IN:
+        cell_h = max(0.12, (MAX_HEIGHT_IN - 0.5) / nrows / max(len(series), 1) - 0.55 / max(len(series), 1))
+        height = nrows * (cell_h * max(len(series), 1) + 0.55) + 0.5
+        if height > MAX_HEIGHT_IN:
+            log.warning("the heat map is %.1f in tall (more than a page): choose fewer panels or series", height)
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()]) if grids else np.array([])
+    vmin = float(min(finite.min(), 100.0)) if finite.size else 0.0
+    vmax = float(max(finite.max(), 100.0)) if finite.size else 100.0
     with matplotlib.rc_context(RC):
-        w = _width(width)
-        fig = Figure(figsize=(w, 0.2 * max(len(labels), 1) + 1.2), layout="constrained")
-        ax = fig.subplots()
-        if matrix.empty:
-            ax.text(0.5, 0.5, "no measured cells", ha="center", va="center", transform=ax.transAxes)
+        fig = Figure(figsize=(w, height), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        if not series:
+            axes[0].text(0.5, 0.5, "no measured cells", ha="center", va="center", transform=axes[0].transAxes)
+            for ax in axes:
+                ax.set_axis_off()
             return fig
-        finite = matrix.stack().dropna()
-        vmin = float(min(finite.min(), 100.0)) if len(finite) else 0.0
-        sns.heatmap(matrix, ax=ax, annot=True, fmt=".0f", annot_kws={"fontsize": 7}, cmap="cividis", vmin=vmin,
-                    vmax=float(max(finite.max(), 100.0)) if len(finite) else 100.0, linewidths=0.3,
-                    cbar_kws={"label": "RelAcc (%)"})
-        ax.grid(False)
-        ax.set_xlabel("")
-        ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=30)
-        for text in ax.get_xticklabels():
-            text.set_horizontalalignment("right")
+        labels = [label for label, _ in series]
+        for k, (ax, col) in enumerate(zip(axes, panels)):
+            frame = pd.DataFrame(grids[col], index=labels, columns=[str(b) for b in budgets])
+            sns.heatmap(frame, ax=ax, annot=True, fmt=".0f", annot_kws={"fontsize": 7}, cmap="cividis", vmin=vmin, vmax=vmax,
+                        linewidths=0.3, linecolor="white", cbar=False, yticklabels=labels if k % ncols == 0 else False)
+            for i, j in zip(*np.nonzero(lost)):
+                ax.text(j + 0.5, i + 0.5, "×", ha="center", va="center", fontsize=8, color="0.35")
+            ax.grid(False)
+            ax.set_title("RelAcc (mean over tasks)" if col == "relacc" else col)
+            ax.set_xlabel("budget")
+            ax.set_ylabel("")
+            ax.tick_params(axis="y", rotation=0, length=0)
+            ax.tick_params(axis="x", rotation=0, length=0)
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        mappable = axes[0].collections[0]
+        fig.colorbar(mappable, ax=list(axes[: len(panels)]), label="RelAcc (%)", shrink=0.8, aspect=30, pad=0.02)
     return fig
 
 
@@ -283,6 +436,46 @@ def _task_baselines(df: pd.DataFrame) -> dict[tuple, dict[str, float]]:
     return out
 
 
+def default_published_source(df: pd.DataFrame) -> str | None:
+    """The published source to show when none is chosen: the one sharing most methods with the measured rows
+    (then the one with fewest other methods, then most rows with a token budget, then the name), so the figure
+    compares like with like and stays readable."""
+    published = df[(df["source"] != MEASURED) & df["budget"].notna()]  # rows a budget axis can show
+    if published.empty:
+        published = df[df["source"] != MEASURED]
+    if published.empty:
+        return None
+    measured = set(df.loc[df["source"] == MEASURED, "method"]) - {BASELINE_METHOD}
+
+    def score(item):
+        source, rows = item
+        methods = set(rows["method"]) - {BASELINE_METHOD}
+        shared = len(methods & measured)
+        return (-shared, len(methods) - shared, -int(rows["budget"].notna().sum()), source)
+
+    return min(published.groupby("source"), key=score)[0]
+
+
+def choose_published(df: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """``df`` with the published rows of one source: ``source`` (a substring of it), or the default one
+    (:func:`default_published_source`, with a warning naming the others); ``source="all"`` keeps every source."""
+    published = df["source"] != MEASURED
+    sources = sorted(df.loc[published, "source"].unique())
+    if len(sources) <= 1 or source == "all":
+        return df
+    if source:
+        keep = [s for s in sources if source.lower() in s.lower()]
+        if not keep:
+            raise ValueError(f"no published source matches {source!r}; available: {'; '.join(sources)}")
+    else:
+        keep = [default_published_source(df)]
+        log.warning("%d published sources; the figures show %s (pick another with --published-source, or 'all'): %s",
+                    len(sources), keep[0].removeprefix("published: "), "; ".join(short_source(s) for s in sources if s not in keep))
+    out = df[~published | df["source"].isin(keep)]
+    out.attrs = dict(df.attrs)
+    return out
+
+
 def save_figure(fig: Figure, outdir: str | Path, stem: str, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -295,22 +488,28 @@ def save_figure(fig: Figure, outdir: str | Path, stem: str, formats: Sequence[st
     return paths
 
 
-def plot_all(df: pd.DataFrame, outdir: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
-    """Every figure of every model in ``df``, written to ``outdir`` (one file per figure and format)."""
+def plot_all(df: pd.DataFrame, outdir: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300,
+             width: str | float | None = None, published_source: str | None = None) -> list[Path]:
+    """Every figure of every model in ``df``, written to ``outdir`` (one file per figure and format).
+
+    ``width``: every figure at this width (default: budget curves and heat map "double", Pareto plots "single").
+    ``published_source``: which published table the figures show (see :func:`choose_published`).
+    """
     paths: list[Path] = []
     models = [m for m in df["model"][df["source"] == MEASURED].unique() if m] or [""]
     for model in models:
         part = df[(df["model"] == model) | (df["source"] != MEASURED)] if model else df
         part.attrs = dict(df.attrs)
+        part = choose_published(part, published_source)
         suffix = f"_{_slug(model)}" if len(models) > 1 else ""
-        paths += save_figure(budget_curves(part), outdir, f"budget_curves{suffix}", formats, dpi)
+        paths += save_figure(budget_curves(part, width=width or "double"), outdir, f"budget_curves{suffix}", formats, dpi)
         for cost in COST_AXES:
             measured = part[part["source"] == MEASURED]
             if measured[cost].notna().any():
-                paths += save_figure(pareto_plot(part, cost), outdir, f"pareto_{cost}{suffix}", formats, dpi)
+                paths += save_figure(pareto_plot(part, cost, width=width or "single"), outdir, f"pareto_{cost}{suffix}", formats, dpi)
             else:
                 log.warning("no %s measured for %s: Pareto plot skipped", cost, model or "these runs")
-        paths += save_figure(relacc_heatmap(part), outdir, f"relacc_heatmap{suffix}", formats, dpi)
+        paths += save_figure(relacc_heatmap(part, width=width or "double"), outdir, f"relacc_heatmap{suffix}", formats, dpi)
     return paths
 
 
