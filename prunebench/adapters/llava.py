@@ -15,8 +15,8 @@ Preprocessing (``preprocess=``, recorded by :meth:`describe`; methods-1.md §0.2
       prompt is split at ``<image>``, each chunk tokenized **on its own** (the first keeps its BOS, later ones
       lose theirs) and the image tokens inserted between. Known difference to ``"hf"``, which tokenizes the whole
       prompt in one pass: with LLaVA's Llama SentencePiece tokenizer the chunk after ``<image>`` is
-      ``"\n{question} ASSISTANT:"`` tokenized from scratch, so it starts with the dummy-prefix ``▁`` (id 29871)
-      before ``\n`` (13), and the chunk before ends in ``USER:`` + ``▁``, exactly as the original model saw it;
+      ``"\\n{question} ASSISTANT:"`` tokenized from scratch, so it starts with the dummy-prefix ``▁`` (id 29871)
+      before ``\\n`` (13), and the chunk before ends in ``USER:`` + ``▁``, exactly as the original model saw it;
       a one-pass tokenization around the special ``<image>`` token need not produce those. Expect accuracy
       shifts between the two modes even with nothing pruned.
 """

@@ -26,9 +26,11 @@ What differs from the LLaVA family, and the choices made (methods-1.md §7.3, me
   (H/28)x(W/28) tokens; ``--budget-scope frame`` applies the budget per temporal unit. The temporal M-RoPE
   index of unit i is ``i * second_per_grid * tokens_per_second``; ``second_per_grid`` = ``temporal_patch_size /
   fps``, where ``fps`` is the rate **of the frames given** (``Sample.meta["fps"]``: 8 frames sampled from a 16 s
-  clip are 0.5 fps, i.e. 4 s per unit), or ``Sample.meta["second_per_grid"]`` directly. Without either, fps is
-  2.0 (1 s per unit), which is also what ``Qwen2_5_VLProcessor`` and lmms-eval's ``qwen2_5_vl`` wrapper use
-  when no fps is passed; qwen-vl-utils passes the sampled fps, which is what Qwen's own inference does.
+  clip are 0.5 fps, i.e. 4 s per unit), or ``Sample.meta["second_per_grid"]`` directly; qwen-vl-utils (Qwen's
+  own inference) passes this sampled fps. Without either, fps is 2.0 (1 s per unit): qwen-vl-utils' sampling
+  rate, so right for frames sampled as the model was trained, and what transformers 4.x's processor (which
+  lmms-eval's ``qwen2_5_vl`` wrapper was written against; it passes no fps) assumed. transformers 5.23's
+  processor instead reads the frames' metadata and, for frames without it, falls back to 24 fps (1/12 s).
 
 Preprocessing: ``Qwen2_5_VLProcessor`` cannot be built without torchvision (transformers-notes §1.2), so on
 every machine the adapter uses the image processor (``Qwen2VLImageProcessor``) for images and builds by hand
