@@ -18,7 +18,9 @@ Stages
 Budget contract (DESIGN.md): ``budget`` counts visual tokens. In ``average`` mode it is the mean over the
 LLM's decoder layers during prefill of the visual tokens each layer sees; in ``final`` mode it is the count
 left after the last stage. :meth:`PruningMethod.plan` returns a :class:`Plan`; the engine checks that the plan
-meets the budget under the chosen mode and that the measured per-layer counts equal the plan.
+meets the budget under the chosen mode (average mode: exactly for a vision-only plan, otherwise within the
+rounding of the last stage's integer count, :func:`check_plan_meets_budget`) and that the measured per-layer
+counts equal the plan.
 """
 
 from __future__ import annotations
@@ -131,18 +133,27 @@ class Selection:
 
     def validate(self, batch: int, num_candidates: int, expected: int, where: str) -> None:
         keep = self.keep
+        fix = "return Selection(prunebench.top_k(scores, keep)) (or Selection.sorted(indices))"
         if keep.dim() != 2 or keep.shape[0] != batch or keep.dtype not in (torch.int64, torch.int32):
-            raise SelectionError(f"{where}: keep must be a (batch={batch}, k) integer tensor, got {tuple(keep.shape)} {keep.dtype}")
+            raise SelectionError(f"{where}: keep must be a (batch={batch}, k) integer tensor, got {tuple(keep.shape)} {keep.dtype}; {fix}")
         if self.num_tokens != expected:
-            raise SelectionError(f"{where}: the plan keeps {expected} tokens but the selection holds {self.num_tokens}")
+            merged = self.num_tokens - keep.shape[1]
+            raise SelectionError(
+                f"{where}: the plan keeps {expected} tokens but the selection holds {self.num_tokens} "
+                f"({keep.shape[1]} kept + {merged} merged); return exactly `keep` = {expected} tokens per sample, "
+                f"kept indices plus any merged tokens: {fix}"
+            )
         if keep.numel():
             if int(keep.min()) < 0 or int(keep.max()) >= num_candidates:
-                raise SelectionError(f"{where}: indices must lie in [0, {num_candidates}), got [{int(keep.min())}, {int(keep.max())}]")
+                raise SelectionError(
+                    f"{where}: indices must lie in [0, {num_candidates}), got [{int(keep.min())}, {int(keep.max())}]; they "
+                    "index the stage's candidate visual tokens (view.num_tokens / view.num_visual), not sequence positions"
+                )
             if keep.shape[1] > 1 and not bool((keep[:, 1:] > keep[:, :-1]).all()):
-                raise SelectionError(f"{where}: indices must be strictly ascending (original order, no repeats); use Selection.sorted(...)")
+                raise SelectionError(f"{where}: indices must be strictly ascending (original order, no repeats); use Selection.sorted(...) or prunebench.top_k")
         for name, extra in (("prepend", self.prepend), ("append", self.append)):
             if extra is not None and (extra.dim() != 3 or extra.shape[0] != batch):
-                raise SelectionError(f"{where}: {name} must be (batch, m, dim), got {tuple(extra.shape)}")
+                raise SelectionError(f"{where}: {name} must be (batch, m, dim) merged tokens, got {tuple(extra.shape)}")
 
     @staticmethod
     def sorted(indices: torch.Tensor, **extra: Any) -> "Selection":
@@ -261,16 +272,43 @@ def check_budget(budget: Any, num_visual: int) -> int:
     return budget
 
 
+def average_tolerance(plan: Plan) -> float:
+    """How far an average-mode plan's layer average may lie from its budget: the rounding of integer counts.
+
+    A plan that prunes only before the LLM keeps the same count in every layer: it must equal the budget (0).
+    With LLM cuts, the last at layer K of L, the count kept from K on moves the layer average in steps of
+    (L - K) / L once the earlier stages are fixed; the nearest-integer count lands within half a step, so the
+    plan may miss the budget by at most (L - K) / (2L). A single cut one token away from the nearest-integer
+    solution (FastV's keep off by one) is out of tolerance.
+    """
+    if not plan.llm:
+        return 0.0
+    return (plan.num_layers - max(plan.llm)) / (2 * plan.num_layers)
+
+
 def check_plan_meets_budget(plan: Plan, budget: int, mode: BudgetMode, name: str) -> None:
-    """The budget contract: a plan whose token count misses the budget is infeasible, never silently altered."""
+    """The budget contract: a plan whose token count misses the budget is infeasible, never silently altered.
+
+    ``final`` mode: the count after the last stage equals the budget. ``average`` mode: a plan without LLM
+    cuts averages exactly the budget; with cuts, the average lies within :func:`average_tolerance` of it (the
+    last stage keeps the nearest-integer solution given the earlier stages).
+    """
     plan.validate()
     if mode == "final":
         if plan.final_tokens != budget:
             raise InfeasibleBudget(f"{name}: plan ends with {plan.final_tokens} visual tokens, budget is {budget} (final mode)")
-    else:
-        # Average mode can only be met up to integer rounding of the per-stage counts.
-        tolerance = 0.5 + len(plan.llm) + (plan.vision is not None)
-        if abs(plan.average_tokens - budget) > tolerance:
-            raise InfeasibleBudget(
-                f"{name}: plan averages {plan.average_tokens:.1f} visual tokens per layer, budget is {budget} (average mode)"
-            )
+        return
+    # in token-layers, all integers: |average - budget| <= (L - K) / 2L  <=>  2 |sum - budget * L| <= L - K
+    miss = abs(sum(plan.tokens_per_layer()) - budget * plan.num_layers)
+    if not plan.llm and miss:
+        raise InfeasibleBudget(
+            f"{name}: plan keeps {plan.average_tokens:.0f} visual tokens in every layer, budget is {budget} (average mode); "
+            "a plan that prunes only before the LLM must keep exactly the budget"
+        )
+    if plan.llm and 2 * miss > plan.num_layers - max(plan.llm):
+        raise InfeasibleBudget(
+            f"{name}: plan averages {plan.average_tokens:.3f} visual tokens per layer, budget is {budget} (average mode); "
+            f"integer counts allow a miss of at most {average_tolerance(plan):.3f}: the count kept from layer "
+            f"{max(plan.llm)} on must be the nearest-integer solution given the earlier stages "
+            "(prunebench.core.solve_single_cut computes it)"
+        )

@@ -12,7 +12,9 @@ from prunebench.core import (
     PlanContext,
     Selection,
     SelectionError,
+    SingleCutLLMPruner,
     VisionStagePruner,
+    average_tolerance,
     check_budget,
     check_plan_meets_budget,
     solve_single_cut,
@@ -52,6 +54,60 @@ def test_plan_that_misses_its_budget_is_infeasible():
     with pytest.raises(InfeasibleBudget):
         check_plan_meets_budget(Plan(576, 4, llm={2: 64}), 64, "average", "m")  # averages 320
     check_plan_meets_budget(Plan(576, 4, llm={2: 64}), 64, "final", "m")
+
+
+def test_average_mode_is_exact_for_plans_that_prune_only_before_the_llm():
+    check_plan_meets_budget(Plan(576, 4, vision=64), 64, "average", "m")
+    for wrong in (63, 65):
+        with pytest.raises(InfeasibleBudget, match="must keep exactly the budget"):
+            check_plan_meets_budget(Plan(576, 4, vision=wrong), 64, "average", "m")
+    with pytest.raises(InfeasibleBudget):
+        check_plan_meets_budget(Plan(576, 4), 64, "average", "m")  # no stage at all
+
+
+def test_average_mode_accepts_only_the_nearest_integer_count_after_the_last_cut():
+    # FastV K=2 of 32, N=576, budget 192: keep = (192*32 - 2*576) / 30 = 166.4. 166 averages 191.625 (miss .375);
+    # the tolerance is half a step of the last stage, 30 / (2*32) = .469; 167 misses by .5625, 165 by 1.3125.
+    assert average_tolerance(Plan(576, 32, llm={2: 166})) == 30 / 64
+    check_plan_meets_budget(Plan(576, 32, llm={2: 166}), 192, "average", "fastv")
+    for off_by_one in (165, 167):
+        with pytest.raises(InfeasibleBudget, match="nearest-integer"):
+            check_plan_meets_budget(Plan(576, 32, llm={2: off_by_one}), 192, "average", "fastv")
+    # two stages, 6 layers, cut at 2: with R1 = 114 the nearest R2 is (64*6 - 2*114) / 4 = 39 (exact);
+    # R2 = 38 averages 63.33, a miss of .667 > 4/12
+    check_plan_meets_budget(Plan(576, 6, vision=114, llm={2: 39}), 64, "average", "m")
+    with pytest.raises(InfeasibleBudget, match="kept from layer 2 on"):
+        check_plan_meets_budget(Plan(576, 6, vision=114, llm={2: 38}), 64, "average", "m")
+
+
+# (model, family, LLM depth): the tiny models, the shipped toy model, 7B LLaVA and Qwen2.5-VL (per-model defaults apply)
+DEPTHS = [("tiny-llava", "llava", 4), ("toy-llava", "llava", 6), ("llava-hf/llava-1.5-7b-hf", "llava", 32),
+          ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", 28)]
+
+
+def _builtin_plan_cells():
+    from prunebench.registry import list_methods
+
+    for model, family, depth in DEPTHS:
+        for name in list_methods():
+            for budget in (32, 64, 128, 192):
+                yield pytest.param(model, family, depth, name, budget, id=f"{name}-{model.split('/')[-1]}-{budget}")
+
+
+@pytest.mark.parametrize("model, family, depth, name, budget", list(_builtin_plan_cells()))
+def test_builtin_plans_meet_the_budget_contract(model, family, depth, name, budget):
+    """Every built-in method at the budgets of the tests and the demo, on 576 tokens, in both modes: a plan is
+    either reported infeasible or meets the contract (the engine would refuse it otherwise)."""
+    from prunebench.models.defaults import resolve_method
+
+    method = resolve_method(name, model, family)
+    for mode in ("final", "average"):
+        try:
+            plan = method.plan(budget, PlanContext(576, depth, mode))
+        except InfeasibleBudget:
+            assert mode == "average", f"{name} cannot keep {budget} tokens in final mode"
+            continue
+        check_plan_meets_budget(plan, budget, mode, name)
 
 
 @pytest.mark.parametrize("budget", [0, -3, 2.5, "64", True, None])
@@ -94,19 +150,44 @@ class _OutOfRange(VisionStagePruner):
         return Selection(torch.arange(view.num_tokens - keep + 5, view.num_tokens + 5).expand(view.batch_size, -1))
 
 
-@pytest.mark.parametrize("cls, message", [(_WrongCount, "plan keeps 16 tokens but the selection holds 17"), (_OutOfRange, "indices must lie in")])
+def test_engine_rejects_budget_above_the_image(tiny_llava, samples):
+    with Pruner(tiny_llava, create_method("random"), 1000) as pruner, pytest.raises(BudgetError, match="exceeds the 576"):
+        pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=1)
+
+
+@dataclasses.dataclass
+class _LLMWrongCount(SingleCutLLMPruner):
+    def select_llm(self, view, keep):
+        return Selection(torch.arange(keep + 1).expand(view.batch_size, -1))
+
+
+@dataclasses.dataclass
+class _LLMOutOfRange(SingleCutLLMPruner):
+    def select_llm(self, view, keep):  # positions in the sequence instead of indices among the visual tokens
+        return Selection(view.visual_index[:, -keep:] + 3)
+
+
+@pytest.mark.parametrize("cls, message", [
+    (_WrongCount, r"vision stage: the plan keeps 16 tokens but the selection holds 17 \(17 kept \+ 0 merged\); return exactly"),
+    (_OutOfRange, r"vision stage: indices must lie in \[0, 576\), got .* candidate visual tokens"),
+    (_LLMWrongCount, r"layer 2: the plan keeps 16 tokens but the selection holds 17 \(17 kept \+ 0 merged\); return exactly"),
+    (_LLMOutOfRange, r"layer 2: indices must lie in \[0, 576\), got .* candidate visual tokens"),
+])
 def test_engine_checks_every_selection(tiny_llava, samples, cls, message):
+    """Both stages, on a padded batch of two: the harness refuses a wrong count or out-of-range indices."""
     method = register_method(f"test-{cls.__name__.lower()}")(cls)()
     try:
-        with Pruner(tiny_llava, method, 16) as pruner, pytest.raises(SelectionError, match=message):
-            pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=1)
+        with Pruner(tiny_llava, method, 16, budget_mode="final") as pruner, pytest.raises(SelectionError, match=message):
+            pruner.generate(tiny_llava.prepare(samples[:2]), max_new_tokens=1)
     finally:
         _REGISTRY.pop(method.name)
 
 
-def test_engine_rejects_budget_above_the_image(tiny_llava, samples):
-    with Pruner(tiny_llava, create_method("random"), 1000) as pruner, pytest.raises(BudgetError, match="exceeds the 576"):
-        pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=1)
+def test_selection_errors_say_how_to_fix_them():
+    with pytest.raises(SelectionError, match=r"prunebench.top_k\(scores, keep\)"):
+        Selection(torch.tensor([[0, 5, 9]])).validate(1, 10, 4, "m")
+    with pytest.raises(SelectionError, match="integer tensor.*prunebench.top_k"):
+        Selection(torch.tensor([0.0, 5.0])).validate(1, 10, 2, "m")
 
 
 def test_fastv_keeps_original_positions_and_random_renumbers(tiny_llava, samples):
