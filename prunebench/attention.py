@@ -73,21 +73,33 @@ class Captured:
         return total / length
 
     def _row_bias(self, rows: torch.Tensor, num_keys: int, device: torch.device) -> torch.Tensor:
+        """Additive bias (B, 1, r, Lk) of query rows ``rows`` as the kernel masked them.
+
+        The kernel may get a 4-D mask (sdpa, eager: bool or additive, per query row), a 2-D (B, Lk) key-padding
+        mask (FlashAttention: True/1 = real token; causality comes from the module's ``is_causal``, and with a
+        sliding window the mask covers the last Lk keys) or None (no padding).
+        """
         neg = torch.finfo(torch.float32).min
-        if self.mask is not None:
-            mask = self.mask
+        mask = self.mask
+        if mask is not None and mask.dim() == 4:
             if mask.shape[0] == 1 and rows.shape[0] > 1:
                 mask = mask.expand(rows.shape[0], *mask.shape[1:])
             mask = mask[:, :1].gather(2, rows[:, None, :, None].expand(-1, 1, -1, mask.shape[-1]))[..., :num_keys]
             if mask.dtype == torch.bool:
                 return torch.zeros(mask.shape, device=device).masked_fill(~mask, neg)
             return mask.float().clamp(min=neg)
+        if mask is not None and mask.dim() != 2:
+            raise ValueError(f"attention mask of shape {tuple(mask.shape)}: expected (B, 1|H, Lq, Lk), (B, Lk) or None")
+        if mask is None and not self.causal:
+            return torch.zeros(1, 1, 1, 1, device=device)
+        allowed = torch.ones(rows.shape[0], 1, rows.shape[1], num_keys, dtype=torch.bool, device=device)
+        if mask is not None:
+            allowed = allowed & mask[:, -num_keys:].bool().to(device)[:, None, None, :]
         if self.causal:
             offset = num_keys - self.query.shape[2]  # keys already in the cache precede the queries
             keys = torch.arange(num_keys, device=device)
-            allowed = keys[None, None, None, :] <= (rows[:, None, :, None] + offset)
-            return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, neg)
-        return torch.zeros(1, 1, 1, 1, device=device)
+            allowed = allowed & (keys[None, None, None, :] <= (rows[:, None, :, None] + offset))
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, neg)
 
 
 def _base_function(base: str, module: nn.Module) -> Callable:

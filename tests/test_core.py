@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from prunebench.attention import Captured
 from prunebench.core import (
     BudgetError,
     InfeasibleBudget,
@@ -202,6 +203,45 @@ def test_fastv_keeps_original_positions_and_random_renumbers(tiny_llava, samples
     start = int((batch.input_ids[0] == tiny_llava.image_token_id).nonzero()[0])
     assert torch.equal(original[start:start + 16], start + kept)  # gaps where tokens were dropped
     assert int(original[-1]) == batch.input_ids.shape[1] - 1  # decoding continues at the unpruned length
+
+
+# -- attention signals from captured q/k -----------------------------------------------------------------------------
+def _padded_attention(mask, causal=True, queries=5, keys=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 2, queries, 4, generator=gen), torch.randn(2, 2, keys, 4, generator=gen)
+    return Captured(q, k, mask, 0.5, causal)
+
+
+def _reference(cap, allowed):
+    logits = (cap.query @ cap.key.transpose(-1, -2)) * cap.scaling
+    return torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+
+
+def test_captured_attention_follows_a_2d_flash_attention_padding_mask():
+    """FlashAttention hands the kernel a (B, L) key-padding mask (True = real token) and relies on is_causal."""
+    pad = torch.tensor([[False, False, True, True, True], [True] * 5])  # sample 0 is left-padded by 2
+    rows = torch.arange(5).expand(2, -1)
+    got = _padded_attention(pad).probabilities(rows)
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril()[None, None] & pad[:, None, None, :]
+    want = _reference(_padded_attention(pad), allowed)
+    torch.testing.assert_close(got[0, :, 2:], want[0, :, 2:])  # real rows of the padded sample
+    torch.testing.assert_close(got[1], want[1])
+    assert float(got[0, :, 2:, :2].max()) == 0.0  # padding keys get nothing
+    # the same as the 4-D boolean mask sdpa receives
+    torch.testing.assert_close(got, _padded_attention(allowed).probabilities(rows))
+    # integer 0/1 masks, and no mask (no padding: causal only)
+    torch.testing.assert_close(_padded_attention(pad.long()).probabilities(rows), got)
+    torch.testing.assert_close(_padded_attention(None).probabilities(rows), _reference(_padded_attention(None), torch.ones(5, 5, dtype=torch.bool).tril()))
+
+
+def test_captured_attention_2d_mask_with_cached_keys_and_a_sliding_window():
+    """Two new queries over five keys (three cached): causal offset 3; a longer 2-D mask covers the last 5 keys."""
+    pad = torch.tensor([[False, True, True, True, True, True], [True] * 6])
+    cap = _padded_attention(pad, queries=2, keys=5)
+    allowed = (torch.arange(5)[None, :] <= torch.arange(2)[:, None] + 3)[None, None] & pad[:, None, None, 1:]
+    torch.testing.assert_close(cap.probabilities(torch.arange(2).expand(2, -1)), _reference(cap, allowed))
+    with pytest.raises(ValueError, match="expected"):
+        _padded_attention(torch.ones(2, 5, 5, dtype=torch.bool)).probabilities(torch.arange(2).expand(2, -1))
 
 
 # -- registry -----------------------------------------------------------------------------------------------------
