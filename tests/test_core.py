@@ -191,8 +191,37 @@ def test_selection_errors_say_how_to_fix_them():
         Selection(torch.tensor([0.0, 5.0])).validate(1, 10, 2, "m")
 
 
+def _record_layer_inputs(layer):
+    """Forward pre-hook (registered after the Pruner's, so it sees what the pruned layer really gets)."""
+    seen = []
+
+    def hook(module, args, kwargs):
+        seen.append((kwargs.get("position_ids"), kwargs["position_embeddings"][0]))
+
+    return seen, layer.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def test_fastv_keeps_original_positions_and_random_renumbers(tiny_llava, samples):
     batch = tiny_llava.prepare(samples[:1])
+    length = batch.input_ids.shape[1]
+    start = int((batch.input_ids[0] == tiny_llava.image_token_id).nonzero()[0])
+    # FastV: layers >= K see the kept tokens at their positions in the unpruned prompt, decoding continues at L
+    with Pruner(tiny_llava, create_method("fastv", layer=2), 16, budget_mode="final") as pruner:
+        seen, handle = _record_layer_inputs(tiny_llava.decoder_layers()[2])
+        try:
+            out = pruner.generate(batch, max_new_tokens=2, min_new_tokens=2)
+        finally:
+            handle.remove()
+    kept = out.stats.kept["layer2"][0]
+    expected = torch.cat([torch.arange(start), start + kept, torch.arange(start + 576, length)])
+    (prefill_ids, prefill_cos), (decode_ids, decode_cos) = seen
+    assert torch.equal(prefill_ids[0], expected)  # gaps where image tokens were dropped
+    assert int(decode_ids[0, -1]) == length  # the first generated token sits after the unpruned prompt
+    rotary = tiny_llava.model.model.language_model.rotary_emb
+    full_cos, _ = rotary(prefill_cos, torch.arange(length + 1)[None])
+    torch.testing.assert_close(prefill_cos[0], full_cos[0, expected])  # RoPE at the original positions too
+    torch.testing.assert_close(decode_cos[0, -1], full_cos[0, length])
+    # random (compact): the shortened sequence is renumbered 0..L'-1; with position_policy="original" it is not
     with Pruner(tiny_llava, create_method("random"), 16) as pruner:
         compact = pruner.generate(batch, max_new_tokens=1).llm_inputs.position_ids
     assert torch.equal(compact[0], torch.arange(compact.shape[1]))
@@ -200,9 +229,69 @@ def test_fastv_keeps_original_positions_and_random_renumbers(tiny_llava, samples
         out = pruner.generate(batch, max_new_tokens=1)
     original = out.llm_inputs.position_ids[0]
     kept = out.stats.kept["vision"][0]
-    start = int((batch.input_ids[0] == tiny_llava.image_token_id).nonzero()[0])
     assert torch.equal(original[start:start + 16], start + kept)  # gaps where tokens were dropped
-    assert int(original[-1]) == batch.input_ids.shape[1] - 1  # decoding continues at the unpruned length
+    assert int(original[-1]) == length - 1  # decoding continues at the unpruned length
+
+
+# -- nothing in transformers is patched, eager attention never runs ------------------------------------------------
+def _transformers_functions():
+    import transformers.models.clip.modeling_clip as clip
+    import transformers.models.llama.modeling_llama as llama
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return {
+        "LlamaAttention.forward": llama.LlamaAttention.forward, "LlamaDecoderLayer.forward": llama.LlamaDecoderLayer.forward,
+        "CLIPAttention.forward": clip.CLIPAttention.forward, "CLIPEncoderLayer.forward": clip.CLIPEncoderLayer.forward,
+        "llama eager_attention_forward": llama.eager_attention_forward, "clip eager_attention_forward": clip.eager_attention_forward,
+        "ALL_ATTENTION_FUNCTIONS['sdpa']": ALL_ATTENTION_FUNCTIONS["sdpa"],
+        "F.scaled_dot_product_attention": torch.nn.functional.scaled_dot_product_attention,
+    }
+
+
+@pytest.mark.parametrize("name, budget", [("fastv", 16), ("visionzip", 16)])
+def test_a_pruned_run_patches_nothing_in_transformers(tiny_llava, samples, name, budget):
+    before = _transformers_functions()
+    with Pruner(tiny_llava, create_method(name), budget, budget_mode="final") as pruner:
+        pruner.generate(tiny_llava.prepare(samples[:2]), max_new_tokens=2)
+        during = _transformers_functions()
+    after = _transformers_functions()
+    for key, function in before.items():
+        assert during[key] is function and after[key] is function, f"{key} was replaced"
+    patched = [n for n, m in tiny_llava.model.named_modules() if "forward" in vars(m)]
+    assert not patched, f"instance-level forward overrides on {patched[:3]}"
+
+
+@pytest.mark.parametrize("name", ["fastv", "visionzip"])
+def test_eager_attention_never_runs_during_a_pruned_run(tiny_llava, samples, monkeypatch, name):
+    """Count calls of the eager kernels of the LLM and the ViT and of the SDPA kernel (test-only wrappers)."""
+    import transformers.models.clip.modeling_clip as clip
+    import transformers.models.llama.modeling_llama as llama
+    from transformers.modeling_utils import AttentionInterface
+
+    calls = {"eager": 0, "sdpa": 0}
+
+    def counting(kind, function):
+        def wrapper(*args, **kwargs):
+            calls[kind] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(llama, "eager_attention_forward", counting("eager", llama.eager_attention_forward))
+    monkeypatch.setattr(clip, "eager_attention_forward", counting("eager", clip.eager_attention_forward))
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", counting("sdpa", AttentionInterface._global_mapping["sdpa"]))
+    batch = tiny_llava.prepare(samples[:2])
+    with Pruner(tiny_llava, create_method(name), 16, budget_mode="final") as pruner:
+        out = pruner.generate(batch, max_new_tokens=2)
+    assert out.stats.kept and calls["sdpa"] > 0 and calls["eager"] == 0, calls
+    # the counter does see eager attention when the model runs it (the test can fail)
+    previous = tiny_llava.model.config._attn_implementation
+    tiny_llava.model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            tiny_llava.model(**batch.inputs)
+    finally:
+        tiny_llava.model.set_attn_implementation(previous)
+    assert calls["eager"] > 0
 
 
 # -- attention signals from captured q/k -----------------------------------------------------------------------------
