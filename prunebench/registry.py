@@ -70,8 +70,21 @@ def _load_plugins() -> None:
             log.warning("could not load prunebench plugin %s (%s): %s", ep.name, ep.value, exc)
             continue
         if isinstance(obj, type) and issubclass(obj, PruningMethod) and _REGISTRY.get(ep.name) is not obj:
-            register_method(ep.name)(obj)
-        _ORIGIN[ep.name] = f"plugin {ep.dist.name if ep.dist else ep.value}"
+            try:
+                register_method(ep.name)(obj)
+            except (ValueError, TypeError) as exc:  # e.g. a name a built-in already has: the built-in stays
+                log.warning("skipping prunebench plugin %s (%s): %s; rename its entry point in the plugin's "
+                            "[project.entry-points.\"%s\"] table", ep.name, ep.value, exc, ENTRY_POINT_GROUP)
+                continue
+        origin = f"plugin {ep.dist.name if ep.dist else ep.value}"
+        if isinstance(obj, type):
+            if _REGISTRY.get(ep.name) is obj:
+                _ORIGIN[ep.name] = origin
+        else:  # a module whose import registered its methods
+            prefix = getattr(obj, "__name__", "")
+            for name, cls in _REGISTRY.items():
+                if prefix and (cls.__module__ == prefix or cls.__module__.startswith(prefix + ".")):
+                    _ORIGIN[name] = origin
 
 
 def _ensure_loaded() -> None:

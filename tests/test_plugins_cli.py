@@ -85,6 +85,46 @@ def test_check_fails_and_names_property_and_method(installed_plugin):
     assert "indices must lie in [0, 576)" in result.stdout
 
 
+class _EntryPoint:
+    """Stands in for an importlib.metadata entry point of an installed plugin."""
+
+    def __init__(self, name, obj, dist="pb-fake"):
+        self.name, self.value, self._obj = name, f"pb_fake:{name}", obj
+        self.dist = type("Dist", (), {"name": dist})()
+
+    def load(self):
+        return self._obj
+
+
+def test_plugin_named_like_a_builtin_is_skipped_with_a_warning(monkeypatch, caplog):
+    from dataclasses import dataclass
+
+    from prunebench import registry
+    from prunebench.core import VisionStagePruner
+
+    builtin = registry.get_method_class("fastv")  # loads built-ins (and installed plugins) first
+
+    @dataclass
+    class Impostor(VisionStagePruner):
+        pass
+
+    @dataclass
+    class Fine(VisionStagePruner):
+        pass
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [_EntryPoint("fastv", Impostor), _EntryPoint("pb-fine", Fine)])
+    monkeypatch.setitem(registry._ORIGIN, "fastv", registry._ORIGIN["fastv"])
+    try:
+        with caplog.at_level("WARNING", logger="prunebench.registry"):
+            registry._load_plugins()  # must not raise: list/check/run would all die with it
+        assert registry.get_method_class("fastv") is builtin and registry.method_info("fastv")["origin"] == builtin.__module__
+        assert "skipping prunebench plugin fastv" in caplog.text and "already registered" in caplog.text
+        assert registry.get_method_class("pb-fine") is Fine and registry.method_info("pb-fine")["origin"] == "plugin pb-fake"
+    finally:
+        registry._REGISTRY.pop("pb-fine", None)
+        registry._ORIGIN.pop("pb-fine", None)
+
+
 def test_unknown_method_exits_nonzero_with_known_names(capsys):
     assert main(["check", "nosuchmethod"]) == 2
     err = capsys.readouterr().err
