@@ -23,9 +23,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("methods", nargs="+", help="method names, or 'all'")
     c.add_argument("--model", action="append", help="model(s) to check on (default: every tiny model)")
-    c.add_argument("--budget", type=int, default=64, help="visual tokens to keep (default 64)")
+    c.add_argument("--budget", type=positive_int, default=64, help="visual tokens to keep, a positive integer (default 64)")
     c.add_argument("--checks", default="all", help="comma-separated subset of: noop,token_contract,cache,batch,signals,hygiene,determinism")
     c.set_defaults(func=cmd_check)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a budget is a positive whole number of visual tokens (checked before any model loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of visual tokens, e.g. --budget 64") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of visual tokens; use e.g. --budget 64")
+    return value
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -125,6 +125,14 @@ def test_plugin_named_like_a_builtin_is_skipped_with_a_warning(monkeypatch, capl
         registry._ORIGIN.pop("pb-fine", None)
 
 
+def test_check_rejects_a_non_positive_budget_before_loading_models(capsys):
+    for bad in ("0", "-5", "sixty"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["check", "random", "--budget", bad])
+        assert exit_info.value.code == 2
+        assert "--budget" in capsys.readouterr().err
+
+
 def test_unknown_method_exits_nonzero_with_known_names(capsys):
     assert main(["check", "nosuchmethod"]) == 2
     err = capsys.readouterr().err
