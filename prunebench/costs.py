@@ -134,14 +134,14 @@ class FlopCount:
     measured_total: int
     measured_vision: int
     measured_llm: int
-    analytic_vision: int
+    analytic_vision: int | None  # None: no analytic formula for this family's vision side
     analytic_llm: int
     tokens_per_layer: list[int]  # visual tokens per decoder layer (measured)
     text_tokens: int
 
     @property
-    def analytic_total(self) -> int:
-        return self.analytic_vision + self.analytic_llm
+    def analytic_total(self) -> int | None:
+        return None if self.analytic_vision is None else self.analytic_vision + self.analytic_llm
 
     @property
     def llm_rel_diff(self) -> float:
@@ -149,10 +149,11 @@ class FlopCount:
 
     def as_record(self) -> dict[str, Any]:
         """The ``flops`` field of a result record (TFLOPs per sample)."""
+        total = self.analytic_total
         return {
             "measured_tflops": self.measured_total / TERA,
-            "analytic_tflops": self.analytic_total / TERA,
-            "vision_tflops": self.analytic_vision / TERA,
+            "analytic_tflops": None if total is None else total / TERA,
+            "vision_tflops": None if self.analytic_vision is None else self.analytic_vision / TERA,
             "llm_measured_tflops": self.measured_llm / TERA,
             "llm_analytic_tflops": self.analytic_llm / TERA,
             "vision_measured_tflops": self.measured_vision / TERA,
@@ -182,9 +183,10 @@ def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budg
     stats = out.stats
     shape = adapter.llm_shape
     projected = stats.plan.vision if stats.plan.vision is not None else stats.plan.num_visual
-    # The analytic ViT formula covers LLaVA-1.5's single 336 px CLIP pass + projector. Other families (NeXT crops,
-    # Video-LLaVA frames, Qwen's windowed ViT) report their measured vision count in both fields.
-    analytic_vision = total - llm
+    # The analytic ViT formula covers LLaVA-1.5's single CLIP pass + projector. Other families (NeXT crops,
+    # Video-LLaVA frames, Qwen's windowed ViT) have none: their analytic vision count is None, not a copy of the
+    # measured one, so "measured and analytic agree" is never claimed where nothing was computed.
+    analytic_vision = None
     if getattr(adapter, "family", "") == "llava":
         try:
             analytic_vision = vision_flops(VisionShape.from_llava_config(adapter.model.config), projected)
@@ -199,6 +201,19 @@ def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budg
         tokens_per_layer=list(stats.tokens_per_layer),
         text_tokens=stats.text_tokens,
     )
+
+
+def contract_problems(stats: Any) -> list[str]:
+    """How a generate call's measured visual tokens per layer and KV-cache lengths miss its plan (empty: they
+    match). The KV cache of layer l holds the text tokens plus the visual tokens that layer saw."""
+    planned = list(stats.plan.tokens_per_layer())
+    problems = []
+    if list(stats.tokens_per_layer) != planned:
+        problems.append(f"measured visual tokens per layer {list(stats.tokens_per_layer)} != plan {planned}")
+    expected_kv = [stats.text_tokens + n for n in planned]
+    if stats.kv_lengths and list(stats.kv_lengths) != expected_kv:
+        problems.append(f"KV lengths per layer {list(stats.kv_lengths)} != expected {expected_kv}")
+    return problems
 
 
 def meta_prefill_flops(config: Any, num_tokens: int, model_cls: type | None = None) -> int:
