@@ -11,13 +11,15 @@ Two routes, one class (:class:`PruneBenchLMM`):
       lmms-eval --model prunebench --model_args pretrained=tiny-llava,method=fastv,budget=64,budget_mode=final,fastv.layer=2 \\
           --tasks shapes --include_path $(python -c "import prunebench.suites.shapes as s; print(s.TASK_DIR)")
 
-  ``pretrained`` is a prunebench model name (``toy-llava``, ``tiny-llava``), a hub id or a folder; every other
-  key that is not an argument of the class is a parameter of the method (``layer=3`` or ``fastv.layer=3``).
+  ``pretrained`` is a prunebench model name (``toy-llava``, ``tiny-llava``), a hub id or a folder; ``layout``
+  (``anyres`` | ``fivecrop``) picks LLaVA-NeXT's visual layout; every other key that is not an argument of the
+  class is a parameter of the method (``layer=3`` or ``fastv.layer=3``).
 
 Model identity. lmms-eval's response cache keys every answer by ``str(model)`` + the model arguments. The
-identity here holds the model, the method, **every** resolved method parameter (paper default, per-model
-table, overrides), the budget and its mode and scope, the preprocessing and the seed, and ``str(lm)`` is that
-identity, so two budgets (or two FastV layers) can never share cached answers.
+identity here holds the model and its weights' fingerprint (:mod:`prunebench.fingerprint`), the method,
+**every** resolved method parameter (paper default, per-model table, overrides), the budget and its mode and
+scope, the preprocessing, the layout and the seed, and ``str(lm)`` is that identity, so two budgets (or two
+FastV layers, or a retrained checkpoint) can never share cached answers.
 
 Requests are answered in batches through :meth:`prunebench.engine.Pruner.generate` (left padding; the engine
 guarantees batched outputs equal batch-1 outputs). ``loglikelihood`` is not supported: pruning benchmarks are
@@ -40,8 +42,6 @@ log = logging.getLogger(__name__)
 
 MODEL_ID = "prunebench"
 NO_METHOD = "none"
-_OWN_ARGS = {"cache_mb", "pretrained", "model", "method", "budget", "budget_mode", "budget_scope", "preprocess", "seed", "batch_size",
-             "max_batch_size", "device", "dtype", "max_new_tokens", "trust_remote_code"}
 
 
 def manifests():
@@ -59,6 +59,22 @@ class NoPruning(PruningMethod):
 
     def plan(self, budget: int, ctx: PlanContext):
         return ctx.plan()
+
+
+def adapter_options(preprocess: str = "hf", layout: str | None = None) -> dict[str, Any]:
+    """``load_model`` options for the non-default preprocessing / layout (the defaults are the adapters' own)."""
+    options: dict[str, Any] = {}
+    if preprocess != "hf":
+        options["preprocess"] = preprocess
+    if layout is not None:
+        options["layout"] = layout
+    return options
+
+
+def check_layout(family: str, layout: str | None) -> None:
+    if layout is not None and family != "llava_next":
+        raise PruneBenchError(f"layout={layout!r} applies to LLaVA-NeXT models only; this model is {family or 'of an unknown family'}. "
+                              "Drop the layout option")
 
 
 def resolve(method: str, model: str, family: str, params: dict[str, Any] | None = None) -> PruningMethod:
@@ -106,21 +122,28 @@ class PruneBenchLMM(lmms):
                  budget_scope: str = "image", preprocess: str = "hf", seed: int = 0, batch_size: int | str = 1,
                  device: str | None = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
                  max_batch_size: int | None = None, trust_remote_code: bool = False, cache_mb: float = 1024, adapter: Any = None,
-                 **method_params: Any):
+                 layout: str | None = None, **method_params: Any):
         super().__init__()
         from prunebench.models import DEFAULT_MODEL
 
         if adapter is None:
             from prunebench.models import load_model
+            from prunebench.runner.sweep import family_of
 
-            options = {"preprocess": preprocess} if preprocess != "hf" else {}
-            adapter = load_model(pretrained or DEFAULT_MODEL, dtype=dtype, device=device or "cpu", trust_remote_code=trust_remote_code, **options)
+            check_layout(family_of(pretrained or DEFAULT_MODEL), layout)
+            adapter = load_model(pretrained or DEFAULT_MODEL, dtype=dtype, device=device or "cpu", trust_remote_code=trust_remote_code,
+                                 **adapter_options(preprocess, layout))
+        elif layout is not None and getattr(adapter, "layout", None) != layout:
+            raise PruneBenchError(f"layout={layout!r} but the given adapter was loaded with layout {getattr(adapter, 'layout', None)!r}")
         self.adapter = adapter
         self.model_name = pretrained or adapter.name
+        self.layout = getattr(adapter, "layout", None)
+        self._weights: dict[str, Any] | None = None
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 1
         self.max_new_tokens = max_new_tokens
         self.preprocess = getattr(adapter, "preprocess", preprocess)
         self.progress = True  # a progress bar over the samples of each generate_until call
+        self.progress_file: Any = None  # its stream (None: sys.stderr at the time of the call)
         # Preprocessed batches are the same for every cell of a sweep (same documents, same processor): keep them
         # (bounded; 0 disables) so images are rendered/decoded and preprocessed once per sweep, not once per cell.
         self._batches = _BatchCache(int(float(cache_mb) * 2**20))
@@ -158,10 +181,21 @@ class PruneBenchLMM(lmms):
         return self
 
     @property
+    def weights(self) -> dict[str, Any]:
+        """The fingerprint of the weights behind ``model_name`` (computed once; cached by file size and mtime)."""
+        if self._weights is None:
+            from prunebench.fingerprint import model_fingerprint
+
+            self._weights = model_fingerprint(self.model_name)
+        return self._weights
+
+    @property
     def identity(self) -> dict[str, Any]:
         """Everything that changes an answer (the response cache's and the results store's key material)."""
         return {
             "model": self.model_name,
+            "weights": self.weights,
+            "layout": self.layout,
             "method": self.method.name,
             "method_params": self.method.params(),
             "budget": self.budget,
@@ -174,11 +208,14 @@ class PruneBenchLMM(lmms):
 
     @property
     def model_args(self) -> str:
-        """The identity as an lmms-eval ``--model_args`` string (what lmms-eval fingerprints and logs)."""
+        """The identity as an lmms-eval ``--model_args`` string (what lmms-eval fingerprints and logs; the weights'
+        fingerprint is in ``str(lm)``, not here, so the string stays valid on lmms-eval's command line)."""
         ident = self.identity
         parts = [f"pretrained={ident['model']}", f"method={ident['method']}", f"budget={ident['budget'] if ident['budget'] is not None else 'none'}",
                  f"budget_mode={ident['budget_mode']}", f"budget_scope={ident['budget_scope']}", f"preprocess={ident['preprocess']}",
                  f"seed={ident['seed']}", f"dtype={ident['dtype']}"]
+        if ident["layout"] is not None:
+            parts.append(f"layout={ident['layout']}")
         parts += [f"{ident['method']}.{k}={v}" for k, v in sorted(ident["method_params"].items())]
         return ",".join(parts)
 
@@ -233,7 +270,7 @@ class PruneBenchLMM(lmms):
         answers: list[str | None] = [None] * len(requests)
         order = _batch_order(requests)
         bar = tqdm(total=len(requests), desc=f"{self.method.name}@{self.budget if self.budget is not None else 'all'}",
-                   unit="sample", leave=False, mininterval=1.0, disable=not self.progress)
+                   unit="sample", leave=False, mininterval=1.0, disable=not self.progress, file=self.progress_file)
         wall_start = time.perf_counter()
         with Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed, budget_scope=self.budget_scope) as pruner:
             for same_task in order:

@@ -111,3 +111,31 @@ def test_preprocessed_batches_are_reused_across_cells(tiny_llava, task_manager):
     tiny = PruneBenchLMM.from_adapter(tiny_llava, pretrained="tiny-llava", batch_size=2, cache_mb=0)
     _evaluate(tiny, task_manager)
     assert tiny._batches.bytes == 0
+
+
+def test_layout_model_arg_loads_the_five_crop_layout_and_joins_the_identity(tiny_llava):
+    lm = PruneBenchLMM.create_from_arg_string("pretrained=tiny-llava_next,method=random,budget=64,layout=fivecrop", {"batch_size": 1})
+    assert lm.adapter.layout == "fivecrop" and lm.identity["layout"] == "fivecrop" and "layout=fivecrop" in lm.model_args
+    anyres = PruneBenchLMM.create_from_arg_string("pretrained=tiny-llava_next,method=random,budget=64", {"batch_size": 1})
+    assert anyres.identity["layout"] == "anyres" and str(anyres) != str(lm)
+    with pytest.raises(Exception, match="LLaVA-NeXT models only"):
+        PruneBenchLMM.create_from_arg_string("pretrained=tiny-llava,method=random,budget=64,layout=fivecrop", {})
+
+
+def test_identity_holds_the_weights_fingerprint(lm, tmp_path, monkeypatch):
+    import os
+
+    import prunebench.toy
+
+    lm.configure("random", 64)
+    assert lm.identity["weights"]["source"].startswith("built-in") and "weights" not in lm.model_args
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    monkeypatch.setattr(prunebench.toy, "TOY_MODEL_DIR", folder)
+    toy = PruneBenchLMM.from_adapter(lm.adapter, pretrained="toy-llava")
+    before = str(toy.configure("random", 64))
+    (folder / "model.safetensors").write_bytes(b"weights v2, retrained")
+    os.utime(folder / "model.safetensors", (1e9, 1e9))
+    retrained = PruneBenchLMM.from_adapter(lm.adapter, pretrained="toy-llava")
+    assert str(retrained.configure("random", 64)) != before, "a retrained checkpoint must not share cached answers"
