@@ -1,5 +1,6 @@
 """Sweeps: records per the store schema, baseline reuse, resume, failing and infeasible cells, SIGKILL, config, status."""
 
+import json
 import os
 import signal
 import subprocess
@@ -55,8 +56,10 @@ def test_records_follow_the_store_schema(finished):
     sweep, result = finished
     records = {(r["method"], r["budget"]): r for r in sweep.store.records()}
     assert set(records) == {("none", None), ("random", 64), ("fastv", 64), ("visionzip", 64)}
-    assert len(sweep._flops_cache) == 2, "FLOPs are counted once per per-layer token pattern (random@64 = visionzip@64)"
+    # random@64 and visionzip@64 share a token pattern, hence the analytic count, but each is measured with its own selection
+    assert sorted(k[0] for k in sweep._flops_cache) == ["none", "random", "visionzip"]
     assert records[("visionzip", 64)]["flops"]["analytic_tflops"] == done_flops(records[("random", 64)])
+    assert records[("visionzip", 64)]["flops"]["vision_measured_tflops"] > records[("random", 64)]["flops"]["vision_measured_tflops"]
     done = records[("random", 64)]
     for field in ("key", "status", "model", "suite", "task_names", "method", "method_params", "budget", "budget_mode", "budget_scope",
                   "limit", "seed", "preprocess", "tasks", "relacc", "agreement", "tokens", "latency_ms", "flops", "kv_cache",
@@ -66,19 +69,59 @@ def test_records_follow_the_store_schema(finished):
     assert done["tokens"]["final"] == 64 and done["tokens"]["layer_average"] == 64 and done["tokens"]["per_layer"] == [64] * 4
     assert set(done["tasks"]) == {"shapes_count"} and done["tasks"]["shapes_count"]["n"] == 2
     assert 0.0 <= done["agreement"] <= 1.0
-    for part in ("prefill", "decode_per_token", "total", "vision", "select"):
-        assert done["latency_ms"][part]["median"] <= done["latency_ms"][part]["p90"]
-    assert done["flops"]["llm_rel_diff"] < 1e-3 and done["flops"]["measured_tflops"] > 0
+    for part in ("ttft", "prefill", "decode_per_token", "total", "vision", "select", "select_vision", "select_llm", "llm_prefill", "assemble"):
+        assert done["latency_ms"][part]["median"] <= done["latency_ms"][part]["p90"], part
+    lat = {k: v["median"] for k, v in done["latency_ms"].items()}
+    assert lat["ttft"] > lat["vision"] and lat["ttft"] > lat["prefill"] and lat["select_llm"] == 0.0  # random selects before the LLM
+    assert lat["total"] > lat["ttft"] and "ttft = vision" in done["latency_parts"]
+    assert done["flops"]["llm_rel_diff"] < 1e-3 and done["flops"]["llm_agree"] and done["flops"]["measured_tflops"] > 0
+    assert done["contract_ok"] and done["warnings"] == []
+    assert done["weights"]["source"].startswith("built-in") and done["versions"]["lmms_eval"] and done["code"] and done["task_files"]
+    assert done["tasks"]["shapes_count"]["metrics"] == {"exact_match": done["tasks"]["shapes_count"]["score"]}
+    assert done["peak_memory_growth_mb"] is not None and 0 <= done["peak_memory_growth_mb"] <= done["peak_memory_mb"]
     assert done["kv_cache"]["measured_mb"] == pytest.approx(done["kv_cache"]["analytic_mb"])
     assert done["env"]["versions"]["lmms_eval"] and done["env"]["attn_implementation"] == "sdpa"
     baseline = records[("none", None)]
     assert baseline["relacc"] == 1.0 and baseline["agreement"] == 1.0
     assert baseline["flops"]["analytic_tflops"] > 2 * done["flops"]["analytic_tflops"]
-    infeasible = records[("fastv", 64)]
-    assert infeasible["status"] == "infeasible" and "budget-mode final" in infeasible["error"]
     samples = sweep.store.samples(done["key"])
     assert len(samples) == 2 and {"task", "doc_id", "answer", "target", "score"} <= set(samples[0])
-    assert (sweep.store.root / "config.yaml").exists()
+    assert (sweep.store.root / "config.yaml").exists() and (sweep.store.root / "suite.json").exists()
+    assert not any((sweep.store.root / "partial").glob("*/*.json")), "finished cells leave no partial results behind"
+
+
+def test_an_unreachable_average_budget_is_stored_as_infeasible(finished):
+    sweep, _ = finished
+    cell = next(c for c in sweep.cells if c.method == "fastv")
+    stored = ResultStore(sweep.store.root).get(cell.key)  # read back from disk, as a rerun or `prunebench status` does
+    assert stored["status"] == "infeasible" and stored["budget_mode"] == "average"
+    assert "cannot go below" in stored["error"] and "budget-mode final" in stored["error"]
+    assert [c["label"] for c in run_status(sweep.store.root)["infeasible"]] == ["fastv@64"]
+
+
+def test_flops_are_counted_once_per_method_and_token_pattern(finished, monkeypatch):
+    import types
+
+    import prunebench.costs as costs
+    from prunebench.lmms import resolve
+
+    sweep, _ = finished
+    calls = []
+    real = costs.measure_prefill_flops
+
+    def counting(adapter, method, *args, **kwargs):
+        calls.append(method.name)
+        return real(adapter, method, *args, **kwargs)
+
+    monkeypatch.setattr(costs, "measure_prefill_flops", counting)
+    sweep._flops_cache.clear()
+    random_cell = next(c for c in sweep.cells if c.method == "random")
+    stats = types.SimpleNamespace(tokens_per_layer=[64] * 4, text_tokens=10, plan=types.SimpleNamespace(vision=64))
+    random, visionzip = resolve("random", "tiny-llava", "llava"), resolve("visionzip", "tiny-llava", "llava")
+    first = sweep._flops(random_cell, random, stats)
+    assert sweep._flops(random_cell, random, stats) == first and calls == ["random"], "same method and pattern: counted once"
+    sweep._flops(random_cell, visionzip, stats)
+    assert calls == ["random", "visionzip"], "another method with the same token pattern is counted with its own selection"
 
 
 def test_rerun_skips_and_baseline_is_reused_by_a_new_run(finished, tmp_path, tiny_llava):
@@ -202,7 +245,7 @@ def test_leaderboard_files_and_fallback_table(finished):
     paths = write_leaderboard(sweep.store, echo=lambda _m: None)
     assert [p.name for p in paths] == ["leaderboard.md", "leaderboard.csv"] and all(p.stat().st_size for p in paths)
     df = simple_leaderboard(list(sweep.store.records()))  # the table printed when prunebench.report is not installed
-    assert {"method", "budget", "shapes_count", "RelAcc", "agreement", "prefill ms", "TFLOPs", "KV MB"} <= set(df.columns)
+    assert {"method", "budget", "shapes_count", "RelAcc", "agreement", "TTFT ms", "TFLOPs", "KV MB"} <= set(df.columns)
     assert df.iloc[0]["method"] == "none" and len(df) == 4
 
 
@@ -212,3 +255,260 @@ def test_gen_kwargs_override_the_suite_and_change_the_key(tmp_path):
     assert short.suite.generation_kwargs == {"max_new_tokens": 2, "do_sample": False}
     assert short.suite.gen_kwargs_string() == "max_new_tokens=2,do_sample=False"
     assert {c.key for c in plain.cells}.isdisjoint(c.key for c in short.cells)
+
+
+BROKEN_TASK = """task: broken_count
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function broken_utils.doc_to_visual
+doc_to_text: !function broken_utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 4
+  do_sample: false
+  temperature: 0
+process_results: !function broken_utils.process_results
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+"""
+
+BROKEN_UTILS = '''
+import os
+from prunebench.suites.shapes.utils import doc_to_text, doc_to_visual, process_results as _score
+
+def process_results(doc, results):
+    if os.path.exists(os.environ.get("PRUNEBENCH_TEST_BROKEN", "")):
+        raise ValueError("broken_count: scoring fails while the marker file exists")
+    return _score(doc, results)
+'''
+
+
+def test_tasks_run_one_by_one_a_failing_task_is_kept_and_a_rerun_resumes_at_task_level(tmp_path, tiny_llava, monkeypatch):
+    from prunebench.suites.shapes import TASK_DIR
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "broken_count.yaml").write_text(BROKEN_TASK.format(data=TASK_DIR / "test_count.jsonl"))
+    (tasks_dir / "broken_utils.py").write_text(BROKEN_UTILS)
+    marker = tmp_path / "BROKEN"  # outside the task folder, whose files are part of the cell key
+    marker.write_text("")
+    monkeypatch.setenv("PRUNEBENCH_TEST_BROKEN", str(marker))
+    overrides = dict(methods="random", budgets="64", tasks="shapes_count,broken_count", include_path=[str(tasks_dir)],
+                     baseline_cache=str(tmp_path / "bl"))
+    evaluated = []
+    real = Sweep._evaluate
+    monkeypatch.setattr(Sweep, "_evaluate", lambda self, lm, tasks: (evaluated.append((lm.method.name, *tasks)), real(self, lm, tasks))[1])
+
+    sweep = _sweep(tmp_path, **overrides)
+    sweep._adapter = tiny_llava
+    sweep.run()
+    records = {r["method"]: r for r in sweep.store.records()}
+    for record in records.values():
+        assert record["status"] == "failed" and "1 of 2 task(s) failed" in record["error"]
+        assert "scoring fails while the marker file exists" in record["task_errors"]["broken_count"]["traceback"]
+        assert "ValueError" in record["traceback"]
+        assert set(record["tasks"]) == {"shapes_count"}, "the task that finished is kept next to the one that failed"
+    assert sorted(evaluated) == sorted([(m, t) for m in ("none", "random") for t in ("shapes_count", "broken_count")])
+
+    marker.unlink()
+    evaluated.clear()
+    again = _sweep(tmp_path, **overrides)
+    again._adapter = tiny_llava
+    again.run()
+    assert sorted(evaluated) == [("none", "broken_count"), ("random", "broken_count")], "finished tasks were evaluated again"
+    records = {r["method"]: r for r in again.store.records()}
+    assert all(r["status"] == "done" and set(r["tasks"]) == {"shapes_count", "broken_count"} for r in records.values())
+    assert len(again.store.samples(records["random"]["key"])) == 4
+
+
+def test_retraining_the_toy_model_invalidates_its_cells_and_baseline(tmp_path, monkeypatch):
+    import shutil
+
+    import prunebench.toy
+
+    folder = tmp_path / "toy-llava"
+    shutil.copytree(prunebench.toy.TOY_MODEL_DIR, folder)
+    monkeypatch.setattr(prunebench.toy, "TOY_MODEL_DIR", folder)
+    before = _sweep(tmp_path, model="toy-llava", methods="random", budgets="16")
+    assert before.cells[0].fields["weights"]["source"] == "folder"
+    with open(folder / "model.safetensors", "ab") as handle:  # new weights under the same name
+        handle.write(b"\0")
+    after = _sweep(tmp_path, model="toy-llava", methods="random", budgets="16")
+    assert before.cells[0].key != after.cells[0].key and before.cells[1].key != after.cells[1].key
+    unchanged = _sweep(tmp_path, model="toy-llava", methods="random", budgets="16")
+    assert [c.key for c in unchanged.cells] == [c.key for c in after.cells], "the key is stable while nothing changes"
+
+
+def test_saved_config_replays_with_the_same_cells(tmp_path):
+    sweep = _sweep(tmp_path, methods="random,fastv", budgets="16,32", method_args=["fastv.layer=1"], gen_kwargs="max_new_tokens=3")
+    sweep.write_plan()
+    replay = Sweep(resolve_config(str(sweep.store.root / "config.yaml")), progress=False)
+    assert [c.key for c in replay.cells] == [c.key for c in sweep.cells]
+    assert replay.suite.to_dict() == json.loads((sweep.store.root / "suite.json").read_text())
+
+
+def test_budgets_must_be_whole_positive_numbers(tmp_path):
+    from prunebench.core import PruneBenchError
+    from prunebench.runner.config import parse_budgets
+
+    assert parse_budgets([32, 64.0, "128", "32"]) == [32, 64, 128]
+    for bad in ([2.5], [True], ["2.5"], [0], ["-8"], ["x"]):
+        with pytest.raises(PruneBenchError, match="positive integers"):
+            parse_budgets(bad)
+    path = tmp_path / "frac.yaml"
+    path.write_text("budgets: [2.5]\n")
+    with pytest.raises(PruneBenchError, match="2.5"):
+        resolve_config(str(path))
+
+
+def test_a_budget_above_the_visual_tokens_stops_the_sweep_before_any_cell(tmp_path, tiny_llava):
+    from prunebench.core import PruneBenchError
+
+    sweep = _sweep(tmp_path, methods="random", budgets="64,700", baseline_cache=str(tmp_path / "bl"))
+    sweep._adapter = tiny_llava
+    with pytest.raises(PruneBenchError, match=r"budget 700 exceeds the 576 visual tokens.*choose budgets <= 576 \(e.g. --budgets 64\)"):
+        sweep.run()
+    assert not list(sweep.store.records())
+
+
+def test_seed_accepts_one_value_or_lmms_evals_equal_comma_form():
+    from prunebench.core import PruneBenchError
+
+    assert resolve_config(None, {"seed": "7"})["seed"] == 7
+    assert resolve_config(None, {"seed": "3,3,3,3"})["seed"] == 3
+    with pytest.raises(PruneBenchError, match="one seed"):
+        resolve_config(None, {"seed": "0,1234,1234,1234"})
+
+
+def test_layout_is_a_run_option_an_lmms_arg_and_part_of_the_key(tmp_path):
+    from prunebench.core import PruneBenchError
+
+    anyres = _sweep(tmp_path, name="a", model="tiny-llava_next", methods="random", budgets="64")
+    five = _sweep(tmp_path, name="b", model="tiny-llava_next", methods="random", budgets="64", layout="fivecrop")
+    assert {c.key for c in anyres.cells}.isdisjoint(c.key for c in five.cells)
+    assert five.cells[1].fields["layout"] == "fivecrop"
+    with pytest.raises(PruneBenchError, match="LLaVA-NeXT models only"):
+        _sweep(tmp_path, name="c", layout="fivecrop")  # tiny-llava is LLaVA-1.5
+    with pytest.raises(PruneBenchError, match="--layout must be one of"):
+        resolve_config(None, {"layout": "grid"})
+
+
+def test_latency_entries_partition_the_time_to_first_token(tiny_llava, samples):
+    from prunebench.engine import Pruner
+    from prunebench.registry import create_method
+    from prunebench.runner.sweep import _select_llm_ms, sample_latency
+
+    # by hand: vision 10, selection 5 of which 2 in the LLM, generate window 50 = prefill 30 + decoding 20, total 70
+    parts = sample_latency({"vision_ms": 10, "select_ms": 5, "prefill_ms": 30, "generate_ms": 50, "total_ms": 70,
+                            "decode_ms_per_token": 5}, select_llm_ms=2)
+    assert parts["ttft"] == 50 and parts["select_vision"] == 3 and parts["llm_prefill"] == 28 and parts["assemble"] == 7
+    with Pruner(tiny_llava, create_method("fastv", layer=1), 64, budget_mode="final") as pruner:
+        out = pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=3, min_new_tokens=3)
+        parts = sample_latency(out.stats.timings_ms, _select_llm_ms(pruner, out.stats.timings_ms))
+    assert parts["select_llm"] > 0, "FastV selects inside the LLM"
+    assert min(parts.values()) >= 0
+    whole = parts["vision"] + parts["select_vision"] + parts["assemble"] + parts["select_llm"] + parts["llm_prefill"]
+    assert whole == pytest.approx(parts["ttft"], rel=1e-9)
+    assert parts["total"] == pytest.approx(parts["ttft"] + parts["generate"] - parts["prefill"], rel=1e-9)
+
+
+def test_peak_memory_is_per_cell(tmp_path):
+    import mmap
+
+    import torch
+
+    from prunebench.runner.sweep import PeakMemory, _reset_peak_rss
+
+    if not _reset_peak_rss():
+        pytest.skip("this platform cannot reset the peak RSS")
+    with PeakMemory(torch.device("cpu")) as big:
+        block = mmap.mmap(-1, 64 << 20)  # fresh pages (a malloc could reuse resident ones freed by earlier tests)
+        for i in range(0, len(block), mmap.PAGESIZE):
+            block[i] = 1
+        block.close()
+    with PeakMemory(torch.device("cpu")) as small:
+        pass
+    big_peak, big_growth, _ = big.result()
+    small_peak, small_growth, kind = small.result()
+    assert big_growth >= 60 and small_growth < 30 and small_peak < big_peak - 30, (big.result(), small.result())
+    assert "this cell" in kind
+
+
+def test_stale_temporary_files_are_removed_but_fresh_ones_kept(tmp_path):
+    store = ResultStore(tmp_path / "run")
+    store.put({"key": "k", "status": "done"})
+    stale, fresh = store.cells_dir / ".k.json.abc.tmp", store.cells_dir / ".k.json.def.tmp"
+    stale.write_text("{")
+    fresh.write_text("{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert store.clean_stale_tmp() == [stale] and fresh.exists() and store.get("k")["status"] == "done"
+
+
+def test_lmms_eval_progress_redraws_are_dropped_and_other_output_kept():
+    import io
+
+    from tqdm import tqdm
+
+    from prunebench.runner.sweep import _DropRedraws
+
+    real = io.StringIO()
+    quiet = _DropRedraws(real)
+    for _ in tqdm(range(3), file=quiet, desc="Postprocessing", mininterval=0):
+        pass
+    quiet.write("WARNING something lmms-eval says\n")
+    assert real.getvalue() == "WARNING something lmms-eval says\n"
+
+
+def test_task_scores_keep_every_metric_and_the_first_as_score():
+    results = {"results": {"t": {"alias": "t", "exact_match,none": 0.5, "exact_match_stderr,none": "N/A", "anls,none": 0.25,
+                                 "exact_match,flexible": 0.75}}, "n-samples": {"t": {"effective": 4}}}
+    from prunebench.runner.sweep import task_scores
+
+    assert task_scores(results) == {"t": {"metric": "exact_match", "score": 0.5, "n": 4,
+                                          "metrics": {"exact_match": 0.5, "anls": 0.25, "exact_match,flexible": 0.75}}}
+
+
+@pytest.mark.slow
+def test_relacc_and_agreement_against_a_nonzero_baseline(tmp_path):
+    """The shipped toy model answers some shapes questions right, so RelAcc and agreement have real values to check."""
+    from prunebench.toy import TOY_MODEL_DIR
+
+    if not (TOY_MODEL_DIR / "config.json").exists():
+        pytest.skip("the toy checkpoint is not there")
+    sweep = _sweep(tmp_path, model="toy-llava", tasks="shapes_count,shapes_exist", methods="random", budgets="8", limit=6,
+                   batch_size=6, latency={"samples": 1, "warmup": 0, "new_tokens": 1}, baseline_cache=str(tmp_path / "bl"))
+    sweep.run()
+    records = {r["method"]: r for r in sweep.store.records()}
+    base, pruned = records["none"], records["random"]
+    assert base["status"] == pruned["status"] == "done"
+    assert any(e["score"] > 0 for e in base["tasks"].values()), "the toy model should answer some questions right"
+    ratios = [pruned["tasks"][t]["score"] / e["score"] for t, e in base["tasks"].items() if e["score"] > 0]
+    assert pruned["relacc"] == pytest.approx(sum(ratios) / len(ratios))
+    assert all(pruned["tasks"][t]["baseline"] == base["tasks"][t]["score"] for t in base["tasks"])
+    ref = {(s["task"], s["doc_id"]): s["answer"] for s in sweep.store.samples(base["key"])}
+    rows = sweep.store.samples(pruned["key"])
+    assert len(rows) == 12 and pruned["agreement"] == pytest.approx(sum(r["answer"] == ref[(r["task"], r["doc_id"])] for r in rows) / 12)
+    assert pruned["weights"]["source"] == "folder" and len(pruned["weights"]["sha256"]) == 64
+
+
+@pytest.mark.slow
+def test_lmms_eval_command_line_runs_the_prunebench_model(tmp_path):
+    from prunebench.suites.shapes import TASK_DIR
+
+    out = tmp_path / "lmms"
+    proc = subprocess.run(["lmms-eval", "--model", "prunebench", "--model_args", "pretrained=tiny-llava,method=random,budget=64",
+                           "--tasks", "shapes_count", "--limit", "2", "--batch_size", "2", "--include_path", str(TASK_DIR),
+                           "--output_path", str(out), "--log_samples"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = list(out.rglob("*results*.json"))
+    assert found, f"no results file under {out}: {list(out.rglob('*'))}"
+    data = json.loads(found[0].read_text())
+    assert "exact_match,none" in data["results"]["shapes_count"]
+    assert "method=random" in json.dumps(data.get("config", {})) and "budget=64" in json.dumps(data.get("config", {}))

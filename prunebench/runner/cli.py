@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,17 @@ from prunebench.core import PruneBenchError
 
 RUN_DESCRIPTION = """\
 Sweep pruning methods x token budgets over the tasks of a suite, evaluated by lmms-eval 0.7, and record one
-result per cell (accuracy, RelAcc and agreement against the unpruned model, visual tokens per layer, prefill /
-decode latency, FLOPs, KV-cache bytes, peak memory) in a crash-safe run folder.
+result per cell (every metric of each task, RelAcc and agreement against the unpruned model, visual tokens per
+layer, time to first token split into vision / selection / LLM prefill, decode time per token, FLOPs measured
+and analytic, KV-cache bytes, peak memory) in a crash-safe run folder.
 
 The model is loaded once; the unpruned baseline (method 'none') is evaluated once per model, suite, limit, seed
 and preprocessing and reused by every cell and by later runs (RUN/../.baselines). Rerunning the same command
-skips finished cells, so an interrupted sweep (even kill -9) resumes where it stopped; a cell that raises is
-recorded with its traceback and the sweep goes on; a budget a method cannot meet is recorded as infeasible.
+skips finished cells and, inside an unfinished cell, the tasks already evaluated, so an interrupted sweep
+(even kill -9) resumes where it stopped; a task that raises is recorded with its traceback and the others go
+on; a budget a method cannot meet is recorded as infeasible; a budget above the inputs' visual tokens is an
+error before the sweep starts. The key of a cell includes the weights' and the code's fingerprints, so a
+retrained model or an edited method is never answered from old results.
 """
 
 RUN_EPILOG = """\
@@ -36,16 +41,19 @@ examples:
   prunebench status results/smoke                         finished / failed / infeasible / pending cells
 
 outputs (RUN = --output):
-  RUN/config.yaml             the resolved config (defaults <- --config YAML <- flags)
+  RUN/config.yaml             the resolved config (defaults <- --config YAML <- flags); replay with --config
+  RUN/suite.json              the suite's tasks, include paths and generation kwargs
   RUN/plan.json               every cell of the sweep with its key (what `prunebench status` compares against)
   RUN/cells/<key>.json        one record per finished cell (schema: prunebench/store.py), written atomically
   RUN/samples/<key>.jsonl     per-sample answers, targets and scores of that cell
+  RUN/partial/<key>/          a cell in progress: its costs and each evaluated task (a rerun resumes from them)
   RUN/leaderboard.md|.csv     method x budget table (also printed at the end)
   RUN/../.baselines/          unpruned baselines shared by later runs (--baseline-cache)
 
 a config file holds the same keys as the flags (underscored): model, suite, tasks, methods, budgets,
-budget_mode, budget_scope, preprocess, method_args ({fastv: {layer: 3}}), limit, seed, batch_size, device,
-dtype, output, include_path, plugins, latency ({samples: 8, warmup: 2, new_tokens: 8}).
+budget_mode, budget_scope, preprocess, layout, method_args ({fastv: {layer: 3}}), limit, seed, batch_size,
+device, dtype, output, include_path, plugins, gen_kwargs, latency ({samples: 8, warmup: 2, new_tokens: 8});
+`prunebench run --config RUN/config.yaml` replays a run.
 
 the same pruned model from lmms-eval's own command line:
   lmms-eval --model prunebench --model_args pretrained=toy-llava,method=fastv,budget=64,budget_mode=final \\
@@ -70,6 +78,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--budget-scope", "--budget_scope", dest="budget_scope", choices=("image", "crop", "frame", "video"),
                       help="what a budget counts for multi-crop / video inputs (default image; recorded)")
     what.add_argument("--preprocess", choices=("hf", "paper"), help="image preprocessing: the model's HF processor (default) or the paper's")
+    what.add_argument("--layout", choices=("anyres", "fivecrop"),
+                      help="LLaVA-NeXT visual layout: anyres (stock, default) or fivecrop (the papers' fixed 5 x 576 tokens)")
     what.add_argument("--method-args", "--method_args", dest="method_args", action="append", metavar="M.P=V",
                       help="method parameter, e.g. fastv.layer=3 (repeatable or comma-separated)")
     what.add_argument("--plugins", help="comma-separated Python modules to import first (they register extra methods)")
@@ -77,7 +87,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--gen_kwargs", "--gen-kwargs", dest="gen_kwargs", metavar="K=V,...",
                      help="generation overrides for every task, lmms-eval style (e.g. max_new_tokens=8)")
     how.add_argument("--limit", type=float, help="documents per task (an int), or a fraction < 1; default: all")
-    how.add_argument("--seed", type=int, help="seed of random methods and lmms-eval (default 0)")
+    how.add_argument("--seed", help="seed of random methods and of lmms-eval's random/numpy/torch generators (default 0); "
+                     "lmms-eval's comma form is accepted when all its values are equal")
     how.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, help="evaluation batch size (default 8); latency is always timed at 1")
     how.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     how.add_argument("--dtype", help="model dtype: auto (default), float32, bfloat16, float16")
@@ -90,7 +101,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--latency-warmup", dest="latency_warmup", type=int, help="warm-up calls before timing (default 2)")
     how.add_argument("--latency-new-tokens", dest="latency_new_tokens", type=int, help="tokens generated per timed call (default 8)")
     how.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", default=None, help="do not print/write the leaderboard")
-    how.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    how.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars (lmms-eval's own bars are shown only with -v)")
     how.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
     p.set_defaults(func=cmd_run)
 
@@ -106,6 +118,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model, "suite": args.suite, "tasks": args.tasks, "include_path": args.include_path, "methods": args.methods,
         "budgets": args.budgets, "budget_mode": args.budget_mode, "budget_scope": args.budget_scope, "preprocess": args.preprocess,
+        "layout": args.layout,
         "method_args": args.method_args, "plugins": args.plugins, "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
         "device": args.device, "dtype": args.dtype, "output": args.output, "log_samples": args.log_samples,
         "leaderboard": args.leaderboard, "baseline_cache": args.baseline_cache, "gen_kwargs": args.gen_kwargs, "latency": latency if any(v is not None for v in latency.values()) else None,
@@ -113,16 +126,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _quiet_lmms_eval(verbose: bool) -> None:
+    """lmms-eval and datasets log every task at INFO; keep warnings. (lmms-eval's progress bars are filtered by
+    the sweep itself: TQDM_DISABLE cannot, since tqdm reads it when torch first imports it.)"""
     if verbose:
         return
-    import os
-
-    # lmms-eval and datasets draw a progress bar per task and step; tqdm reads TQDM_* only for arguments a caller
-    # leaves unset, and prunebench's own bars (cells, samples) set `disable` explicitly, so they stay.
-    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        import sys
-
         from loguru import logger
 
         logger.remove()
@@ -144,13 +152,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prunebench.runner.sweep import Sweep
 
     config = resolve_config(args.config, overrides_from_args(args))
-    sweep = Sweep(config, progress=args.progress)
+    verbose = getattr(args, "verbose", 0) > 0
+    sweep = Sweep(config, progress=args.progress, foreign_progress=verbose and args.progress)
     if args.dry_run:
         print(to_yaml(sweep.config))
         for cell in sweep.cells:
             print(f"{cell.key}  {cell.label:24s} {'done' if sweep.store.is_done(cell.key) else 'pending'}  {cell.params}")
         return 0
-    _quiet_lmms_eval(getattr(args, "verbose", 0) > 0)
+    _quiet_lmms_eval(verbose)
     result = sweep.run()
     paths = write_leaderboard(sweep.store, echo=print) if config.get("leaderboard", True) else []
     counts = status_counts(sweep.store)
@@ -190,7 +199,7 @@ def _has_tabulate() -> bool:
 
 
 def simple_leaderboard(records: list[dict[str, Any]]):
-    """Rows method x budget; columns: each task, RelAcc, agreement, prefill ms, TFLOPs, KV MB (fallback table)."""
+    """Rows method x budget; columns: each task, RelAcc, agreement, TTFT ms, TFLOPs, KV MB (fallback table)."""
     import pandas as pd
 
     rows = []
@@ -201,8 +210,10 @@ def simple_leaderboard(records: list[dict[str, Any]]):
             row[task] = entry.get("score")
         row["RelAcc"] = r.get("relacc")
         row["agreement"] = r.get("agreement")
-        row["prefill ms"] = (((r.get("latency_ms") or {}).get("prefill")) or {}).get("median")
-        row["TFLOPs"] = (r.get("flops") or {}).get("analytic_tflops")
+        latency = r.get("latency_ms") or {}
+        row["TTFT ms"] = (latency.get("ttft") or latency.get("prefill") or {}).get("median")
+        flops = r.get("flops") or {}
+        row["TFLOPs"] = flops.get("measured_tflops", flops.get("analytic_tflops"))
         row["KV MB"] = (r.get("kv_cache") or {}).get("measured_mb")
         rows.append(row)
     df = pd.DataFrame(rows)

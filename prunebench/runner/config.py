@@ -23,6 +23,7 @@ from prunebench.core import BUDGET_MODES, PruneBenchError
 
 BUDGET_SCOPES = ("image", "crop", "frame", "video")
 PREPROCESS = ("hf", "paper")
+LAYOUTS = ("anyres", "fivecrop")  # LLaVA-NeXT visual layouts (prunebench.adapters.llava_next)
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # None: prunebench.models.DEFAULT_MODEL (toy-llava)
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "budget_mode": "average",
     "budget_scope": "image",
     "preprocess": "hf",
+    "layout": None,  # LLaVA-NeXT only: anyres (the adapter's default) or fivecrop (the papers' 5 x 576 layout)
     "method_args": {},
     "limit": None,
     "seed": 0,
@@ -63,16 +65,45 @@ def split_list(value: Any) -> list[Any]:
 
 
 def parse_budgets(value: Any) -> list[int]:
+    """``"32,64"`` / ``[32, 64]`` -> ``[32, 64]``; anything but a positive whole number is an error (YAML's
+    ``2.5`` or ``true`` must not quietly become 2 or 1)."""
     budgets = []
     for item in split_list(value):
-        try:
+        if isinstance(item, bool):
+            budget = None
+        elif isinstance(item, int):
+            budget = item
+        elif isinstance(item, float) and item.is_integer():
             budget = int(item)
-        except (TypeError, ValueError):
-            raise PruneBenchError(f"budgets must be positive integers (visual tokens kept), got {item!r}; e.g. --budgets 32,64,128") from None
-        if budget <= 0:
-            raise PruneBenchError(f"budgets must be positive integers, got {budget}")
-        budgets.append(budget)
+        elif isinstance(item, str) and re.fullmatch(r"\+?\d+", item.strip()):
+            budget = int(item)
+        else:
+            budget = None
+        if budget is None or budget <= 0:
+            raise PruneBenchError(f"budgets must be positive integers (visual tokens kept), got {item!r}; e.g. --budgets 32,64,128")
+        if budget not in budgets:
+            budgets.append(budget)
     return budgets
+
+
+def parse_seed(value: Any) -> int:
+    """One seed drives the methods and lmms-eval's python / numpy / torch generators alike.
+
+    lmms-eval's own ``--seed 0,1234,1234,1234`` form sets those generators separately; here a comma list is
+    accepted only when its values are all equal, since a cell records (and is keyed by) a single seed."""
+    if isinstance(value, bool):
+        raise PruneBenchError(f"--seed must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    parts = [p.strip() for p in str(value).split(",") if p.strip() and p.strip().lower() != "none"]
+    try:
+        seeds = {int(p) for p in parts}
+    except ValueError:
+        raise PruneBenchError(f"--seed must be an integer, got {value!r}") from None
+    if len(seeds) != 1:
+        raise PruneBenchError(f"--seed {value!r}: prunebench uses one seed for the methods and lmms-eval's random, numpy "
+                              "and torch generators; pass a single integer, e.g. --seed 0")
+    return seeds.pop()
 
 
 def parse_method_args(items: Any) -> dict[str, dict[str, Any]]:
@@ -161,10 +192,12 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
         raise PruneBenchError(f"--budget-scope must be one of {', '.join(BUDGET_SCOPES)}, got {data['budget_scope']!r}")
     if data["preprocess"] not in PREPROCESS:
         raise PruneBenchError(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {data['preprocess']!r}")
+    if data.get("layout") is not None and data["layout"] not in LAYOUTS:
+        raise PruneBenchError(f"--layout must be one of {', '.join(LAYOUTS)} (LLaVA-NeXT), got {data['layout']!r}")
     if data["limit"] is not None:
         limit = float(data["limit"])
         data["limit"] = int(limit) if limit.is_integer() and limit >= 1 else limit
-    data["seed"] = int(data["seed"])
+    data["seed"] = parse_seed(data["seed"])
     data["batch_size"] = int(data["batch_size"])
     if data["batch_size"] < 1:
         raise PruneBenchError("--batch_size must be >= 1")

@@ -1,30 +1,39 @@
 """A sweep: methods x budgets on one model and one suite, evaluated by lmms-eval, recorded cell by cell.
 
-Work done once per sweep: load the model, index lmms-eval's tasks, pick the latency probe samples, and find or
-evaluate the unpruned baseline (the run folder first, then the shared baseline cache
+Work done once per sweep: load the model, index lmms-eval's tasks, pick the latency probe samples, check every
+budget against their visual tokens (a budget above them is an input error, reported before any cell runs),
+and find or evaluate the unpruned baseline (the run folder first, then the shared baseline cache
 ``<results>/.baselines``, then an evaluation whose record lands in both). Per cell:
 
 1. latency probe: ``warmup`` calls, then ``samples`` fixed samples at batch size 1 (the same samples for every
-   cell), each generating exactly ``new_tokens`` tokens; median and p90 of the engine's split timings. An
-   infeasible budget surfaces here (``core.InfeasibleBudget``) before any evaluation;
-2. FLOPs of one probe sample's prefill with ``FlopCounterMode``, counted once per distinct per-layer token
-   pattern in this process, plus the analytic count; KV bytes measured and analytic;
-3. the suite through ``lmms_eval.evaluator.simple_evaluate`` with the live :class:`prunebench.lmms.PruneBenchLMM`
-   (batched); scores, RelAcc and agreement against the baseline;
-4. one atomic record (``ResultStore.put``): done, failed (with traceback) or infeasible (with the reason).
+   cell), each generating exactly ``new_tokens`` tokens; median and p90 of the time to first token and its
+   parts (:data:`LATENCY_PARTS`). The probe's per-layer tokens and KV lengths are checked against the plan
+   (``contract_ok``). An infeasible budget surfaces here (``core.InfeasibleBudget``) before any evaluation;
+2. FLOPs of one probe sample's prefill with ``FlopCounterMode`` (counted once per method, parameters and
+   per-layer token pattern in this process, so each method's own selection compute is counted), checked
+   against the analytic LLM count; KV bytes measured and analytic. Saved as ``RUN/partial/<key>/costs.json``;
+3. the suite's tasks one by one through ``lmms_eval.evaluator.simple_evaluate`` with the live
+   :class:`prunebench.lmms.PruneBenchLMM` (batched); each finished task is saved atomically
+   (``RUN/partial/<key>/<task>.json``), a task that raises is saved with its traceback and the others go on;
+4. when every task has run: scores, RelAcc and agreement against the baseline, and one atomic record
+   (``ResultStore.put``): done, failed (a task or the probe raised; traceback kept) or infeasible (with the reason).
 
-A rerun skips cells whose record is done or infeasible and retries failed ones; a SIGKILL loses at most the
-cell in flight, because nothing else is ever half-written.
+A rerun skips cells whose record is done or infeasible; in any other cell it reuses the saved costs and the
+tasks that finished and re-runs only the failed or missing tasks. A SIGKILL loses at most the task in flight,
+because nothing is ever half-written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
+import io
 import json
 import logging
 import math
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -37,7 +46,18 @@ from prunebench.core import BudgetError, InfeasibleBudget, PruneBenchError
 from prunebench.store import BASELINE_METHOD, ResultStore, cell_key
 
 log = logging.getLogger("prunebench.runner")
-FLOPS_NOTE = "per sample: first probe sample, batch 1, prefill up to the first token (vision + LLM + lm_head at 1 position)"
+FLOPS_NOTE = ("per sample: first probe sample, batch 1, prefill up to the first token (vision + the method's selection + LLM + "
+              "lm_head at 1 position); analytic counts model compute only")
+LLM_FLOPS_TOLERANCE = 1e-3  # measured vs analytic LLM prefill FLOPs (relative); the method's in-LLM scoring is the only gap
+LATENCY_PARTS = (
+    "per probe sample (batch 1, from the prepared batch to the first generated token): "
+    "ttft = vision + select_vision + assemble + select_llm + llm_prefill, where vision = the vision tower, "
+    "select_vision = the vision stage's selection and the projection of the kept tokens, assemble = planning and building "
+    "the LLM input, select_llm = the method's LLM-stage selection (inside the prefill), llm_prefill = the LLM prefill without it; "
+    "prefill = select_llm + llm_prefill (the engine's generate window up to the first token), select = select_vision + select_llm; "
+    "decode_per_token = mean time per further token, total = ttft + decoding, generate = prefill + decoding. "
+    "Median and p90 are taken per part, so the medians need not add up exactly"
+)
 
 
 @dataclass
@@ -85,20 +105,27 @@ def family_of(model: str) -> str:
         return ""
 
 
-def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str], generation_kwargs: dict[str, Any] | None = None) -> list[Cell]:
+def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str], generation_kwargs: dict[str, Any] | None = None,
+               include_paths: list[str] | None = None) -> list[Cell]:
     """The baseline and every method x budget cell, each with its resolved parameters and key.
 
-    The key covers everything that changes a cell's numbers: model, suite tasks and their generation overrides,
-    limit, seed, preprocessing, dtype, device, the latency protocol, method, every method parameter, budget,
-    budget mode and scope (not the batch size: batched outputs equal batch-1 outputs by the engine's contract).
+    The key covers everything that changes a cell's numbers: model and the fingerprint of its weights, the
+    LLaVA-NeXT layout, suite tasks, their generation overrides and the fingerprint of the task folders read
+    besides lmms-eval's own, limit, seed, preprocessing, dtype, device, the latency protocol, method, every
+    method parameter, budget, budget mode and scope, and the code that computes them (prunebench's version and
+    source fingerprint; lmms-eval, transformers and torch versions). Not the batch size: batched outputs equal
+    batch-1 outputs by the engine's contract (it is recorded, since peak memory depends on it).
     """
+    from prunebench.fingerprint import code_fingerprint, model_fingerprint, task_fingerprint
     from prunebench.lmms import resolve
 
     family = family_of(model)
     common = {
-        "model": model, "suite": config["suite"], "task_names": sorted(suite_tasks), "limit": config["limit"],
+        "model": model, "weights": model_fingerprint(model), "layout": config.get("layout"), "suite": config["suite"],
+        "task_names": sorted(suite_tasks), "task_files": task_fingerprint(include_paths or []), "limit": config["limit"],
         "seed": config["seed"], "preprocess": config["preprocess"], "dtype": config["dtype"], "device": config["device"],
         "generation_kwargs": dict(generation_kwargs or {}), "latency": dict(config["latency"]),
+        "code": code_fingerprint(), "versions": key_versions(),
     }
     cells = [_cell(BASELINE_METHOD, None, {}, {**common, "budget_mode": None, "budget_scope": None})]
     for method in config["methods"]:
@@ -113,6 +140,27 @@ def _cell(method: str, budget: int | None, params: dict[str, Any], common: dict[
     return Cell(method, budget, params, cell_key(fields), fields)
 
 
+@functools.lru_cache(maxsize=1)
+def key_versions() -> dict[str, str | None]:
+    """Versions of the code that computes a cell (part of its key)."""
+    import torch
+    import transformers
+
+    from prunebench import __version__
+
+    return {"prunebench": __version__, "lmms_eval": lmms_eval_version(), "transformers": transformers.__version__,
+            "torch": torch.__version__}
+
+
+def lmms_eval_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("lmms_eval")
+    except Exception:  # noqa: BLE001
+        return None
+
+
 # -- environment ------------------------------------------------------------------------------------------------
 def environment(adapter: Any) -> dict[str, Any]:
     import torch
@@ -121,13 +169,7 @@ def environment(adapter: Any) -> dict[str, Any]:
     from prunebench import __version__
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-                "prunebench": __version__}
-    try:
-        from importlib.metadata import version
-
-        versions["lmms_eval"] = version("lmms_eval")
-    except Exception:
-        versions["lmms_eval"] = None
+                "prunebench": __version__, "lmms_eval": lmms_eval_version()}
     info = adapter.describe()
     return {"attn_implementation": info.get("attn_implementation"), "device": info.get("device"), "dtype": info.get("dtype"),
             "versions": versions, "git": git_commit(), "host": platform.node(), "threads": torch.get_num_threads()}
@@ -143,13 +185,75 @@ def git_commit() -> str | None:
     return (commit + ("-dirty" if dirty else "")) if commit else None
 
 
-def peak_memory_mb(device: Any) -> tuple[float, str]:
-    import torch
+class PeakMemory:
+    """Peak memory while one cell runs (latency probe, FLOP count and evaluation at ``--batch_size``).
 
-    if getattr(device, "type", str(device)) == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated (this cell)"
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20, "process peak RSS (ru_maxrss, whole run so far)"
+    CUDA: ``torch.cuda.max_memory_allocated`` after a reset at the start of the cell (tensors only, weights
+    included). CPU on Linux: the process's peak resident set (``VmHWM``) after resetting it at the start of the
+    cell (``/proc/self/clear_refs``), so the figure includes the resident weights and libraries but no earlier
+    cell. ``growth_mb`` is the peak minus the footprint at the start of the cell: what the cell itself added.
+    Elsewhere only the process-wide ``ru_maxrss`` exists, and ``kind`` says so. A cell resumed after a kill
+    reports the part that ran in the resuming process.
+    """
+
+    def __init__(self, device: Any):
+        self.device = device
+        self.is_cuda = getattr(device, "type", str(device)) == "cuda"
+        self.start_mb: float | None = None
+        self._peak: float | None = None
+        self.kind = ""
+
+    def __enter__(self) -> "PeakMemory":
+        import torch
+
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+            self.kind = "cuda max_memory_allocated during this cell (tensors, weights included)"
+        elif _reset_peak_rss():
+            self.start_mb = _proc_status_mb("VmRSS")
+            self.kind = "peak RSS during this cell (VmHWM after a reset; resident weights included)"
+        else:
+            self.kind = "process peak RSS (ru_maxrss, whole run so far: this platform cannot reset it)"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._peak = self._read_peak()  # before anything resets the counter again (the next cell)
+
+    def _read_peak(self) -> float:
+        import torch
+
+        if self.is_cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.start_mb is not None:
+            return _proc_status_mb("VmHWM")
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20
+
+    def result(self) -> tuple[float, float | None, str]:
+        """(peak MB, growth over the start of the cell in MB or None, what the number means)."""
+        peak = self._peak if self._peak is not None else self._read_peak()
+        growth = None if self.start_mb is None or peak is None else max(peak - self.start_mb, 0.0)
+        return peak, growth, self.kind
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # Linux >= 4.0: reset the peak RSS (VmHWM) to the current RSS
+        return _proc_status_mb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        text = open("/proc/self/status").read()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) / 1024 if match else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -172,21 +276,55 @@ def _stat(values: list[float]) -> dict[str, float] | None:
     return {"median": q(0.5), "p90": q(0.9), "n": len(values)}
 
 
+def sample_latency(timings: dict[str, float], select_llm_ms: float | None = None) -> dict[str, float]:
+    """One generate call's engine timings as the entries of ``latency_ms`` (see :data:`LATENCY_PARTS`).
+
+    The engine's ``total_ms`` runs from the start of the vision tower to the last token and ``generate_ms`` from
+    the start of ``model.generate`` to it, so their difference plus ``prefill_ms`` is the time to first token.
+    ``select_llm_ms``: the LLM-stage share of ``select_ms`` (None: not known, the finer parts are left out).
+    """
+    t = timings
+    out = {"prefill": t.get("prefill_ms"), "decode_per_token": t.get("decode_ms_per_token"), "total": t.get("total_ms"),
+           "vision": t.get("vision_ms"), "select": t.get("select_ms"), "generate": t.get("generate_ms")}
+    ttft = t.get("ttft_ms")
+    if ttft is None and None not in (t.get("total_ms"), t.get("generate_ms"), t.get("prefill_ms")):
+        ttft = t["total_ms"] - t["generate_ms"] + t["prefill_ms"]
+    out["ttft"] = ttft
+    select_llm_ms = t.get("select_llm_ms", select_llm_ms)
+    if select_llm_ms is not None and None not in (ttft, out["vision"], out["select"], out["prefill"]):
+        out["select_llm"] = select_llm_ms
+        out["select_vision"] = out["select"] - select_llm_ms
+        out["llm_prefill"] = out["prefill"] - select_llm_ms
+        out["assemble"] = ttft - out["vision"] - out["select_vision"] - out["prefill"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _select_llm_ms(pruner: Any, timings: dict[str, float]) -> float | None:
+    if "select_llm_ms" in timings:
+        return timings["select_llm_ms"]
+    # The engine sums vision- and LLM-stage selection into select_ms; its per-call state (kept after generate for
+    # recompute) still holds the LLM-stage seconds, which is what splits the prefill window cleanly.
+    state = getattr(pruner, "_frozen", None)
+    seconds = getattr(state, "select_s", None)
+    return None if seconds is None else seconds * 1e3
+
+
 def latency_probe(adapter: Any, method: Any, budget: int | None, mode: str, seed: int, samples: list[Any], warmup: int,
                   new_tokens: int, scope: str = "image") -> tuple[dict[str, Any], list[Any]]:
     """Batch-1 timings over ``samples`` after ``warmup`` calls; returns (latency_ms record, per-sample Stats)."""
     from prunebench.engine import Pruner
 
     batches = [adapter.prepare([s]) for s in samples]
-    stats = []
+    stats, parts = [], []
     with Pruner(adapter, method, budget, budget_mode=mode, seed=seed, budget_scope=scope) as pruner:
         for i in range(warmup):
             pruner.generate(batches[i % len(batches)], max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         for batch in batches:
-            stats.append(pruner.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens).stats)
-    keys = {"prefill": "prefill_ms", "decode_per_token": "decode_ms_per_token", "total": "total_ms", "vision": "vision_ms",
-            "select": "select_ms", "generate": "generate_ms"}
-    record = {name: _stat([s.timings_ms.get(k, float("nan")) for s in stats]) for name, k in keys.items()}
+            out = pruner.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+            stats.append(out.stats)
+            parts.append(sample_latency(out.stats.timings_ms, _select_llm_ms(pruner, out.stats.timings_ms)))
+    names = dict.fromkeys(k for p in parts for k in p)
+    record = {name: _stat([p.get(name, float("nan")) for p in parts]) for name in names}
     return record, stats
 
 
@@ -216,33 +354,48 @@ def probe_samples(task_manager: Any, tasks: list[str], count: int, make_sample: 
         raise PruneBenchError(f"no tasks found for {tasks}")
     docs = [(name, task, list(task.eval_docs)) for name, task in leaves]
     out: list[Any] = []
+    broken: dict[str, str] = {}
     index = 0
-    while len(out) < count and any(index < len(d) for _, _, d in docs):
+    while len(out) < count and any(index < len(d) for name, _, d in docs if name not in broken):
         for name, task, items in docs:
-            if index < len(items) and len(out) < count:
+            if index < len(items) and len(out) < count and name not in broken:
                 doc = items[index]
-                visuals = _flatten(task.doc_to_visual(doc))
-                text = task.doc_to_text(doc)
-                question = str(text).replace("<image>", "").replace("<video>", "").strip()
-                out.append(make_sample(name, index, question, visuals))
+                try:
+                    visuals = _flatten(task.doc_to_visual(doc))
+                    text = task.doc_to_text(doc)
+                    question = str(text).replace("<image>", "").replace("<video>", "").strip()
+                    out.append(make_sample(name, index, question, visuals))
+                except Exception as exc:  # noqa: BLE001 - a broken task fails in its own evaluation, not the sweep
+                    broken[name] = f"{type(exc).__name__}: {exc}"
+                    log.warning("latency probe: skipping task %s (%s)", name, broken[name])
         index += 1
+    if not out:
+        raise PruneBenchError(f"no latency probe samples could be built from {tasks}: {broken or 'the tasks have no documents'}")
     return out
 
 
 # -- scores -----------------------------------------------------------------------------------------------------
-def task_scores(results: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, Any]]:
-    """``{task: {metric, score, n}}`` for each leaf task lmms-eval reported (groups are expanded)."""
+def task_scores(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{task: {metric, score, n, metrics}}`` for each leaf task lmms-eval reported (groups are expanded).
+
+    ``metric``/``score``: the task's first metric (its primary one, what tables show); ``metrics``: every
+    metric lmms-eval reported, keyed ``name`` for the unfiltered value and ``name,filter`` otherwise."""
     out = {}
     n_samples = results.get("n-samples", {})
     for task, metrics in results.get("results", {}).items():
         if task in results.get("group_subtasks", {}) and results["group_subtasks"][task]:
             continue  # a group: its leaves are reported
+        values = {}
         for name, value in metrics.items():
-            if name == "alias" or "stderr" in name or not isinstance(value, (int, float)):
+            if name == "alias" or "stderr" in name or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            metric = name.split(",")[0]
-            out[task] = {"metric": metric, "score": float(value), "n": (n_samples.get(task) or {}).get("effective")}
-            break
+            metric, _, filt = name.partition(",")
+            values[metric if filt in ("", "none") else name] = float(value)
+        if not values:
+            continue
+        primary = next(iter(values))
+        out[task] = {"metric": primary.split(",")[0], "score": values[primary], "n": (n_samples.get(task) or {}).get("effective"),
+                     "metrics": values}
     return out
 
 
@@ -277,9 +430,17 @@ def relacc_and_agreement(tasks: dict[str, dict[str, Any]], rows: list[dict[str, 
 
 # -- the sweep --------------------------------------------------------------------------------------------------
 class Sweep:
-    """Runs a resolved config (see :mod:`prunebench.runner.config`)."""
+    """Runs a resolved config (see :mod:`prunebench.runner.config`).
 
-    def __init__(self, config: dict[str, Any], progress: bool = True, echo: Callable[[str], None] | None = None):
+    ``progress``: prunebench's bars (cells, samples). ``foreign_progress``: lmms-eval's own bars (building
+    requests, postprocessing), hidden by default; they are created with the process's stderr and ignore
+    ``TQDM_DISABLE`` once tqdm is imported (torch imports it), so the sweep hands lmms-eval a stderr that drops
+    their carriage-return redraws while passing every other line through.
+    """
+
+    def __init__(self, config: dict[str, Any], progress: bool = True, echo: Callable[[str], None] | None = None,
+                 foreign_progress: bool = False):
+        from prunebench.lmms import check_layout
         from prunebench.models import DEFAULT_MODEL
         from prunebench.suites.registry import load_suite
 
@@ -296,8 +457,10 @@ class Sweep:
         baseline_dir = config.get("baseline_cache") or (self.output.parent / ".baselines")
         self.baselines = ResultStore(baseline_dir)
         self.progress = progress
+        self.foreign_progress = foreign_progress
         self.echo = echo or _write
-        self.cells = plan_cells(self.config, self.model_name, self.suite.tasks, self.suite.generation_kwargs)
+        check_layout(family_of(self.model_name), config.get("layout"))
+        self.cells = plan_cells(self.config, self.model_name, self.suite.tasks, self.suite.generation_kwargs, self.include_paths)
         self._flops_cache: dict[tuple, Any] = {}
         self._adapter = None
         self._lm = None
@@ -305,12 +468,16 @@ class Sweep:
         self._probe: list[Any] | None = None
         self._env: dict[str, Any] | None = None
 
+    @property
+    def include_paths(self) -> list[str]:
+        return list(dict.fromkeys([*self.suite.include_path, *self.config["include_path"]]))
+
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def write_plan(self) -> None:
         from prunebench.runner.config import to_yaml
         from prunebench.store import atomic_write_text
 
-        self.store.write_config(to_yaml({**self.config, "suite_detail": self.suite.to_dict()}))
+        self.store.write_config(to_yaml(self.config), suite=self.suite.to_dict())
         plan = [{"key": c.key, "label": c.label, "method": c.method, "budget": c.budget} for c in self.cells]
         atomic_write_text(self.output / "plan.json", json.dumps(plan, indent=1))
 
@@ -321,9 +488,10 @@ class Sweep:
     @property
     def adapter(self):
         if self._adapter is None:
+            from prunebench.lmms import adapter_options
             from prunebench.models import load_model
 
-            options = {"preprocess": self.config["preprocess"]} if self.config["preprocess"] != "hf" else {}
+            options = adapter_options(self.config["preprocess"], self.config.get("layout"))
             self._adapter = load_model(self.model_name, dtype=self.config["dtype"], device=self.config["device"], seed=self.config["seed"], **options)
             log.info("loaded %s (%s)", self.model_name, self._adapter.describe())
         return self._adapter
@@ -331,8 +499,7 @@ class Sweep:
     @property
     def task_manager(self):
         if self._task_manager is None:
-            include = tuple(dict.fromkeys([*self.suite.include_path, *self.config["include_path"]]))
-            self._task_manager = cached_task_manager(include)
+            self._task_manager = cached_task_manager(tuple(self.include_paths))
             missing = [t for t in self.suite.tasks if t not in self._task_manager.all_tasks]
             if missing:
                 raise PruneBenchError(f"lmms-eval does not know task(s) {missing}; check the names (`lmms-eval tasks list`) "
@@ -345,8 +512,10 @@ class Sweep:
             from prunebench.lmms import PruneBenchLMM
 
             self._lm = PruneBenchLMM.from_adapter(self.adapter, pretrained=self.model_name, batch_size=self.config["batch_size"],
-                                                  preprocess=self.config["preprocess"], seed=self.config["seed"])
+                                                  preprocess=self.config["preprocess"], seed=self.config["seed"],
+                                                  layout=self.config.get("layout"))
             self._lm.progress = self.progress
+            self._lm.progress_file = sys.stderr  # the real one, also while lmms-eval's bars are filtered
         return self._lm
 
     @property
@@ -362,11 +531,36 @@ class Sweep:
             self._env = environment(self.adapter)
         return self._env
 
+    def check_budgets(self) -> None:
+        """Every swept budget against the visual tokens of the probe inputs: a budget above them is a mistake in
+        the command line, not a property of a method, so it stops the sweep here with the largest valid budget."""
+        from prunebench.adapters.base import UNIT_SCOPES
+        from prunebench.core import check_budget
+
+        scope = self.config["budget_scope"]
+        counts = set()
+        for sample in self.probe:
+            view = self.adapter.encode(self.adapter.prepare([sample]), ())
+            counts.add((view.num_tokens, getattr(view, "num_units", 1)))
+        for budget in self.config["budgets"]:
+            for tokens, units in sorted(counts):
+                try:
+                    check_budget(budget * units if scope in UNIT_SCOPES else budget, tokens)
+                except BudgetError:
+                    per = f" per {scope}" if scope in UNIT_SCOPES else ""
+                    limit = tokens // units if scope in UNIT_SCOPES else tokens
+                    raise PruneBenchError(
+                        f"budget {budget}{per} exceeds the {tokens} visual tokens ({units} {scope}(s)) of {self.model_name}'s inputs "
+                        f"in this suite; choose budgets <= {limit}{per} (e.g. --budgets {','.join(str(b) for b in self.config['budgets'] if b <= limit) or limit})"
+                    ) from None
+
     # -- running ---------------------------------------------------------------------------------------------------
     def run(self) -> SweepResult:
         from tqdm import tqdm
 
         self.write_plan()
+        for path in self.store.clean_stale_tmp():
+            log.info("removed %s (left by a killed writer)", path)
         result = SweepResult(self.store, self.cells)
         pending = self.pending()
         done = len(self.cells) - len(pending)
@@ -375,9 +569,10 @@ class Sweep:
         result.skipped = [c.key for c in self.cells if c not in pending]
         baseline_cell = self.cells[0]
         if pending and not (pending == [baseline_cell] and self.baselines.is_done(baseline_cell.key)):
-            # shared resources first: a missing model or an unknown task stops the sweep here with its message,
-            # instead of being recorded as a failure of every cell
+            # shared resources first: a missing model, an unknown task or a budget above the inputs' visual tokens
+            # stops the sweep here with its message, instead of being recorded as a failure of every cell
             _ = self.adapter, self.task_manager, self.lm, self.probe
+            self.check_budgets()
         bar = tqdm(total=len(self.cells), initial=done, desc="cells", unit="cell", disable=not self.progress)
         for cell in self.cells:
             if cell not in pending:
@@ -410,98 +605,178 @@ class Sweep:
         return record, self.store.samples(key)
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
-        import torch
-
+        """Measure, evaluate task by task (resuming saved parts) and record one cell; never raises."""
         from prunebench.lmms import resolve
 
-        started = _now()
-        record: dict[str, Any] = {"key": cell.key, **cell.fields, "started": started, "error": None}
+        record: dict[str, Any] = {"key": cell.key, **cell.fields, "started": _now(), "error": None,
+                                  "batch_size": self.config["batch_size"]}
+        memory = PeakMemory(self.adapter.device)
+        rows: list[dict[str, Any]] = []
         try:
-            method = resolve(cell.method, self.model_name, self.adapter.family, dict(self.config["method_args"].get(cell.method, {})))
-            mode = self.config["budget_mode"]
-            if self.adapter.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.adapter.device)
-            lat = self.config["latency"]
-            latency, probe_stats = latency_probe(self.adapter, method, cell.budget, mode, self.config["seed"], self.probe,
-                                                 int(lat["warmup"]), int(lat["new_tokens"]), self.config["budget_scope"])
-            first = probe_stats[0]
-            record["latency_ms"] = latency
-            record["latency_protocol"] = (f"batch 1, {len(self.probe)} fixed samples after {lat['warmup']} warm-up calls, "
-                                          f"{lat['new_tokens']} new tokens each; engine timings (perf_counter on CPU, synchronised on GPU)")
-            record["flops"] = self._flops(cell, method, first)
-            record["flops_counted_on"] = FLOPS_NOTE
-            record["kv_cache"] = self._kv(first)
-            record["tokens"] = {"planned_per_layer": first.plan.tokens_per_layer(), "per_layer": list(first.tokens_per_layer),
-                                "kv_per_layer": list(first.kv_lengths), "text": first.text_tokens}
+            with memory:
+                method = resolve(cell.method, self.model_name, self.adapter.family, dict(self.config["method_args"].get(cell.method, {})))
+                costs = self.store.get_partial(cell.key, "costs")
+                if costs is None:
+                    costs = self.measure(cell, method)
+                    self.store.put_partial(cell.key, "costs", costs)
+                record.update(costs)
+                units = {unit: self._task(cell, method, unit) for unit in self.suite.tasks}
+            rows = self._assemble(cell, record, units)
+        except InfeasibleBudget as exc:
+            record.update(status="infeasible", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a broken cell is recorded and the sweep goes on
+            # BudgetError included: the budget is an input mistake (check_budgets catches it for the probe inputs;
+            # this is an evaluation input with fewer visual tokens), never a method's infeasibility
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            log.error("cell %s failed: %s", cell.label, exc)
+        peak, growth, kind = memory.result()
+        record.update(peak_memory_mb=peak, peak_memory_growth_mb=growth, peak_memory_kind=kind, finished=_now())
+        try:
+            record["env"] = self.env
+        except Exception:  # noqa: BLE001
+            pass
+        if record["status"] == "done":
+            keep_rows = self.config["log_samples"] or cell.method == BASELINE_METHOD  # agreement needs the baseline's answers
+            self.store.put(record, rows if keep_rows else [])
+            if cell.method == BASELINE_METHOD:
+                self.baselines.put(record, rows)
+            self.store.clear_partial(cell.key)
+        else:
+            self.store.put(record)
+        if record["status"] == "infeasible":
+            self.store.clear_partial(cell.key)
+        return record
 
-            lm = self.lm.configure(method, cell.budget, budget_mode=mode, budget_scope=self.config["budget_scope"], seed=self.config["seed"])
-            record["env_adapter"] = self.adapter.describe()
-            results = self._evaluate(lm)
-            tasks = task_scores(results, self.suite.tasks)
-            rows = sample_rows(results, tasks)
+    # -- one cell's parts --------------------------------------------------------------------------------------------
+    def measure(self, cell: Cell, method: Any) -> dict[str, Any]:
+        """Latency probe, token contract, FLOPs and KV bytes of a cell (the ``costs`` part of its record)."""
+        from prunebench.costs import contract_problems
+
+        lat = self.config["latency"]
+        latency, probe_stats = latency_probe(self.adapter, method, cell.budget, self.config["budget_mode"], self.config["seed"], self.probe,
+                                             int(lat["warmup"]), int(lat["new_tokens"]), self.config["budget_scope"])
+        first = probe_stats[0]
+        warnings = []
+        problems = [f"probe sample {i}: {p}" for i, s in enumerate(probe_stats) for p in contract_problems(s)]
+        if problems:
+            warnings.append("token contract: " + "; ".join(problems))
+            log.warning("cell %s misses its plan: %s", cell.label, "; ".join(problems))
+        flops = self._flops(cell, method, first)
+        if not flops["llm_agree"]:
+            message = (f"measured LLM prefill FLOPs differ from the analytic count by {flops['llm_rel_diff']:.2e} "
+                       f"(> {LLM_FLOPS_TOLERANCE:g}); the method's in-LLM scoring or an uncounted kernel is the gap")
+            warnings.append(message)
+            log.warning("cell %s: %s", cell.label, message)
+        return {
+            "latency_ms": latency,
+            "latency_protocol": (f"batch 1, {len(self.probe)} fixed samples after {lat['warmup']} warm-up calls, {lat['new_tokens']} new "
+                                 "tokens each; engine timings (perf_counter on CPU, synchronised on GPU)"),
+            "latency_parts": LATENCY_PARTS,
+            "flops": flops, "flops_counted_on": FLOPS_NOTE, "kv_cache": self._kv(first),
+            "tokens": {"planned_per_layer": first.plan.tokens_per_layer(), "per_layer": list(first.tokens_per_layer),
+                       "kv_per_layer": list(first.kv_lengths), "text": first.text_tokens},
+            "contract_ok": not problems, "warnings": warnings, "env_adapter": self.adapter.describe(),
+        }
+
+    def _task(self, cell: Cell, method: Any, unit: str) -> dict[str, Any]:
+        """One task of a cell: the saved result, or an evaluation saved before it is returned."""
+        saved = self.store.get_partial(cell.key, f"task-{unit}")
+        if saved is not None and saved.get("status") in ("done", "infeasible"):
+            return saved
+        entry: dict[str, Any] = {"task": unit, "started": _now()}
+        lm = self.lm.configure(method, cell.budget, budget_mode=self.config["budget_mode"], budget_scope=self.config["budget_scope"],
+                               seed=self.config["seed"])
+        try:
+            results = self._evaluate(lm, [unit])
+            scores = task_scores(results)
+            if not scores:
+                raise RuntimeError(f"lmms-eval reported no metric for task {unit}")
+            rows = sample_rows(results, scores)
             by_key = {(r.task, r.doc_id): r for r in lm.requests_log}
             for row in rows:
                 req = by_key.get((row["task"], row["doc_id"]))
                 if req is not None:
                     row.update(final_tokens=req.final_tokens, layer_average_tokens=req.layer_average_tokens)
-            finals = [r.final_tokens for r in lm.requests_log]
-            averages = [r.layer_average_tokens for r in lm.requests_log]
-            record["tokens"].update(final=_mean(finals), layer_average=_mean(averages))
-            if cell.method == BASELINE_METHOD:
-                for entry in tasks.values():
-                    entry["baseline"] = entry["score"]
-                relacc, agreement = 1.0, 1.0
-            else:
-                baseline, baseline_rows = self.baseline()
-                relacc, agreement = relacc_and_agreement(tasks, rows, baseline, baseline_rows)
-            record.update(tasks=tasks, relacc=relacc, agreement=agreement)
-            if sorted(tasks) != record["task_names"]:  # groups (e.g. `shapes`) are reported by their leaf tasks
-                record["requested_tasks"], record["task_names"] = record["task_names"], sorted(tasks)
-            record["overhead_ms"] = _overhead(lm)
-            memory, how = peak_memory_mb(self.adapter.device)
-            record.update(peak_memory_mb=memory, peak_memory_kind=how, env=self.env, status="done", finished=_now())
-            keep_rows = self.config["log_samples"] or cell.method == BASELINE_METHOD  # agreement needs the baseline's answers
-            self.store.put(record, rows if keep_rows else [])
-            if cell.method == BASELINE_METHOD:
-                self.baselines.put(record, rows)
-            return record
-        except (InfeasibleBudget, BudgetError) as exc:
-            record.update(status="infeasible", error=str(exc), finished=_now())
-        except Exception as exc:  # noqa: BLE001 - a broken cell is recorded and the sweep goes on
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), finished=_now())
-            log.error("cell %s failed: %s", cell.label, exc)
-        try:
-            record["env"] = self.env
-        except Exception:  # noqa: BLE001
-            pass
-        self.store.put(record)
-        return record
+            entry.update(status="done", scores=scores, rows=rows,
+                         tokens={"final": [r.final_tokens for r in lm.requests_log], "layer_average": [r.layer_average_tokens for r in lm.requests_log]})
+        except InfeasibleBudget as exc:
+            entry.update(status="infeasible", error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a broken task is recorded and the cell's other tasks go on
+            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            log.error("cell %s, task %s failed: %s", cell.label, unit, exc)
+        entry.update(timing=dict(lm.timing), finished=_now())
+        self.store.put_partial(cell.key, f"task-{unit}", entry)
+        return entry
 
-    def _evaluate(self, lm: Any) -> dict[str, Any]:
+    def _assemble(self, cell: Cell, record: dict[str, Any], units: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The cell's record from its task parts (status, scores, RelAcc, agreement, tokens, overhead); its rows."""
+        tasks: dict[str, dict[str, Any]] = {}
+        rows: list[dict[str, Any]] = []
+        finals: list[float] = []
+        averages: list[float] = []
+        errors = {u: {k: e.get(k) for k in ("status", "error", "traceback")} for u, e in units.items() if e["status"] != "done"}
+        for entry in units.values():
+            if entry["status"] == "done":
+                tasks.update(entry["scores"])
+                rows += entry["rows"]
+                finals += entry["tokens"]["final"]
+                averages += entry["tokens"]["layer_average"]
+        record["tokens"].update(final=_mean(finals), layer_average=_mean(averages))
+        if cell.method == BASELINE_METHOD:
+            for entry in tasks.values():
+                entry["baseline"] = entry["score"]
+            relacc, agreement = (1.0, 1.0) if tasks else (None, None)
+        else:
+            baseline, baseline_rows = self.baseline()
+            relacc, agreement = relacc_and_agreement(tasks, rows, baseline, baseline_rows)
+        record.update(tasks=tasks, relacc=relacc, agreement=agreement, overhead_ms=_overhead([e.get("timing") or {} for e in units.values()],
+                                                                                               self.config["batch_size"]))
+        if sorted(tasks) != record["task_names"] and not errors:  # groups (e.g. `shapes`) are reported by their leaf tasks
+            record["requested_tasks"], record["task_names"] = record["task_names"], sorted(tasks)
+        failed = {u: e for u, e in errors.items() if e["status"] == "failed"}
+        if failed:
+            record["task_errors"] = errors
+            record["traceback"] = "\n".join(f"--- task {u} ---\n{e.get('traceback') or e.get('error')}" for u, e in failed.items())
+            record.update(status="failed", error=f"{len(failed)} of {len(units)} task(s) failed: " +
+                          "; ".join(f"{u}: {e['error']}" for u, e in failed.items()))
+        elif errors:
+            record["task_errors"] = errors
+            record.update(status="infeasible", error="; ".join(f"{u}: {e['error']}" for u, e in errors.items()))
+        else:
+            record["status"] = "done"
+        return rows
+
+    def _evaluate(self, lm: Any, tasks: list[str]) -> dict[str, Any]:
         from lmms_eval.evaluator import simple_evaluate
 
-        results = simple_evaluate(
-            model=lm, model_args=lm.model_args, tasks=list(self.suite.tasks), task_manager=self.task_manager,
-            limit=self.config["limit"], batch_size=self.config["batch_size"], device=self.config["device"],
-            log_samples=True, bootstrap_iters=0, verbosity="WARNING", gen_kwargs=self.suite.gen_kwargs_string(),
-            random_seed=self.config["seed"], numpy_random_seed=self.config["seed"], torch_random_seed=self.config["seed"],
-            process_docs_parallel=1,
-        )
+        with contextlib.redirect_stderr(sys.stderr if self.foreign_progress else _DropRedraws(sys.stderr)):
+            results = simple_evaluate(
+                model=lm, model_args=lm.model_args, tasks=list(tasks), task_manager=self.task_manager,
+                limit=self.config["limit"], batch_size=self.config["batch_size"], device=self.config["device"],
+                log_samples=True, bootstrap_iters=0, verbosity="WARNING", gen_kwargs=self.suite.gen_kwargs_string(),
+                random_seed=self.config["seed"], numpy_random_seed=self.config["seed"], torch_random_seed=self.config["seed"],
+                process_docs_parallel=1,
+            )
         if results is None:
             raise RuntimeError("lmms-eval returned no results")
         return results
 
     def _flops(self, cell: Cell, method: Any, stats: Any) -> dict[str, Any]:
+        """FLOPs of one probe prefill. Counted once per (method, its parameters, per-layer token pattern): another
+        method with the same pattern selects differently (DivPrune's pairwise distances, VisionZip's attention),
+        and its own selection compute belongs to its count."""
         from prunebench.costs import measure_prefill_flops
 
-        pattern = (tuple(stats.tokens_per_layer), stats.text_tokens, stats.plan.vision)
+        pattern = (method.name, json.dumps(method.params(), sort_keys=True, default=str), tuple(stats.tokens_per_layer),
+                   stats.text_tokens, stats.plan.vision)
         count = self._flops_cache.get(pattern)
         if count is None:
             batch = self.adapter.prepare([self.probe[0]])
             count = measure_prefill_flops(self.adapter, method, cell.budget, batch, budget_mode=self.config["budget_mode"], seed=self.config["seed"],
                                           budget_scope=self.config["budget_scope"])
             self._flops_cache[pattern] = count
-        record = {k: v for k, v in count.as_record().items() if isinstance(v, (int, float))}
+        record = {k: v for k, v in count.as_record().items() if v is None or isinstance(v, (int, float))}
+        record["llm_agree"] = count.llm_rel_diff <= LLM_FLOPS_TOLERANCE
         return record
 
     def _kv(self, stats: Any) -> dict[str, Any]:
@@ -512,13 +787,40 @@ class Sweep:
         return {"measured_mb": stats.kv_bytes / 2**20, "analytic_mb": analytic / 2**20}
 
 
-def _overhead(lm: Any) -> dict[str, Any]:
-    t = lm.timing
+class _DropRedraws(io.TextIOBase):
+    """A stderr for lmms-eval that drops tqdm's redraws (writes starting with a carriage return, and the newline
+    or cursor-up a bar writes when it closes) and passes everything else, warnings and log lines, through."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self._after_bar = False
+
+    def write(self, text: str) -> int:
+        if text.startswith("\r"):
+            self._after_bar = True
+            return len(text)
+        if self._after_bar and text.strip("\n\x1b[A ") == "":
+            return len(text)
+        self._after_bar = False
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+def _overhead(timings: list[dict[str, float]], batch_size: int) -> dict[str, Any]:
+    t = {k: sum(float(x.get(k, 0) or 0) for x in timings) for k in ("requests", "wall_s", "visual_s", "prepare_s", "generate_s")}
     n = max(int(t["requests"]), 1)
     harness = t["wall_s"] - t["visual_s"] - t["prepare_s"] - t["generate_s"]
     return {"per_sample_data_ms": t["visual_s"] / n * 1e3, "per_sample_preprocess_ms": t["prepare_s"] / n * 1e3,
             "per_sample_generate_ms": t["generate_s"] / n * 1e3, "per_sample_harness_ms": harness / n * 1e3,
-            "batch_size": lm.batch_size, "requests": int(t["requests"])}
+            "batch_size": batch_size, "requests": int(t["requests"])}
 
 
 def _write(message: str) -> None:
@@ -542,13 +844,17 @@ def _summary(record: dict[str, Any]) -> str:
     if status == "failed":
         return f"FAILED ({record.get('error')}); traceback in {record.get('key')}.json"
     relacc = record.get("relacc")
-    pre = ((record.get("latency_ms") or {}).get("prefill") or {}).get("median")
+    latency = record.get("latency_ms") or {}
+    ttft = (latency.get("ttft") or latency.get("prefill") or {}).get("median")
     parts = [f"RelAcc {relacc:.3f}" if relacc is not None else "RelAcc -"]
     if record.get("agreement") is not None:
         parts.append(f"agreement {record['agreement']:.3f}")
-    if pre is not None:
-        parts.append(f"prefill {pre:.1f} ms")
-    parts.append(f"{record['flops']['analytic_tflops'] * 1e3:.3f} GFLOPs")
+    if ttft is not None:
+        parts.append(f"TTFT {ttft:.1f} ms")
+    tflops = (record.get("flops") or {}).get("measured_tflops")
+    if tflops is not None:
+        parts.append(f"{tflops * 1e3:.3f} GFLOPs")
+    parts += [f"WARNING {w}" for w in record.get("warnings") or []]
     return ", ".join(parts)
 
 
