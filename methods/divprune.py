@@ -37,10 +37,23 @@ class DivPrune(VisionStagePruner):
     contract cannot hold k distinct tokens then), so a fidelity run can prove the two agree on its data.
 
     ``space="projected"`` (default) is the original's post-projector space; ``"vision"`` uses the ViT
-    features before the projector (MMTok's Qwen2.5-VL port uses pre-merger ViT features). Deviations:
-    fp32 distances (original: fp16 cosine matrix); batches above 1 (the original reads batch element 0).
-    Multi-crop inputs: one global selection over all the view's tokens, as the original does for LLaVA-NeXT.
-    The Qwen2.5-VL port keeps original (M-RoPE) positions; that is the Qwen adapter's business.
+    features before the projector. Deviations: fp32 distances (original: fp16 cosine matrix); batches above 1
+    (the original reads batch element 0).
+
+    Multi-crop inputs (LLaVA-NeXT): one global selection over all the view's candidate tokens, as the original
+    does over the whole AnyRes image span, with one difference: the original's span includes the
+    ``image_newline`` token closing each row of the unpadded layout, and those compete as ordinary candidates
+    there; on stock LLaVA-NeXT the adapter keeps every newline and never offers it as a candidate (they are
+    outside the budget, ``Stats.extra_visual_tokens``), so here k counts image tokens only and no budget is
+    spent on newlines. Video-LLaVA (not in the paper): one global selection over all frames' tokens, the
+    faithful port of its LLaVA-NeXT-Video run.
+
+    No [CLS] is involved, so towers without one need no replacement signal. On Qwen2.5-VL the candidates are
+    the 2x2 merge units: ``"projected"`` = the merger's output (the LLM-space embedding, the literal analogue of
+    "post-projector", methods-2.md §1.4's default), ``"vision"`` = the merger's input (the unit's four ViT
+    outputs after ``ln_q``, concatenated). MMTok's community port instead averages the four final ViT hidden
+    states (1280-d), a third space that prunebench does not offer; it also masks picked tokens, as
+    ``repick="mask"`` does. Kept tokens keep their M-RoPE positions (the adapter's rule for every method).
     """
 
     repick: str = "mask"

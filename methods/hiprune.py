@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
-from prunebench.methods.vispruner import ranked_per_unit, unit_quotas
+from prunebench.core import PruneBenchError, Selection, VisionStagePruner
 from prunebench.registry import register_method
-from prunebench.views import VisionView
+from prunebench.views import VisionView, ranked, ranked_per_unit, stable_top_k, unit_quotas
 
 BUFFER_SHAPES = ("cross", "square", "row")
 EDGES = ("clamp", "drop")
@@ -39,18 +38,32 @@ class HiPrune(VisionStagePruner):
 
     Selectable alternatives: ``edges="drop"`` follows the paper's Eq. (5), which discards out-of-range
     neighbours instead of clamping; ``buffer="square"`` (8 neighbours) / ``"row"`` (a±1) are the ablation's
-    shapes (Table 6c). ``register_layer`` is ``"feature"`` (the original's LLaVA rule) or a 0-based ViT layer
-    (the Qwen2.5-VL port uses the last block). ``object_layer`` is a 0-based ViT layer or -1 (scaled default);
-    ``prunebench/models/method_defaults.yaml`` records the concrete layer for the tiny and toy ViTs, and a Qwen
-    entry should set 15 (the port's block 16 of 32, a full-attention block).
+    shapes (Table 6c). ``register_layer`` is ``"feature"`` (the original's LLaVA rule) or a 0-based ViT layer.
+    ``object_layer`` is a 0-based ViT layer or -1 (scaled default). Where the scaled layer is wrong the
+    per-model table (``prunebench/models/method_defaults.yaml``) names the layer: the tiny and toy ViTs, and
+    Qwen2.5-VL, whose scaled layer round(9·32/24) = 12 (0-based 11) is a windowed block, while the authors' Qwen
+    port reads block 16 (0-based 15, one of the full-attention blocks 7/15/23/31); there ``"feature"`` is the
+    last block (31), the port's register layer too. (``vision_layers`` runs before the tower, so the method
+    cannot read the full-attention blocks itself; the table entry is the deliberate per-model choice.)
+
+    Ties: every ranking (anchors, registers, single image or per unit) is a stable sort on fp32 scores, so
+    equal scores go to the lower index; the original's ``topk`` on fp16 leaves them to the kernel.
+
+    Towers without [CLS] (Qwen2.5-VL) need no replacement signal: received attention is HiPrune's own score
+    (Table 6a: its CLS-free "global" score is the default); on Qwen the adapter gives it per 2x2 merge unit
+    (mean over its 4 patches, window order undone), as the port does, and kept tokens keep their M-RoPE
+    positions (the adapter's rule for every method).
     Deviations: fp32 scores (original: fp16 means of eager attention); the budget is per sample (the LLaVA
     code divides B by the number of images in the encoder batch, so batch > 1 would shrink it, §2.7); the grid
-    width comes from the view instead of the hard-coded 24. Multi-unit inputs (LLaVA-NeXT crops, video
-    frames): the original selects each crop on its own (anchors, buffers on that crop's 24x24 grid, registers)
-    with int(B / n_crops) tokens; here each unit keeps its share (``unit_quotas``: B / n_units, the remainder
-    to the first units, so the total is exactly B) and neighbours are found on the unit's own grid (a
-    neighbour removed by AnyRes unpadding is dropped). HiPrune-Qwen2.5-VL keeps original M-RoPE positions
-    and scores 2x2 merge units; that variant belongs to the Qwen adapter.
+    width comes from the view instead of the hard-coded 24; the Qwen port's FA2 path scores with unmasked
+    attention over the whole packed sequence, here windowed blocks attend within their windows (the eager
+    path's semantics; blocks 15 and 31 are full-attention blocks, where the two agree per image). Multi-unit
+    inputs (LLaVA-NeXT crops, video frames): the original selects each crop on its own (anchors, buffers on
+    that crop's 24x24 grid, registers) with int(B / n_crops) tokens; here each unit keeps its share
+    (``unit_quotas``: B / n_units, the remainder to the first units, so the total is exactly B) and neighbours
+    are found on the unit's own grid (a neighbour removed by AnyRes unpadding is dropped). Video-LLaVA's
+    frames keep their [CLS] token as an LLM token, so it is a candidate: it can be a register (by its received
+    attention) but never an anchor, since it has no grid cell and hence no buffer (no original covers video).
     """
 
     alpha: float = 0.1
@@ -119,19 +132,20 @@ class HiPrune(VisionStagePruner):
             anchored = self.anchors_and_buffers(object_scores, keep, view.grid[1])
             self._check(anchored.sum(dim=1), keep)
             # anchors and buffers first (they always fit), then the best register-layer tokens for the rest
-            return Selection(top_k(register_scores.masked_fill(anchored, float("inf")), keep))
+            return Selection(stable_top_k(register_scores.masked_fill(anchored, float("inf")), keep))
         # several crops / frames: each selects its own share, on its own grid, as the original does per crop
         units, unit_of = view.num_units, view.unit_of
-        ranked = ranked_per_unit(object_scores, unit_of, units)
-        anchors = torch.cat([order[:, : self.num_anchors(quota)] for order, quota in zip(ranked, quotas)], dim=1)
         patch, inverse, cells = grid_positions(view)
+        # a token without a grid cell (a video frame's [CLS]) has no neighbours: it cannot anchor a buffer
+        ranked_objects = ranked_per_unit(object_scores.masked_fill(patch < 0, float("-inf")), unit_of, units)
+        anchors = torch.cat([order[:, : self.num_anchors(quota)] for order, quota in zip(ranked_objects, quotas)], dim=1)
         anchored = self._mark(anchors, patch, inverse, unit_of, cells, view.grid[1])
         per_unit = torch.zeros(view.batch_size, units, dtype=torch.long, device=anchored.device)
         per_unit.scatter_add_(1, unit_of, anchored.long())
         for u, quota in enumerate(quotas):
             self._check(per_unit[:, u], quota)
-        ranked = ranked_per_unit(register_scores.masked_fill(anchored, float("inf")), unit_of, units)
-        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(ranked, quotas)], dim=1))
+        ranked_registers = ranked_per_unit(register_scores.masked_fill(anchored, float("inf")), unit_of, units)
+        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(ranked_registers, quotas)], dim=1))
 
     def _check(self, sizes: torch.Tensor, keep: int) -> None:
         if bool((sizes > keep).any()):
@@ -142,7 +156,7 @@ class HiPrune(VisionStagePruner):
     def anchors_and_buffers(self, object_scores: torch.Tensor, keep: int, columns: int) -> torch.Tensor:
         """(B, N) bool: the anchors (top object-layer scores) and their neighbours on a single raster grid."""
         bsz, num = object_scores.shape
-        anchors = object_scores.topk(min(self.num_anchors(keep), num), dim=-1).indices  # (B, a)
+        anchors = ranked(object_scores)[:, : min(self.num_anchors(keep), num)]  # (B, a)
         position = torch.arange(num, device=anchors.device).expand(bsz, -1)
         return self._mark(anchors, position, position, torch.zeros_like(position), num, columns)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
 from prunebench.registry import register_method
-from prunebench.views import VisionView
+from prunebench.views import VisionView, ranked, ranked_per_unit, unit_quotas
 
 # The authors' README pairs each budget with an important ratio: 128 tokens -> 0.5 (64 + 64), 64 -> 0.75
 # (48 + 16), LLaVA-NeXT "32 x 5 = 160" -> 0.5; the argparse default is 0.5. The ratios behind the paper's tables
@@ -37,39 +37,6 @@ def cls_importance(view: VisionView, name: str) -> torch.Tensor:
             "use a method built on received attention (e.g. hiprune) for this model"
         )
     return importance(heads="mean")
-
-
-# -- multi-unit inputs (LLaVA-NeXT crops, video frames) ---------------------------------------------------------
-# These two helpers are generic (HiPrune uses them too); they belong next to VisionView.unit_of in prunebench/.
-def unit_quotas(view: VisionView, keep: int) -> list[int] | None:
-    """Tokens each unit keeps, or None for a single-unit view.
-
-    The originals prune every crop/frame on its own with the same count (VisPruner/FasterVLM/HiPrune on
-    LLaVA-NeXT, FasterVLM per video frame). Equal units get ``keep // U`` each, the remainder going to the first
-    units; units of different sizes (stock AnyRes with unpadding, which no original ran) get shares
-    proportional to their size by largest remainder (ties to the lower unit), never more than they hold.
-    """
-    units, unit_of = getattr(view, "num_units", 1), getattr(view, "unit_of", None)
-    if units <= 1 or unit_of is None:
-        return None
-    if unit_of.shape[0] > 1 and not bool((unit_of == unit_of[:1]).all()):
-        raise PruneBenchError("every sample of a batch must have the same unit layout (the engine groups samples by it)")
-    sizes = torch.bincount(unit_of[0], minlength=units).tolist()
-    exact = [keep * size / view.num_tokens for size in sizes]
-    quotas = [int(e) for e in exact]
-    by_remainder = sorted(range(units), key=lambda u: (-(exact[u] - quotas[u]), u))
-    for u in by_remainder[: keep - sum(quotas)]:
-        quotas[u] += 1
-    return quotas
-
-
-def ranked_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int) -> list[torch.Tensor]:
-    """For each unit, its tokens (B, n_u) by descending score (stable: ties to the lower index)."""
-    order = scores.sort(dim=-1, descending=True, stable=True).indices
-    grouped = unit_of.gather(1, order).sort(dim=-1, stable=True)
-    tokens = order.gather(1, grouped.indices)
-    sizes = torch.bincount(unit_of[0], minlength=units).tolist()
-    return list(tokens.split(sizes, dim=1))
 
 
 @register_method("vispruner")
@@ -101,17 +68,25 @@ class VisPruner(VisionStagePruner):
         even R; ``"bump"`` is LightCompress's workaround (T_imp + 1 when N - T_imp is odd);
       * the original ranks with an unstable ``argsort`` on fp16 head-means, so ties are kernel-defined; here
         every sort is stable (ties broken by lower position) on fp32 scores from captured q/k;
-      * cosine similarities in fp32 (original: fp16), computed once over the residual and gathered each
-        round instead of one matmul per round (same values, far less work for 2880 tokens).
+      * cosine similarities in fp32 (original: fp16), computed once over the residual; each round takes the
+        max over B's columns of A's rows of that matrix (same values as the original's per-round matmul).
     Multi-unit inputs (``view.num_units > 1``): the original prunes each LLaVA-NeXT crop independently with
     the same T and r, so each unit keeps its share of the budget (:func:`unit_quotas`: 64 per crop for 320 of
-    2880) and runs steps 1-4 on its own tokens. Towers without [CLS] (Qwen2.5-VL) rank by ``view.importance()``
-    (received attention), as LightCompress's port does; the authors published no Qwen code.
+    2880) and runs steps 1-4 on its own tokens.
+
+    Towers without [CLS] (Qwen2.5-VL; the authors published no Qwen code): the important tokens are ranked by
+    ``view.importance()``, the attention each merged token *receives* at the last full-attention ViT block
+    (head-mean, averaged over all queries and over its 2x2 patches), which is what LightCompress's port uses
+    in place of [CLS] attention. The diverse step runs on ``similarity="features"`` (default), i.e.
+    ``view.features``: the feature-layer features on LLaVA, the merger's input (four ViT outputs after
+    ``ln_q``, concatenated) on Qwen; LightCompress's port runs it on the post-merger LLM embeddings, which
+    ``similarity="projected"`` selects (on LLaVA that is the projector's output instead of layer -2).
     """
 
     important_ratio: float = 0.0  # 0 = the README's per-budget choice (see IMPORTANT_RATIO_PER_576)
     step: int = 8  # tokens removed per round at most (the original's constant 8)
     odd_residual: str = "ceil"
+    similarity: str = "features"  # "features" (the original, layer -2) or "projected" (LightCompress's Qwen port)
 
     signals = ("ViT [CLS] attention (feature layer)", "ViT features (feature layer)")
     paper = "Zhang et al., ICCV 2025 (arXiv 2412.01818 v2)"
@@ -124,6 +99,8 @@ class VisPruner(VisionStagePruner):
             raise PruneBenchError(f"vispruner step must be >= 1, got {self.step}")
         if self.odd_residual not in ("ceil", "bump"):
             raise PruneBenchError(f"vispruner odd_residual must be 'ceil' or 'bump' (LightCompress), got {self.odd_residual!r}")
+        if self.similarity not in ("features", "projected"):
+            raise PruneBenchError(f"vispruner similarity must be 'features' or 'projected' (LightCompress's Qwen port), got {self.similarity!r}")
 
     def ratio_for(self, keep: int, num_tokens: int) -> float:
         if self.important_ratio > 0:
@@ -145,15 +122,16 @@ class VisPruner(VisionStagePruner):
         scores = cls_importance(view, self.name)
         quotas = unit_quotas(view, keep)
         if quotas is None:
-            groups = [(scores.sort(dim=-1, descending=True, stable=True).indices, keep)]
+            groups = [(ranked(scores), keep)]
         else:
             groups = list(zip(ranked_per_unit(scores, view.unit_of, view.num_units), quotas))
+        features = view.projected if self.similarity == "projected" else view.features
         parts = []
         for order, quota in groups:  # one unit (crop / frame) at a time, as the original does per crop
             important, diverse = self.split(quota, order.shape[1])
             parts.append(order[:, :important])
             if diverse:
-                parts.append(remove_duplicates(view.features, order[:, important:], diverse, self.step))
+                parts.append(remove_duplicates(features, order[:, important:], diverse, self.step))
         return Selection.sorted(torch.cat(parts, dim=1))
 
 
@@ -163,18 +141,21 @@ def remove_duplicates(features: torch.Tensor, residual: torch.Tensor, target: in
     Each round splits the current list into even (A) and odd (B) positions, scores every A token by its
     largest cosine similarity to a B token, drops the ``min(step, R - target)`` highest-scoring A tokens and
     continues on [surviving A by descending score (stable), B]. Every row of a batch has the same length at
-    every round, so the rounds run batched; similarities are computed once and gathered per round.
+    every round, so the rounds run batched. The similarities are computed once; a round reads A's rows of that
+    matrix and takes their maximum over B's columns through a membership mask (a max over the same values as
+    the original's per-round matmul, so the same scores, without building an index per (A, B) pair).
     """
     bsz, start = residual.shape
     feats = F.normalize(features.float().gather(1, residual[..., None].expand(-1, -1, features.shape[-1])), dim=-1)
-    similarity = (feats @ feats.transpose(1, 2)).view(bsz, start * start)
-    current = torch.arange(start, device=residual.device).expand(bsz, -1)  # positions into ``residual``
+    similarity = feats @ feats.transpose(1, 2)  # (B, R, R) over positions into ``residual``
+    current = torch.arange(start, device=residual.device).expand(bsz, -1)
+    batch = torch.arange(bsz, device=residual.device)[:, None]
     while current.shape[1] > target:
         drop = min(step, current.shape[1] - target)
         a, b = current[:, 0::2], current[:, 1::2]
-        pairs = (a[:, :, None] * start + b[:, None, :]).reshape(bsz, -1)
-        redundancy = similarity.gather(1, pairs).view(bsz, a.shape[1], b.shape[1]).amax(dim=-1)
-        by_redundancy = redundancy.sort(dim=1, descending=True, stable=True).indices
+        outside_b = torch.full((bsz, 1, start), float("-inf"), device=residual.device).scatter_(2, b[:, None, :], 0.0)
+        redundancy = (similarity[batch, a] + outside_b).amax(dim=-1)  # A's rows, max over B's columns
+        by_redundancy = ranked(redundancy)
         current = torch.cat([a.gather(1, by_redundancy)[:, drop:], b], dim=1)
     return residual.gather(1, current)
 
@@ -190,7 +171,10 @@ class FasterVLM(VisionStagePruner):
     ``important_ratio=1`` keeps the same set up to ties (it ranks with a stable sort instead of topk).
     Deviation: fp32 scores from captured q/k instead of an fp16 eager softmax (near-ties may differ).
     Multi-unit inputs keep each unit's share of the budget (:func:`unit_quotas`), as FasterVLM's video branch
-    keeps the same count per frame and VisPruner per LLaVA-NeXT crop.
+    keeps the same count per frame and VisPruner per LLaVA-NeXT crop. Towers without [CLS] (Qwen2.5-VL; no
+    original code): ranked by ``view.importance()``, the attention each merged token receives at the last
+    full-attention ViT block (head-mean, over all queries and its 2x2 patches), as LightCompress's VisPruner
+    port does in place of [CLS] attention.
     """
 
     signals = ("ViT [CLS] attention (feature layer)",)
@@ -205,5 +189,5 @@ class FasterVLM(VisionStagePruner):
         quotas = unit_quotas(view, keep)
         if quotas is None:
             return Selection(top_k(scores, keep))
-        ranked = ranked_per_unit(scores, view.unit_of, view.num_units)
-        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(ranked, quotas)], dim=1))
+        per_unit = ranked_per_unit(scores, view.unit_of, view.num_units)
+        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1))

@@ -15,7 +15,7 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from prunebench.attention import Captured
-from prunebench.core import Selection
+from prunebench.core import PruneBenchError, Selection
 
 HeadReduce = Literal["mean", "sum", "none"]
 
@@ -36,6 +36,52 @@ def sample_generators(seed: int, sample_ids: Sequence[str]) -> list[torch.Genera
         g.manual_seed((seed * 1_000_003 + zlib.crc32(str(sid).encode())) % (2**63))
         gens.append(g)
     return gens
+
+
+def ranked(scores: torch.Tensor) -> torch.Tensor:
+    """(B, N) indices by descending score, ties to the lower index (a stable sort).
+
+    ``torch.topk`` leaves the order of equal scores to the kernel (CPU and CUDA differ); methods whose
+    docstrings promise "ties to the lowest index" rank with this instead.
+    """
+    return scores.sort(dim=-1, descending=True, stable=True).indices
+
+
+def stable_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of the k largest scores in original order, ties to the lower index (cf. ``core.top_k``)."""
+    return ranked(scores)[..., :k].sort(dim=-1).values
+
+
+# -- multi-unit inputs (LLaVA-NeXT crops, video frames) ---------------------------------------------------------
+def unit_quotas(view: "VisionView", keep: int) -> list[int] | None:
+    """Tokens each unit keeps, or None for a single-unit view.
+
+    The originals prune every crop/frame on its own with the same count (VisPruner/FasterVLM/HiPrune on
+    LLaVA-NeXT, FasterVLM per video frame). Equal units get ``keep // U`` each, the remainder going to the first
+    units; units of different sizes (stock AnyRes with unpadding, which no original ran) get shares
+    proportional to their size by largest remainder (ties to the lower unit), never more than they hold.
+    """
+    units, unit_of = getattr(view, "num_units", 1), getattr(view, "unit_of", None)
+    if units <= 1 or unit_of is None:
+        return None
+    if unit_of.shape[0] > 1 and not bool((unit_of == unit_of[:1]).all()):
+        raise PruneBenchError("every sample of a batch must have the same unit layout (the engine groups samples by it)")
+    sizes = torch.bincount(unit_of[0], minlength=units).tolist()
+    exact = [keep * size / view.num_tokens for size in sizes]
+    quotas = [int(e) for e in exact]
+    by_remainder = sorted(range(units), key=lambda u: (-(exact[u] - quotas[u]), u))
+    for u in by_remainder[: keep - sum(quotas)]:
+        quotas[u] += 1
+    return quotas
+
+
+def ranked_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int) -> list[torch.Tensor]:
+    """For each unit, its tokens (B, n_u) by descending score (stable: ties to the lower index)."""
+    order = ranked(scores)
+    grouped = unit_of.gather(1, order).sort(dim=-1, stable=True)
+    tokens = order.gather(1, grouped.indices)
+    sizes = torch.bincount(unit_of[0], minlength=units).tolist()
+    return list(tokens.split(sizes, dim=1))
 
 
 @dataclass
@@ -86,6 +132,12 @@ class VisionView(_SeededView):
     @property
     def num_tokens(self) -> int:
         return self.features.shape[1]
+
+    @property
+    def adapter(self):
+        """The model adapter that built this view (``projector`` is its bound ``project``), or None for a
+        hand-built view. Methods with per-model assets use it to check them against the weights (LearnPruner)."""
+        return getattr(self.projector, "__self__", None)
 
     @cached_property
     def projected(self) -> torch.Tensor:

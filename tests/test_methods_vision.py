@@ -162,7 +162,7 @@ def two_units(view, units=2):
 
 
 def test_unit_quotas_split_the_budget_per_crop_like_the_originals():
-    from prunebench.methods.vispruner import unit_quotas
+    from prunebench.views import unit_quotas
 
     five = view_of(torch.zeros(1, 2880, 2), (24, 24))
     assert unit_quotas(five, 320) is None  # a single-unit view selects globally
@@ -332,9 +332,15 @@ def test_hiprune_anchor_counts_match_the_published_table():
 def test_hiprune_declares_only_its_two_vit_layers():
     method = create_method("hiprune")
     assert method.vision_layers(24, 22) == (8, 22)  # CLIP-L: l = 9 (1-based) and the feature layer -2
-    assert method.vision_layers(3, 1) == (0, 1)  # tiny-llava
-    assert method.vision_layers(4, 2) == (1, 2)  # toy-llava
+    assert method.vision_layers(3, 1) == (0, 1)  # tiny-llava and toy-llava: 3-layer ViTs, feature layer 1
+    assert method.vision_layers(4, 2) == (1, 2)  # a 4-layer ViT: round(9 * 4 / 24) = 2, 1-based
+    # the scaled rule on a 32-block ViT gives block 11, a windowed block of Qwen2.5-VL; its family entry names the
+    # port's block 15 (full attention), and "feature" is its last block, 31
     assert create_method("hiprune", register_layer="-1").vision_layers(32, 30) == (11, 31)
+    from prunebench.models.defaults import resolve_method
+
+    qwen = resolve_method("hiprune", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl")
+    assert qwen.vision_layers(32, 31) == (15, 31)
     with pytest.raises(PruneBenchError, match="method_defaults.yaml"):
         create_method("hiprune", object_layer=8).vision_layers(3, 1)
 
@@ -350,3 +356,90 @@ def test_hiprune_reads_received_attention_not_cls_attention():
     assert int(view.cls_attention(0).argmax()) == 40
     assert int(view.received_attention(0).argmax()) == 19
     assert {11, 18, 19, 20, 27} <= set(kept(create_method("hiprune", object_layer=0), view, 30))
+
+
+def test_hiprune_ties_go_to_the_lower_index_in_every_path():
+    # every register-layer score equal: after the anchor 19 and its buffers (11, 18, 20, 27), the 25 registers
+    # are the lowest other indices, 0..25 without 11 and 18 (torch.topk would return tied indices in kernel order)
+    num = 48
+    object_logits = torch.zeros(1, num)
+    object_logits[0, 19] = 5.0
+    captured = {0: planted(with_cls(object_logits)), 1: planted(with_cls(torch.zeros(1, num)))}
+    view = view_of(torch.randn(1, num, 8), (6, 8), captured)
+    buffered = {11, 18, 19, 20, 27}
+    expected = sorted(buffered | set(range(30)) - {11, 18, 19, 20})  # registers 0..10, 12..17, 21..26, 28, 29
+    assert len(expected) == 30 and 27 in expected
+    method = create_method("hiprune", object_layer=0)
+    assert kept(method, view, 30) == expected
+    # the same two units side by side: each unit's share follows the same rule on its own tokens
+    both = {0: planted(with_cls(object_logits.repeat(1, 2))), 1: planted(with_cls(torch.zeros(1, 2 * num)))}
+    units = two_units(view_of(torch.randn(1, 2 * num, 8), (6, 8), both))
+    assert kept(method, units, 60) == expected + [num + i for i in expected]
+    # tied object scores at 19 and 30: the anchor is 19, the lower one (anchor 30 would keep 31 and 38)
+    object_logits[0, 30] = 5.0
+    tied = view_of(torch.randn(1, num, 8), (6, 8), {0: planted(with_cls(object_logits)), 1: planted(with_cls(torch.zeros(1, num)))})
+    assert kept(method, tied, 30) == expected
+
+
+def test_hiprune_video_frame_cls_is_never_an_anchor():
+    # two frames, each [CLS] + a 4x4 grid, Video-LLaVA style: the [CLS] tokens are candidates (token_map points at
+    # tower token 0 of their frame) and receive the most attention at the object layer. Anchors must be patches:
+    # the best patch of each frame (cell 5) with its cross buffers; a [CLS] may still be a register.
+    from prunebench.views import UnitVisionView
+
+    cells, tokens = 16, 17
+    token_map = torch.tensor([u * tokens + t for u in range(2) for t in range(tokens)])[None]
+    object_logits = torch.zeros(1, 2 * tokens)
+    object_logits[0, [0, tokens]] = 9.0  # the frames' [CLS] keys
+    object_logits[0, [1 + 5, tokens + 1 + 5]] = 5.0  # cell 5 of each frame
+    register_logits = torch.zeros(1, 2 * tokens)
+    register_logits[0, [0, tokens]] = 3.0
+    captured = {0: planted(object_logits.view(2, tokens)), 1: planted(register_logits.view(2, tokens))}
+    view = UnitVisionView(features=torch.randn(1, 2 * tokens, 8), grid=(4, 4), feature_layer=1, num_vision_layers=2,
+                          projector=lambda x: x, captured=captured, has_cls=True, num_units=2, unit_kind="frame",
+                          unit_of=(token_map // tokens), token_map=token_map, unit_tokens=tokens)
+    method = create_method("hiprune", object_layer=0, alpha=0.5)  # round(8 * 0.5 / 5) = 1 anchor per frame
+    got = kept(method, view, 16)
+    cross = [1, 4, 5, 6, 9]  # cell 5 and its neighbours 4, 6, 1, 9 on the 4x4 grid (candidate = cell + 1)
+    for u in range(2):
+        frame = [c - u * tokens for c in got if u * tokens <= c < (u + 1) * tokens]
+        assert {1 + c for c in cross} <= set(frame) and 0 in frame  # buffers around the patch; [CLS] as a register
+
+
+def gather_remove_duplicates(features, residual, target, step=8):
+    """The previous implementation (an index per (A, B) pair each round), kept to prove the new one equal."""
+    bsz, start = residual.shape
+    feats = F.normalize(features.float().gather(1, residual[..., None].expand(-1, -1, features.shape[-1])), dim=-1)
+    similarity = (feats @ feats.transpose(1, 2)).view(bsz, start * start)
+    current = torch.arange(start).expand(bsz, -1)
+    while current.shape[1] > target:
+        drop = min(step, current.shape[1] - target)
+        a, b = current[:, 0::2], current[:, 1::2]
+        pairs = (a[:, :, None] * start + b[:, None, :]).reshape(bsz, -1)
+        redundancy = similarity.gather(1, pairs).view(bsz, a.shape[1], b.shape[1]).amax(dim=-1)
+        by_redundancy = redundancy.sort(dim=1, descending=True, stable=True).indices
+        current = torch.cat([a.gather(1, by_redundancy)[:, drop:], b], dim=1)
+    return residual.gather(1, current)
+
+
+@pytest.mark.parametrize("num,drop_from,target", [(576, 48, 16), (576, 64, 64), (101, 10, 7), (40, 0, 39)])
+def test_remove_duplicates_equals_the_pairwise_gather_version(num, drop_from, target):
+    from prunebench.methods.vispruner import remove_duplicates
+
+    gen = torch.Generator().manual_seed(num + target)
+    features = torch.randn(2, num, 32, generator=gen)
+    features[:, 1::4] = features[:, ::4][:, : features[:, 1::4].shape[1]]  # exact duplicates: tied similarities
+    residual = torch.stack([torch.randperm(num, generator=gen)[drop_from:] for _ in range(2)])
+    assert torch.equal(remove_duplicates(features, residual, target), gather_remove_duplicates(features, residual, target))
+
+
+def test_vispruner_diverse_step_space_is_selectable():
+    # equal attention everywhere: important = 0, 1, 2 (keep 6, ratio 0.5; ties to the lower index), residual
+    # [3, 4, 5, 6, 7] -> A = [3, 5, 7], B = [4, 6], drop 2 of A. Features make 3 a twin of 4 (A by redundancy:
+    # 3, 5, 7 -> drop 3, 5); projected embeddings make 7 a twin of 6 (7, 3, 5 -> drop 7, 3).
+    eye = torch.eye(8)
+    feats = torch.stack([eye[0], eye[1], eye[2], eye[3], eye[3], eye[4], eye[5], eye[6]])
+    projected = torch.stack([eye[0], eye[1], eye[2], eye[3], eye[4], eye[5], eye[6], eye[6]])[None]
+    view = view_of(feats, (2, 4), {1: planted(with_cls(torch.zeros(1, 8)))}, projected=projected)
+    assert kept(create_method("vispruner", important_ratio=0.5), view, 6) == [0, 1, 2, 4, 6, 7]
+    assert kept(create_method("vispruner", important_ratio=0.5, similarity="projected"), view, 6) == [0, 1, 2, 4, 5, 6]
