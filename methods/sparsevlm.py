@@ -8,12 +8,23 @@ from typing import Sequence
 
 import torch
 
-from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, top_k
+from prunebench.core import (
+    InfeasibleBudget,
+    Plan,
+    PlanContext,
+    PruneBenchError,
+    PruningMethod,
+    Selection,
+    check_plan_meets_budget,
+    top_k,
+)
 from prunebench.registry import register_method
 from prunebench.views import LayerView, RecycledSelection
 
-# The authors' schedules for LLaVA-1.5-7B (576 visual tokens, 32 layers): tokens kept by top-k at the pruning
-# layers {2, 6, 15}, per budget (methods-1.md §2.4; v1.5 = branch v1.5, v2.0 = main with USE_VERSION=2_0).
+# The authors' schedules for LLaVA-1.5-7B (576 visual tokens, 32 layers), keyed by their budget label: the
+# tokens each pruning layer {2, 6, 15} keeps by top-k (methods-1.md §2.4; v1.5 = branch v1.5, v2.0 = main with
+# USE_VERSION=2_0). A v1.5 entry counts the top-k tokens only: the c merged tokens of that layer come on top
+# (300 kept at layer 2 + 9 merged = 309 tokens seen by layers 3-6).
 SCHEDULES: dict[str, dict[int, tuple[int, int, int]]] = {
     "1.5": {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)},
     "2.0": {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)},
@@ -21,15 +32,53 @@ SCHEDULES: dict[str, dict[int, tuple[int, int, int]]] = {
 REFERENCE_TOKENS = 576
 PAPER_LAYERS = (2, 6, 15)
 REFERENCE_DEPTH = 32
+SCHEDULE_MODES = ("auto", "paper", "scaled")
+
+
+def recycled_clusters(pruned: int, recycle_share: float = 0.3, cluster_share: float = 0.1) -> tuple[int, int]:
+    """(n1 candidates, c clusters) of v1/v1.5's recycling for ``pruned`` pruned tokens (methods-1.md §2.3):
+    n1 = int(0.3·pruned) + 1, c = int(n1/10) + 1."""
+    n1 = min(pruned, int(recycle_share * pruned) + 1)
+    return n1, min(n1, int(n1 * cluster_share) + 1)
+
+
+def paper_counts(version: str, label: int, num_visual: int = REFERENCE_TOKENS) -> tuple[int, ...]:
+    """Visual tokens the layers after each pruning layer see under the authors' schedule ``label``: v2.0 the
+    top-k counts min(k, N_v - 1); v1.5 those plus the merged tokens (309/204/113 for "192")."""
+    counts, current = [], num_visual
+    for k in SCHEDULES[version][label]:
+        k = min(k, current - 1)
+        current = k + (recycled_clusters(current - k)[1] if version == "1.5" else 0)
+        counts.append(current)
+    return tuple(counts)
+
+
+def paper_budgets(version: str, mode: str = "average") -> dict[int, float]:
+    """{authors' label: what prunebench measures for that schedule} on LLaVA-1.5-7B (576 tokens, 32 layers):
+    in ``average`` mode the mean over the 32 layers of the visual tokens each layer sees (layers 0-2 see all
+    576), in ``final`` mode the tokens after layer 15. v2.0: 192 -> 206.75, 128 -> 144.125, 96 -> 113.94,
+    64 -> 81.81 (final 118/60/28/20); v1.5: 206.5, 145.41, 114.09, 82.25 (final 113/39/27/18)."""
+    spans = [PAPER_LAYERS[i + 1] - PAPER_LAYERS[i] for i in range(len(PAPER_LAYERS) - 1)]
+    spans.append(REFERENCE_DEPTH - 1 - PAPER_LAYERS[-1])
+    out = {}
+    for label in SCHEDULES[version]:
+        counts = paper_counts(version, label)
+        if mode == "final":
+            out[label] = float(counts[-1])
+        else:
+            seen = (PAPER_LAYERS[0] + 1) * REFERENCE_TOKENS + sum(s * c for s, c in zip(spans, counts))
+            out[label] = seen / REFERENCE_DEPTH
+    return out
 
 
 def _schedule_shape(version: str, budget_576: float) -> list[float]:
-    """Keep fractions (of N) of the paper schedule at ``budget_576`` (budget rescaled to 576 tokens).
+    """Fractions of N that the layers after each pruning layer see under the authors' schedule at
+    ``budget_576`` (budget rescaled to 576 tokens; v1.5 with its merged tokens).
 
     Between the published budgets the fractions are interpolated linearly; outside [64, 192] the nearest
     published schedule's shape is used.
     """
-    table = SCHEDULES[version]
+    table = {label: paper_counts(version, label) for label in SCHEDULES[version]}
     budgets = sorted(table)
     b = min(max(budget_576, budgets[0]), budgets[-1])
     for lo, hi in zip(budgets, budgets[1:]):
@@ -80,24 +129,59 @@ class SparseVLM(PruningMethod):
       3. v1.5 recycling: of the pruned tokens, the n1 = int(0.3·pruned)+1 with the highest rel are clustered
          by density-peak k-NN (c = int(n1/10)+1 clusters, on the layer-ℓ output hidden states) and each
          cluster's mean becomes one token (merged tokens count as visual tokens and can be pruned later).
+    No [CLS] is involved anywhere (the signals are the LLM's own embeddings and attention), so Qwen2.5-VL needs
+    no replacement signal: its captured q/k carry M-RoPE, and v2.0's R is computed from the model's M-RoPE
+    cos/sin tables (the all-ones identity R = Σ_d cos_i·cos_j + sin_i·sin_j still holds, since both halves of
+    the recomposed tables are equal), not from the 1-D closed form.
 
-    Budget (DESIGN.md contract): the paper's "192/128/64" are layer-averaged counts *after* each layer's own
-    pruning (issue #24: 192.03); prunebench counts the tokens each layer *sees* (the authors' schedules
-    average 206.75 for "192" that way). ``plan`` therefore keeps the *shape* of the authors' schedule for the
-    budget (interpolated between the published budgets, as fractions of N) and scales it so that, in average
-    mode, the layer average of visual tokens meets the budget; in final mode the last stage keeps exactly the
-    budget and earlier stages keep the schedule's ratios to it. The schedules were written for 32 layers at
-    {2, 6, 15}; other depths take their pruning layers from the per-model defaults table.
+    Budget and schedules (``schedule``). The authors label their runs "192/128/96/64" and count, for each
+    layer, the visual tokens *after* that layer's own pruning (issue #24: 192.03). prunebench counts what each
+    layer *sees* (DESIGN.md: equal prefill compute), so a pruning layer counts its full input, and the
+    authors' tuples measure more than their labels (schedule entries are top-k counts; v1.5's merged tokens
+    come on top of them):
+
+        ======  ==================  ===================  =========================  ==========================
+        label   v2.0 k@2, 6, 15     v2.0 average / final  v1.5 k@2, 6, 15 (+merged)  v1.5 average / final
+        ======  ==================  ===================  =========================  ==========================
+        192     300, 200, 118       206.75 / 118         300, 200, 110 (309,204,113) 206.5 / 113
+        128     238, 108, 60        144.13 / 60          303, 110, 36 (312,117,39)   145.41 / 39
+        96      246, 54, 28         113.94 / 28          238, 48, 26 (249,55,27)     114.09 / 27
+        64      66, 34, 20          81.81 / 20           66, 30, 17 (82,32,18)       82.25 / 18
+        ======  ==================  ===================  =========================  ==========================
+
+    The harness enforces its budget in both modes (:func:`prunebench.core.check_plan_meets_budget`), so an
+    authors' tuple is reachable exactly at a budget it meets by that contract, on the model it was written for
+    (576 visual tokens, 32 layers, layers 2/6/15):
+      * ``schedule="paper"``: the authors' tuple verbatim; budget B must be one its measured counts meet:
+        final mode, the last count (v2.0 118/60/28/20, v1.5 113/39/27/18); average mode, the integer within
+        the harness's rounding allowance of its layer average (±0.25 token here: half a token over the last
+        stage's 16 layers): 207, 144, 114, 82 for v2.0, but only 114 and 82 for v1.5, whose "192" (206.5) and
+        "128" (145.41) fall between integers (run those in final mode). E.g. ``--budgets 82`` runs the
+        authors' v2.0 "64" and records 81.81 as its layer average; any other budget is infeasible, with a
+        message naming these;
+      * ``schedule="scaled"``: the *shape* of the authors' schedule for the budget (per-layer fractions of N,
+        interpolated between the published labels, v1.5 with its merged tokens) scaled so that the plan meets
+        B as prunebench counts it (average mode: layer average = B; final mode: the last stage keeps B and
+        earlier stages keep the schedule's ratios to it). This serves any budget, model and depth;
+      * ``schedule="auto"`` (default): the authors' tuple where it meets B exactly as above, otherwise
+        ``scaled``. So ``--budgets 64`` compares methods at an equal 64-token layer average (the authors' "64"
+        would spend 81.81 there), and ``--budgets 82`` reproduces the authors' run.
+    Other depths take their pruning layers from the per-model defaults table.
 
     Deviations, each deliberate:
       * positions (``positions``): v2.0 keeps the kept tokens' original (gapped) position ids; v1.5 renumbers
         every layer after a cut 0..n'-1 and a generated token takes each layer's own cache length as its
         position, as the published code does (the engine's ``llm_position_policy="renumber"``); with left
-        padding "cache length" means the valid tokens cached, so a batch equals its samples run alone;
+        padding "cache length" means the valid tokens cached, so a batch equals its samples run alone.
+        M-RoPE models (Qwen2.5-VL): a renumbered 1-D index has no meaning for 3-D (t, h, w) positions (the
+        published code is LLaMA-only), so v1.5 there keeps each kept token's original M-RoPE position
+        (``positions="original"``, set for the qwen2_5_vl family in the per-model defaults table, DESIGN.md's
+        rule for Qwen) and recycles in slot (below); the engine refuses renumbering on M-RoPE models;
       * recycling (``recycle``): v1.5 appends the merged tokens right after the kept visual tokens, as
         published (``"append"``, needs renumbered positions); ``"inplace"`` instead gives each merged token its
         cluster centre's slot (a pruned token revived with the cluster mean) and keeps original positions;
-        ``"none"`` switches recycling off (what v2.0 does);
+        ``"none"`` switches recycling off (what v2.0 does). ``"auto"``: append where v1.5 renumbers, in slot
+        where it keeps original positions, none for v2.0;
       * scores in fp32 from captured q/k instead of the original fp16 materialised softmax; per-sample raters
         and scores (the originals read batch element 0); the clustering noise is seeded per sample;
       * v2.0's division by R can divide by values near 0 or below 0 (R is a sum of cosines);
@@ -107,8 +191,9 @@ class SparseVLM(PruningMethod):
 
     version: str = "2.0"
     layers: Sequence[int] | str = "auto"  # "auto": PAPER_LAYERS, scaled by depth/32 where they do not fit
+    schedule: str = "auto"  # "auto" | "paper" | "scaled" (see the docstring's table)
     heads: int = 14
-    recycle: str = "auto"  # "auto": append for v1.5, none for v2.0
+    recycle: str = "auto"  # "auto": append for v1.5 (in slot with original positions), none for v2.0
     positions: str = "auto"  # "auto": renumber for v1.5, original for v2.0
     rope_correction: str = "divide"
     rope_floor: float = 1e-3
@@ -132,6 +217,8 @@ class SparseVLM(PruningMethod):
         if self.recycle == "append" and self.llm_position_policy != "renumber":
             raise PruneBenchError("sparsevlm recycle='append' places merged tokens by renumbering; use positions='renumber' "
                                   "(or recycle='inplace' with original positions)")
+        if self.schedule not in SCHEDULE_MODES:
+            raise PruneBenchError(f"sparsevlm schedule must be one of {', '.join(SCHEDULE_MODES)}, got {self.schedule!r}")
         if self.rope_correction not in ("divide", "clamp", "none"):
             raise PruneBenchError(f"sparsevlm rope_correction must be 'divide', 'clamp' or 'none', got {self.rope_correction!r}")
         if isinstance(self.layers, str) and self.layers != "auto":
@@ -146,7 +233,9 @@ class SparseVLM(PruningMethod):
     def recycling(self) -> str:
         """"append" (v1.5 as published), "inplace" (merged token in its centre's slot) or "none" (v2.0)."""
         if self.recycle == "auto":
-            return "append" if self.version == "1.5" else "none"
+            if self.version != "1.5":
+                return "none"
+            return "append" if self.llm_position_policy == "renumber" else "inplace"
         return self.recycle
 
     @property
@@ -183,6 +272,12 @@ class SparseVLM(PruningMethod):
     def plan(self, budget: int, ctx: PlanContext) -> Plan:
         n, depth = ctx.num_visual, ctx.num_layers
         cuts = self.cuts(depth)
+        if self.schedule != "scaled":
+            label = self.paper_label(budget, ctx)
+            if label is not None:
+                return ctx.plan(llm=dict(zip(cuts, paper_counts(self.version, label))))
+            if self.schedule == "paper":
+                raise InfeasibleBudget(self._no_paper_schedule(budget, ctx))
         shape = _schedule_shape(self.version, budget * REFERENCE_TOKENS / n)
         if len(cuts) != len(shape):  # other layer counts: interpolate the schedule's fractions over the stages
             xs = torch.linspace(0, len(shape) - 1, len(cuts)).tolist()
@@ -200,6 +295,47 @@ class SparseVLM(PruningMethod):
             )
         counts = _scale_to(shape, spans, free, n)
         return ctx.plan(llm=dict(zip(cuts, counts)))
+
+    def paper_label(self, budget: int, ctx: PlanContext) -> int | None:
+        """The authors' budget label whose schedule meets ``budget`` under ``ctx.mode``; None if none does or
+        this is not the model the schedules were written for."""
+        labels = [label for label, served in self.paper_schedule_budgets(ctx).items() if served == budget]
+        return labels[0] if labels else None
+
+    def paper_schedule_budgets(self, ctx: PlanContext) -> dict[int, int | None]:
+        """{authors' label: the budget at which its schedule meets the harness's contract in ``ctx.mode``
+        (:func:`prunebench.core.check_plan_meets_budget`), or None where no integer budget does}; empty unless
+        ``ctx`` is LLaVA-1.5-7B's shape (576 tokens, 32 layers) with the paper's pruning layers."""
+        if (ctx.num_visual, ctx.num_layers) != (REFERENCE_TOKENS, REFERENCE_DEPTH) or self.pruning_layers(ctx.num_layers) != PAPER_LAYERS:
+            return {}
+        cuts = self.cuts(ctx.num_layers)
+        served: dict[int, int | None] = {}
+        for label, measured in paper_budgets(self.version, ctx.mode).items():
+            plan = ctx.plan(llm=dict(zip(cuts, paper_counts(self.version, label))))
+            served[label] = None
+            for budget in dict.fromkeys((math.floor(measured), math.ceil(measured))):
+                try:
+                    check_plan_meets_budget(plan, budget, ctx.mode, self.name)
+                except InfeasibleBudget:
+                    continue
+                served[label] = budget
+                break
+        return served
+
+    def _no_paper_schedule(self, budget: int, ctx: PlanContext) -> str:
+        served = self.paper_schedule_budgets(ctx)
+        if not served:
+            return (f"sparsevlm schedule='paper': the authors published schedules only for {REFERENCE_TOKENS} visual tokens, "
+                    f"{REFERENCE_DEPTH} layers and pruning layers {PAPER_LAYERS}; this input has {ctx.num_visual} tokens and "
+                    f"{ctx.num_layers} layers (layers {self.pruning_layers(ctx.num_layers)}); use schedule='scaled'")
+        measured = paper_budgets(self.version, ctx.mode)
+        listed = "; ".join(
+            f"\"{label}\" measures {measured[label]:g}: " + (f"budget {b}" if b is not None else "no integer budget in this mode")
+            for label, b in served.items()
+        )
+        return (f"sparsevlm v{self.version} schedule='paper': no published schedule meets budget {budget} in {ctx.mode} mode "
+                f"(prunebench counts the visual tokens each layer sees, the authors each layer's output): {listed}. "
+                f"Use one of those budgets (the other budget mode for the rest), or schedule='scaled' for {budget}")
 
     # -- selection ----------------------------------------------------------------------------------------
     def select_llm(self, view: LayerView, keep: int) -> Selection:
@@ -220,8 +356,7 @@ class SparseVLM(PruningMethod):
 
     def clusters(self, pruned: int) -> tuple[int, int]:
         """(n1 candidates, c clusters) for ``pruned`` pruned tokens: n1 = int(0.3 p) + 1, c = int(n1/10) + 1."""
-        n1 = min(pruned, int(self.recycle_share * pruned) + 1)
-        return n1, min(n1, int(n1 * self.cluster_share) + 1)
+        return recycled_clusters(pruned, self.recycle_share, self.cluster_share)
 
     def raters(self, view: LayerView) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows (B, r) in the current sequence and a (B, r) mask of the text raters (fixed per prefill)."""

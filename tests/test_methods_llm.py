@@ -126,49 +126,81 @@ def test_sparsevlm_rope_attention_is_ones_vectors_rotated_by_rope():
 
 
 def test_sparsevlm_v2_divides_by_rope_attention():
-    """Equal attention to tokens 2 and 6; R twice as large at token 6, so the divided score keeps token 2."""
+    """Token 6 gets 1.5x token 2's attention but R is twice as large at token 6: the plain score keeps token 6,
+    the divided one (1.5 / 2 = 0.75 of token 2's) keeps token 2."""
     weights = uniform()
-    planted_rows(weights, [8, 10], [2, 6])
+    planted_rows(weights, [8, 10], [2])
+    planted_rows(weights, [8, 10], [6], strength=1.5e4)
+    weights[0, [8, 10], 2] = 1e4
     view = layer_view(weights, rater_embeds())
     cos = torch.ones(1, L, 4)
     cos[0, 6] = 2.0  # R[i, 6] = 2 R[i, j] for every other visual j
     view.position_embeddings = (cos, torch.zeros(1, L, 4))
     assert create_method("sparsevlm", heads=1).select_llm(view, 1).keep[0].tolist() == [1]
-    assert create_method("sparsevlm", heads=1, rope_correction="none").select_llm(view, 1).keep[0].tolist() in ([1], [5])
+    assert create_method("sparsevlm", heads=1, rope_correction="none").select_llm(view, 1).keep[0].tolist() == [5]
+
+
+def graded_rows(weights: torch.Tensor, rows: list[int], strengths: dict[int, float]) -> None:
+    """Rows ``rows`` attend to each target t with weight strengths[t] (others 1): distinct relevance."""
+    weights[:, rows] = 1.0
+    for t, w in strengths.items():
+        weights[:, rows, t] = w
+
+
+# visual tokens 1..6 (visual indices 0..5) with relevance 6 > 5 > 4 > 3 > 2 > 1 in that order
+GRADED = {1: 6e3, 2: 5e3, 3: 4e3, 4: 3e3, 5: 2e3, 6: 1e3}
 
 
 def test_sparsevlm_v15_appends_merged_tokens():
-    """Published v1.5: 3 kept + 1 merged token (the mean of its cluster) appended after the kept ones."""
+    """Published v1.5 at 3 of 6 tokens: k = 2 kept (visual 0, 1: the highest relevance) + c = 1 merged token.
+    The 4 pruned tokens give n1 = int(0.3 * 4) + 1 = 2 candidates, the two most relevant of them (visual 2 and
+    3, not 4 or 5), and one cluster: the merged token is their plain mean."""
     weights = uniform()
-    planted_rows(weights, [8, 10], [2, 3, 4])
+    graded_rows(weights, [8, 10], GRADED)
     hidden = torch.randn(1, L, 8, generator=torch.Generator().manual_seed(1))
     method = create_method("sparsevlm", version="1.5")
     assert method.llm_position_policy == "renumber" and method.recycling == "append"
-    sel = method.select_llm(layer_view(weights, rater_embeds(), hidden), 4)
-    assert sel.keep[0].tolist() == [1, 2, 3] and sel.append.shape == (1, 1, 8)
-    # n1 = 1 candidate: the pruned token with the highest rel; with uniform rows it is one of 0, 4, 5
-    assert any(torch.allclose(sel.append[0, 0], hidden[0, 1 + j]) for j in (0, 4, 5))
+    assert method.kept_before_recycling(6, 3) == 2 and method.clusters(4) == (2, 1)
+    sel = method.select_llm(layer_view(weights, rater_embeds(), hidden), 3)
+    assert sel.keep[0].tolist() == [0, 1] and sel.append.shape == (1, 1, 8)
+    torch.testing.assert_close(sel.append[0, 0], (hidden[0, 3] + hidden[0, 4]) / (2 + 1e-6), rtol=1e-5, atol=1e-6)
     with pytest.raises(PruneBenchError, match="renumber"):
         create_method("sparsevlm", version="1.5", recycle="append", positions="original")
 
 
 def test_sparsevlm_v15_recycles_pruned_tokens_into_centre_slots():
-    method = create_method("sparsevlm", version="1.5", recycle="inplace", positions="original")
-    n, total = 6, 4
-    k = method.kept_before_recycling(n, total)
-    n1, c = method.clusters(n - k)
-    assert k + c == total and (k, n1, c) == (3, 1, 1)
+    """In-slot recycling (original positions): the same 2 kept + 1 merged token, the merged one in the slot of
+    its cluster centre. With 2 candidates and 1 cluster the k-NN density is exp(0) for both, so the seeded
+    noise decides the denser one, whose δ (max distance) equals the other's: the centre is the candidate
+    with the larger noise draw."""
+    method = create_method("sparsevlm", version="1.5", positions="original")
+    assert method.recycling == "inplace"
     weights = uniform()
-    planted_rows(weights, [8, 10], [2, 3, 4])
+    graded_rows(weights, [8, 10], GRADED)
     hidden = torch.randn(1, L, 8, generator=torch.Generator().manual_seed(1))
-    sel = method.select_llm(layer_view(weights, rater_embeds(), hidden), total)
-    assert isinstance(sel, RecycledSelection) and sel.num_tokens == total
-    kept_plain = sel.keep[0][~sel.replace[0]].tolist()
-    assert kept_plain == [1, 2, 3]
-    centre = sel.keep[0][sel.replace[0]].tolist()
-    assert len(centre) == 1 and centre[0] in (0, 4, 5)
-    # one candidate (n1 = 1): the merged token is that candidate's own hidden state
-    torch.testing.assert_close(sel.values[0][sel.replace[0]][0], hidden[0, 1 + centre[0]], rtol=1e-5, atol=1e-5)
+    view = layer_view(weights, rater_embeds(), hidden)
+    noise = torch.rand(2, generator=sample_generators(0, ["s"])[0])
+    sel = method.select_llm(view, 3)
+    assert isinstance(sel, RecycledSelection) and sel.num_tokens == 3
+    assert sel.keep[0][~sel.replace[0]].tolist() == [0, 1]
+    candidates = [2, 3]  # by descending relevance
+    assert sel.keep[0][sel.replace[0]].tolist() == [candidates[int(noise.argmax())]]
+    torch.testing.assert_close(sel.values[0][sel.replace[0]][0], (hidden[0, 3] + hidden[0, 4]) / (2 + 1e-6), rtol=1e-5, atol=1e-6)
+
+
+def reference_dpc_knn(x: torch.Tensor, c: int, noise: torch.Tensor) -> tuple[list[int], list[int]]:
+    """methods-1.md §2.3 step by step on one sample, in plain Python."""
+    n, dim = x.shape
+    d = [[float((x[i] - x[j]).norm()) / dim**0.5 for j in range(n)] for i in range(n)]
+    density = [math.exp(-sum(v**2 for v in sorted(d[i])[:c]) / c) + float(noise[i]) * 1e-6 for i in range(n)]
+    far = max(max(row) for row in d)
+    delta = [min([d[i][j] for j in range(n) if density[j] > density[i]], default=far) for i in range(n)]
+    score = [delta[i] * density[i] for i in range(n)]
+    centres = sorted(range(n), key=lambda i: -score[i])[:c]
+    assign = [min(range(c), key=lambda k: d[i][centres[k]]) for i in range(n)]
+    for k, centre in enumerate(centres):
+        assign[centre] = k
+    return centres, assign
 
 
 def test_dpc_knn_finds_planted_clusters():
@@ -180,6 +212,36 @@ def test_dpc_knn_finds_planted_clusters():
     _, assign = dpc_knn(x, 3, torch.zeros(1, 15))
     groups = assign[0].view(3, 5)
     assert all(len(set(g.tolist())) == 1 for g in groups) and len(set(groups[:, 0].tolist())) == 3
+
+
+def test_dpc_knn_centres_maximise_delta_times_density():
+    """1-D points 0, 0.1, 0.2, then 3.0, 3.05, then 9 (isolated); two clusters, k = 2 nearest (self included).
+    Densities exp(-d_nn² / 2): 0.995 for 0-2 (noise makes 1 the peak of that group), 0.99875 for 3 and 4 (3 the
+    global peak), ~1.5e-8 for 9. By density alone the centres would be 3 and 4 (one group); by δ alone 3 (δ =
+    the largest distance, 9) and 9 (δ 6). δ·density gives 3 and 1 (δ 2.9 to point 3, against ≤ 0.1 for 0 and 2)."""
+    from prunebench.methods.sparsevlm import dpc_knn
+
+    x = torch.tensor([[0.0], [0.1], [0.2], [3.0], [3.05], [9.0]])[None]
+    noise = torch.tensor([[0.1, 0.9, 0.2, 0.8, 0.3, 0.5]])
+    centres, assign = dpc_knn(x, 2, noise)
+    assert sorted(centres[0].tolist()) == [1, 3]
+    want_centres, want_assign = reference_dpc_knn(x[0], 2, noise[0])
+    assert centres[0].tolist() == want_centres and assign[0].tolist() == want_assign
+    gen = torch.Generator().manual_seed(4)
+    y, noise = torch.randn(1, 12, 3, generator=gen), torch.rand(1, 12, generator=gen)
+    centres, assign = dpc_knn(y, 3, noise)
+    assert (centres[0].tolist(), assign[0].tolist()) == reference_dpc_knn(y[0], 3, noise[0])
+
+
+def test_dpc_knn_forces_each_centre_into_its_own_cluster():
+    """Points 0 and 1 coincide and every point is a centre (c = n): by nearest centre both would join the first
+    of the two, leaving the other's cluster empty; each centre is forced into its own cluster instead."""
+    from prunebench.methods.sparsevlm import dpc_knn
+
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]])[None]
+    centres, assign = dpc_knn(x, 3, torch.tensor([[0.5, 0.2, 0.1]]))
+    assert sorted(assign[0].tolist()) == [0, 1, 2]
+    assert [int(centres[0, k]) for k in assign[0].tolist()] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("version", ["2.0", "1.5"])
@@ -196,13 +258,58 @@ def test_sparsevlm_schedules_meet_the_layer_average(version, budget):
     assert final.final_tokens == budget and final.tokens_per_layer()[:3] == [576] * 3
 
 
-def test_sparsevlm_schedule_keeps_the_paper_shape():
-    """At "192" the authors' v2.0 schedule 300/200/118 averages 206.75 by input counting; the plan keeps its
-    ratios and scales it down to average 192."""
-    plan = create_method("sparsevlm").plan(192, PlanContext(576, 32, "average"))
+def test_sparsevlm_scaled_schedule_keeps_the_paper_shape():
+    """At "192" the authors' v2.0 schedule 300/200/118 averages 206.75 as prunebench counts; the scaled schedule
+    keeps its ratios and spends 192 on average."""
+    plan = create_method("sparsevlm", schedule="scaled").plan(192, PlanContext(576, 32, "average"))
     k = list(plan.llm.values())
     assert k[0] / k[2] == pytest.approx(300 / 118, rel=0.05) and k[1] / k[2] == pytest.approx(200 / 118, rel=0.05)
-    assert k[0] < 300
+    assert plan.average_tokens == pytest.approx(192, abs=0.25)
+
+
+def test_sparsevlm_authors_64_schedule_is_reachable_on_llava_7b():
+    """The authors' v2.0 "64" = (66, 34, 20) at layers 2/6/15 of 32. Layers 0-2 see 576 tokens, 3-6 see 66,
+    7-15 see 34, 16-31 see 20: (3*576 + 4*66 + 9*34 + 16*20) / 32 = 81.8125 per layer, 20 after the last cut."""
+    ctx = PlanContext(576, 32, "average")
+    for schedule in ("auto", "paper"):
+        plan = create_method("sparsevlm", schedule=schedule).plan(82, ctx)
+        assert plan.llm == {3: 66, 7: 34, 16: 20}
+        assert plan.average_tokens == (3 * 576 + 4 * 66 + 9 * 34 + 16 * 20) / 32
+        check_plan_meets_budget(plan, 82, "average", "sparsevlm")
+    final = create_method("sparsevlm", schedule="paper").plan(20, PlanContext(576, 32, "final"))
+    assert final.llm == {3: 66, 7: 34, 16: 20}
+    # budget 64 in average mode is the scaled shape at a true 64 ("auto") or refused ("paper")
+    scaled = create_method("sparsevlm").plan(64, ctx)
+    assert scaled.llm != {3: 66, 7: 34, 16: 20} and scaled.average_tokens == pytest.approx(64, abs=0.25)
+    with pytest.raises(InfeasibleBudget, match='"64" measures 81.8125: budget 82'):
+        create_method("sparsevlm", schedule="paper").plan(64, ctx)
+    with pytest.raises(InfeasibleBudget, match="only for 576 visual tokens"):
+        create_method("sparsevlm", schedule="paper").plan(64, PlanContext(2880, 32, "average"))
+
+
+def test_sparsevlm_v15_schedule_entries_are_top_k_counts_before_merging():
+    """v1.5 "64" = (66, 30, 17) kept by top-k; each layer adds c = int(n1 / 10) + 1 merged tokens with
+    n1 = int(0.3 * pruned) + 1: 576 -> 66 + (n1 153 -> c 16) = 82; 82 -> 30 + (n1 16 -> c 2) = 32;
+    32 -> 17 + (n1 5 -> c 1) = 18. Its layer average (3*576 + 4*82 + 9*32 + 16*18) / 32 = 82.25."""
+    from prunebench.methods.sparsevlm import paper_budgets, paper_counts
+
+    assert paper_counts("1.5", 64) == (82, 32, 18) and paper_counts("2.0", 64) == (66, 34, 20)
+    assert paper_budgets("1.5")[64] == 82.25 and paper_budgets("1.5", "final")[64] == 18
+    method = create_method("sparsevlm", version="1.5", schedule="paper")
+    assert method.plan(82, PlanContext(576, 32, "average")).llm == {3: 82, 7: 32, 16: 18}
+    assert [method.kept_before_recycling(n, t) for n, t in ((576, 82), (82, 32), (32, 18))] == [66, 30, 17]
+    # "192" averages 206.5: served at the integer budget the harness's contract accepts for it, if any (none
+    # with a ±0.25 allowance); final mode serves it at its last count, 113
+    plan_192 = PlanContext(576, 32, "average").plan(llm={3: 309, 7: 204, 16: 113})
+    accepted = []
+    for budget in (206, 207):
+        try:
+            check_plan_meets_budget(plan_192, budget, "average", "sparsevlm")
+            accepted.append(budget)
+        except InfeasibleBudget:
+            pass
+    assert method.paper_schedule_budgets(PlanContext(576, 32, "average"))[192] == (accepted[0] if accepted else None)
+    assert method.plan(113, PlanContext(576, 32, "final")).llm == {3: 309, 7: 204, 16: 113}
 
 
 def test_sparsevlm_infeasible_average_and_layers():
