@@ -17,6 +17,11 @@ Groups:
   * ``2880-global``: one row of 2880 tokens and 320 kept: methods whose signals do not need per-crop ViT
     attention (DivPrune's original selects globally over the NeXT image; random; LearnPruner's stage 1;
     FastV inside the LLM).
+LLM-stage selections (FastV, SparseVLM v2.0 and v1.5 with recycling, LearnPruner's stage 2) run on a
+:class:`LayerView` of a Vicuna-7B layer in the ``576`` and ``2880-global`` groups: the hidden states, captured
+q/k and RoPE tables of a prompt with the visual tokens that reach the stage (all of them for FastV and
+SparseVLM's first pruning layer, its most expensive one; LearnPruner's R1 after stage 1), and the LLM input
+embeddings SparseVLM's text raters read; the keep count is each method's plan for the group's budget.
 ``random`` runs in every group and is the baseline of the ratios printed at the end (see conftest.py).
 Set ``PRUNEBENCH_BENCH_DEVICE=cuda`` to time on a GPU (each call is then synchronised).
 """
@@ -128,28 +133,55 @@ def _layer_view(visual: int, seed: int) -> LayerView:
     length = SYSTEM_TOKENS + visual + TEXT_TOKENS
     q = torch.randn(1, LLM_HEADS, length, LLM_HEAD_DIM, generator=gen).to(DEVICE)
     k = torch.randn(1, LLM_HEADS, length, LLM_HEAD_DIM, generator=gen).to(DEVICE)
+    positions = torch.arange(length)[None]
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, LLM_HEAD_DIM, 2).float() / LLM_HEAD_DIM)
+    angles = positions[..., None].float() * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    visual_index = (SYSTEM_TOKENS + torch.arange(visual))[None].to(DEVICE)
     return LayerView(
-        layer=2,
+        layer=3,
         hidden_states=torch.randn(1, length, LLM_WIDTH, generator=gen).to(DEVICE),
-        visual_index=(SYSTEM_TOKENS + torch.arange(visual))[None].to(DEVICE),
+        visual_index=visual_index,
         valid=torch.ones(1, length, dtype=torch.bool, device=DEVICE),
+        position_ids=positions.to(DEVICE),
         captured=Captured(q, k, None, LLM_HEAD_DIM**-0.5, True),
         generators=sample_generators(0, ["bench-0"]),
+        position_embeddings=(angles.cos().to(DEVICE), angles.sin().to(DEVICE)),
+        input_embeds=torch.randn(1, length, LLM_WIDTH, generator=gen).to(DEVICE),
+        input_visual_index=visual_index,
     )
 
 
+# name -> (label, parameters, which stage's keep count and candidate count the timed call gets)
+LLM_METHODS = {
+    "fastv": ("fastv (select_llm)", {}),
+    "sparsevlm-2.0": ("sparsevlm v2.0 (select_llm)", {"version": "2.0"}),
+    "sparsevlm-1.5": ("sparsevlm v1.5 recycle (select_llm)", {"version": "1.5"}),
+    "learnpruner": ("learnpruner stage 2 (select_llm)", {"checkpoint": "random"}),
+}
+
+
+def _llm_stage(name: str, tokens: int, keep: int):
+    """(method, candidates at the timed stage, keep count there) from the method's own plan for the budget."""
+    method = create_method(name.split("-")[0], **LLM_METHODS[name][1])
+    plan = method.plan(keep, PlanContext(tokens, LLM_LAYERS, "average" if name != "fastv" else "final"))
+    first = min(plan.llm)
+    return method, plan.vision or tokens, plan.llm[first]
+
+
 @pytest.mark.parametrize("group", ["576", "2880-global"])
-def test_fastv_selection(benchmark, group):
+@pytest.mark.parametrize("name", list(LLM_METHODS))
+def test_llm_selection(benchmark, group, name):
     _, tokens, keep = LAYOUTS[group]
-    view = _layer_view(tokens, seed=7)
-    method = create_method("fastv")
+    method, candidates, stage_keep = _llm_stage(name, tokens, keep)
+    view = _layer_view(candidates, seed=7)
 
     def select():
-        selection = method.select_llm(view, keep)
+        selection = method.select_llm(view, stage_keep)
         _sync()
         return selection
 
     benchmark.group = group
-    benchmark.extra_info.update(method="fastv (select_llm)", tokens=tokens, kept=keep, device=str(DEVICE))
+    benchmark.extra_info.update(method=LLM_METHODS[name][0], tokens=candidates, kept=stage_keep, device=str(DEVICE))
     selection = benchmark(select)
-    selection.validate(1, tokens, keep, "fastv")
+    selection.validate(1, candidates, stage_keep, name)
