@@ -193,7 +193,7 @@ def test_sigkill_loses_at_most_the_cell_in_flight(tmp_path, tiny_llava):
             "--output", str(out), "--no-progress"]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "prunebench.cli", "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 400  # generous for a loaded machine; the loop ends as soon as two cells are stored
     cells = out / "cells"
     while time.time() < deadline and proc.poll() is None:
         if cells.is_dir() and len(list(cells.glob("*.json"))) >= 2:
