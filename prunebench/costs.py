@@ -203,19 +203,6 @@ def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budg
     )
 
 
-def contract_problems(stats: Any) -> list[str]:
-    """How a generate call's measured visual tokens per layer and KV-cache lengths miss its plan (empty: they
-    match). The KV cache of layer l holds the text tokens plus the visual tokens that layer saw."""
-    planned = list(stats.plan.tokens_per_layer())
-    problems = []
-    if list(stats.tokens_per_layer) != planned:
-        problems.append(f"measured visual tokens per layer {list(stats.tokens_per_layer)} != plan {planned}")
-    expected_kv = [stats.text_tokens + n for n in planned]
-    if stats.kv_lengths and list(stats.kv_lengths) != expected_kv:
-        problems.append(f"KV lengths per layer {list(stats.kv_lengths)} != expected {expected_kv}")
-    return problems
-
-
 def meta_prefill_flops(config: Any, num_tokens: int, model_cls: type | None = None) -> int:
     """Decoder prefill FLOPs of a full-size VLM config counted on the ``meta`` device (no weights allocated).
 

@@ -330,6 +330,7 @@ class Pruner:
         _sync(device)
         vision_select_s = time.perf_counter() - select_start
         llm_inputs = adapter.assemble(batch, visual, kept, self._position_policy(), layout=layout)
+        assembled = time.perf_counter()
 
         num_visual_in = llm_inputs.visual_index.shape[1]
         prompt_len = llm_inputs.inputs_embeds.shape[1]
@@ -373,8 +374,12 @@ class Pruner:
 
         steps = out.sequences.shape[1]
         timings["select_ms"] = (vision_select_s + state.select_s) * 1e3
+        timings["select_vision_ms"] = vision_select_s * 1e3
+        timings["select_llm_ms"] = state.select_s * 1e3  # inside the prefill window below
+        timings["assemble_ms"] = (assembled - select_start - vision_select_s) * 1e3
         if clock.times:
             timings["prefill_ms"] = (clock.times[0] - gen_start) * 1e3
+            timings["ttft_ms"] = (clock.times[0] - start) * 1e3
             timings["decode_ms_per_token"] = ((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1) * 1e3) if len(clock.times) > 1 else 0.0
             timings["generate_ms"] = (clock.times[-1] - gen_start) * 1e3
             timings["total_ms"] = (clock.times[-1] - start) * 1e3

@@ -76,18 +76,3 @@ def test_families_without_a_vision_formula_report_no_analytic_vision(samples):
     record = count.as_record()
     assert count.analytic_vision is None and record["analytic_tflops"] is None and record["vision_tflops"] is None
     assert record["vision_measured_tflops"] > 0 and count.llm_rel_diff < 1e-3  # the LLM side is still checked
-
-
-def test_contract_problems_name_the_layers_that_miss_the_plan():
-    from types import SimpleNamespace
-
-    from prunebench.core import Plan
-    from prunebench.costs import contract_problems
-
-    plan = Plan(num_visual=576, num_layers=4, llm={2: 64})  # FastV at K=2: [576, 576, 64, 64]
-    good = SimpleNamespace(plan=plan, tokens_per_layer=[576, 576, 64, 64], kv_lengths=[586, 586, 74, 74], text_tokens=10)
-    assert contract_problems(good) == []
-    extra = SimpleNamespace(plan=plan, tokens_per_layer=[576, 576, 65, 64], kv_lengths=[586, 586, 74, 74], text_tokens=10)
-    assert contract_problems(extra) == ["measured visual tokens per layer [576, 576, 65, 64] != plan [576, 576, 64, 64]"]
-    stale_kv = SimpleNamespace(plan=plan, tokens_per_layer=[576, 576, 64, 64], kv_lengths=[586, 586, 586, 74], text_tokens=10)
-    assert contract_problems(stale_kv) == ["KV lengths per layer [586, 586, 586, 74] != expected [586, 586, 74, 74]"]

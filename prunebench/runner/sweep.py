@@ -276,37 +276,20 @@ def _stat(values: list[float]) -> dict[str, float] | None:
     return {"median": q(0.5), "p90": q(0.9), "n": len(values)}
 
 
-def sample_latency(timings: dict[str, float], select_llm_ms: float | None = None) -> dict[str, float]:
+def sample_latency(timings: dict[str, float]) -> dict[str, float]:
     """One generate call's engine timings as the entries of ``latency_ms`` (see :data:`LATENCY_PARTS`).
 
-    The engine's ``total_ms`` runs from the start of the vision tower to the last token and ``generate_ms`` from
-    the start of ``model.generate`` to it, so their difference plus ``prefill_ms`` is the time to first token.
-    ``select_llm_ms``: the LLM-stage share of ``select_ms`` (None: not known, the finer parts are left out).
+    ttft = vision + select_vision + assemble + prefill, and the prefill window holds the LLM-stage selection
+    (select_llm) besides the LLM's own prefill (llm_prefill = prefill - select_llm).
     """
     t = timings
     out = {"prefill": t.get("prefill_ms"), "decode_per_token": t.get("decode_ms_per_token"), "total": t.get("total_ms"),
-           "vision": t.get("vision_ms"), "select": t.get("select_ms"), "generate": t.get("generate_ms")}
-    ttft = t.get("ttft_ms")
-    if ttft is None and None not in (t.get("total_ms"), t.get("generate_ms"), t.get("prefill_ms")):
-        ttft = t["total_ms"] - t["generate_ms"] + t["prefill_ms"]
-    out["ttft"] = ttft
-    select_llm_ms = t.get("select_llm_ms", select_llm_ms)
-    if select_llm_ms is not None and None not in (ttft, out["vision"], out["select"], out["prefill"]):
-        out["select_llm"] = select_llm_ms
-        out["select_vision"] = out["select"] - select_llm_ms
-        out["llm_prefill"] = out["prefill"] - select_llm_ms
-        out["assemble"] = ttft - out["vision"] - out["select_vision"] - out["prefill"]
+           "vision": t.get("vision_ms"), "select": t.get("select_ms"), "generate": t.get("generate_ms"),
+           "ttft": t.get("ttft_ms"), "select_vision": t.get("select_vision_ms"), "select_llm": t.get("select_llm_ms"),
+           "assemble": t.get("assemble_ms")}
+    if None not in (out["prefill"], out["select_llm"]):
+        out["llm_prefill"] = out["prefill"] - out["select_llm"]
     return {k: v for k, v in out.items() if v is not None}
-
-
-def _select_llm_ms(pruner: Any, timings: dict[str, float]) -> float | None:
-    if "select_llm_ms" in timings:
-        return timings["select_llm_ms"]
-    # The engine sums vision- and LLM-stage selection into select_ms; its per-call state (kept after generate for
-    # recompute) still holds the LLM-stage seconds, which is what splits the prefill window cleanly.
-    state = getattr(pruner, "_frozen", None)
-    seconds = getattr(state, "select_s", None)
-    return None if seconds is None else seconds * 1e3
 
 
 def latency_probe(adapter: Any, method: Any, budget: int | None, mode: str, seed: int, samples: list[Any], warmup: int,
@@ -322,7 +305,7 @@ def latency_probe(adapter: Any, method: Any, budget: int | None, mode: str, seed
         for batch in batches:
             out = pruner.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
             stats.append(out.stats)
-            parts.append(sample_latency(out.stats.timings_ms, _select_llm_ms(pruner, out.stats.timings_ms)))
+            parts.append(sample_latency(out.stats.timings_ms))
     names = dict.fromkeys(k for p in parts for k in p)
     record = {name: _stat([p.get(name, float("nan")) for p in parts]) for name in names}
     return record, stats
@@ -650,14 +633,12 @@ class Sweep:
     # -- one cell's parts --------------------------------------------------------------------------------------------
     def measure(self, cell: Cell, method: Any) -> dict[str, Any]:
         """Latency probe, token contract, FLOPs and KV bytes of a cell (the ``costs`` part of its record)."""
-        from prunebench.costs import contract_problems
-
         lat = self.config["latency"]
         latency, probe_stats = latency_probe(self.adapter, method, cell.budget, self.config["budget_mode"], self.config["seed"], self.probe,
                                              int(lat["warmup"]), int(lat["new_tokens"]), self.config["budget_scope"])
         first = probe_stats[0]
         warnings = []
-        problems = [f"probe sample {i}: {p}" for i, s in enumerate(probe_stats) for p in contract_problems(s)]
+        problems = [f"probe sample {i}: {s.contract_detail}" for i, s in enumerate(probe_stats) if not s.contract_ok]
         if problems:
             warnings.append("token contract: " + "; ".join(problems))
             log.warning("cell %s misses its plan: %s", cell.label, "; ".join(problems))
