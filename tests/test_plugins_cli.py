@@ -70,11 +70,14 @@ def test_plugin_is_listed_with_its_origin(installed_plugin):
 
 
 def test_plugin_passes_the_conformance_kit(installed_plugin):
-    result = _prunebench("check", installed_plugin, "--checks", "noop,token_contract,cache,batch,hygiene")
+    result = _prunebench("check", installed_plugin)
     assert result.returncode == 0, result.stdout + result.stderr
+    from prunebench.conformance import CHECKS
     from prunebench.models import TINY_MODELS
 
-    assert result.stdout.count("PASS") == 5 * len(TINY_MODELS) and "keepfirst" in result.stdout  # every tiny family
+    for check in CHECKS:  # all seven properties on every tiny family
+        assert result.stdout.count(f"PASS {check} ") == len(TINY_MODELS), (check, result.stdout)
+    assert "FAIL" not in result.stdout and "keepfirst" in result.stdout
 
 
 def test_check_fails_and_names_property_and_method(installed_plugin):
