@@ -236,7 +236,8 @@ class PruneBenchLMM(lmms):
         if len(visuals) == 1 and isinstance(visuals[0], Image.Image):
             return Sample(id=sid, question=question, image=visuals[0], meta=meta)
         if video_ok and len(visuals) == 1 and isinstance(visuals[0], str):
-            return Sample(id=sid, question=question, video=_video_frames(visuals[0]), meta=meta)
+            frames, fps = _video_frames(visuals[0])
+            return Sample(id=sid, question=question, video=frames, meta={**meta, "fps": fps})
         if video_ok and len(visuals) > 1 and all(isinstance(v, Image.Image) for v in visuals):
             return Sample(id=sid, question=question, video=list(visuals), meta=meta)
         kinds = sorted({type(v).__name__ for v in visuals}) or ["nothing"]
@@ -348,18 +349,23 @@ class _BatchCache:
             self.bytes -= self.sizes.pop(old)
 
 
-def _video_frames(path: str, count: int = 8) -> list[Any]:
-    """``count`` uniformly spaced RGB frames of a video file (PyAV)."""
+def _video_frames(path: str, count: int = 8) -> tuple[list[Any], float | None]:
+    """``count`` uniformly spaced RGB frames of a video file (PyAV) and the rate of those sampled frames
+    (``count`` / clip seconds, what qwen-vl-utils hands Qwen2.5-VL for its temporal M-RoPE positions; None
+    when the container gives no duration)."""
     try:
         import av
     except ImportError:
         raise PruneBenchError(f"video {path!r} needs PyAV to decode: pip install av") from None
     with av.open(path) as container:
+        stream = container.streams.video[0]
         frames = [f.to_image() for f in container.decode(video=0)]
+        rate = float(stream.average_rate) if stream.average_rate else None
     if not frames:
         raise PruneBenchError(f"no frames decoded from {path!r}")
     step = len(frames) / count
-    return [frames[min(int(i * step), len(frames) - 1)].convert("RGB") for i in range(count)]
+    picked = [frames[min(int(i * step), len(frames) - 1)].convert("RGB") for i in range(count)]
+    return picked, (count * rate / len(frames) if rate else None)
 
 
 def _batch_order(requests) -> list[list[int]]:

@@ -139,3 +139,38 @@ def test_identity_holds_the_weights_fingerprint(lm, tmp_path, monkeypatch):
     os.utime(folder / "model.safetensors", (1e9, 1e9))
     retrained = PruneBenchLMM.from_adapter(lm.adapter, pretrained="toy-llava")
     assert str(retrained.configure("random", 64)) != before, "a retrained checkpoint must not share cached answers"
+
+
+def test_video_frames_are_uniform_and_report_the_sampled_rate(monkeypatch):
+    """8 of 90 frames of a 30 fps clip (3 s) are 8/3 frames per second: the rate Qwen2.5-VL's M-RoPE time axis needs."""
+    import sys
+    import types
+    from fractions import Fraction
+
+    from PIL import Image
+
+    from prunebench.lmms import _video_frames
+
+    class Frame:
+        def __init__(self, i):
+            self.i = i
+
+        def to_image(self):
+            return Image.new("L", (4, 4), self.i)
+
+    class Container:
+        streams = types.SimpleNamespace(video=[types.SimpleNamespace(average_rate=Fraction(30))])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def decode(self, video):
+            return [Frame(i) for i in range(90)]
+
+    monkeypatch.setitem(sys.modules, "av", types.SimpleNamespace(open=lambda path: Container()))
+    frames, fps = _video_frames("clip.mp4")
+    assert [f.getpixel((0, 0))[0] for f in frames] == [0, 11, 22, 33, 45, 56, 67, 78]
+    assert all(f.mode == "RGB" for f in frames) and fps == pytest.approx(8 / 3)
