@@ -41,6 +41,13 @@ class VisionZip(VisionStagePruner):
     merge unit. The contextual tokens enter the LLM after the kept ones at the 3-D M-RoPE position of the
     image's last token (the port writes them at their target's position). On Video-LLaVA videos the frames'
     [CLS] tokens are candidates (``cls_feature`` is None): nothing is prepended either.
+
+    Deviation on LLaVA-NeXT: the original runs the algorithm per crop ([CLS] + dominant + contextual of each
+    of the 5 crops, the budget split evenly); here one selection runs over all crops' patches, each ranked by
+    its own crop's [CLS] attention, with the base crop's [CLS] prepended and one set of contextual tokens.
+    The view does not expose the sub-crops' [CLS] features, and merged tokens can only sit before or after
+    the kept ones, so the per-crop interleaving of the original cannot be reproduced; ``--layout fivecrop``
+    with ``--budget-scope crop`` is the closest setting.
     """
 
     dominant: int = 0  # 0 = derived from the budget
