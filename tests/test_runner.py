@@ -402,15 +402,15 @@ def test_layout_is_a_run_option_an_lmms_arg_and_part_of_the_key(tmp_path):
 def test_latency_entries_partition_the_time_to_first_token(tiny_llava, samples):
     from prunebench.engine import Pruner
     from prunebench.registry import create_method
-    from prunebench.runner.sweep import _select_llm_ms, sample_latency
+    from prunebench.runner.sweep import sample_latency
 
-    # by hand: vision 10, selection 5 of which 2 in the LLM, generate window 50 = prefill 30 + decoding 20, total 70
-    parts = sample_latency({"vision_ms": 10, "select_ms": 5, "prefill_ms": 30, "generate_ms": 50, "total_ms": 70,
-                            "decode_ms_per_token": 5}, select_llm_ms=2)
+    # by hand: selection 5 of which 2 in the LLM (inside the prefill window of 30)
+    parts = sample_latency({"vision_ms": 10, "select_ms": 5, "select_vision_ms": 3, "select_llm_ms": 2, "assemble_ms": 7,
+                            "prefill_ms": 30, "ttft_ms": 50, "generate_ms": 50, "total_ms": 70, "decode_ms_per_token": 5})
     assert parts["ttft"] == 50 and parts["select_vision"] == 3 and parts["llm_prefill"] == 28 and parts["assemble"] == 7
     with Pruner(tiny_llava, create_method("fastv", layer=1), 64, budget_mode="final") as pruner:
         out = pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=3, min_new_tokens=3)
-        parts = sample_latency(out.stats.timings_ms, _select_llm_ms(pruner, out.stats.timings_ms))
+        parts = sample_latency(out.stats.timings_ms)
     assert parts["select_llm"] > 0, "FastV selects inside the LLM"
     assert min(parts.values()) >= 0
     whole = parts["vision"] + parts["select_vision"] + parts["assemble"] + parts["select_llm"] + parts["llm_prefill"]
