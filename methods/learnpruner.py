@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, solve_single_cut, top_k
+from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, solve_single_cut
 from prunebench.registry import register_method
-from prunebench.views import LayerView, VisionView
+from prunebench.training import INPUT_SPACES
+from prunebench.views import LayerView, VisionView, ranked, stable_top_k
 
 PAPER_LAYER = 12  # of 32 (LLaVA-1.5-7B): layers 0..11 see R1, layers 12.. see R2
 REFERENCE_DEPTH = 32
+QUERY_ROWS = ("after_image", "last")
 
 
 def diversity_fill(features: torch.Tensor, selected: torch.Tensor, count: int) -> torch.Tensor:
@@ -44,22 +46,45 @@ class LearnPruner(PruningMethod):
     arXiv 2604.23950; methods-2.md §3). **Re-implemented from description**: the paper's code and checkpoints
     are unreleased, so every detail it does not fix is a field below with a documented default.
 
-    Stage 1, before the projector: the LPM (``prunebench.training.LearnedPruningModule``, width → width/2 → 2,
-    GELU; 1024 → 512 → 2 = 0.53 M parameters for CLIP-L) scores every patch feature of the ViT feature layer
-    with M_soft[keep]; the top R1 − n_div tokens are kept, then n_div = round(``diversity``·R1) diversity
-    tokens (λ = 10 %) are added from the rest by max-min cosine similarity on the same features. The LLM then
-    sees a compact sequence (positions renumbered, as pre-LLM pruning does).
+    Stage 1, before the LLM: the LPM (``prunebench.training.LearnedPruningModule``, width → ``lpm_hidden`` → 2,
+    GELU; 1024 → 512 → 2 = 0.53 M parameters for CLIP-L) scores every visual token with M_soft[keep]; the top
+    R1 − n_div tokens are kept, then n_div = round(``diversity``·R1) diversity tokens (λ = 10 %) are added from
+    the rest by max-min cosine similarity (the token whose largest similarity to the kept set is smallest joins
+    next). The LLM then sees a compact sequence (positions renumbered, as pre-LLM pruning does).
     Stage 2, before decoder layer ``layer`` (the paper's "layer 12": layers 0..11 see R1, methods-2.md §3.4):
-    attention of layer ``layer − 1`` from every prompt token after the image (question + template) to each
-    visual token, fp32 softmax from captured q/k, averaged over heads and query rows; the top R2 stay with
-    their positions (no renumbering after stage 2).
+    attention of layer ``layer − 1`` from the ``query_rows`` to each visual token, fp32 softmax from captured
+    q/k, averaged over heads and query rows; the top R2 stay with their positions (no renumbering after stage 2).
 
-    Budget (reading 1 of methods-2.md §3.5): average mode R2 = round(B·L / (r·k + L − k)) with r = ``ratio``
-    (3) and k = ``layer``, R1 = r·R2 capped at N (then R2 re-solved so the layer average meets B); final mode
-    R2 = B, R1 = min(N, r·B). LLaVA-1.5-7B: B = 64 → R1 111, R2 37.
+    Budget (reading 1 of methods-2.md §3.5, the layer average): with R2* = B·L / (r·k + L − k) the real
+    solution for r = ``ratio`` (3) and k = ``layer``, R1 = round(r·R2*) capped at N, and R2 = the nearest-integer
+    solution for the layer average given R1 (the harness's average-mode contract,
+    :func:`prunebench.core.solve_single_cut`); final mode R2 = B, R1 = min(N, round(r·B)). LLaVA-1.5-7B:
+    B = 192 → (329, 110), 128 → (219, 73), 64 → (110, 36), 32 → (55, 18). The third-party re-implementation's
+    (111, 37) at "64" keeps R1 = 3·R2 exactly but averages 64.75 visual tokens per layer; prunebench runs
+    exactly that split at budget 65.
 
-    ``layer="auto"``: 12 of 32, i.e. round(12·L/32) for an L-layer LLM (2 for the 4- and 6-layer test
-    models; the per-model defaults table sets it explicitly).
+    ``layer="auto"``: the paper's 12 of 32 layers scaled to an L-layer LLM, ⌊12·L/32 + ½⌋ (halves round up:
+    11 for Qwen2.5-VL's 28 layers, 2 for the 4- and 6-layer test models; the per-model defaults table sets it
+    explicitly where it matters).
+
+    Hyper-parameters the paper leaves open, each a field (``prunebench run --method-args learnpruner.NAME=VALUE``):
+      * ``lpm_hidden``: the LPM's hidden width (0 = width/2, the 0.53 M reading); a trained checkpoint has
+        its own, which a non-zero value must match;
+      * ``lpm_input``: the features the LPM reads: ``"vision"`` (default: the ViT feature layer before the
+        projector; on Qwen2.5-VL the merger's input per 2x2 unit, ``VisionView.features``) or ``"projected"``
+        (after the projector: the LLM's layer-0 input, the other reading of X_v^(0)). A checkpoint records the
+        space it was trained in (``prunebench train learnpruner --input``) and must match;
+      * ``diversity_space``: features of the diversity step: ``"input"`` (default: the LPM's own input),
+        ``"vision"`` or ``"projected"``;
+      * ``query_rows``: stage 2's query rows: ``"after_image"`` (default: every prompt token after the image,
+        question and template; tokens before it cannot attend to it under the causal mask) or ``"last"``
+        (the last prompt token, FastV's row);
+      * ``ratio``, ``diversity``, ``layer``: the paper's hand-set R1:R2 = 3, λ = 10 %, k = 12.
+    Towers without [CLS] (Qwen2.5-VL) need no replacement signal: stage 1 is the LPM on the visual tokens
+    (per 2x2 merge unit) and stage 2 the LLM's own text-to-visual attention (M-RoPE positions kept).
+    Multi-unit inputs (LLaVA-NeXT crops, video frames): one global top-k over all the image's tokens (the
+    paper budgets NeXT as one image, "160 tokens", and publishes no per-crop rule), so a crop may keep more
+    or fewer than its share.
 
     ``checkpoint``: ``"auto"`` loads ``prunebench/assets/learnpruner/<model>.safetensors`` (trained by
     ``prunebench train learnpruner --model M``); for the tiny config-built test models (``tiny-*``), whose
@@ -67,11 +92,13 @@ class LearnPruner(PruningMethod):
     (``seed``) so the conformance kit runs without a committed checkpoint. Any other model without a trained
     LPM is an error naming the training command. ``"random"`` forces the seeded random LPM; a path (or a
     model name) loads that safetensors file. ``use_module(lpm)`` installs an in-memory LPM (tests).
+    ``verify`` (default True): a loaded LPM's recipe records the sha256 of the vision tower and projector it
+    was trained on (older recipes: of the whole model); if the model's differ, loading is an error that names
+    the retraining command, since the LPM would score another tower's tokens.
 
     Deviations / defaults: one LPM serves every budget (stage 1 is a top-k on M_soft, so the training ratio
-    only shapes the scores); LPM input = ViT features before the projector (the "X_v^(0)" reading of §3.2);
-    diversity on the same features; scores in fp32; ties to the lowest index; per-sample text rows under
-    padding. ``ratio``, ``diversity``, ``layer`` are the paper's hand-set hyper-parameters.
+    only shapes the scores); scores in fp32; every ranking is stable, ties to the lowest index; per-sample
+    text rows under padding.
     """
 
     layer: int | str = "auto"
@@ -79,6 +106,11 @@ class LearnPruner(PruningMethod):
     diversity: float = 0.1
     checkpoint: str = "auto"
     seed: int = 0
+    lpm_hidden: int = 0
+    lpm_input: str = "vision"
+    diversity_space: str = "input"
+    query_rows: str = "after_image"
+    verify: bool = True
 
     stages = ("vision", "llm")
     signals = ("LPM keep probability (ViT feature layer)", "feature cosine similarity (diversity)",
@@ -95,6 +127,14 @@ class LearnPruner(PruningMethod):
             raise PruneBenchError(f"learnpruner ratio R1:R2 must be >= 1, got {self.ratio}")
         if not 0 <= self.diversity < 1:
             raise PruneBenchError(f"learnpruner diversity share must lie in [0, 1), got {self.diversity}")
+        if self.lpm_hidden < 0:
+            raise PruneBenchError(f"learnpruner lpm_hidden must be >= 0 (0 = width/2), got {self.lpm_hidden}")
+        if self.lpm_input not in INPUT_SPACES:
+            raise PruneBenchError(f"learnpruner lpm_input must be one of {INPUT_SPACES}, got {self.lpm_input!r}")
+        if self.diversity_space not in ("input", *INPUT_SPACES):
+            raise PruneBenchError(f"learnpruner diversity_space must be 'input', 'vision' or 'projected', got {self.diversity_space!r}")
+        if self.query_rows not in QUERY_ROWS:
+            raise PruneBenchError(f"learnpruner query_rows must be one of {QUERY_ROWS}, got {self.query_rows!r}")
 
     # -- budget -------------------------------------------------------------------------------------------
     def cut(self, num_layers: int) -> int:
@@ -111,10 +151,8 @@ class LearnPruner(PruningMethod):
             r2 = budget
             r1 = min(n, round(self.ratio * budget))
         else:
-            r2 = round(budget * depth / (self.ratio * k + depth - k))
-            r1 = min(n, round(self.ratio * r2))
-            if r1 < self.ratio * r2 - 0.5:  # R1 capped at N: the remaining layers carry the rest of the budget
-                r2 = solve_single_cut(budget, ctx, k, self.name, before=r1)
+            r1 = min(n, round(self.ratio * budget * depth / (self.ratio * k + depth - k)))
+            r2 = solve_single_cut(budget, ctx, k, self.name, before=r1)
         return ctx.plan(vision=r1, llm={k: min(r2, r1)})
 
     # -- stage 1 ------------------------------------------------------------------------------------------
@@ -123,22 +161,30 @@ class LearnPruner(PruningMethod):
         div = min(round(self.diversity * keep), keep - 1)
         return keep - div, div
 
+    def _space(self, view: VisionView, space: str) -> torch.Tensor:
+        return view.projected if space == "projected" else view.features
+
     def select_vision(self, view: VisionView, keep: int) -> Selection:
-        scores = self.lpm_for(view).to(view.features.device).keep_probability(view.features)
+        features = self._space(view, self.lpm_input)
+        scores = self.lpm_for(view, features.shape[-1]).to(features.device).keep_probability(features)
         lpm_count, div_count = self.split(keep)
-        chosen = scores.topk(lpm_count, dim=-1).indices
+        chosen = ranked(scores)[:, :lpm_count]
         selected = torch.zeros_like(scores, dtype=torch.bool).scatter(1, chosen, True)
-        selected = diversity_fill(view.features, selected, div_count)
+        space = self.lpm_input if self.diversity_space == "input" else self.diversity_space
+        selected = diversity_fill(self._space(view, space), selected, div_count)
         index = torch.arange(view.num_tokens, device=scores.device).expand(view.batch_size, -1)
         return Selection(index[selected].view(view.batch_size, keep))
 
     # -- stage 2 ------------------------------------------------------------------------------------------
     def select_llm(self, view: LayerView, keep: int) -> Selection:
-        rows, valid = view.text_queries()
+        if self.query_rows == "last":
+            rows, valid = view.last_index, torch.ones_like(view.last_index, dtype=torch.bool)
+        else:
+            rows, valid = view.text_queries()
         attn = view.attention_to_visual(rows)  # (B, r, n), mean over heads
         weight = valid[..., None].to(attn.dtype)
         scores = (attn * weight).sum(1) / weight.sum(1).clamp(min=1)
-        return Selection(top_k(scores, keep))
+        return Selection(stable_top_k(scores, keep))
 
     # -- the LPM ------------------------------------------------------------------------------------------
     def use_module(self, module: torch.nn.Module) -> "LearnPruner":
@@ -150,46 +196,59 @@ class LearnPruner(PruningMethod):
         self.__dict__["_module"] = module.eval()
         return self
 
-    def lpm_for(self, view: VisionView):
+    def lpm_for(self, view: VisionView, width: int | None = None):
+        """The LPM for ``view``'s model (loaded once per checkpoint and model), checked against its features."""
         from prunebench.models import TINY_MODELS
         from prunebench.training import default_checkpoint, load_lpm, random_lpm
 
-        width = view.features.shape[-1]
+        width = view.features.shape[-1] if width is None else width
         module = self.__dict__.get("_module")
         cache = self.__dict__.setdefault("_loaded", {})
         if module is None:
-            key = (self.checkpoint, view.model_name)
+            key = (self.checkpoint, view.model_name, width)
             if key not in cache:
-                cache[key] = self._resolve(view.model_name, width, TINY_MODELS, default_checkpoint, load_lpm, random_lpm)
+                cache[key] = self._resolve(view, width, TINY_MODELS, default_checkpoint, load_lpm, random_lpm)
             module = cache[key]
+        fix = f"train one with `prunebench train learnpruner --model {view.model_name or 'MODEL'} --input {self.lpm_input}`"
+        if getattr(module, "input", "vision") != self.lpm_input:
+            raise PruneBenchError(f"learnpruner: the LPM reads {module.input} features but lpm_input={self.lpm_input!r}; "
+                                  f"set lpm_input={module.input!r} or {fix}")
         if module.width != width:
             raise PruneBenchError(
-                f"learnpruner: the LPM expects {module.width}-d features but this model's vision features are {width}-d; "
-                f"train one with `prunebench train learnpruner --model {view.model_name or 'MODEL'}`"
+                f"learnpruner: the LPM expects {module.width}-d features but this model's {self.lpm_input} features are {width}-d; {fix}"
             )
+        if self.lpm_hidden and module.hidden != self.lpm_hidden:
+            raise PruneBenchError(f"learnpruner: lpm_hidden={self.lpm_hidden} but the LPM's hidden width is {module.hidden}; "
+                                  f"set lpm_hidden=0 (take the checkpoint's) or {fix} --hidden {self.lpm_hidden}")
         return module
 
-    def _resolve(self, model: str, width: int, tiny, default_checkpoint, load_lpm, random_lpm):
+    def _resolve(self, view: VisionView, width: int, tiny, default_checkpoint, load_lpm, random_lpm):
+        model = view.model_name
         if self.checkpoint == "random":
-            return random_lpm(width, self.seed)
+            return random_lpm(width, self.seed, self.lpm_hidden or None, self.lpm_input)
         if self.checkpoint == "auto":
             path = default_checkpoint(model) if model else None
-            if path is not None and path.exists():
-                return load_lpm(path)
-            if model in tiny:
-                return random_lpm(width, self.seed)
-            raise PruneBenchError(
-                f"learnpruner has no trained LPM for model {model or '(unnamed)'!r}: run `prunebench train learnpruner "
-                f"--model {model or 'MODEL'}` (writes {path or 'prunebench/assets/learnpruner/MODEL.safetensors'}), "
-                "or pass checkpoint=PATH.safetensors (checkpoint=random for an untrained, seeded LPM)"
-            )
-        path = Path(self.checkpoint)
-        if path.suffix != ".safetensors":
-            path = default_checkpoint(self.checkpoint)
-        return load_lpm(path)
+            if path is None or not path.exists():
+                if model in tiny:
+                    return random_lpm(width, self.seed, self.lpm_hidden or None, self.lpm_input)
+                raise PruneBenchError(
+                    f"learnpruner has no trained LPM for model {model or '(unnamed)'!r}: run `prunebench train learnpruner "
+                    f"--model {model or 'MODEL'}` (writes {path or 'prunebench/assets/learnpruner/MODEL.safetensors'}), "
+                    "or pass checkpoint=PATH.safetensors (checkpoint=random for an untrained, seeded LPM)"
+                )
+        else:
+            path = Path(self.checkpoint)
+            if path.suffix != ".safetensors":
+                path = default_checkpoint(self.checkpoint)
+        module = load_lpm(path)
+        if self.verify and view.adapter is not None:
+            from prunebench.training import check_base, load_recipe
+
+            check_base(load_recipe(path), view.adapter.model, model, path)
+        return module
 
 
 def budget_split(budget: int, num_layers: int = 32, layer: int = PAPER_LAYER, ratio: float = 3.0, num_visual: int = 576) -> tuple[int, int]:
-    """(R1, R2) of the average-mode budget (reading 1), e.g. (111, 37) for B = 64 on LLaVA-1.5-7B."""
+    """(R1, R2) of the average-mode budget (reading 1), e.g. (110, 36) for B = 64 on LLaVA-1.5-7B."""
     plan = LearnPruner(layer=layer, ratio=ratio).plan(budget, PlanContext(num_visual, num_layers, "average"))
     return plan.vision or num_visual, plan.llm[layer]

@@ -4,12 +4,37 @@
 and writes ``prunebench/assets/learnpruner/<M>.safetensors`` plus ``<M>.json`` (the recipe: seed, steps, data,
 loss weights, target ratio, versions). Weights are stored as safetensors only; nothing is ever unpickled.
 
-Training forward (methods-2.md §3.3): p = softmax(LPM(x)) per visual token, hard keep mask
-m_h = [argmax p = keep], straight-through m = m_h + p_keep − stopgrad(p_keep). Tokens are dropped by
-**key-masking** in every LLM layer, never by physical removal: the 4-D additive attention mask carries
-log(m + eps) on every visual key column (DynamicViT: attention to key j multiplied by m_j and renormalised),
-so the loss is differentiable with respect to m. Loss = next-token cross-entropy on the answer tokens (and
-EOS) + w·(r_target − mean m)². Only the LPM receives gradients.
+Training forward (methods-2.md §3.3): p = softmax(LPM(x)) per visual token, a hard keep mask m_h, and the
+straight-through m = m_h + p_keep − stopgrad(p_keep). Tokens are dropped by **key-masking** in every LLM
+layer, never by physical removal: the 4-D additive attention mask carries log(m + eps) on every visual key
+column (DynamicViT: attention to key j multiplied by m_j and renormalised), so the loss is differentiable with
+respect to m. Only the LPM receives gradients. Two hard masks (``--selection``):
+
+* ``topk`` (default): m_h keeps exactly the top round(ρ·N) tokens by p_keep, ties to the lower index, with ρ
+  drawn per step from [``keep_min``, ``keep_max``]; loss = next-token cross-entropy on the answer tokens and
+  EOS. This is stage 1's inference rule (a top-k on M_soft[keep]) at the keep ratios the budgets use, so no
+  ratio term is needed;
+* ``argmax``: the paper's m_h = [argmax p = keep] (Dynamic-LLaVA's recipe) with the ratio loss
+  w·(ρ_target − mean m)² pulling the kept share to ``target_ratio``.
+
+``--objective``: ``ce`` (default, the paper's task loss) = cross-entropy of the ground-truth answer; ``kl`` =
+KL(unpruned ‖ pruned) of the answer distributions (one extra forward without gradients), which asks the LPM
+to keep what the frozen model itself uses, also on samples it gets wrong.
+
+Why ``topk`` is the default (measured on toy-llava, frozen, 12 held-out samples): with ``argmax`` the shipped
+toy LPM's cross-entropy did not move in 400 steps (0.271 first, 0.279 last) and it ranked no better than its own
+random initialisation. The ratio term's gradient (2w·Δ/(B·N) per token, 1.4e-3 at a 5 % miss, and the hard
+ratio jitters around the target, so the miss never settles) is ten times the cross-entropy's on kept tokens
+(1e-4 to 1e-3), so Adam's steps follow "shift every score" noise; and the share the argmax keeps is decided by
+the ratio term rather than by the budget the LPM will be ranked at. ``topk`` removes the term and trains the
+ranking exactly where inference uses it. (The straight-through gradient of a dropped token, the first-order
+effect of adding it at full weight, is 1e3 to 1e5 times a kept token's, so a handful of dropped tokens the
+model would attend to most steer each step; that is what makes the signal informative from a poor start.)
+
+``--eval-samples N`` (default 60 on toy-llava) ends a run by measuring what the LPM is for: answer accuracy of
+the frozen model, teacher-forced, with only the LPM's top-k visual tokens (exact removal), on N held-out
+samples (the toy world's val split), next to seeded random LPMs and uniformly random tokens at the same keep
+counts; the recipe records the numbers, so a checkpoint that does not beat random modules is visible as such.
 """
 
 from __future__ import annotations
@@ -36,15 +61,24 @@ ASSETS = Path(__file__).resolve().parent / "assets" / "learnpruner"
 KEEP = 0  # class index of "keep" (Dynamic-LLaVA convention; methods-2.md §3.2)
 
 
+INPUT_SPACES = ("vision", "projected")
+
+
 class LearnedPruningModule(nn.Module):
-    """LearnPruner's LPM: a two-layer MLP (width → width/2 → 2, GELU) classifying each visual token.
+    """LearnPruner's LPM: a two-layer MLP (width → hidden → 2, GELU; hidden = width/2 by default) classifying
+    each visual token.
 
     For CLIP ViT-L (width 1024) this is 1024 → 512 → 2 = 525,826 parameters, the paper's "0.53 M"; other
-    towers get the same shape from their own width. Channel ``KEEP`` (0) is the keep class.
+    towers get the same shape from their own width. Channel ``KEEP`` (0) is the keep class. ``input`` says
+    which features it reads: ``"vision"`` (the ViT feature layer, before the projector, methods-2.md §3.2's
+    default reading of X_v^(0)) or ``"projected"`` (after the projector, the LLM layer-0 input reading).
     """
 
-    def __init__(self, width: int, hidden: int | None = None):
+    def __init__(self, width: int, hidden: int | None = None, input: str = "vision"):
         super().__init__()
+        if input not in INPUT_SPACES:
+            raise PruneBenchError(f"LPM input must be one of {INPUT_SPACES}, got {input!r}")
+        self.input = input
         self.width, self.hidden = int(width), int(hidden or max(1, width // 2))
         self.fc1 = nn.Linear(self.width, self.hidden)
         self.act = nn.GELU()
@@ -59,12 +93,12 @@ class LearnedPruningModule(nn.Module):
         return torch.softmax(self(features.float()).float(), dim=-1)[..., KEEP]
 
 
-def random_lpm(width: int, seed: int = 0) -> LearnedPruningModule:
+def random_lpm(width: int, seed: int = 0, hidden: int | None = None, input: str = "vision") -> LearnedPruningModule:
     """A seeded, untrained LPM (tiny config-built models, ablations)."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return LearnedPruningModule(width).eval()
+        return LearnedPruningModule(width, hidden, input).eval()
     finally:
         torch.random.set_rng_state(generator_state)
 
@@ -80,7 +114,8 @@ def save_lpm(module: LearnedPruningModule, path: Path, recipe: dict[str, Any]) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "prunebench-lpm", "width": str(module.width), "hidden": str(module.hidden)})
+    metadata = {"format": "prunebench-lpm", "width": str(module.width), "hidden": str(module.hidden), "input": module.input}
+    save_file(tensors, str(path), metadata=metadata)
     path.with_suffix(".json").write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
 
 
@@ -99,28 +134,108 @@ def load_lpm(path: Path | str) -> LearnedPruningModule:
     state = load_file(str(path))
     width = int(meta.get("width", state["fc1.weight"].shape[1]))
     hidden = int(meta.get("hidden", state["fc1.weight"].shape[0]))
-    module = LearnedPruningModule(width, hidden)
+    module = LearnedPruningModule(width, hidden, meta.get("input", "vision"))  # checkpoints before "input": vision
     module.load_state_dict(state)
     return module.eval()
 
 
+def load_recipe(path: Path | str) -> dict[str, Any]:
+    """The recipe written next to an LPM checkpoint (``<name>.json``), or {} when there is none."""
+    recipe = Path(path).with_suffix(".json")
+    try:
+        return json.loads(recipe.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# -- which base model an LPM belongs to ----------------------------------------------------------------------
+VISION_DIGEST_KEY = "vision_weights_sha256"
+FULL_DIGEST_KEY = "base_weights_sha256"  # recipes before the vision digest: every weight of the model
+
+
+def _digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def weights_digest(adapter) -> str:
+    """sha256 of all the base model's weights (what recipes recorded as ``base_weights_sha256``)."""
+    return _digest(adapter.model.state_dict().items())
+
+
+def vision_digest(model: nn.Module) -> str:
+    """sha256 of the weights that produce an LPM's input: every weight outside the language model and the LM
+    head (vision tower(s) and projector / merger). A fraction of a 7B model, so cheap enough to check at load."""
+    inner = getattr(model, "model", model)
+    llm = [m for m in (getattr(inner, "language_model", None), model.get_output_embeddings()) if m is not None]
+    if not llm:
+        raise PruneBenchError(f"{type(model).__name__} has no language_model / output embeddings to tell apart from its vision weights")
+    skip = {id(t) for m in llm for t in (*m.parameters(), *m.buffers())}
+    return _digest((name, t) for name, t in model.state_dict(keep_vars=True).items() if id(t) not in skip)
+
+
+def check_base(recipe: dict[str, Any], model: nn.Module, model_name: str, path: Path | str) -> None:
+    """Raise unless the LPM's recorded base weights are ``model``'s (vision digest; full digest for older
+    recipes). A recipe without either digest cannot be checked and passes."""
+    if VISION_DIGEST_KEY in recipe:
+        key, current = VISION_DIGEST_KEY, vision_digest(model)
+    elif FULL_DIGEST_KEY in recipe:
+        key, current = FULL_DIGEST_KEY, _digest(model.state_dict().items())
+    else:
+        return
+    if recipe[key] != current:
+        scope = "vision tower and projector" if key == VISION_DIGEST_KEY else "weights"
+        raise PruneBenchError(
+            f"the LPM at {path} was trained on a model whose {scope} hash to {recipe[key][:12]}…, but {model_name or 'this model'}'s "
+            f"hash to {current[:12]}…: it would score the tokens of a different vision tower. Retrain it with "
+            f"`prunebench train learnpruner --model {model_name or 'MODEL'}` (or pass verify=False to use it anyway)"
+        )
+
+
 # -- training ------------------------------------------------------------------------------------------------
+SELECTIONS = ("topk", "argmax")
+OBJECTIVES = ("ce", "kl")
+
+
 @dataclass
 class TrainConfig:
-    """The recipe. Defaults follow methods-2.md §3.3 (Dynamic-LLaVA's predictor settings) except where a CPU
-    toy run needs otherwise (``lr``: the reference 2e-4 is for 1 epoch of 66 K samples)."""
+    """The recipe (see the module docstring). Optimiser settings follow methods-2.md §3.3 (Dynamic-LLaVA's
+    predictor) except where a few-minute CPU toy run needs otherwise (``lr``: the reference 2e-4 is for 1 epoch
+    of 66 K samples)."""
 
     steps: int = 300
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     warmup: float = 0.03
-    target_ratio: float = 0.2  # keep ratio of stage 1 at the training budget (R1/N ≈ 111/576 at B = 64)
-    mask_weight: float = 100.0  # w of the ratio loss (Dynamic-LLaVA mask_loss_weight)
+    selection: str = "topk"  # "topk" (stage 1's inference rule) or "argmax" (the paper's, with the ratio loss)
+    objective: str = "ce"  # "ce": answer cross-entropy (the paper's task loss); "kl": KL(unpruned || pruned) answers
+    keep_min: float = 0.05  # topk: per-step keep ratio drawn from [keep_min, keep_max] (R1/N of the budgets:
+    keep_max: float = 0.4  # 54..330 of 576 on LLaVA-1.5-7B, 57..231 on the 6-layer toy at 32..128)
+    target_ratio: float = 0.2  # argmax: kept share the ratio loss aims at (R1/N ≈ 110/576 at B = 64)
+    mask_weight: float = 100.0  # argmax: w of the ratio loss (Dynamic-LLaVA mask_loss_weight)
     eps: float = 1e-6  # log(m + eps) on masked keys: finite gradients at m = 0 (DynamicViT uses an eps too)
+    hidden: int = 0  # LPM hidden width (0 = width / 2: 1024 -> 512 -> 2 = 0.53 M for CLIP-L)
+    input: str = "vision"  # features the LPM reads: "vision" (before the projector) or "projected" (after)
     seed: int = 0
     log_every: int = 10
     max_minutes: float = 0.0  # stop early after this wall time (0 = run all steps); the recipe records steps done
+    eval_samples: int = 60  # held-out samples of the final comparison with random LPMs (0 = skip; toy-llava only)
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise PruneBenchError(f"--selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.objective not in OBJECTIVES:
+            raise PruneBenchError(f"--objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.input not in INPUT_SPACES:
+            raise PruneBenchError(f"--input must be one of {INPUT_SPACES}, got {self.input!r}")
+        if not 0 < self.keep_min <= self.keep_max <= 1:
+            raise PruneBenchError(f"keep ratios need 0 < --keep-min <= --keep-max <= 1, got {self.keep_min}, {self.keep_max}")
 
 
 @dataclass
@@ -160,43 +275,77 @@ def masked_visual_mask(attention_mask: torch.Tensor, visual_index: torch.Tensor,
     return torch.where(allowed, column[:, None, :].to(dtype), torch.tensor(neg, dtype=dtype, device=keep.device))[:, None]
 
 
-def lpm_loss(adapter, lpm: LearnedPruningModule, batch, answer_len: list[int], cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """One differentiable forward: STE mask → key-masked LLM → CE on answers + ratio loss."""
-    import torch.nn.functional as F
-
+def _lpm_inputs(adapter, batch, space: str):
+    """(LPM features, LLM inputs with every visual token) of a training / evaluation batch, no gradients."""
     with torch.no_grad():
         view = adapter.encode(batch)
         projected = adapter.project(view.features)
         bsz, n = view.features.shape[:2]
         llm = adapter.assemble(batch, projected, torch.arange(n, device=adapter.device).expand(bsz, -1), "compact")
-    logits = lpm(view.features.float()).float()
-    p_keep = torch.softmax(logits, dim=-1)[..., KEEP]
-    hard = (logits.argmax(dim=-1) == KEEP).to(p_keep.dtype)
-    m = hard + p_keep - p_keep.detach()  # straight-through: forward = hard mask, backward = soft
-    mask = masked_visual_mask(llm.attention_mask, llm.visual_index, m, cfg.eps, llm.inputs_embeds.dtype)
+    return (projected if space == "projected" else view.features).float(), llm
+
+
+def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """(B, N) float mask of the ``keep`` highest scores per row, ties to the lower index (stage 1's rule)."""
+    order = scores.sort(dim=-1, descending=True, stable=True).indices[:, :keep]
+    return torch.zeros_like(scores).scatter(1, order, 1.0)
+
+
+def _answer_loss(adapter, llm, batch, answer_len: list[int], keep: torch.Tensor, eps: float, reduction: str = "mean"):
+    """Cross-entropy (and logits) of the answer tokens + EOS with the visual keys masked by ``keep`` (B, N)."""
+    import torch.nn.functional as F
+
+    mask = masked_visual_mask(llm.attention_mask, llm.visual_index, keep, eps, llm.inputs_embeds.dtype)
     language_model = adapter.model.model.language_model
     hidden = language_model(inputs_embeds=llm.inputs_embeds, attention_mask=mask, position_ids=llm.position_ids).last_hidden_state
     length = hidden.shape[1]
     rows = torch.tensor([b for b, a in enumerate(answer_len) for _ in range(a)], device=hidden.device)
     cols = torch.tensor([length - 1 - a + j for a in answer_len for j in range(a)], device=hidden.device)  # predicts cols + 1
     targets = batch.input_ids[rows, cols + 1]  # every visual token is present: same layout as input_ids
-    ce = F.cross_entropy(adapter.model.lm_head(hidden[rows, cols]).float(), targets)
-    ratio = m.mean()
-    loss = ce + cfg.mask_weight * (cfg.target_ratio - ratio) ** 2
-    return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "keep_ratio": float(ratio.detach()), "hard_ratio": float(hard.mean())}
+    logits = adapter.model.lm_head(hidden[rows, cols]).float()
+    return F.cross_entropy(logits, targets, reduction=reduction), logits, targets, rows
+
+
+def lpm_loss(adapter, lpm: LearnedPruningModule, batch, answer_len: list[int], cfg: TrainConfig,
+             keep_ratio: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One differentiable forward: STE mask → key-masked LLM → CE on answers (+ the ratio loss for argmax).
+
+    ``keep_ratio``: the share the ``topk`` selection keeps this step (default: the middle of the range).
+    """
+    features, llm = _lpm_inputs(adapter, batch, cfg.input)
+    logits = lpm(features).float()
+    p_keep = torch.softmax(logits, dim=-1)[..., KEEP]
+    if cfg.selection == "topk":
+        ratio = (cfg.keep_min + cfg.keep_max) / 2 if keep_ratio is None else keep_ratio
+        hard = top_mask(p_keep.detach(), max(1, round(ratio * p_keep.shape[1])))
+    else:
+        hard = (logits.argmax(dim=-1) == KEEP).to(p_keep.dtype)
+    m = hard + p_keep - p_keep.detach()  # straight-through: forward = hard mask, backward = soft
+    ce, answer_logits, _, _ = _answer_loss(adapter, llm, batch, answer_len, m, cfg.eps)
+    task = ce
+    if cfg.objective == "kl":  # match the unpruned model's answer distribution (every visual key present)
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            full = _answer_loss(adapter, llm, batch, answer_len, torch.ones_like(m), 0.0)[1]
+        task = F.kl_div(answer_logits.log_softmax(-1), full.log_softmax(-1), log_target=True, reduction="batchmean")
+    kept = m.mean()
+    loss = task if cfg.selection == "topk" else task + cfg.mask_weight * (cfg.target_ratio - kept) ** 2
+    return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "keep_ratio": float(p_keep.detach().mean()),
+                  "hard_ratio": float(hard.mean())}
 
 
 def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=None) -> tuple[LearnedPruningModule, list[dict[str, float]]]:
     """Train an LPM for ``adapter``'s vision features with the base model frozen; returns (lpm, log)."""
     torch.manual_seed(cfg.seed)
+    draws = random.Random(cfg.seed)  # the per-step keep ratios, independent of the data stream
     model = adapter.model
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
     was_training = model.training
     model.eval()
-    width = adapter.model.config.vision_config.hidden_size * len(adapter._feature_layers())
-    lpm = LearnedPruningModule(width).to(adapter.device)
+    lpm = LearnedPruningModule(_input_width(adapter, cfg.input), cfg.hidden or None, cfg.input).to(adapter.device)
     lpm.train()
     opt = torch.optim.AdamW(lpm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup * cfg.steps))
@@ -212,7 +361,7 @@ def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=Non
                 break
             samples = [next(data) for _ in range(cfg.batch_size)]
             batch, answer_len = _answer_batch(adapter, samples)
-            loss, stats = lpm_loss(adapter, lpm, batch, answer_len, cfg)
+            loss, stats = lpm_loss(adapter, lpm, batch, answer_len, cfg, draws.uniform(cfg.keep_min, cfg.keep_max))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -226,6 +375,59 @@ def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=Non
             p.requires_grad_(flag)
         model.train(was_training)
     return lpm.eval(), history
+
+
+def _input_width(adapter, space: str) -> int:
+    if space == "projected":
+        return adapter.llm_shape.hidden_size
+    return adapter.model.config.vision_config.hidden_size * len(adapter._feature_layers())
+
+
+# -- does the LPM beat random modules? -----------------------------------------------------------------------------
+EVAL_KEEP = (0.1, 0.2)  # R1/N of the toy model at budgets 32 and 64
+RANDOM_SEEDS = (1, 2)  # random LPMs compared with, besides the trained LPM's own init (seed ``cfg.seed``)
+
+
+@torch.no_grad()
+def evaluate_lpms(adapter, scorers: dict[str, Any], samples: Sequence[TrainSample], keep_ratios: Sequence[float] = EVAL_KEEP,
+                  space: str = "vision", batch_size: int = 20) -> dict[str, dict[str, float]]:
+    """{scorer: {keep ratio: answer accuracy}} of the frozen model, teacher-forced, keeping only each scorer's
+    top-k visual tokens (exact removal: hard key-masking with eps 0). A scorer maps (B, N, D) features to (B, N)
+    scores; every scorer sees the same batches."""
+    correct = {name: {r: 0 for r in keep_ratios} for name in scorers}
+    for i in range(0, len(samples), batch_size):
+        chunk = list(samples[i: i + batch_size])
+        batch, answer_len = _answer_batch(adapter, chunk)
+        features, llm = _lpm_inputs(adapter, batch, space)
+        first = torch.tensor([sum(answer_len[:b]) for b in range(len(chunk))], device=features.device)  # the answer word
+        for name, scorer in scorers.items():
+            scores = scorer(features)
+            for ratio in keep_ratios:
+                keep = top_mask(scores, max(1, round(ratio * scores.shape[1])))
+                _, logits, targets, _ = _answer_loss(adapter, llm, batch, answer_len, keep, 0.0)
+                correct[name][ratio] += int((logits[first].argmax(-1) == targets[first]).sum())
+    return {name: {str(r): c / len(samples) for r, c in by_ratio.items()} for name, by_ratio in correct.items()}
+
+
+def compare_with_random(adapter, lpm: LearnedPruningModule, samples: Sequence[TrainSample], seed: int = 0) -> dict[str, Any]:
+    """The trained LPM against seeded random LPMs (mean and best) and uniformly random tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    scorers: dict[str, Any] = {"trained": lpm.keep_probability,
+                               "untrained_init": random_lpm(lpm.width, seed, lpm.hidden, lpm.input).to(adapter.device).keep_probability}
+    for s in RANDOM_SEEDS:
+        scorers[f"random_lpm_{s}"] = random_lpm(lpm.width, s, lpm.hidden, lpm.input).to(adapter.device).keep_probability
+    scorers["random_tokens"] = lambda f: torch.rand(f.shape[:2], generator=generator).to(f.device)
+    acc = evaluate_lpms(adapter, scorers, samples, space=lpm.input)
+    randoms = [acc[f"random_lpm_{s}"] for s in RANDOM_SEEDS]
+    return {
+        "metric": "teacher-forced answer-word accuracy keeping only the top round(keep * N) visual tokens",
+        "trained": acc["trained"],
+        "untrained_init": acc["untrained_init"],
+        "random_lpm_mean": {r: sum(x[r] for x in randoms) / len(randoms) for r in acc["trained"]},
+        "random_lpm_best": {r: max(x[r] for x in randoms) for r in acc["trained"]},
+        "random_lpm_seeds": list(RANDOM_SEEDS),
+        "random_tokens": acc["random_tokens"],
+    }
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -269,15 +471,17 @@ def data_for(model: str, seed: int) -> tuple[Iterator[TrainSample], str]:
     )
 
 
-def weights_digest(adapter) -> str:
-    """sha256 of the base model's weights (an LPM is only valid for the ViT it was trained on)."""
-    import hashlib
+def eval_data_for(model: str, count: int) -> tuple[list[TrainSample], str] | None:
+    """Held-out samples for :func:`compare_with_random`, or None where none mean anything (tiny random models)."""
+    from prunebench.toy import TOY_MODEL_NAME
 
-    digest = hashlib.sha256()
-    for name, tensor in sorted(adapter.model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    if model != TOY_MODEL_NAME or count <= 0:
+        return None
+    from prunebench.toy.world import FAMILIES, render, test_split
+
+    per_family = max(1, count // len(FAMILIES))
+    samples = [TrainSample(render(s), s["question"], s["answer"], s["id"]) for s in test_split("val", per_family)]
+    return samples, f"prunebench.toy.world.test_split('val', {per_family}) ({len(samples)} samples, never trained on)"
 
 
 def versions() -> dict[str, str]:
@@ -295,21 +499,34 @@ def train_learnpruner(model: str, cfg: TrainConfig, output: Path | None = None, 
     data, description = data_for(model, cfg.seed)
     start = time.time()
     lpm, history = train_lpm(adapter, data, cfg, on_log=on_log)
+    seconds = round(time.time() - start, 1)
     path = Path(output) if output else default_checkpoint(model)
     tail = history[-min(10, len(history)):]
+    held_out = eval_data_for(model, cfg.eval_samples)
+    evaluation: dict[str, Any] = {"skipped": "no held-out data that means anything for this model (or --eval-samples 0)"}
+    if held_out is not None:
+        evaluation = {"data": held_out[1], **compare_with_random(adapter, lpm, held_out[0], cfg.seed)}
+        if on_log:
+            on_log({"eval": evaluation})
+    inputs = {"vision": "ViT feature layer, [CLS] dropped, before the projector", "projected": "after the projector (LLM layer-0 input)"}
+    loss = ("CE(answer + EOS); m = STE(top round(rho N) of softmax keep, softmax), rho ~ U[keep_min, keep_max] per step"
+            if cfg.selection == "topk" else "CE(answer + EOS) + mask_weight * (target_ratio - mean m)^2; m = STE(argmax, softmax)")
     recipe = {
         "method": "learnpruner",
         "module": {"class": "LearnedPruningModule", "width": lpm.width, "hidden": lpm.hidden, "keep_class": KEEP,
-                   "parameters": sum(p.numel() for p in lpm.parameters()), "input": "ViT feature layer, [CLS] dropped, before the projector"},
+                   "parameters": sum(p.numel() for p in lpm.parameters()), "input": inputs[lpm.input], "input_space": lpm.input},
         "model": model,
-        "base_weights_sha256": weights_digest(adapter),
+        VISION_DIGEST_KEY: vision_digest(adapter.model),
+        "vision_weights_scope": "every weight outside the language model and LM head (vision tower, projector)",
+        FULL_DIGEST_KEY: weights_digest(adapter),
         "data": description,
         "config": asdict(cfg),
-        "loss": "CE(answer + EOS) + mask_weight * (target_ratio - mean m)^2; m = STE(argmax, softmax); key-masking log(m + eps) in every LLM layer",
+        "loss": loss + "; key-masking log(m + eps) in every LLM layer",
+        "eval": evaluation,
         "steps_done": len(history),
         "final": {k: sum(h[k] for h in tail) / len(tail) for k in ("loss", "ce", "keep_ratio", "hard_ratio")},
         "first": {k: history[0][k] for k in ("loss", "ce", "keep_ratio", "hard_ratio")} if history else {},
-        "seconds": round(time.time() - start, 1),
+        "seconds": seconds,
         "versions": versions(),
     }
     save_lpm(lpm, path, recipe)
@@ -335,7 +552,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train_learnpruner(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
 
-    def show(stats: dict[str, float]) -> None:
+    def show(stats: dict[str, Any]) -> None:
+        if "eval" in stats:
+            ev = stats["eval"]
+            for ratio in ev["trained"]:
+                print(f"held-out accuracy at keep {ratio}: trained {ev['trained'][ratio]:.3f}, its init {ev['untrained_init'][ratio]:.3f}, random LPMs mean "
+                      f"{ev['random_lpm_mean'][ratio]:.3f} (best {ev['random_lpm_best'][ratio]:.3f}), random tokens "
+                      f"{ev['random_tokens'][ratio]:.3f}", flush=True)
+            return
         print(f"step {int(stats['step']):5d}  loss {stats['loss']:.4f}  ce {stats['ce']:.4f}  keep {stats['keep_ratio']:.3f} (hard {stats['hard_ratio']:.3f})", flush=True)
 
     path = train_learnpruner(args.model, cfg, args.output, on_log=show)

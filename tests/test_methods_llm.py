@@ -324,7 +324,9 @@ def test_sparsevlm_infeasible_average_and_layers():
 
 
 # -- LearnPruner -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("budget,r1,r2", [(192, 330, 110), (128, 219, 73), (64, 111, 37), (32, 54, 18)])
+# R2* = 32 B / (3*12 + 20); R1 = round(3 R2*); R2 = round((32 B - 12 R1) / 20): e.g. B = 64: R2* = 36.57, R1 = 110,
+# R2 = round(35.8) = 36; B = 65: R1 = round(111.43) = 111, R2 = round(37.4) = 37 (the re-implementation's split)
+@pytest.mark.parametrize("budget,r1,r2", [(192, 329, 110), (128, 219, 73), (65, 111, 37), (64, 110, 36), (32, 55, 18)])
 def test_learnpruner_llava7b_budget_split(budget, r1, r2):
     plan = create_method("learnpruner").plan(budget, PlanContext(576, 32, "average"))
     assert (plan.vision, plan.llm) == (r1, {12: r2})
@@ -411,6 +413,101 @@ def test_learnpruner_checkpoint_resolution(tmp_path):
     view.model_name = "tiny-llava"
     assert tiny.select_vision(view, 2).keep.shape == (1, 2)  # seeded random LPM for config-built test models
     assert math.isclose(sum(p.numel() for p in __import__("prunebench.training", fromlist=["x"]).LearnedPruningModule(1024).parameters()), 525_826)
+
+
+def test_learnpruner_ties_go_to_the_lowest_index_in_both_stages():
+    """Equal LPM scores keep the first tokens (torch.topk would return tied indices in kernel order); equal
+    text attention keeps the first visual tokens."""
+    feats = torch.zeros(1, 40, 4)
+    feats[0, :, 1] = torch.arange(40.0)  # distinct tokens, equal feature 0 -> equal keep probability
+    method = create_method("learnpruner", diversity=0.0).use_module(hand_lpm())
+    assert method.select_vision(vision_view(feats), 10).keep[0].tolist() == list(range(10))
+    view = layer_view(uniform())
+    view.attention_to_visual = lambda rows, heads="mean": torch.ones(1, rows.shape[1], len(VIS))  # exact ties
+    assert create_method("learnpruner").select_llm(view, 3).keep[0].tolist() == [0, 1, 2]
+
+
+def test_learnpruner_query_rows_are_selectable():
+    """Rows 7-10 attend to visual tokens 2 and 4, the last prompt row (11) to 5 and 6: the average over the
+    text rows after the image keeps [1, 3], the last row alone (query_rows="last") keeps [4, 5]."""
+    weights = uniform()
+    planted_rows(weights, [7, 8, 9, 10], [2, 4])
+    planted_rows(weights, [11], [5, 6])
+    assert create_method("learnpruner").select_llm(layer_view(weights), 2).keep[0].tolist() == [1, 3]
+    assert create_method("learnpruner", query_rows="last").select_llm(layer_view(weights), 2).keep[0].tolist() == [4, 5]
+    with pytest.raises(PruneBenchError, match="query_rows"):
+        create_method("learnpruner", query_rows="all")
+
+
+def test_learnpruner_lpm_input_and_diversity_space_are_selectable():
+    """features rank tokens 1, 3 highest and projected embeddings 0, 2 (feature 0 = the hand LPM's score); the
+    LPM reads the space ``lpm_input`` names, and the diversity step ``diversity_space``'s."""
+    from prunebench.training import LearnedPruningModule
+
+    feats = torch.zeros(1, 6, 4)
+    feats[0, :, 0] = torch.tensor([0.0, 3.0, 0.0, 2.0, 0.0, 0.0])
+    projected = torch.zeros(1, 6, 4)
+    projected[0, :, 0] = torch.tensor([3.0, 0.0, 2.0, 0.0, 0.0, 0.0])
+    projected[0, :, 1] = torch.arange(6.0)
+    view = VisionView(features=feats, grid=(1, 6), model_name="hand-built", projector=lambda x: projected)
+    on_projected = hand_lpm()
+    on_projected.input = "projected"
+    assert create_method("learnpruner", diversity=0.0).use_module(hand_lpm()).select_vision(view, 2).keep[0].tolist() == [1, 3]
+    method = create_method("learnpruner", diversity=0.0, lpm_input="projected").use_module(on_projected)
+    assert method.select_vision(view, 2).keep[0].tolist() == [0, 2]
+    with pytest.raises(PruneBenchError, match="reads vision features but lpm_input='projected'"):
+        create_method("learnpruner", lpm_input="projected").use_module(hand_lpm()).select_vision(view, 2)
+    with pytest.raises(PruneBenchError, match="hidden width is 2"):
+        create_method("learnpruner", lpm_hidden=8).use_module(hand_lpm()).select_vision(view, 2)
+    # the diversity token after the LPM's token 1: by features every other token is orthogonal to it except 3
+    # (cosine 1 between (3, 0) and (2, 0)) and the all-zero ones (cosine 0, first: 0); by projected, token 1
+    # (0, 1) is closest to 2..5 ((2, 2), (0, 3), ...) and orthogonal only to 0 (3, 0) -> also 0; use token 5
+    # instead: make it the only token orthogonal to 1 in the projected space
+    projected[0, 0, 1] = 1.0  # now 0 = (3, 1): not orthogonal to 1 = (0, 1)
+    projected[0, 5] = torch.tensor([5.0, 0.0, 0.0, 0.0])
+    lpm = create_method("learnpruner", diversity=0.5).use_module(hand_lpm())
+    assert lpm.select_vision(view, 2).keep[0].tolist() == [0, 1]
+    assert create_method("learnpruner", diversity=0.5, diversity_space="projected").use_module(hand_lpm()).select_vision(view, 2).keep[0].tolist() == [1, 5]
+    assert LearnedPruningModule(4, input="projected").input == "projected"
+
+
+def test_learnpruner_auto_layer_rounds_halves_up():
+    method = create_method("learnpruner")
+    assert [method.cut(depth) for depth in (32, 28, 6, 4)] == [12, 11, 2, 2]  # 12 L / 32 = 12, 10.5, 2.25, 1.5
+
+
+def test_learnpruner_checks_the_lpm_against_the_models_vision_weights(tiny_llava, samples, tmp_path):
+    from prunebench.training import VISION_DIGEST_KEY, LearnedPruningModule, save_lpm, vision_digest
+
+    view = tiny_llava.encode(tiny_llava.prepare(samples[:1]))
+    view.model_name = "tiny-llava"
+    width = view.features.shape[-1]
+    lpm = LearnedPruningModule(width)
+    right = vision_digest(tiny_llava.model)
+    for name, recipe in (("right", {VISION_DIGEST_KEY: right}), ("wrong", {VISION_DIGEST_KEY: "0" * 64}),
+                         ("legacy", {"base_weights_sha256": "1" * 64}), ("none", {})):
+        save_lpm(lpm, tmp_path / f"{name}.safetensors", recipe)
+    pick = lambda name, **kw: create_method("learnpruner", checkpoint=str(tmp_path / f"{name}.safetensors"), **kw).select_vision(view, 8)
+    assert pick("right").keep.shape == (1, 8) and pick("none").keep.shape == (1, 8)
+    for name in ("wrong", "legacy"):
+        with pytest.raises(PruneBenchError, match="prunebench train learnpruner --model tiny-llava"):
+            pick(name)
+    assert pick("wrong", verify=False).keep.shape == (1, 8)
+    # the digest covers the vision tower and projector only: changing an LLM weight keeps it, a ViT weight does not
+    with torch.no_grad():
+        llm_weight = tiny_llava.model.model.language_model.layers[0].mlp.up_proj.weight
+        vit_weight = tiny_llava.model.model.vision_tower.vision_model.post_layernorm.weight if hasattr(
+            tiny_llava.model.model.vision_tower, "vision_model") else next(tiny_llava.model.model.vision_tower.parameters())
+        llm_weight.add_(1.0)
+        try:
+            assert vision_digest(tiny_llava.model) == right
+            vit_weight.add_(1.0)
+            try:
+                assert vision_digest(tiny_llava.model) != right
+            finally:
+                vit_weight.sub_(1.0)
+        finally:
+            llm_weight.sub_(1.0)
 
 
 # -- engine: recycled tokens at an LLM stage ----------------------------------------------------------------------

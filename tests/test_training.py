@@ -59,14 +59,50 @@ def test_gradients_reach_only_the_lpm(tiny_llava):
     assert lpm.fc1.weight.grad is not None and float(lpm.fc1.weight.grad.abs().sum()) > 0
     assert all(p.grad is None for p in adapter.model.parameters())
     assert 0 <= stats["keep_ratio"] <= 1 and stats["ce"] > 0
-    # the ratio term alone pulls the keep probability toward the target
+    # top-k selection (the default) keeps exactly round(rho * N) tokens and has no ratio term
+    loss, stats = lpm_loss(adapter, lpm, batch, answer_len, cfg, keep_ratio=0.25)
+    n = n_visual(adapter, batch)
+    assert stats["hard_ratio"] == pytest.approx(round(0.25 * n) / n)
+    assert stats["loss"] == stats["ce"]
+    # the KL objective compares with the unpruned model: zero when every token is kept
+    loss, _ = lpm_loss(adapter, lpm, batch, answer_len, replace(cfg, objective="kl"), keep_ratio=1.0)
+    assert float(loss) == pytest.approx(0.0, abs=1e-5)
+    loss, _ = lpm_loss(adapter, lpm, batch, answer_len, replace(cfg, objective="kl"), keep_ratio=0.1)
+    assert float(loss) > 1e-4
+    # argmax selection: the ratio term alone pulls the hard keep share toward the target
     lpm.zero_grad()
-    cfg_ratio = replace(cfg, mask_weight=1e6)
+    cfg_ratio = replace(cfg, selection="argmax", mask_weight=1e6)
     loss, stats = lpm_loss(adapter, lpm, batch, answer_len, cfg_ratio)
     loss.backward()
     bias_grad = lpm.fc2.bias.grad
-    # keep ratio above target -> push the keep logit down (positive gradient), and vice versa
-    assert (bias_grad[0] > 0) == (stats["keep_ratio"] > cfg.target_ratio)
+    # kept share above target -> push the keep logit down (positive gradient), and vice versa
+    assert (bias_grad[0] > 0) == (stats["hard_ratio"] > cfg.target_ratio)
+
+
+def n_visual(adapter, batch) -> int:
+    with torch.no_grad():
+        return adapter.encode(batch).num_tokens
+
+
+def test_evaluation_keeps_each_scorers_top_tokens(tiny_llava):
+    """Keeping every token, every scorer scores the unpruned model's accuracy; keeping few, a scorer and its
+    negation (opposite token sets) see different models."""
+    from prunebench.training import evaluate_lpms
+
+    stream = synthetic_stream(3)
+    samples = [next(stream) for _ in range(4)]
+    lpm = LearnedPruningModule(tiny_llava.model.config.vision_config.hidden_size)
+    scorers = {"lpm": lpm.keep_probability, "negated": lambda f: -lpm.keep_probability(f)}
+    full = evaluate_lpms(tiny_llava, scorers, samples, keep_ratios=(1.0,), batch_size=2)
+    assert full["lpm"] == full["negated"]
+    batch, answer_len = _answer_batch(tiny_llava, samples)
+    with torch.no_grad():
+        from prunebench.training import _answer_loss, _lpm_inputs
+
+        features, llm = _lpm_inputs(tiny_llava, batch, "vision")
+        _, logits, targets, _ = _answer_loss(tiny_llava, llm, batch, answer_len, torch.ones(features.shape[:2]), 0.0)
+    first = torch.tensor([sum(answer_len[:b]) for b in range(len(samples))])
+    assert full["lpm"]["1.0"] == float((logits[first].argmax(-1) == targets[first]).float().mean())
 
 
 def test_train_command_writes_safetensors_and_recipe(tmp_path):
@@ -78,7 +114,11 @@ def test_train_command_writes_safetensors_and_recipe(tmp_path):
     assert lpm.width == 32 and lpm.hidden == 16
     recipe = json.loads(out.with_suffix(".json").read_text())
     assert recipe["config"]["steps"] == 2 and recipe["config"]["seed"] == 0 and recipe["model"] == "tiny-llava"
-    assert {"data", "loss", "versions", "final"} <= set(recipe) and recipe["config"]["target_ratio"] == 0.2
+    assert {"data", "loss", "versions", "final", "eval"} <= set(recipe) and recipe["config"]["selection"] == "topk"
+    from prunebench.models import load_model
+    from prunebench.training import vision_digest
+
+    assert recipe["vision_weights_sha256"] == vision_digest(load_model("tiny-llava").model)
     # seeded: the same recipe gives the same weights
     again = tmp_path / "again.safetensors"
     train_learnpruner("tiny-llava", TrainConfig(steps=2, batch_size=1), again)
