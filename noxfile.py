@@ -24,7 +24,9 @@ def install(session: nox.Session, extras: str) -> None:
     session.install("-c", CONSTRAINTS, "torch==2.13.0")
     session.install("-c", CONSTRAINTS, "-e", f".[{extras}]")
     session.install("--no-deps", LMMS_EVAL)
-    if session.run("python", "-c", "import importlib.util as u; print(bool(u.find_spec('torchvision')))", silent=True).strip() == "True":
+    # run_install, not run: the check must also run under `nox --install-only`
+    found = session.run_install("python", "-c", "import importlib.util as u; print(bool(u.find_spec('torchvision')))", silent=True)
+    if str(found).strip() == "True":
         session.error("torchvision is installed in this environment; it breaks transformers on CPU: uninstall it")
 
 
