@@ -267,6 +267,47 @@ def test_lmms_eval_loads_the_suite_offline_from_another_cwd(tmp_path):
     assert all(x.endswith(f"{TEST_PER_FAMILY} (336, 336) True") for x in lines), lines
 
 
+# ------------------------------------------------------------------------------------------ training
+def test_training_pixels_equal_the_processor_output():
+    import torch
+    from transformers import AutoProcessor
+
+    from prunebench.toy.train import pixel_values
+
+    processor = AutoProcessor.from_pretrained(TOY_MODEL_DIR)
+    scenes = test_split()[::60]
+    stock = processor.image_processor([render(s) for s in scenes], return_tensors="pt")["pixel_values"]
+    assert torch.equal(pixel_values(scenes, processor.image_processor), stock)
+
+
+def test_training_targets_match_the_scene_and_the_question(tokenizer):
+    from prunebench.toy.train import (AUX_COLORS, AUX_SHAPES, QUESTION_FAMILIES, Conversation, object_patches,
+                                      patch_labels, question_labels, relation_columns)
+
+    sample = next(s for s in test_split() if s["family"] == "small")
+    labels = patch_labels([sample])[0]
+    for o in sample["objects"]:
+        patch = o["y"] * GRID + o["x"]
+        assert labels[patch].tolist() == [AUX_COLORS.index(o["color"]), AUX_SHAPES.index(o["shape"]),
+                                          1 if o["size"] == 2 else 2, o["x"]]
+    assert len(object_patches(sample)) == sum(o["size"] ** 2 for o in sample["objects"])
+    assert (labels[:, 2] > 0).nonzero().flatten().tolist() == object_patches(sample)
+    assert question_labels("is the circle left or right of the square ?") == [QUESTION_FAMILIES.index("relation"), 1, 2, 0]
+    assert question_labels("is there a red triangle ?") == [QUESTION_FAMILIES.index("exist"), 3, 0, 1]
+    image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    conv = Conversation(sample, [("how many shapes are there ?", "two")], tokenizer, image_token)
+    # every answer target is predicted from the token just before it, EOS right after the answer
+    words = [(conv.after[p + 1] if p + 1 < len(conv.after) else None, y) for p, y, q, _ in conv.targets if q is not None]
+    assert [tokenizer.convert_ids_to_tokens(y) for _, y in words] == [sample["answer"], "two"]
+    assert all(nxt == y for nxt, y in words)
+    # the lookup probe's target: both named objects' centre columns, only for relation questions
+    relation = next(s for s in test_split() if s["family"] == "relation")
+    columns = relation_columns(relation, relation["question"])
+    assert columns is not None and len(columns) == 2 and all(-2 <= c <= 2 for c in columns)
+    assert ("left" if columns[0] < columns[1] else "right") == relation["answer"]
+    assert relation_columns(relation, "how many shapes are there ?") is None
+
+
 # ------------------------------------------------------------------------------------------ checkpoint
 def test_no_torchvision_in_this_environment():
     # the checkpoint must load through the PIL image-processor fallback

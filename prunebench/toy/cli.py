@@ -8,17 +8,21 @@ import logging
 import sys
 from pathlib import Path
 
+from .world import FAMILIES
+
 
 def _train(args) -> int:
     from . import TOY_MODEL_DIR
     from .train import train
 
     out = Path(args.output) if args.output else TOY_MODEL_DIR
-    recipe = train(out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                   warmup=args.warmup, minutes=args.minutes, eval_every=args.eval_every, threads=args.threads,
-                   progress=not args.no_progress, stop_after=args.stop_after,
-                   init_from=Path(args.init_from) if args.init_from else None,
-                   extra_questions=args.extra_questions, aux_weight=args.aux_weight)
+    recipe = train(out, seed=args.seed, vision_steps=args.vision_steps, vision_lr=args.vision_lr, steps=args.steps,
+                   batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, minutes=args.minutes,
+                   eval_every=args.eval_every, threads=args.threads, progress=not args.no_progress,
+                   stop_after=args.stop_after, init_from=Path(args.init_from) if args.init_from else None,
+                   extra_questions=args.extra_questions, background_keep=args.background_keep,
+                   full_fraction=args.full_fraction, question_weight=args.question_weight, families=args.families,
+                   lookup_weight=args.lookup_weight)
     if args.eval:
         from .evaluate import evaluate_checkpoint
 
@@ -41,26 +45,48 @@ def _eval(args) -> int:
     return 0
 
 
+def _families(value: str) -> tuple[str, ...]:
+
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = sorted(set(names) - set(FAMILIES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
+    return names
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``toy`` (with ``train`` and ``eval``) on an argparse subparsers object."""
     p = subparsers.add_parser("toy", help="the built-in shapes world and its small LLaVA (train / eval)")
     sub = p.add_subparsers(dest="toy_command", required=True)
 
-    t = sub.add_parser("train", help="train the toy LLaVA from scratch on CPU (seeded)")
+    t = sub.add_parser("train", help="train the toy LLaVA from scratch on CPU (seeded; two stages, see prunebench.toy.train)",
+                       description="Stage 1 trains the ViT + projector with training-only per-patch and [CLS] probes; "
+                                   "stage 2 freezes them and trains the Llama decoder on answers. The defaults "
+                                   "reproduce the shipped checkpoint (prunebench/assets/toy-llava/training.json).")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--steps", type=int, default=6000, help="optimizer steps (default: %(default)s)")
-    t.add_argument("--minutes", type=float, default=45.0,
-                   help="wall-time budget; the cosine follows steps or minutes, whichever runs out first (default: %(default)s)")
-    t.add_argument("--stop-after", type=int, default=None, help="stop at this step (the schedule still follows --steps)")
-    t.add_argument("--init-from", default=None, help="start from this checkpoint's weights (second stage)")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--aux-weight", type=float, default=0.5,
-                   help="weight of the training-only per-patch auxiliary loss (0 disables it)")
+    t.add_argument("--vision-steps", type=int, default=2000, help="stage 1 optimizer steps (0 skips it, e.g. with --init-from)")
+    t.add_argument("--vision-lr", type=float, default=3e-3)
+    t.add_argument("--steps", type=int, default=4000, help="stage 2 optimizer steps (default: %(default)s)")
+    t.add_argument("--minutes", type=float, default=40.0,
+                   help="stage 2 wall-time budget; its cosine follows steps or minutes, whichever runs out first (default: %(default)s)")
+    t.add_argument("--stop-after", type=int, default=None, help="stop stage 2 at this step (the schedule still follows --steps)")
+    t.add_argument("--init-from", default=None, help="start from this checkpoint's weights")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-3, help="stage 2 peak learning rate")
+    t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--extra-questions", type=int, default=8,
                    help="extra chat turns per training image: other questions about the same scene")
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--warmup", type=int, default=150)
-    t.add_argument("--eval-every", type=int, default=150, help="log val accuracy and save a .partial checkpoint")
+    t.add_argument("--background-keep", type=lambda v: tuple(int(x) for x in v.split(",")), default=(16, 128),
+                   metavar="LO,HI", help="stage 2 shows the object tokens plus LO..HI random background tokens (default: 16,128)")
+    t.add_argument("--full-fraction", type=float, default=0.2, help="share of stage 2 batches that show all 576 visual tokens")
+    t.add_argument("--question-weight", type=float, default=1.0,
+                   help="weight of the training-only question probe at decoder layer 1 (0 disables it)")
+    t.add_argument("--lookup-weight", type=float, default=1.0,
+                   help="weight of the training-only probe that regresses a relation question's two object columns "
+                        "at the middle decoder layer (0 disables it)")
+    t.add_argument("--families", type=_families, default=FAMILIES, metavar="F,F,...",
+                   help="question families of stage 2's scenes; repeat one to draw it more often (default: all six once)")
+    t.add_argument("--eval-every", type=int, default=200, help="log val accuracy and save a .partial checkpoint")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--output", default=None, help="checkpoint directory (default: the shipped prunebench/assets/toy-llava)")
     t.add_argument("--eval", action="store_true", help="evaluate on the test split afterwards and record it")

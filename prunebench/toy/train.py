@@ -1,7 +1,25 @@
-"""Train the toy LLaVA from scratch on the shapes world (CPU, seeded).
+"""Train the toy LLaVA from scratch on the shapes world (CPU, seeded), in two stages.
 
-Loss on the answer word and the EOS token only. AdamW, linear warm-up, cosine decay. Samples come
-from :func:`prunebench.toy.world.training_stream`, which never yields a test/val scene.
+**Stage 1, vision** (``vision_steps``): the CLIP ViT and the projector learn, from dense training-only probes
+(not saved), what every patch shows: its colour, its shape, whether it is background, part of a normal
+object or a small object, and its column; and the ViT's [CLS] token at the feature layer learns the scene's
+content (which shape/colour pairs are present, how many objects, the background), as CLIP's [CLS] summarises
+an image, so [CLS]-attention methods (VisPruner, FasterVLM, VisionZip) see attention that favours objects.
+Patches are weighted by kind (background 1, normal object 10, small object 40): a loss averaged over all 576
+patches is ~97 % background and hid that shapes were not learned (the first shipped model read shape off
+only 52 % of object patches, so every question naming a shape was a guess).
+
+**Stage 2, language** (``steps`` / ``minutes``): the ViT and projector are frozen (each visual token stays
+about its own patch, so pruning removes information) and the Llama decoder learns to answer. Loss: the
+answer word and EOS of every chat turn (each image carries its own question plus up to ``extra_questions``
+other questions about the same scene as extra turns), plus a training-only probe at the output of decoder
+layer 1 that reads the question's family, shapes and colour at each answer position: it moves the question
+into the last token early, so that the later layers can use it to look up the right image tokens (without
+it, the lookup is a two-hop problem that trained very slowly). No loss ever touches attention weights.
+
+To make the lookups cheap to learn, most batches show the LLM the object tokens plus a random 16-128 of the
+background tokens (with their original position ids, or renumbered, at random); ``full_fraction`` of the
+batches show all 576 tokens, so the model is trained on exactly what it is evaluated on.
 """
 
 from __future__ import annotations
@@ -15,58 +33,34 @@ import shutil
 import time
 from pathlib import Path
 
-from .world import BACKGROUNDS, COLORS, GRID, SHAPES, render, scene_questions, test_split, training_stream
+from .world import BACKGROUNDS, COLORS, FAMILIES, GRID, NUMBERS, SHAPES, render, scene_questions, test_split, training_stream
 
 log = logging.getLogger("prunebench.toy.train")
 
-
-def encode_batch(samples, tokenizer, image_processor, image_token_id: int, n_image_tokens: int = 576,
-                 extra_turns=None):
-    """Right-padded multi-turn sequences for a batch of scenes.
-
-    Turn 1 is exactly the evaluation prompt (``format_prompt``) followed by the answer and EOS; each
-    of ``extra_turns[i]`` (a list of (question, answer)) adds ``USER: q ASSISTANT: a</s>`` (the
-    chat template's multi-turn rendering). Returns input_ids, attention_mask, pixel_values, targets
-    ``[(row, position, label)]`` (the logits at ``position`` must predict ``label``) and ``first``
-    ``[(position, label)]`` for each row's first answer.
-    """
-    import torch
-
-    from .model import format_prompt
-
-    seqs, targets, first = [], [], []
-    eos = tokenizer.eos_token_id
-    for r, s in enumerate(samples):
-        ids = tokenizer(format_prompt(s["question"]))["input_ids"]
-        k = ids.index(image_token_id)
-        ids = ids[:k] + [image_token_id] * n_image_tokens + ids[k + 1:]
-        turns = [(None, s["answer"])] + list(extra_turns[r] if extra_turns else [])
-        for t, (q, a) in enumerate(turns):
-            if q is not None:
-                ids = ids + tokenizer(f"USER: {q} ASSISTANT:", add_special_tokens=False)["input_ids"]
-            ans = tokenizer.convert_tokens_to_ids(a)
-            if t == 0:
-                first.append((len(ids) - 1, ans))
-            targets += [(r, len(ids) - 1, ans), (r, len(ids), eos)]
-            ids = ids + [ans, eos]
-        seqs.append(ids)
-    L = max(len(x) for x in seqs)
-    input_ids = torch.full((len(seqs), L), tokenizer.pad_token_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        input_ids[i, : len(x)] = torch.tensor(x)
-        attn[i, : len(x)] = 1
-    pixel_values = image_processor([render(s) for s in samples], return_tensors="pt")["pixel_values"]
-    return input_ids, attn, pixel_values, targets, first
-
-
 AUX_COLORS = tuple(BACKGROUNDS) + tuple(COLORS)
 AUX_SHAPES = ("none",) + SHAPES
-AUX_SIZES = 3  # background, normal object, small object
+KIND_WEIGHTS = (1.0, 10.0, 40.0)  # background, normal object, small object
+SCENE_PAIRS = tuple((s, c) for s in SHAPES for c in COLORS)
+QUESTION_FAMILIES = ("attribute", "count", "background", "small", "relation", "exist")
+
+
+def pixel_values(samples, image_processor):
+    """What ``image_processor(images)`` returns for shapes-world images, without its per-image PIL work.
+
+    The world renders 336x336 images, so the CLIP processor's resize and centre crop are identities and only
+    rescale + normalise remain (``tests/test_toy_world.py`` checks the two agree exactly).
+    """
+    import numpy as np
+    import torch
+
+    x = torch.from_numpy(np.stack([np.asarray(render(s)) for s in samples])).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(image_processor.image_mean)[None, :, None, None]
+    std = torch.tensor(image_processor.image_std)[None, :, None, None]
+    return (x - mean) / std
 
 
 def patch_labels(samples):
-    """Per-patch targets of the auxiliary loss, (B, 576, 4): colour, shape, kind, column."""
+    """Per-patch targets of the vision probes, (B, 576, 4): colour, shape, kind (0 bg, 1 normal, 2 small), column."""
     import torch
 
     lab = torch.zeros((len(samples), GRID, GRID, 4), dtype=torch.long)
@@ -82,52 +76,187 @@ def patch_labels(samples):
     return lab.reshape(len(samples), GRID * GRID, 4)
 
 
-class AuxHead:
-    """Training-only linear probes on the projected visual tokens (not part of the saved model).
+def scene_labels(samples):
+    """Scene-level targets of the [CLS] probe: present (shape, colour) pairs (multi-hot), object count, background."""
+    import torch
 
-    Dense per-patch supervision (colour, shape, object kind, column) makes the from-scratch ViT and
-    projector informative within a few hundred steps, instead of waiting for the answer-only loss to
-    break symmetry; it also keeps each visual token about its own patch, so pruning removes information.
-    """
+    present = torch.zeros(len(samples), len(SCENE_PAIRS))
+    count, background = [], []
+    for i, s in enumerate(samples):
+        for o in s["objects"]:
+            present[i, SCENE_PAIRS.index((o["shape"], o["color"]))] = 1
+        count.append(min(len(s["objects"]), len(NUMBERS)) - 1)
+        background.append(list(BACKGROUNDS).index(s["background"]))
+    return present, torch.tensor(count), torch.tensor(background)
 
-    def __init__(self, width: int):
+
+class VisionProbes:
+    """Training-only heads of stage 1 (not saved): per-patch probes on the projected tokens, a scene probe on [CLS]."""
+
+    def __init__(self, token_width: int, vit_width: int):
         import torch
 
-        sizes = (len(AUX_COLORS), len(AUX_SHAPES), AUX_SIZES, GRID)
-        self.sizes = sizes
-        self.linear = torch.nn.Linear(width, sum(sizes))
+        self.sizes = (len(AUX_COLORS), len(AUX_SHAPES), len(KIND_WEIGHTS))
+        self.patch = torch.nn.Linear(token_width, sum(self.sizes) + 1)  # + column, regressed
+        self.scene = torch.nn.Linear(vit_width, len(SCENE_PAIRS) + len(NUMBERS) + len(BACKGROUNDS))
 
-    def loss(self, feats, labels):
+    def parameters(self):
+        return [*self.patch.parameters(), *self.scene.parameters()]
+
+    def loss(self, tokens, cls, samples):
+        import torch
         import torch.nn.functional as F
 
-        logits = self.linear(feats).split(self.sizes, dim=-1)
-        return sum(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[..., j].reshape(-1))
-                   for j, lg in enumerate(logits)) / len(logits)
+        labels = patch_labels(samples)
+        weight = torch.tensor(KIND_WEIGHTS)[labels[..., 2]].reshape(-1)
+        *logits, column = self.patch(tokens).split([*self.sizes, 1], dim=-1)
+        patch = sum((F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[..., j].reshape(-1), reduction="none") * weight).sum()
+                    / weight.sum() for j, lg in enumerate(logits)) / len(logits)
+        patch = patch + F.mse_loss(column.squeeze(-1), labels[..., 3].float() / (GRID - 1) * 4 - 2)
+        present, count, background = scene_labels(samples)
+        pairs, counts, backgrounds = self.scene(cls).split([len(SCENE_PAIRS), len(NUMBERS), len(BACKGROUNDS)], dim=-1)
+        scene = (F.binary_cross_entropy_with_logits(pairs, present) + F.cross_entropy(counts, count)
+                 + F.cross_entropy(backgrounds, background))
+        return patch, scene
+
+    def accuracy(self, tokens, samples) -> dict:
+        """Per-kind accuracy of the patch probes on object patches (what stage 1 must get right)."""
+        labels = patch_labels(samples)
+        *logits, column = self.patch(tokens).split([*self.sizes, 1], dim=-1)
+        obj = labels[..., 2] > 0
+        small = labels[..., 2] == 2
+        out = {name: round(float((lg.argmax(-1)[obj] == labels[..., j][obj]).float().mean()), 3)
+               for j, (name, lg) in enumerate(zip(("colour", "shape", "kind"), logits))}
+        out["small_kind"] = round(float((logits[2].argmax(-1)[small] == 2).float().mean()), 3) if small.any() else None
+        x = (column.squeeze(-1) + 2) / 4 * (GRID - 1)
+        out["column_error"] = round(float((x - labels[..., 3].float())[obj].abs().mean()), 2)
+        return out
 
 
-def _loss(model, batch, aux=None, aux_labels=None, aux_weight: float = 0.5):
+def question_labels(question: str) -> list[int]:
+    """Family, first shape, second shape, colour named by a question (0 = none): the stage-2 question probe's targets."""
+    words = question.split()
+    shapes = [w for w in words if w in SHAPES]
+    colours = [w for w in words if w in COLORS]
+    if "many" in words:
+        family = "count"
+    elif "background" in words:
+        family = "background"
+    elif "small" in words:
+        family = "small"
+    elif "left" in words:
+        family = "relation"
+    elif "there" in words:
+        family = "exist"
+    else:
+        family = "attribute"
+    return [QUESTION_FAMILIES.index(family),
+            1 + SHAPES.index(shapes[0]) if shapes else 0,
+            1 + SHAPES.index(shapes[1]) if len(shapes) > 1 else 0,
+            1 + list(COLORS).index(colours[0]) if colours else 0]
+
+
+QUESTION_SIZES = (len(QUESTION_FAMILIES), 1 + len(SHAPES), 1 + len(SHAPES), 1 + len(COLORS))
+
+
+def relation_columns(sample, question: str) -> tuple[float, float] | None:
+    """Centre columns of the two objects a relation question names, scaled to [-2, 2] like the stage-1 column
+    target (the stage-2 lookup probe's targets); None for any other question."""
+    words = question.split()
+    if "left" not in words:
+        return None
+    first, second = [w for w in words if w in SHAPES][:2]
+    by_shape = {o["shape"]: o for o in sample["objects"]}
+    return tuple((by_shape[s]["x"] + (by_shape[s]["size"] - 1) / 2) / (GRID - 1) * 4 - 2 for s in (first, second))
+
+
+def object_patches(sample):
+    """Indices (row-major, 0..575) of the patches covered by the sample's objects."""
+    out = []
+    for o in sample["objects"]:
+        k = o["size"]
+        out += [(o["y"] + dy) * GRID + o["x"] + dx for dy in range(k) for dx in range(k)]
+    return sorted(out)
+
+
+class Conversation:
+    """Token ids of one training image's chat: the evaluation prompt split around ``<image>``, then turns."""
+
+    def __init__(self, sample, extra_turns, tokenizer, image_token_id: int):
+        from .model import format_prompt
+
+        ids = tokenizer(format_prompt(sample["question"]))["input_ids"]
+        k = ids.index(image_token_id)
+        self.before, after = ids[:k], ids[k + 1:]
+        self.targets = []  # (position in `after`, label, question labels or None, relation columns or None)
+        for t, (question, answer) in enumerate([(None, sample["answer"]), *extra_turns]):
+            if question is not None:
+                after = after + tokenizer(f"USER: {question} ASSISTANT:", add_special_tokens=False)["input_ids"]
+            word = tokenizer.convert_tokens_to_ids(answer)
+            asked = question or sample["question"]
+            self.targets += [(len(after) - 1, word, question_labels(asked), relation_columns(sample, asked)),
+                             (len(after), tokenizer.eos_token_id, None, None)]
+            after = after + [word, tokenizer.eos_token_id]
+        self.after = after
+
+
+def language_forward(model, features, conversations, keeps, compact: bool):
+    """Decoder pass over conversations whose image shows only the ``keeps`` visual tokens.
+
+    ``compact``: positions 0..L'-1 over the shortened sequence (what pre-LLM pruning gives); otherwise every
+    token keeps its position in the full 576-token prompt. Returns (hidden states per layer, targets as
+    (row, position, label, question labels, relation columns)).
+    """
     import torch
-    import torch.nn.functional as F
 
-    input_ids, attn, pixel_values, targets, _ = batch
-    emb = model.get_input_embeddings()(input_ids)
-    feats = model.model.get_image_features(pixel_values=pixel_values).pooler_output
-    feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
-    feats = feats.reshape(input_ids.shape[0], -1, emb.shape[-1])
-    is_img = (input_ids == model.config.image_token_id)[..., None].expand_as(emb)
-    emb = emb.masked_scatter(is_img, feats.to(emb.dtype))
-    hidden = model.model(inputs_embeds=emb, attention_mask=attn).last_hidden_state
-    rows = torch.tensor([r for r, _, _ in targets])
-    cols = torch.tensor([p for _, p, _ in targets])
-    labels = torch.tensor([y for _, _, y in targets])
-    loss = F.cross_entropy(model.lm_head(hidden[rows, cols]), labels)
-    if aux is not None:
-        return loss, aux.loss(feats, aux_labels)
-    return loss, None
+    embed = model.get_input_embeddings()
+    rows, positions, targets = [], [], []
+    for i, (conv, keep) in enumerate(zip(conversations, keeps)):
+        before, after = torch.tensor(conv.before), torch.tensor(conv.after)
+        rows.append(torch.cat([embed(before), features[i, keep], embed(after)]))
+        if compact:
+            positions.append(torch.arange(len(rows[-1])))
+        else:
+            positions.append(torch.cat([torch.arange(len(before)), len(before) + keep,
+                                        len(before) + features.shape[1] + torch.arange(len(after))]))
+        offset = len(before) + len(keep)
+        targets += [(i, offset + p, y, q, x) for p, y, q, x in conv.targets]
+    length = max(len(r) for r in rows)
+    hidden = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    pos = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, (r, p) in enumerate(zip(rows, positions)):
+        hidden[i, : len(r)], mask[i, : len(r)], pos[i, : len(r)] = r, 1, p
+        pos[i, len(r):] = p[-1] + 1 + torch.arange(length - len(r))  # right padding, masked
+    out = model.model.language_model(inputs_embeds=hidden, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+    return out.hidden_states, targets
+
+
+def encode_batch(samples, tokenizer, image_processor, image_token_id: int, n_image_tokens: int = 576):
+    """Right-padded evaluation prompts (one turn) for a batch of scenes: input_ids, attention_mask,
+    pixel_values and ``first`` [(position, label)] of each row's answer."""
+    import torch
+
+    from .model import format_prompt
+
+    seqs, first = [], []
+    for s in samples:
+        ids = tokenizer(format_prompt(s["question"]))["input_ids"]
+        k = ids.index(image_token_id)
+        ids = ids[:k] + [image_token_id] * n_image_tokens + ids[k + 1:]
+        first.append((len(ids) - 1, tokenizer.convert_tokens_to_ids(s["answer"])))
+        seqs.append(ids)
+    length = max(len(x) for x in seqs)
+    input_ids = torch.full((len(seqs), length), tokenizer.pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        attn[i, : len(x)] = 1
+    return input_ids, attn, pixel_values(samples, image_processor), first
 
 
 def quick_accuracy(model, tokenizer, image_processor, samples, batch_size: int = 16) -> dict:
-    """First-token greedy accuracy per family (one forward pass per sample; same as generate's first step)."""
+    """First-token greedy accuracy per family on full 576-token prompts (the same as generate's first step)."""
     import torch
 
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -136,7 +265,7 @@ def quick_accuracy(model, tokenizer, image_processor, samples, batch_size: int =
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
             chunk = samples[i: i + batch_size]
-            input_ids, attn, pv, _, first = encode_batch(chunk, tokenizer, image_processor, image_token_id)
+            input_ids, attn, pv, first = encode_batch(chunk, tokenizer, image_processor, image_token_id)
             hidden = model.model(input_ids=input_ids, attention_mask=attn, pixel_values=pv).last_hidden_state
             pos = torch.tensor([p for p, _ in first])
             pred = model.lm_head(hidden[torch.arange(len(chunk)), pos]).argmax(-1)
@@ -148,23 +277,154 @@ def quick_accuracy(model, tokenizer, image_processor, samples, batch_size: int =
     return acc
 
 
-def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, lr: float = 1e-3,
-          warmup: int = 200, weight_decay: float = 0.01, minutes: float | None = None,
-          eval_every: int = 200, threads: int = 2, arch=None, progress: bool = True,
-          stop_after: int | None = None, init_from: Path | None = None, extra_questions: int = 8,
-          aux_weight: float = 0.5) -> dict:
-    """Train and save to ``output`` (model, processor, ``training.json``).
+def _cosine(lr: float, warmup: int, progress: float, step: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
-    ``steps`` fixes the LR schedule; with ``minutes`` the cosine follows whichever of steps and wall
-    time runs out first (for a shared, slow CPU); ``stop_after`` ends the run early at that step (reproduces a
-    run that was stopped by ``minutes``). ``init_from``: start from that checkpoint's weights instead
-    of random ones (a second stage with a fresh warm-up/cosine schedule and its own data seed).
-    ``extra_questions``: besides its own question, each training image gets up to this many other
-    questions about the same scene as extra chat turns (the image costs most of the compute).
+
+def _vision_features(model, pv):
+    """Projected patch tokens and the [CLS] state at the feature layer (LLaVA's ``hidden_states[-2]``)."""
+    states = model.model.vision_tower(pv, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+    return model.model.multi_modal_projector(states[:, 1:]), states[:, 0]
+
+
+def train_vision(model, image_processor, steps: int, batch_size: int, lr: float, seed: int, progress: bool,
+                 eval_every: int) -> list[dict]:
+    import torch
+    from tqdm import tqdm
+
+    tower, projector = model.model.vision_tower, model.model.multi_modal_projector
+    probes = VisionProbes(model.config.text_config.hidden_size, model.config.vision_config.hidden_size)
+    params = [*tower.parameters(), *projector.parameters(), *probes.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    stream = training_stream(seed + 500)  # its own scenes; stage 2 draws from training_stream(seed)
+    held = [s for s in test_split("val") if int(s["id"].rsplit("-", 1)[1]) % 50 < 8]
+    history = []
+    t0 = time.time()
+    for step in tqdm(range(steps), disable=not progress, desc="toy train: vision", mininterval=10):
+        for g in opt.param_groups:
+            g["lr"] = _cosine(lr, 50, step / steps, step)
+        scenes = [next(stream) for _ in range(batch_size)]
+        tokens, cls = _vision_features(model, pixel_values(scenes, image_processor))
+        patch, scene = probes.loss(tokens, cls, scenes)
+        loss = patch + 0.5 * scene
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            with torch.no_grad():
+                acc = probes.accuracy(_vision_features(model, pixel_values(held, image_processor))[0], held)
+            history.append({"stage": "vision", "step": step + 1, "patch_loss": round(patch.item(), 4),
+                            "scene_loss": round(scene.item(), 4), "elapsed_s": round(time.time() - t0, 1), **acc})
+            log.info("vision step %d patch %.3f scene %.3f val object patches %s", step + 1, patch.item(), scene.item(), acc)
+    return history
+
+
+def train_language(model, tokenizer, image_processor, steps: int, minutes: float | None, batch_size: int, lr: float,
+                   warmup: int, seed: int, extra_questions: int, background_keep: tuple[int, int], full_fraction: float,
+                   question_weight: float, eval_every: int, progress: bool, stop_after: int | None, checkpoint,
+                   families: tuple[str, ...] = FAMILIES, lookup_weight: float = 1.0) -> tuple[list[dict], int]:
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    for p in [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]:
+        p.requires_grad_(False)
+    probe = torch.nn.Linear(model.config.text_config.hidden_size, sum(QUESTION_SIZES))
+    lookup = torch.nn.Linear(model.config.text_config.hidden_size, 2)
+    lookup_layer = model.config.text_config.num_hidden_layers // 2  # hidden_states index: output of the middle layer
+    params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters()) + list(lookup.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.98))
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    stream = training_stream(seed, families)
+    qrng, krng = random.Random(seed + 12345), random.Random(seed + 54321)
+    val = [s for s in test_split("val") if int(s["id"].rsplit("-", 1)[1]) % 50 < 12]  # 12 per family
+    history, ema, done = [], None, 0
+    t0 = time.time()
+
+    def progress_at(step):
+        p = step / steps
+        return max(p, (time.time() - t0) / (minutes * 60)) if minutes else p
+
+    for step in tqdm(range(steps), disable=not progress, desc="toy train: language", mininterval=10):
+        for g in opt.param_groups:
+            g["lr"] = _cosine(lr, warmup, progress_at(step), step)
+        scenes = [next(stream) for _ in range(batch_size)]
+        conversations = []
+        for sc in scenes:  # up to `extra_questions` more questions about the same image (other families)
+            more = list(dict.fromkeys((q, a) for _, q, a in scene_questions(sc, qrng) if q != sc["question"]))
+            qrng.shuffle(more)
+            conversations.append(Conversation(sc, more[:extra_questions], tokenizer, image_token_id))
+        with torch.no_grad():
+            features = _vision_features(model, pixel_values(scenes, image_processor))[0]
+        full = krng.random() < full_fraction
+        keeps = []
+        for sc in scenes:
+            if full:
+                keeps.append(torch.arange(GRID * GRID))
+                continue
+            objects = object_patches(sc)
+            background = sorted(set(range(GRID * GRID)) - set(objects))
+            keeps.append(torch.tensor(sorted(objects + krng.sample(background, krng.randint(*background_keep)))))
+        hidden, targets = language_forward(model, features, conversations, keeps, compact=not full and krng.random() < 0.5)
+        rows = torch.tensor([r for r, *_ in targets])
+        cols = torch.tensor([c for _, c, *_ in targets])
+        answer_loss = F.cross_entropy(model.lm_head(hidden[-1][rows, cols]), torch.tensor([t[2] for t in targets]))
+        asked = [(r, c, q) for r, c, _, q, _ in targets if q is not None]
+        logits = probe(hidden[2][torch.tensor([r for r, _, _ in asked]), torch.tensor([c for _, c, _ in asked])])
+        labels = torch.tensor([q for _, _, q in asked])
+        question_loss = sum(F.cross_entropy(lg, labels[:, j]) for j, lg in enumerate(logits.split(QUESTION_SIZES, -1))) / len(QUESTION_SIZES)
+        related = [(r, c, x) for r, c, _, _, x in targets if x is not None]
+        lookup_loss = hidden[-1].new_zeros(())
+        if related:
+            found = lookup(hidden[lookup_layer][torch.tensor([r for r, _, _ in related]), torch.tensor([c for _, c, _ in related])])
+            lookup_loss = F.mse_loss(found, torch.tensor([x for _, _, x in related]))
+        loss = answer_loss + question_weight * question_loss + lookup_weight * lookup_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        done = step + 1
+        ema = answer_loss.item() if ema is None else 0.98 * ema + 0.02 * answer_loss.item()
+        if done % eval_every == 0 or done == steps:
+            acc = quick_accuracy(model, tokenizer, image_processor, val)
+            history.append({"stage": "language", "step": done, "loss_ema": round(ema, 4),
+                            "question_loss": round(question_loss.item(), 4), "lookup_loss": round(lookup_loss.item(), 4),
+                            "elapsed_s": round(time.time() - t0, 1),
+                            "lr": round(opt.param_groups[0]["lr"], 7), **{k: round(v, 3) for k, v in acc.items()}})
+            log.info("language step %d loss %.3f elapsed %.0fs val %s", done, ema, time.time() - t0,
+                     " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+            checkpoint()
+        if stop_after is not None and done >= stop_after:
+            log.info("stopping after step %d (--stop-after)", done)
+            break
+        if minutes is not None and done < steps and progress_at(done) >= 1.0:
+            log.warning("time budget of %.1f min reached at step %d of %d", minutes, done, steps)
+            break
+    return history, done
+
+
+def train(output: Path, seed: int = 0, vision_steps: int = 2000, vision_lr: float = 3e-3, steps: int = 4000,
+          batch_size: int = 16, lr: float = 2e-3, warmup: int = 100, minutes: float | None = 40.0,
+          eval_every: int = 200, threads: int = 2, arch=None, progress: bool = True, stop_after: int | None = None,
+          init_from: Path | None = None, extra_questions: int = 8, background_keep: tuple[int, int] = (16, 128),
+          full_fraction: float = 0.2, question_weight: float = 1.0, families: tuple[str, ...] = FAMILIES,
+          lookup_weight: float = 1.0) -> dict:
+    """Train and save to ``output`` (model, processor, ``training.json``); see the module docstring.
+
+    ``steps`` fixes stage 2's LR schedule; with ``minutes`` its cosine follows whichever of steps and wall time
+    runs out first (for a shared, slow CPU); ``stop_after`` ends stage 2 at that step (reproduces a run that was
+    stopped by ``minutes``). ``init_from``: start from that checkpoint's weights (with ``vision_steps=0`` this
+    continues stage 2 on a trained vision side). ``families``: the question families stage 2's scenes are drawn
+    from, uniformly over the entries (a family named twice is drawn twice as often).
     """
     import torch
     import transformers
-    from tqdm import tqdm
 
     from .model import ToyArch, arch_dict, build_model, build_processor, build_tokenizer
 
@@ -183,100 +443,61 @@ def train(output: Path, seed: int = 0, steps: int = 2400, batch_size: int = 8, l
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     log.info("toy-llava: %.2f M parameters, arch %s", n_params / 1e6, arch_dict(arch))
-    aux = AuxHead(model.config.text_config.hidden_size) if aux_weight > 0 else None
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    decay += list(aux.linear.parameters()) if aux is not None else []
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
-
-    def progress_at(step):
-        """Fraction of the run done: by steps, or by wall time when ``minutes`` is set (whichever is further)."""
-        p = step / steps
-        if minutes is not None:
-            p = max(p, (time.time() - t0) / (minutes * 60))
-        return min(1.0, p)
-
-    def lr_at(step):
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        t = progress_at(step)
-        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    stream = training_stream(seed)
-    qrng = random.Random(seed + 12345)
-    val = [s for s in test_split("val") if int(s["id"].rsplit("-", 1)[1]) % 50 < 12]  # 12 per family
-    history = []
     output = Path(output)
     tmp = output.with_name(output.name + ".partial")
+
+    def checkpoint():
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
     t0 = time.time()
-    bar = tqdm(range(steps), disable=not progress, desc="toy train", mininterval=10)
-    ema = aux_ema = None
-    done = 0
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        scenes = [next(stream) for _ in range(batch_size)]
-        extra = []
-        for sc in scenes:  # up to `extra_questions` more questions about the same image (other families)
-            more = list(dict.fromkeys((q, a) for _, q, a in scene_questions(sc, qrng) if q != sc["question"]))
-            qrng.shuffle(more)
-            extra.append(more[:extra_questions])
-        batch = encode_batch(scenes, tokenizer, processor.image_processor, image_token_id, extra_turns=extra)
-        answer_loss, aux_loss = _loss(model, batch, aux, patch_labels(scenes) if aux is not None else None)
-        loss = answer_loss + aux_weight * aux_loss if aux is not None else answer_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        done = step + 1
-        ema = answer_loss.item() if ema is None else 0.98 * ema + 0.02 * answer_loss.item()
-        aux_ema = None if aux is None else (aux_loss.item() if aux_ema is None else 0.98 * aux_ema + 0.02 * aux_loss.item())
-        bar.set_postfix(loss=f"{ema:.3f}", aux=f"{aux_ema or 0:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        if done % eval_every == 0 or done == steps:
-            acc = quick_accuracy(model, tokenizer, processor.image_processor, val)
-            elapsed = time.time() - t0
-            history.append({"step": done, "loss_ema": round(ema, 4), "aux_loss_ema": round(aux_ema or 0, 4),
-                            "elapsed_s": round(elapsed, 1),
-                            "lr": round(opt.param_groups[0]["lr"], 7),
-                            **{k: round(v, 3) for k, v in acc.items()}})
-            log.info("step %d loss %.3f aux %.3f elapsed %.0fs val %s", done, ema, aux_ema or 0, elapsed,
-                     " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-        if stop_after is not None and done >= stop_after:
-            log.info("stopping after step %d (--stop-after)", done)
-            break
-        if minutes is not None and progress_at(done) >= 1.0:
-            log.warning("time budget of %.1f min reached at step %d of %d", minutes, done, steps)
-            break
+    history = train_vision(model, processor.image_processor, vision_steps, batch_size, vision_lr, seed, progress,
+                           eval_every) if vision_steps > 0 else []
+    vision_s = time.time() - t0
+    language, done = train_language(model, tokenizer, processor.image_processor, steps, minutes, batch_size, lr, warmup,
+                                    seed, extra_questions, tuple(background_keep), full_fraction, question_weight,
+                                    eval_every, progress, stop_after, checkpoint, tuple(families), lookup_weight)
+    history += language
     wall = time.time() - t0
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.save_pretrained(output)
     processor.save_pretrained(output)
     shutil.rmtree(tmp, ignore_errors=True)
+    keep = f"{background_keep[0]},{background_keep[1]}"
     recipe = {
         "model": "toy-llava",
-        "command": (f"prunebench toy train --seed {seed} --steps {steps} --batch-size {batch_size} --lr {lr}"
-                    f" --warmup {warmup} --extra-questions {extra_questions} --aux-weight {aux_weight}"
-                    + (f" --minutes {minutes}" if minutes else "") + (f" --stop-after {done}" if done < steps else "")
-                    + (f" --init-from {init_from}" if init_from else "")),
+        "command": (f"prunebench toy train --seed {seed} --vision-steps {vision_steps} --vision-lr {vision_lr}"
+                    f" --steps {steps} --batch-size {batch_size} --lr {lr} --warmup {warmup}"
+                    f" --extra-questions {extra_questions} --background-keep {keep} --full-fraction {full_fraction}"
+                    f" --question-weight {question_weight} --lookup-weight {lookup_weight}" + (f" --minutes {minutes}" if minutes else "")
+                    + (f" --families {','.join(families)}" if tuple(families) != FAMILIES else "")
+                    + (f" --stop-after {done}" if done < steps else "") + (f" --init-from {init_from}" if init_from else "")),
         "init_from": str(init_from) if init_from else None,
-        "seed": seed, "steps": done, "steps_planned": steps, "batch_size": batch_size, "samples": done * batch_size,
-        "lr": lr, "warmup": warmup,
-        "schedule": ("linear warm-up, cosine to 5% over the steps"
-                     + (f" or {minutes} min of wall time, whichever runs out first" if minutes else "")),
-        "minutes": minutes, "weight_decay": weight_decay,
-        "optimizer": "AdamW(betas=(0.9, 0.98)), grad clip 1.0", "loss": "cross-entropy on answer words + EOS of every turn",
-        "extra_questions": extra_questions,
-        "aux_loss": (f"weight {aux_weight}: training-only linear probes on the projected visual tokens predict each "
-                     "patch's colour, shape, object kind and column (not saved)") if aux is not None else None,
+        "seed": seed, "vision_steps": vision_steps, "vision_lr": vision_lr, "steps": done, "steps_planned": steps,
+        "batch_size": batch_size, "samples": (vision_steps + done) * batch_size, "lr": lr, "warmup": warmup,
+        "schedule": ("linear warm-up, cosine to 5% (stage 1 over its steps; stage 2 over its steps"
+                     + (f" or {minutes} min of wall time, whichever runs out first)" if minutes else ")")),
+        "minutes": minutes, "weight_decay": 0.01, "optimizer": "AdamW(betas=(0.9, 0.98)), grad clip 1.0",
+        "stage_1": ("vision tower + projector; training-only probes: per-patch colour/shape/kind cross-entropy weighted "
+                    f"by kind {KIND_WEIGHTS} + column regression on the projected tokens; [CLS] at the feature layer "
+                    "predicts present shape-colour pairs, object count and background (weight 0.5)"),
+        "stage_2": ("vision frozen; cross-entropy on answer words + EOS of every turn, plus a question probe at the "
+                    f"output of decoder layer 1 (weight {question_weight}) and, for relation turns, a lookup probe "
+                    "regressing both named objects' columns from the output of the middle decoder layer "
+                    f"(weight {lookup_weight}); visual tokens shown: objects + "
+                    f"{keep} random background tokens (original or renumbered positions), all 576 in "
+                    f"{full_fraction:.0%} of the batches"),
+        "lookup_weight": lookup_weight, "extra_questions": extra_questions, "families": list(families),
         "arch": arch_dict(arch), "parameters": n_params, "threads": threads,
-        "wall_time_s": round(wall, 1), "machine": f"{platform.machine()}, {threads} CPU threads",
+        "wall_time_s": round(wall, 1), "vision_wall_time_s": round(vision_s, 1),
+        "machine": f"{platform.machine()}, {threads} CPU threads",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "history": history,
     }
+    if init_from is not None and (Path(init_from) / "training.json").exists():  # the run this one continues
+        recipe["previous"] = json.loads((Path(init_from) / "training.json").read_text())
     (output / "training.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    log.info("done: %d steps in %.1f min, saved to %s", done, wall / 60, output)
+    log.info("done: stage 2 %d steps, %.1f min in all, saved to %s", done, wall / 60, output)
     return recipe
