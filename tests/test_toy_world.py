@@ -321,6 +321,10 @@ def test_checkpoint_is_small_and_documented():
     recipe = json.loads((TOY_MODEL_DIR / "training.json").read_text())
     for key in ("seed", "steps", "batch_size", "lr", "wall_time_s", "test_accuracy", "versions"):
         assert key in recipe, key
+    # the bar the embedded default has to clear: >= 90 % overall, >= 75 % in every family, random 32 clearly worse
+    accuracy, random_32 = recipe["test_accuracy"], recipe["test_accuracy_random_keep"]["random_32"]
+    assert accuracy["overall"] >= 0.9 and min(accuracy[f] for f in FAMILIES) >= 0.75, accuracy
+    assert random_32["overall"] <= accuracy["overall"] - 0.25, random_32
 
 
 def test_checkpoint_loads_like_a_hub_model(model_and_processor):
@@ -361,9 +365,10 @@ def test_shipped_model_answers_test_questions(model_and_processor):
     picks = [s for fam in FAMILIES for s in [x for x in split if x["family"] == fam][:4]]
     replies = [answer(model, processor, s) for s in picks]
     correct = [normalize(r) == s["answer"] for r, s in zip(replies, picks)]
-    assert sum(correct) >= 15, list(zip([s["answer"] for s in picks], replies))
+    # 24 questions, the recorded test accuracy is 95 %: at most 3 wrong (a checkpoint below 85 % fails)
+    assert sum(correct) >= 21, list(zip([s["answer"] for s in picks], replies))
     # one word followed by EOS (decoded without special tokens: exactly the word)
-    assert sum(r.strip() == s["answer"] for r, s in zip(replies, picks)) >= 15
+    assert sum(r.strip() == s["answer"] for r, s in zip(replies, picks)) >= 21
 
 
 def test_pre_llm_pruning_helper_matches_stock_generate_when_keeping_everything(model_and_processor):
