@@ -81,6 +81,10 @@ class Stats:
     # visual-span tokens outside the budget, never pruning candidates (LLaVA-NeXT AnyRes: one image_newline per
     # row); they reach every layer and are counted in ``text_tokens``, so costs include them
     extra_visual_tokens: int = 0
+    # FLOPs of the in-LLM selection steps (scores from captured q/k, gathering), counted only when the pruner's
+    # ``count_select_flops`` is set (costs.measure_prefill_flops); they run inside the model's forward, so a
+    # FLOP counter attributes them to the LLM, which is not what the analytic decoder formula describes
+    select_llm_flops: int = 0
     # run-time token contract: measured per-layer visual tokens and KV lengths equal what the plan implies
     contract_ok: bool = True
     contract_detail: str = ""
@@ -206,6 +210,7 @@ class _State:
     decoding: bool = False
     extra: int = 0
     select_s: float = 0.0
+    select_flops: int = 0
     gathered: dict[str, Any] | None = None
     input_embeds: torch.Tensor | None = None  # layer-0 input of the first prefill pass (LayerView.input_embeds)
 
@@ -246,6 +251,7 @@ class Pruner:
         self._stack: contextlib.ExitStack | None = None
         self._state: _State | None = None
         self._num_layers = len(adapter.decoder_layers())
+        self.count_select_flops = False  # set by costs.measure_prefill_flops: count the in-LLM selections' FLOPs apart
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> "Pruner":
@@ -387,7 +393,8 @@ class Pruner:
             timings["total_ms"] = (clock.times[-1] - start) * 1e3
         stats = Stats(plan=plan, tokens_per_layer=list(state.tokens_per_layer), timings_ms=timings, kept=dict(state.kept),
                       prompt_tokens=prompt_len, text_tokens=state.num_text, budget_scope=self.budget_scope,
-                      units=getattr(view, "num_units", 1), extra_visual_tokens=llm_inputs.extra_visual_tokens)
+                      units=getattr(view, "num_units", 1), extra_visual_tokens=llm_inputs.extra_visual_tokens,
+                      select_llm_flops=state.select_flops)
         cache = getattr(out, "past_key_values", None)
         if cache is not None:
             stats.kv_lengths, stats.kv_bytes = _cache_after_prefill(cache, steps)
@@ -503,6 +510,16 @@ class Pruner:
         return args, kwargs
 
     def _select_at(self, index: int, state: _State, hidden: torch.Tensor, kwargs: dict) -> None:
+        if not self.count_select_flops:
+            return self._select_at_uncounted(index, state, hidden, kwargs)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        # nested inside the caller's counter: both see these FLOPs, this one tells them apart from the decoder's
+        with FlopCounterMode(display=False) as counter:
+            self._select_at_uncounted(index, state, hidden, kwargs)
+        state.select_flops += int(counter.get_total_flops())
+
+    def _select_at_uncounted(self, index: int, state: _State, hidden: torch.Tensor, kwargs: dict) -> None:
         keep = state.plan.llm[index]
         visual_index = state.visual_index
         bsz, length = hidden.shape[:2]

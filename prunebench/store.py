@@ -36,7 +36,7 @@ Fields the runner adds (readers may rely on them when present)::
 
     requested_tasks, reused_from, traceback, task_errors, warnings, contract_ok, latency_protocol,
     latency_parts, overhead_ms, env_adapter, peak_memory_kind, peak_memory_growth_mb, batch_size,
-    flops_counted_on, flops.{llm_measured,llm_analytic,vision_measured}_tflops, flops.llm_rel_diff,
+    flops_counted_on, flops.{llm_measured,llm_analytic,vision_measured,select_llm}_tflops, flops.llm_rel_diff,
     flops.llm_agree, tokens.{kv_per_layer, text}, layout, weights, code, versions, task_files
 
 The unpruned baseline is an ordinary cell with ``method == "none"`` and ``budget is None``.

@@ -53,6 +53,17 @@ def test_measured_matches_analytic_on_tiny_llava(tiny_llava, batch1, method, bud
         assert count.measured_vision == count.analytic_vision
 
 
+@pytest.mark.parametrize("method,layer_kw", [("learnpruner", {"layer": 2}), ("sparsevlm", {"layers": [0, 1, 2], "heads": 2})])
+def test_in_llm_selection_flops_are_counted_apart_from_the_decoder(tiny_llava, batch1, method, layer_kw):
+    # the scores these methods compute inside the LLM's forward are real cost (kept in measured_llm and the
+    # total) but no part of the decoder formula; taken out, the decoder matches the formula exactly
+    count = measure_prefill_flops(tiny_llava, create_method(method, **layer_kw), 64, batch1, budget_mode="final")
+    assert count.measured_select_llm > 0
+    assert count.measured_decoder == count.analytic_llm, count
+    assert count.measured_llm > count.analytic_llm
+    assert count.as_record()["select_llm_tflops"] == count.measured_select_llm / 1e12
+
+
 def test_pruning_lowers_flops_and_kv(tiny_llava, batch1):
     from prunebench.engine import Pruner
 

@@ -645,7 +645,7 @@ class Sweep:
         flops = self._flops(cell, method, first)
         if not flops["llm_agree"]:
             message = (f"measured LLM prefill FLOPs differ from the analytic count by {flops['llm_rel_diff']:.2e} "
-                       f"(> {LLM_FLOPS_TOLERANCE:g}); the method's in-LLM scoring or an uncounted kernel is the gap")
+                       f"(> {LLM_FLOPS_TOLERANCE:g}) after the in-LLM selection steps are taken out; an uncounted kernel or an unplanned token count is the gap")
             warnings.append(message)
             log.warning("cell %s: %s", cell.label, message)
         return {
