@@ -257,7 +257,8 @@ class Pruner:
     def __enter__(self) -> "Pruner":
         stack = contextlib.ExitStack()
         try:
-            stack.enter_context(attention_probe(self.adapter.model))
+            if self._captures_attention():
+                stack.enter_context(attention_probe(self.adapter.model))
             for index, layer in enumerate(self.adapter.decoder_layers()):
                 handle = layer.register_forward_pre_hook(self._make_hook(index), with_kwargs=True)
                 stack.callback(handle.remove)
@@ -266,6 +267,14 @@ class Pruner:
             raise
         self._stack = stack
         return self
+
+    def _captures_attention(self) -> bool:
+        """Whether any stage reads queries/keys: only then is the model's attention routed through the capturing
+        wrapper, so a method without attention signals (random, the unpruned baseline) runs the stock kernel path."""
+        method, adapter = self.method, self.adapter
+        if "llm" in method.stages:
+            return True
+        return "vision" in method.stages and bool(method.vision_layers(adapter.num_vision_layers, adapter.feature_layer))
 
     def __exit__(self, *exc: Any) -> None:
         self._state = None
