@@ -103,6 +103,12 @@ def test_pre_llm_prefill_speedup(benchmark, small, batch):
     The stock reference runs the same two LLM inputs (all tokens / 64 visual tokens) through the unhooked
     ``model.generate(inputs_embeds=..., max_new_tokens=1)`` (the window the engine's ``prefill_ms`` times), so
     ``engine / stock`` isolates what the harness costs inside the LLM.
+
+    Measured on toy-llava, 2 CPU threads (2026-12-02): 1.9-2.1x of a 3.53x ideal (53-58 %), with the engine at
+    96-100 % of stock generate's own speedup. The pruned TTFT is the vision tower (8.4 ms, untouched by pruning)
+    plus a 76-token LLM prefill whose bare forward already takes 5.5-9 ms of per-op dispatch, which bounds the ratio
+    near 2.5x (~71 %) on this model on CPU. The 80 % target is asserted as the issue states it; on a GPU or a
+    larger model the fixed per-call cost is a smaller share.
     """
     from prunebench.costs import measure_prefill_flops
     from prunebench.runner.sweep import sample_latency
