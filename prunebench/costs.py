@@ -180,8 +180,8 @@ def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budg
 
     if len(batch.samples) != 1:
         raise ValueError("measure_prefill_flops counts one sequence; pass a batch of one sample")
-    with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed, budget_scope=budget_scope) as pruner:
-        pruner.count_select_flops = True
+    with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed, budget_scope=budget_scope,
+                count_select_flops=True) as pruner:
         with FlopCounterMode(display=False, depth=None) as counter:
             out = pruner.generate(batch, max_new_tokens=1)
     counts = counter.get_flop_counts()

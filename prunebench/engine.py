@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from prunebench.adapters.base import UNIT_SCOPES, WHOLE_SCOPES, Batch, LLMInputs, ModelAdapter, VisualLayout
@@ -226,6 +227,7 @@ class Pruner:
         budget_mode: BudgetMode = "average",
         seed: int = 0,
         budget_scope: str = "image",
+        count_select_flops: bool = False,
     ):
         if budget_mode not in ("average", "final"):
             raise PruneBenchError(f"budget mode must be 'average' or 'final', got {budget_mode!r}")
@@ -251,7 +253,7 @@ class Pruner:
         self._stack: contextlib.ExitStack | None = None
         self._state: _State | None = None
         self._num_layers = len(adapter.decoder_layers())
-        self.count_select_flops = False  # set by costs.measure_prefill_flops: count the in-LLM selections' FLOPs apart
+        self.count_select_flops = count_select_flops  # costs.measure_prefill_flops: the in-LLM selections' FLOPs apart
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> "Pruner":
@@ -268,13 +270,15 @@ class Pruner:
         self._stack = stack
         return self
 
+    def _vision_capture_layers(self) -> tuple[int, ...]:
+        """ViT layers whose queries/keys the method's vision stage reads (none without a vision stage)."""
+        method, adapter = self.method, self.adapter
+        return tuple(method.vision_layers(adapter.num_vision_layers, adapter.feature_layer)) if "vision" in method.stages else ()
+
     def _captures_attention(self) -> bool:
         """Whether any stage reads queries/keys: only then is the model's attention routed through the capturing
         wrapper, so a method without attention signals (random, the unpruned baseline) runs the stock kernel path."""
-        method, adapter = self.method, self.adapter
-        if "llm" in method.stages:
-            return True
-        return "vision" in method.stages and bool(method.vision_layers(adapter.num_vision_layers, adapter.feature_layer))
+        return "llm" in self.method.stages or bool(self._vision_capture_layers())
 
     def __exit__(self, *exc: Any) -> None:
         self._state = None
@@ -332,8 +336,7 @@ class Pruner:
 
         _sync(device)
         start = time.perf_counter()
-        capture_layers = method.vision_layers(adapter.num_vision_layers, adapter.feature_layer) if "vision" in method.stages else ()
-        view = adapter.encode(batch, capture_layers)
+        view = adapter.encode(batch, self._vision_capture_layers())
         view.generators = sample_generators(self.seed, batch.ids)
         view.model_name = adapter.name
         _sync(device)
@@ -521,8 +524,6 @@ class Pruner:
     def _select_at(self, index: int, state: _State, hidden: torch.Tensor, kwargs: dict) -> None:
         if not self.count_select_flops:
             return self._select_at_uncounted(index, state, hidden, kwargs)
-        from torch.utils.flop_counter import FlopCounterMode
-
         # nested inside the caller's counter: both see these FLOPs, this one tells them apart from the decoder's
         with FlopCounterMode(display=False) as counter:
             self._select_at_uncounted(index, state, hidden, kwargs)
