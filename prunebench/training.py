@@ -287,8 +287,9 @@ def _lpm_inputs(adapter, batch, space: str):
 
 def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """(B, N) float mask of the ``keep`` highest scores per row, ties to the lower index (stage 1's rule)."""
-    order = scores.sort(dim=-1, descending=True, stable=True).indices[:, :keep]
-    return torch.zeros_like(scores).scatter(1, order, 1.0)
+    from prunebench.views import ranked
+
+    return torch.zeros_like(scores).scatter(1, ranked(scores)[:, :keep], 1.0)
 
 
 def _answer_loss(adapter, llm, batch, answer_len: list[int], keep: torch.Tensor, eps: float, reduction: str = "mean"):
