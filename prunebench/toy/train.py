@@ -76,6 +76,11 @@ def patch_labels(samples):
     return lab.reshape(len(samples), GRID * GRID, 4)
 
 
+def column_target(column):
+    """A patch column 0..GRID-1 scaled to [-2, 2]: the regression target of every column probe."""
+    return column / (GRID - 1) * 4 - 2
+
+
 def scene_labels(samples):
     """Scene-level targets of the [CLS] probe: present (shape, colour) pairs (multi-hot), object count, background."""
     import torch
@@ -112,7 +117,7 @@ class VisionProbes:
         *logits, column = self.patch(tokens).split([*self.sizes, 1], dim=-1)
         patch = sum((F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[..., j].reshape(-1), reduction="none") * weight).sum()
                     / weight.sum() for j, lg in enumerate(logits)) / len(logits)
-        patch = patch + F.mse_loss(column.squeeze(-1), labels[..., 3].float() / (GRID - 1) * 4 - 2)
+        patch = patch + F.mse_loss(column.squeeze(-1), column_target(labels[..., 3].float()))
         present, count, background = scene_labels(samples)
         pairs, counts, backgrounds = self.scene(cls).split([len(SCENE_PAIRS), len(NUMBERS), len(BACKGROUNDS)], dim=-1)
         scene = (F.binary_cross_entropy_with_logits(pairs, present) + F.cross_entropy(counts, count)
@@ -160,14 +165,14 @@ QUESTION_SIZES = (len(QUESTION_FAMILIES), 1 + len(SHAPES), 1 + len(SHAPES), 1 + 
 
 
 def relation_columns(sample, question: str) -> tuple[float, float] | None:
-    """Centre columns of the two objects a relation question names, scaled to [-2, 2] like the stage-1 column
-    target (the stage-2 lookup probe's targets); None for any other question."""
+    """Centre columns of the two objects a relation question names, scaled like the stage-1 column probe's
+    (:func:`column_target`): the stage-2 lookup probe's targets. None for any other question."""
     words = question.split()
     if "left" not in words:
         return None
     first, second = [w for w in words if w in SHAPES][:2]
     by_shape = {o["shape"]: o for o in sample["objects"]}
-    return tuple((by_shape[s]["x"] + (by_shape[s]["size"] - 1) / 2) / (GRID - 1) * 4 - 2 for s in (first, second))
+    return tuple(column_target(by_shape[s]["x"] + (by_shape[s]["size"] - 1) / 2) for s in (first, second))
 
 
 def object_patches(sample):
