@@ -141,20 +141,20 @@ def remove_duplicates(features: torch.Tensor, residual: torch.Tensor, target: in
     Each round splits the current list into even (A) and odd (B) positions, scores every A token by its
     largest cosine similarity to a B token, drops the ``min(step, R - target)`` highest-scoring A tokens and
     continues on [surviving A by descending score (stable), B]. Every row of a batch has the same length at
-    every round, so the rounds run batched. The similarities are computed once; a round reads A's rows of that
-    matrix and takes their maximum over B's columns through a membership mask (a max over the same values as
-    the original's per-round matmul, so the same scores, without building an index per (A, B) pair).
+    every round, so the rounds run batched. The similarities are computed once; a round copies A's rows of that
+    matrix (one ``index_select`` over the batch-flattened matrix) and takes their maximum over B's columns (one
+    ``gather``): the same values as the original's per-round matmul, so the same scores.
     """
     bsz, start = residual.shape
     feats = F.normalize(features.float().gather(1, residual[..., None].expand(-1, -1, features.shape[-1])), dim=-1)
-    similarity = feats @ feats.transpose(1, 2)  # (B, R, R) over positions into ``residual``
+    similarity = (feats @ feats.transpose(1, 2)).reshape(bsz * start, start)  # row b * start + i: token i of row b
     current = torch.arange(start, device=residual.device).expand(bsz, -1)
-    batch = torch.arange(bsz, device=residual.device)[:, None]
+    row_offset = (torch.arange(bsz, device=residual.device) * start)[:, None]
     while current.shape[1] > target:
         drop = min(step, current.shape[1] - target)
         a, b = current[:, 0::2], current[:, 1::2]
-        outside_b = torch.full((bsz, 1, start), float("-inf"), device=residual.device).scatter_(2, b[:, None, :], 0.0)
-        redundancy = (similarity[batch, a] + outside_b).amax(dim=-1)  # A's rows, max over B's columns
+        rows = similarity.index_select(0, (a + row_offset).reshape(-1)).view(bsz, a.shape[1], start)
+        redundancy = rows.gather(2, b[:, None, :].expand(-1, a.shape[1], -1)).amax(dim=-1)  # max over B's columns
         by_redundancy = ranked(redundancy)
         current = torch.cat([a.gather(1, by_redundancy)[:, drop:], b], dim=1)
     return residual.gather(1, current)
