@@ -28,6 +28,7 @@ generative; a task that needs it fails with a message saying so.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -273,7 +274,9 @@ class PruneBenchLMM(lmms):
         bar = tqdm(total=len(requests), desc=f"{self.method.name}@{self.budget if self.budget is not None else 'all'}",
                    unit="sample", leave=False, mininterval=1.0, disable=not self.progress, file=self.progress_file)
         wall_start = time.perf_counter()
-        with Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed, budget_scope=self.budget_scope) as pruner:
+        # closing(bar): a method that raises must not leave the bar open, or every later bar is drawn one line lower
+        with contextlib.closing(bar), Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed,
+                                             budget_scope=self.budget_scope) as pruner:
             for same_task in order:
                 for start in range(0, len(same_task), self.batch_size):
                     chunk = same_task[start:start + self.batch_size]
@@ -316,7 +319,6 @@ class PruneBenchLMM(lmms):
                     self.timing["requests"] += len(chunk)
                     bar.update(len(chunk))
         self.timing["wall_s"] += time.perf_counter() - wall_start
-        bar.close()
         return answers  # type: ignore[return-value]
 
 

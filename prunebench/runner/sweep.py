@@ -769,20 +769,23 @@ class Sweep:
 
 
 class _DropRedraws(io.TextIOBase):
-    """A stderr for lmms-eval that drops tqdm's redraws (writes starting with a carriage return, and the newline
-    or cursor-up a bar writes when it closes) and passes everything else, warnings and log lines, through."""
+    """A stderr for lmms-eval that drops tqdm's redraws and passes everything else, warnings and log lines, through.
+
+    A redraw is a write starting with a carriage return. Around it a bar below position 0 (nested under the
+    sweep's own bar, or under bars lmms-eval left open when a task raised) moves the cursor with bare newlines and
+    cursor-ups, and a closing bar writes a newline: writes made only of those are dropped unless they end a line
+    of real text (``print`` writes its newline separately)."""
 
     def __init__(self, stream: Any):
         self.stream = stream
-        self._after_bar = False
+        self._line_open = False  # the last text passed through did not end its line
 
     def write(self, text: str) -> int:
         if text.startswith("\r"):
-            self._after_bar = True
             return len(text)
-        if self._after_bar and text.strip("\n\x1b[A ") == "":
+        if not self._line_open and text.strip("\n\x1b[A ") == "":
             return len(text)
-        self._after_bar = False
+        self._line_open = not text.endswith("\n")
         return self.stream.write(text)
 
     def flush(self) -> None:
