@@ -44,9 +44,11 @@ def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, extra: tuple[str,
 
 
 def llava_processor(tokenizer, image_size: int = 336, patch_size: int = 14):
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
 
-    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    # the PIL backend named explicitly: the same pixels whether or not torchvision is installed (transformers
+    # would pick its torchvision backend where it is)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     return LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,

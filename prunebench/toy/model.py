@@ -72,10 +72,10 @@ def build_tokenizer():
 
 
 def build_processor(tokenizer=None):
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     tokenizer = tokenizer or build_tokenizer()
-    ip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     return LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=14,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN)
