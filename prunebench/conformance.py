@@ -224,6 +224,8 @@ def check_batch(adapter, method, samples, budget):
         reference = [l[0] for l in alone.logits]
         diff = _max_diff(reference, [l[i] for l in together.logits])
         tolerance, scale = logit_tolerance(reference)
+        if not math.isfinite(diff):
+            return False, f"sample {i}: logits batch vs single differ by {diff} (non-finite logits)"
         if diff / tolerance >= worst / worst_tolerance:
             worst, worst_tolerance, worst_scale = diff, tolerance, scale
     lengths = [len(s.question.split()) for s in samples]

@@ -53,3 +53,23 @@ def test_cache_and_batch_hold_on_the_trained_toy_model(check):
                        samples=synthetic_samples(family=adapter.family))
     assert result.passed, result.detail
     assert "at max |logit|" in result.detail
+
+
+def test_batch_check_fails_on_non_finite_logits(monkeypatch):
+    """A NaN in the batched logits is a failure, not a difference that max() and comparisons skip."""
+    import prunebench.conformance as kit
+
+    generate = kit._generate
+
+    def poisoned(adapter, method, budget, samples, **kwargs):
+        out = generate(adapter, method, budget, samples, **kwargs)
+        if len(samples) > 1:
+            first = out.logits[0].clone()
+            first[1, 0] = float("nan")
+            out.logits = (first, *out.logits[1:])
+        return out
+
+    monkeypatch.setattr(kit, "_generate", poisoned)
+    adapter = _adapter("tiny-llava")
+    result = run_check("batch", adapter, resolve_method("random", "tiny-llava", adapter.family), budget=64, samples=_samples("tiny-llava"))
+    assert not result.passed and "non-finite" in result.detail, result.detail
