@@ -127,7 +127,15 @@ def _generate(adapter: ModelAdapter, method: PruningMethod, budget: int | None, 
 
 
 def _max_diff(a: Iterable[torch.Tensor], b: Iterable[torch.Tensor]) -> float:
-    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
+    """Largest |x - y| over pairs of tensors; inf where only one side is NaN or infinite (a NaN difference would
+    otherwise pass every ``<=`` and be skipped by ``max``). Entries equal on both sides (NaN padding included) count 0."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        x, y = x.float(), y.float()
+        same = (x == y) | (x.isnan() & y.isnan())
+        gap = torch.where(same, torch.zeros_like(x), (x - y).abs()).nan_to_num(nan=math.inf, posinf=math.inf)
+        worst = max(worst, float(gap.max()) if gap.numel() else 0.0)
+    return worst
 
 
 def logit_tolerance(reference: Iterable[torch.Tensor]) -> tuple[float, float]:

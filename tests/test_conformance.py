@@ -73,3 +73,17 @@ def test_batch_check_fails_on_non_finite_logits(monkeypatch):
     adapter = _adapter("tiny-llava")
     result = run_check("batch", adapter, resolve_method("random", "tiny-llava", adapter.family), budget=64, samples=_samples("tiny-llava"))
     assert not result.passed and "non-finite" in result.detail, result.detail
+
+
+def test_max_diff_counts_one_sided_nan_as_infinite():
+    import math
+
+    import torch
+
+    from prunebench.conformance import _max_diff
+
+    nan, inf = float("nan"), float("inf")
+    assert _max_diff([torch.tensor([1.0, nan])], [torch.tensor([1.5, nan])]) == 0.5  # NaN padding on both sides
+    assert _max_diff([torch.tensor([1.0, nan])], [torch.tensor([1.0, 2.0])]) == math.inf
+    assert _max_diff([torch.tensor([inf])], [torch.tensor([inf])]) == 0.0
+    assert _max_diff([torch.tensor([inf])], [torch.tensor([1.0])]) == math.inf
