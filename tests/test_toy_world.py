@@ -308,6 +308,21 @@ def test_training_targets_match_the_scene_and_the_question(tokenizer):
     assert relation_columns(relation, "how many shapes are there ?") is None
 
 
+def test_question_probe_family_from_words_agrees_with_the_generator():
+    """The stage-2 question probe reads a question's family from its words (``question_labels``); every question
+    the world generates -- each family's own, and the extra ones ``scene_questions`` asks about a scene -- must
+    get the family the generator drew it from."""
+    from prunebench.toy.train import QUESTION_FAMILIES, question_labels
+    from prunebench.toy.world import scene_questions
+
+    rng = random.Random(0)
+    asked = [(s["family"], s["question"]) for s in test_split()]
+    asked += [(family, question) for s in test_split()[::3] for family, question, _ in scene_questions(s, rng)]
+    assert {family for family, _ in asked} == set(FAMILIES)
+    wrong = [(family, question) for family, question in asked if QUESTION_FAMILIES[question_labels(question)[0]] != family]
+    assert not wrong, wrong[:5]
+
+
 # ------------------------------------------------------------------------------------------ checkpoint
 def test_no_torchvision_in_this_environment():
     # the checkpoint must load through the PIL image-processor fallback
