@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
 from prunebench.registry import register_method
-from prunebench.views import VisionView
+from prunebench.views import VisionView, ranked_per_unit, unit_quotas
 
 # The paper's splits for LLaVA-1.5 (Table 8): 64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30.
 CONTEXTUAL_SHARE = 10 / 64
@@ -42,12 +42,14 @@ class VisionZip(VisionStagePruner):
     image's last token (the port writes them at their target's position). On Video-LLaVA videos the frames'
     [CLS] tokens are candidates (``cls_feature`` is None): nothing is prepended either.
 
-    Deviation on LLaVA-NeXT: the original runs the algorithm per crop ([CLS] + dominant + contextual of each
-    of the 5 crops, the budget split evenly); here one selection runs over all crops' patches, each ranked by
-    its own crop's [CLS] attention, with the base crop's [CLS] prepended and one set of contextual tokens.
-    The view does not expose the sub-crops' [CLS] features, and merged tokens can only sit before or after
-    the kept ones, so the per-crop interleaving of the original cannot be reproduced; ``--layout fivecrop``
-    with ``--budget-scope crop`` is the closest setting.
+    Multi-unit inputs (LLaVA-NeXT crops, Video-LLaVA frames): the original runs the algorithm per crop, with
+    the same D/C for each ([CLS] + D-1 patches + C contextual per crop, methods-1.md §4.4). Here each unit keeps
+    its share of the dominant patches (:func:`unit_quotas`: equal shares for equal units), ranked by its own
+    crop's [CLS] attention, as VisPruner/FasterVLM do per crop. Deviation: only the base crop's [CLS] is
+    prepended and one set of contextual tokens is merged over all units' remaining tokens -- the view does
+    not expose the sub-crops' [CLS] features, and merged tokens can only sit before or after the kept ones,
+    so the per-crop [CLS] and contextual interleaving of the original cannot be reproduced. The papers'
+    setting is ``--layout fivecrop --budget-scope crop``: 5 x 576 tokens, no unpadding, the budget per crop.
     """
 
     dominant: int = 0  # 0 = derived from the budget
@@ -77,7 +79,13 @@ class VisionZip(VisionStagePruner):
         dominant, contextual = self.split(keep)
         prefix = view.cls_feature is not None  # [CLS] is one of the dominant tokens where it is not a candidate
         patches = dominant - 1 if prefix else dominant
-        kept = top_k(view.cls_attention(heads="sum") if view.has_cls else view.importance(), patches)
+        scores = view.cls_attention(heads="sum") if view.has_cls else view.importance()
+        quotas = unit_quotas(view, patches)
+        if quotas is None:
+            kept = top_k(scores, patches)
+        else:  # each crop / frame its share, ranked by its own [CLS] attention
+            per_unit = ranked_per_unit(scores, view.unit_of, view.num_units)
+            kept = torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1).sort(dim=-1).values
         prepend = view.cls_feature[:, None] if prefix else None
         if contextual == 0:
             return Selection(kept, prepend=prepend)

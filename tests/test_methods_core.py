@@ -170,6 +170,19 @@ def test_visionzip_dominant_by_summed_cls_attention_and_target_plus_mean_merge()
     torch.testing.assert_close(joint.append[0], torch.stack([(f[0] + f[1] + f[4] + f[9]) / 4, (f[5] + f[3] + f[6] + f[8]) / 4]))
 
 
+def test_visionzip_gives_each_crop_its_share_of_the_dominant_patches():
+    """methods-1.md §4.4: the original runs per crop with the same D; here each unit keeps its share of the
+    dominant patches, ranked by its own crop's [CLS] attention, instead of one global top-k."""
+    view, _ = hand_view()
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.1, 0.3, 0.2, 0.4, 0.05]])  # crop 0 outscores crop 1 everywhere
+    view.cls_attention = lambda layer=None, heads="mean": scores
+    single = create_method("visionzip", dominant=5, contextual=0).select_vision(view, 5)
+    assert single.keep.tolist() == [[0, 1, 2, 3]]  # one image: the global top 4 ([CLS] is the fifth)
+    view.num_units, view.unit_of = 2, torch.tensor([[0] * 5 + [1] * 5])
+    per_crop = create_method("visionzip", dominant=5, contextual=0).select_vision(view, 5)
+    assert per_crop.keep.tolist() == [[0, 1, 6, 8]]  # two per crop: 0, 1 of crop 0; 8 (.4), 6 (.3) of crop 1
+
+
 def test_visionzip_empty_cluster_is_its_target_alone():
     view, feats = hand_view()
     # 3 targets over rest [0, 1, 3, 4, 5, 6, 8, 9] at step 8 // 3 = 2: 0, 3, 5. Targets 3 and 5 both point
