@@ -381,15 +381,19 @@ class SparseVLM(PruningMethod):
         """(B, n) rel score of each visual token still present (mean over kept heads and raters)."""
         rows, is_rater = self.raters(view)
         attn = view.attention_to_visual(rows, heads="none")  # (B, H, r, n) fp32
-        weight = is_rater[:, None, :, None].to(attn.dtype)
+        not_rater = ~is_rater[:, None, :, None]
         if self.version == "2.0":
             if self.rope_correction != "none":
                 attn = attn / self.rope_attention(view, rows)[:, None]
+            # zeroed, not multiplied by 0: a non-rater row whose R is 0 would turn inf * 0 into NaN (the original
+            # corrects rater rows only)
+            attn = attn.masked_fill(not_rater, 0.0)
             heads = min(self.heads, attn.shape[1])
-            mass = (attn * weight).sum(dim=(2, 3))  # (B, H)
+            mass = attn.sum(dim=(2, 3))  # (B, H)
             top = mass.topk(heads, dim=1).indices
             attn = attn.gather(1, top[:, :, None, None].expand(-1, -1, *attn.shape[2:]))
-        per_head = (attn * weight).sum(2) / weight.sum(2).clamp(min=1)  # mean over raters
+        raters = is_rater.sum(1).clamp(min=1).to(attn.dtype)[:, None, None]
+        per_head = attn.masked_fill(not_rater, 0.0).sum(2) / raters  # mean over raters
         return per_head.mean(1)
 
     def rope_attention(self, view: LayerView, rows: torch.Tensor) -> torch.Tensor:

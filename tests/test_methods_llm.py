@@ -140,6 +140,28 @@ def test_sparsevlm_v2_divides_by_rope_attention():
     assert create_method("sparsevlm", heads=1, rope_correction="none").select_llm(view, 1).keep[0].tolist() == [5]
 
 
+def test_sparsevlm_v2_zero_rope_attention_on_a_non_rater_row_does_not_poison_the_scores(monkeypatch):
+    """R = 0 in a row that is not a rater must not matter (the original corrects rater rows only); multiplied by
+    a 0 weight, inf became NaN in the head mass and every relevance."""
+    weights = uniform()
+    planted_rows(weights, [8, 10], [2])
+    view = layer_view(weights, rater_embeds())
+    method = create_method("sparsevlm", heads=1)
+    rows, is_rater = method.raters(view)
+    plain = method.relevance(view)
+    real = method.rope_attention
+
+    def zero_on_non_raters(v, r):
+        out = real(v, r).clone()
+        out[~is_rater] = 0.0
+        return out
+
+    monkeypatch.setattr(method, "rope_attention", zero_on_non_raters)
+    relevance = method.relevance(view)
+    assert bool(torch.isfinite(relevance).all()), relevance
+    torch.testing.assert_close(relevance, plain)
+
+
 def graded_rows(weights: torch.Tensor, rows: list[int], strengths: dict[int, float]) -> None:
     """Rows ``rows`` attend to each target t with weight strengths[t] (others 1): distinct relevance."""
     weights[:, rows] = 1.0
