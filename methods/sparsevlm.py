@@ -182,8 +182,14 @@ class SparseVLM(PruningMethod):
         cluster centre's slot (a pruned token revived with the cluster mean) and keeps original positions;
         ``"none"`` switches recycling off (what v2.0 does). ``"auto"``: append where v1.5 renumbers, in slot
         where it keeps original positions, none for v2.0;
-      * scores in fp32 from captured q/k instead of the original fp16 materialised softmax; per-sample raters
-        and scores (the originals read batch element 0); the clustering noise is seeded per sample;
+      * scores in fp32 from captured q/k instead of the original fp16 materialised softmax, and the raters'
+        similarity to the image in fp32 too (the original: fp16 input embeddings, so a rater near the mean
+        threshold can flip); per-sample raters and scores (the originals read batch element 0); the clustering
+        noise is seeded per sample;
+      * Video-LLaVA: the image algorithm runs on the video's tokens (these layers and schedules, rescaled to the
+        video's token count). The authors' video branch (methods-1.md §2.6: one cut at layer 1, k = the rank of
+        the rater x visual attention matrix, v1 merging; 2048 -> 135 tokens) is not implemented, so video
+        cells are not the published video numbers;
       * v2.0's division by R can divide by values near 0 or below 0 (R is a sum of cosines);
         ``rope_correction="divide"`` reproduces it, ``"clamp"`` divides by max(R, ``rope_floor``),
         ``"none"`` skips the correction (and the head selection uses the plain attention).

@@ -72,7 +72,10 @@ class VisPruner(VisionStagePruner):
         max over B's columns of A's rows of that matrix (same values as the original's per-round matmul).
     Multi-unit inputs (``view.num_units > 1``): the original prunes each LLaVA-NeXT crop independently with
     the same T and r, so each unit keeps its share of the budget (:func:`unit_quotas`: 64 per crop for 320 of
-    2880) and runs steps 1-4 on its own tokens.
+    2880) and runs steps 1-4 on its own tokens. Video-LLaVA videos: the stock HF model keeps every frame's
+    [CLS] as an LLM token, so the 8 frame [CLS] tokens are candidates here, scored by their attention to
+    themselves, which usually ranks them among the important tokens; FasterVLM's video branch scores patches
+    only (``attentions[-2][..., 0, 1:]``, 8 x 256), because the original model drops them.
 
     Towers without [CLS] (Qwen2.5-VL; the authors published no Qwen code): the important tokens are ranked by
     ``view.importance()``, the attention each merged token *receives* at the last full-attention ViT block
@@ -171,7 +174,8 @@ class FasterVLM(VisionStagePruner):
     ``important_ratio=1`` keeps the same set up to ties (it ranks with a stable sort instead of topk).
     Deviation: fp32 scores from captured q/k instead of an fp16 eager softmax (near-ties may differ).
     Multi-unit inputs keep each unit's share of the budget (:func:`unit_quotas`), as FasterVLM's video branch
-    keeps the same count per frame and VisPruner per LLaVA-NeXT crop. Towers without [CLS] (Qwen2.5-VL; no
+    keeps the same count per frame and VisPruner per LLaVA-NeXT crop (Video-LLaVA's frame [CLS] tokens are
+    candidates, as for VisPruner above). Towers without [CLS] (Qwen2.5-VL; no
     original code): ranked by ``view.importance()``, the attention each merged token receives at the last
     full-attention ViT block (head-mean, over all queries and its 2x2 patches), as LightCompress's VisPruner
     port does in place of [CLS] attention.

@@ -6,7 +6,8 @@ Two visual layouts (``layout=``, recorded by :meth:`describe`; methods-1.md §0.
   **unpadded** back to the image's aspect ratio, with an ``image_newline`` token after every row. The token
   count depends on the image size (336x336 -> 1176 = 576 + 24 x (24 + 1)). The layout is taken from the
   model's own ``pack_image_features`` (run on token indices instead of features), so it cannot drift from it.
-* ``"fivecrop"``: the papers' fixed layout (VisPruner/FasterVLM, VisionZip, HiPrune): the AnyRes grid forced to
+* ``"fivecrop"``: the papers' fixed layout (VisPruner/FasterVLM, VisionZip; HiPrune's own is close but not equal:
+  its ``'spatial'`` layout keeps the image's native AnyRes grid, 3 to 5 crops): the AnyRes grid forced to
   672x672, i.e. base + 2x2 sub-crops, **no unpadding and no newline tokens**: 2880 = 5 x 576 tokens, the
   sub-crops in raster order over the 48x48 tiled grid, the base crop first. Apply it to the unpruned baseline
   too (a budget >= 2880) to compare like with like. Stock ``generate`` has no such layout.
@@ -21,8 +22,9 @@ tokens: at budget 32 on a 672x672 image, 32 patches + 48 newlines. The engine re
 ``Stats.extra_visual_tokens`` (they are also inside ``Stats.text_tokens``, so FLOPs and KV bytes include them;
 ``final_tokens`` / ``average_tokens`` count only budgeted tokens). ``VisionView.features`` holds only patch
 tokens and ``LayerView.visual_index`` skips the newlines, so LLM-stage methods never drop them either.
-Alternatives: ``layout="fivecrop"`` has no newlines (VisPruner/FasterVLM/HiPrune/VisionZip's NeXT code); DivPrune
-and DART rank newlines as ordinary candidates on stock NeXT, which prunebench does not offer (no ViT feature).
+Alternatives: ``layout="fivecrop"`` has no newlines (VisPruner/FasterVLM/VisionZip's NeXT code; HiPrune's has none
+either, on its native grid); DivPrune and DART rank newlines as ordinary candidates on stock NeXT, which
+prunebench does not offer (no ViT feature).
 
 Budget scope (``--budget-scope``): ``image`` (default) = one budget for all patch tokens of the image; ``crop``
 = the budget is per crop and the engine multiplies it by ``VisionView.num_units`` (1 base + sub-crops; the
