@@ -57,17 +57,17 @@ class HiPrune(VisionStagePruner):
     code divides B by the number of images in the encoder batch, so batch > 1 would shrink it, §2.7); the grid
     width comes from the view instead of the hard-coded 24; the Qwen port's FA2 path scores with unmasked
     attention over the whole packed sequence, here windowed blocks attend within their windows (the eager
-    path's semantics; blocks 15 and 31 are full-attention blocks, where the two agree per image). Multi-unit
-    inputs (LLaVA-NeXT crops, video frames): the original selects each crop on its own (anchors, buffers on
-    that crop's 24x24 grid, registers) with int(B / n_crops) tokens, on its own LLaVA-NeXT layout
+    path's semantics; blocks 15 and 31 are full-attention blocks, where the two agree per image).
+
+    Multi-unit inputs (LLaVA-NeXT crops, video frames): the original selects each crop on its own (anchors,
+    buffers on that crop's 24x24 grid, registers) with int(B / n_crops) tokens, on its own LLaVA-NeXT layout
     (``'spatial'`` on the image's native AnyRes grid: no unpadding, no newlines, 3 to 5 crops, methods-2.md
-    §2.4), which prunebench does not offer: ``--layout fivecrop`` always uses the 672x672 grid (5 crops, B/5
-    each), the stock ``anyres`` layout unpads and keeps one newline per row outside the budget. Here each
-    unit keeps its share (``unit_quotas``: B / n_units, the remainder to the first units, so the total is
-    exactly B) and neighbours are found on the unit's own grid (a neighbour removed by AnyRes unpadding is
-    dropped). Video-LLaVA's frames keep their [CLS] token as an LLM token, so it is a candidate: it can be a
-    register (by its received attention) but never an anchor, since it has no grid cell and hence no buffer
-    (no original covers video).
+    §2.4), which is ``--layout spatial`` here (``fivecrop`` always uses the 672x672 grid, 5 crops; the stock
+    ``anyres`` layout unpads and keeps one newline per row outside the budget). Each unit keeps its share
+    (``unit_quotas``: B / n_units, the remainder to the first units, so the total is exactly B) and neighbours
+    are found on the unit's own grid (a neighbour removed by AnyRes unpadding is dropped). Video-LLaVA's
+    frames keep their [CLS] token as an LLM token, so it is a candidate: it can be a register (by its received
+    attention) but never an anchor, since it has no grid cell and hence no buffer (no original covers video).
     """
 
     alpha: float = 0.1

@@ -12,8 +12,8 @@ Two routes, one class (:class:`PruneBenchLMM`):
           --tasks shapes --include_path $(python -c "import prunebench.suites.shapes as s; print(s.TASK_DIR)")
 
   ``pretrained`` is a prunebench model name (``toy-llava``, ``tiny-llava``), a hub id or a folder; ``layout``
-  (``anyres`` | ``fivecrop``) picks LLaVA-NeXT's visual layout; every other key that is not an argument of the
-  class is a parameter of the method (``layer=3`` or ``fastv.layer=3``).
+  (``anyres`` | ``fivecrop`` | ``spatial``) picks LLaVA-NeXT's visual layout; every other key that is not an
+  argument of the class is a parameter of the method (``layer=3`` or ``fastv.layer=3``).
 
 Model identity. lmms-eval's response cache keys every answer by ``str(model)`` + the model arguments. The
 identity here holds the model and its weights' fingerprint (:mod:`prunebench.fingerprint`), the method,

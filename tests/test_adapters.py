@@ -321,13 +321,36 @@ def test_load_model_from_a_saved_folder_dispatches_on_model_type(name, tmp_path)
     assert torch.equal(_run(loaded, "random", 16, [sample]).tokens, _run(ad, "random", 16, [sample]).tokens)
 
 
+@pytest.mark.parametrize("layout", ["fivecrop", "spatial"])
 @pytest.mark.parametrize("method", ["visionzip", "fastv"])
-def test_fivecrop_layout_passes_the_kit_properties_that_need_no_stock_reference(method):
-    """Stock generate has no five-crop layout, so no-op is checked on AnyRes; the rest must hold here too."""
+def test_fixed_layouts_pass_the_kit_properties_that_need_no_stock_reference(method, layout):
+    """Stock generate has no five-crop or spatial layout, so no-op is checked on AnyRes; the rest must hold here too."""
     from prunebench.conformance import run_check
 
-    ad = adapter("tiny-llava_next", layout="fivecrop")
+    ad = adapter("tiny-llava_next", layout=layout)
     samples = [Sample(f"s{i}", q, image=_image(w, h, i)) for i, (q, (w, h)) in enumerate([("what", (336, 448)), ("how many ?", (448, 336))])]
     for check in ("token_contract", "cache", "batch"):
         result = run_check(check, ad, create_method(method), budget=64, samples=samples)
         assert result.passed, result.detail
+
+
+def test_next_spatial_is_the_native_grid_without_unpadding_or_newlines():
+    """HiPrune's layout (methods-2.md §2.4): the best-fitting pinpoint's crops, all 576 tokens each, no newlines."""
+    ad = adapter("tiny-llava_next", layout="spatial")
+    wide = ad.prepare([Sample("a", "what", image=_image(672, 336))])  # PIL size (w, h): best pinpoint 336 x 672
+    from prunebench.attention import attention_probe
+
+    with attention_probe(ad.model):
+        view = ad.encode(wide)
+    assert view.num_units == 3 and view.num_tokens == 3 * 576 == int((wide.input_ids == ad.image_token_id).sum())
+    assert not bool(wide.meta["newline"].any())
+    # one row of two sub-crops tiled 24 x 48: token (r, c) comes from crop 1 + c // 24
+    sub = view.unit_of[0, 576:].view(24, 48)
+    assert torch.equal(sub, 1 + torch.arange(48).expand(24, -1) // 24)
+    square = ad.prepare([Sample("b", "what", image=_image(448, 448))])
+    with attention_probe(ad.model):
+        assert ad.encode(square).num_units == 5  # best pinpoint 672 x 672: 2 x 2 sub-crops
+    out = _run(ad, "random", 32, [wide.samples[0]], scope="crop")
+    assert out.stats.plan.vision == 96 and out.stats.units == 3
+    with pytest.raises(PruneBenchError, match="spatial baseline is a keep-all budget"):
+        ad.stock_generate(wide, max_new_tokens=1)

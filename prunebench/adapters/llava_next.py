@@ -1,16 +1,20 @@
 """LLaVA-NeXT (LLaVA-1.6) on the stock ``transformers`` ``LlavaNextForConditionalGeneration``.
 
-Two visual layouts (``layout=``, recorded by :meth:`describe`; methods-1.md §0.3.4, §3.3, §4.4):
+Three visual layouts (``layout=``, recorded by :meth:`describe`; methods-1.md §0.3.4, §3.3, §4.4 and
+methods-2.md §2.4):
 
 * ``"anyres"`` (default, the stock model): base crop (24x24) + the AnyRes sub-crops tiled into one grid,
   **unpadded** back to the image's aspect ratio, with an ``image_newline`` token after every row. The token
   count depends on the image size (336x336 -> 1176 = 576 + 24 x (24 + 1)). The layout is taken from the
   model's own ``pack_image_features`` (run on token indices instead of features), so it cannot drift from it.
-* ``"fivecrop"``: the papers' fixed layout (VisPruner/FasterVLM, VisionZip; HiPrune's own is close but not equal:
-  its ``'spatial'`` layout keeps the image's native AnyRes grid, 3 to 5 crops): the AnyRes grid forced to
+* ``"fivecrop"``: the papers' fixed layout (VisPruner/FasterVLM, VisionZip): the AnyRes grid forced to
   672x672, i.e. base + 2x2 sub-crops, **no unpadding and no newline tokens**: 2880 = 5 x 576 tokens, the
   sub-crops in raster order over the 48x48 tiled grid, the base crop first. Apply it to the unpruned baseline
   too (a budget >= 2880) to compare like with like. Stock ``generate`` has no such layout.
+* ``"spatial"``: LLaVA's ``mm_patch_merge_type='spatial'``, HiPrune's NeXT layout: the image's own AnyRes grid
+  (the best-fitting pinpoint, as stock), **no unpadding and no newline tokens**: (1 + rows x cols) x 576
+  tokens, 3 to 5 crops on LLaVA-NeXT-7B, the sub-crops in raster order over their tiled grid, the base crop
+  first. Like ``fivecrop`` it needs a keep-all baseline.
 
 Newline tokens and the budget (a deliberate choice; the originals disagree, methods-1.md §0.3.4): newlines are
 **not pruning candidates and not counted in the budget**. They are a learned constant that marks row ends and
@@ -22,8 +26,8 @@ tokens: at budget 32 on a 672x672 image, 32 patches + 48 newlines. The engine re
 ``Stats.extra_visual_tokens`` (they are also inside ``Stats.text_tokens``, so FLOPs and KV bytes include them;
 ``final_tokens`` / ``average_tokens`` count only budgeted tokens). ``VisionView.features`` holds only patch
 tokens and ``LayerView.visual_index`` skips the newlines, so LLM-stage methods never drop them either.
-Alternatives: ``layout="fivecrop"`` has no newlines (VisPruner/FasterVLM/VisionZip's NeXT code; HiPrune's has none
-either, on its native grid); DivPrune and DART rank newlines as ordinary candidates on stock NeXT, which
+Alternatives: ``layout="fivecrop"`` has no newlines (VisPruner/FasterVLM/VisionZip's NeXT code), nor has
+``layout="spatial"`` (HiPrune's); DivPrune and DART rank newlines as ordinary candidates on stock NeXT, which
 prunebench does not offer (no ViT feature).
 
 Budget scope (``--budget-scope``): ``image`` (default) = one budget for all patch tokens of the image; ``crop``
@@ -45,7 +49,7 @@ from prunebench.attention import Captured, capture
 from prunebench.core import PruneBenchError
 from prunebench.views import UnitVisionView
 
-LAYOUTS = ("anyres", "fivecrop")
+LAYOUTS = ("anyres", "fivecrop", "spatial")
 FIVECROP_PINPOINTS = [[672, 672]]
 
 
@@ -80,10 +84,11 @@ class LlavaNextAdapter(LlavaAdapter):
         if self.layout == "anyres":
             inputs = self.processor(images=images, text=prompts, padding=True, return_tensors="pt")
         else:
-            # The processor's token count assumes the stock layout; expand the placeholder by hand (5 x 576).
-            image = self.processor.image_processor(images, image_grid_pinpoints=FIVECROP_PINPOINTS, return_tensors="pt")
+            # The processor's token count assumes the stock layout; expand the placeholder by hand (crops x 576).
+            image = self.processor.image_processor(images, image_grid_pinpoints=self._pinpoints(), return_tensors="pt")
             token = self.processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
-            text = [p.replace(token, token * (5 * self._side**2), 1) for p in prompts]
+            text = [p.replace(token, token * (self._num_crops(size) * self._side**2), 1)
+                    for p, size in zip(prompts, image["image_sizes"])]
             inputs = {**self.processor.tokenizer(text, padding=True, return_tensors="pt"), **image}
         inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -92,13 +97,22 @@ class LlavaNextAdapter(LlavaAdapter):
             raise ValueError(f"each prompt must hold one image; image-token counts per sample: {counts.tolist()}")
         return Batch(samples, inputs)
 
+    def _pinpoints(self) -> list[list[int]]:
+        return FIVECROP_PINPOINTS if self.layout == "fivecrop" else self.model.config.image_grid_pinpoints
+
     def _num_crops(self, image_size: torch.Tensor) -> int:
-        if self.layout == "fivecrop":
-            return 5
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-        config = self.model.config
-        return image_size_to_num_patches(image_size, config.image_grid_pinpoints, config.vision_config.image_size)
+        return image_size_to_num_patches(image_size, self._pinpoints(), self.model.config.vision_config.image_size)
+
+    def _crop_grid(self, image_size: torch.Tensor) -> tuple[int, int]:
+        """(rows, cols) of sub-crops the image's best-fitting pinpoint is cut into (fivecrop: always 2 x 2)."""
+        from transformers.image_processing_utils import select_best_resolution
+
+        size = image_size.tolist() if isinstance(image_size, torch.Tensor) else list(image_size)
+        height, width = select_best_resolution(size, self._pinpoints())
+        crop = self.model.config.vision_config.image_size
+        return height // crop, width // crop
 
     def _tower_input(self, batch: Batch) -> tuple[torch.Tensor, int]:
         pixel_values, sizes = batch.inputs["pixel_values"], batch.inputs["image_sizes"]
@@ -115,8 +129,9 @@ class LlavaNextAdapter(LlavaAdapter):
         per_crop = self._side**2
         first = 1 if has_cls else 0
         index = torch.arange(crops)[:, None] * tower_tokens + first + torch.arange(per_crop)[None]  # (crops, 576)
-        if self.layout == "fivecrop":
-            sub = index[1:].view(2, 2, self._side, self._side).permute(0, 2, 1, 3).reshape(-1)
+        if self.layout != "anyres":  # sub-crops tiled (rows, side, cols, side), read in raster order, no newlines
+            rows, cols = self._crop_grid(image_size)
+            sub = index[1:].view(rows, cols, self._side, self._side).permute(0, 2, 1, 3).reshape(-1)
             return torch.cat([index[0], sub])
         features = [index[..., None].double()]
         packed, _ = self._inner.pack_image_features(
@@ -203,7 +218,8 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         if self.layout != "anyres":
-            raise PruneBenchError("stock generate only knows the AnyRes layout; the fivecrop baseline is a keep-all budget")
+            raise PruneBenchError(f"stock generate only knows the AnyRes layout; the {self.layout} baseline is a keep-all "
+                                  "budget")
         return super().stock_generate(batch, **generate_kwargs)
 
     def describe(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 A hub id or folder is dispatched on its ``config.model_type``: ``llava`` (LLaVA-1.5), ``llava_next``
 (LLaVA-1.6), ``video_llava`` and ``qwen2_5_vl``. ``options`` go to the adapter: ``preprocess="paper"|"hf"``
-(LLaVA-1.5), ``layout="anyres"|"fivecrop"`` (LLaVA-NeXT), and are recorded by ``adapter.describe()``.
+(LLaVA-1.5), ``layout="anyres"|"fivecrop"|"spatial"`` (LLaVA-NeXT), and are recorded by ``adapter.describe()``.
 """
 
 from __future__ import annotations

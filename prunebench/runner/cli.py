@@ -78,8 +78,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--budget-scope", "--budget_scope", dest="budget_scope", choices=("image", "crop", "frame", "video"),
                       help="what a budget counts for multi-crop / video inputs (default image; recorded)")
     what.add_argument("--preprocess", choices=("hf", "paper"), help="image preprocessing: the model's HF processor (default) or the paper's")
-    what.add_argument("--layout", choices=("anyres", "fivecrop"),
-                      help="LLaVA-NeXT visual layout: anyres (stock, default) or fivecrop (the papers' fixed 5 x 576 tokens)")
+    what.add_argument("--layout", choices=("anyres", "fivecrop", "spatial"),
+                      help="LLaVA-NeXT visual layout: anyres (stock, default), fivecrop (the papers' fixed 5 x 576 tokens) or "
+                           "spatial (HiPrune's: the native AnyRes grid, no unpadding, no newlines)")
     what.add_argument("--method-args", "--method_args", dest="method_args", action="append", metavar="M.P=V",
                       help="method parameter, e.g. fastv.layer=3 (repeatable or comma-separated)")
     what.add_argument("--plugins", help="comma-separated Python modules to import first (they register extra methods)")

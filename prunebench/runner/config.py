@@ -23,7 +23,7 @@ from prunebench.core import BUDGET_MODES, PruneBenchError
 
 BUDGET_SCOPES = ("image", "crop", "frame", "video")
 PREPROCESS = ("hf", "paper")
-LAYOUTS = ("anyres", "fivecrop")  # LLaVA-NeXT visual layouts (prunebench.adapters.llava_next)
+LAYOUTS = ("anyres", "fivecrop", "spatial")  # LLaVA-NeXT visual layouts (prunebench.adapters.llava_next)
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # None: prunebench.models.DEFAULT_MODEL (toy-llava)
@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "budget_mode": "average",
     "budget_scope": "image",
     "preprocess": "hf",
-    "layout": None,  # LLaVA-NeXT only: anyres (the adapter's default) or fivecrop (the papers' 5 x 576 layout)
+    "layout": None,  # LLaVA-NeXT only: anyres (the adapter's default), fivecrop (papers' 5 x 576), spatial (HiPrune)
     "method_args": {},
     "limit": None,
     "seed": 0,
