@@ -168,6 +168,24 @@ def test_config_yaml_and_command_line(tmp_path):
         resolve_config(str(tmp_path / "bad.yaml"))
 
 
+@pytest.mark.parametrize("text,message", [
+    ("methods: [random\nbudgets: 32\n", r"not valid YAML at line 2, column 8: did not find expected ',' or '\]'"),
+    ("- random\n- fastv\n", "must be a mapping of sweep keys"),
+    ("latency: 5\n", "latency must be a mapping with keys samples, warmup, new_tokens"),
+    ("latency: {samples: 0}\n", "latency needs samples >= 1"),
+    ("batch_size: many\n", "--batch_size must be a number, got 'many'"),
+    ("methods: ${nope}\n", "Interpolation key 'nope' not found"),
+    ("methods: {random: 1}\n", "each key takes what its flag takes"),
+])
+def test_a_malformed_config_is_a_clear_error(tmp_path, text, message):
+    from prunebench.core import PruneBenchError
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(PruneBenchError, match=message):
+        resolve_config(str(path))
+
+
 PLUGIN = '''
 import time
 from dataclasses import dataclass

@@ -145,17 +145,38 @@ def resolve_config(yaml_path: str | None = None, overrides: dict[str, Any] | Non
     """Defaults <- YAML <- overrides (``None`` values in overrides mean "not given")."""
     from omegaconf import OmegaConf
 
+    import yaml
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
+
     config = OmegaConf.create(DEFAULTS)
     if yaml_path:
         try:
             loaded = OmegaConf.load(yaml_path)
         except FileNotFoundError:
             raise PruneBenchError(f"config file {yaml_path} does not exist") from None
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise PruneBenchError(f"{yaml_path} is not valid YAML{at}: {problem}; fix it (its keys are the flags' names, "
+                                  "see `prunebench run --help`) or replay a run's RUN/config.yaml") from None
+        if not isinstance(loaded, DictConfig):
+            raise PruneBenchError(f"{yaml_path} must be a mapping of sweep keys (methods: ..., budgets: ...), not a "
+                                  f"{type(loaded).__name__}")
         unknown = sorted(set(loaded.keys()) - set(DEFAULTS))
         if unknown:
             raise PruneBenchError(f"{yaml_path}: unknown key(s) {unknown}; known keys: {', '.join(DEFAULTS)}")
-        config = OmegaConf.merge(config, loaded)
-    data = OmegaConf.to_container(config, resolve=True)
+        try:
+            config = OmegaConf.merge(config, loaded)
+        except (OmegaConfBaseException, TypeError, ValueError) as exc:  # e.g. a mapping where a list or value belongs
+            shapes = ", ".join(f"{k}: {type(v).__name__}" for k, v in DEFAULTS.items() if v is not None)
+            raise PruneBenchError(f"{yaml_path}: {str(exc).splitlines()[0]}; each key takes what its flag takes "
+                                  f"(defaults: {shapes})") from None
+    try:
+        data = OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise PruneBenchError(f"{yaml_path or 'config'}: {str(exc).splitlines()[0]}") from None
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -195,16 +216,33 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("layout") is not None and data["layout"] not in LAYOUTS:
         raise PruneBenchError(f"--layout must be one of {', '.join(LAYOUTS)} (LLaVA-NeXT), got {data['layout']!r}")
     if data["limit"] is not None:
-        limit = float(data["limit"])
+        limit = _number(data["limit"], "--limit", float)
         data["limit"] = int(limit) if limit.is_integer() and limit >= 1 else limit
     data["seed"] = parse_seed(data["seed"])
-    data["batch_size"] = int(data["batch_size"])
+    data["batch_size"] = _number(data["batch_size"], "--batch_size", int)
     if data["batch_size"] < 1:
         raise PruneBenchError("--batch_size must be >= 1")
+    latency = data["latency"]
+    if not isinstance(latency, dict) or set(latency) - set(DEFAULTS["latency"]):
+        raise PruneBenchError(f"latency must be a mapping with keys {', '.join(DEFAULTS['latency'])} "
+                              f"(e.g. latency: {{samples: 8, warmup: 2, new_tokens: 8}}), got {latency!r}")
+    data["latency"] = {k: _number(latency.get(k, v), f"latency.{k}", int) for k, v in DEFAULTS["latency"].items()}
+    if data["latency"]["samples"] < 1 or data["latency"]["new_tokens"] < 1 or data["latency"]["warmup"] < 0:
+        raise PruneBenchError(f"latency needs samples >= 1, new_tokens >= 1 and warmup >= 0, got {data['latency']}")
     stray = sorted(set(data["method_args"]) - set(data["methods"]))
     if stray:
         raise PruneBenchError(f"--method-args for {stray}, which are not among the swept methods {data['methods']}")
     return data
+
+
+def _number(value: Any, name: str, kind: type) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise PruneBenchError(f"{name} must be a number, got {value!r}") from None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise PruneBenchError(f"{name} must be a whole number, got {value!r}")
+    return number
 
 
 def to_yaml(data: dict[str, Any]) -> str:
