@@ -40,6 +40,7 @@ counts; the recipe records the numbers, so a checkpoint that does not beat rando
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -348,7 +349,10 @@ def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=Non
         p.requires_grad_(False)
     was_training = model.training
     model.eval()
-    lpm = LearnedPruningModule(_input_width(adapter, cfg.input), cfg.hidden or None, cfg.input).to(adapter.device)
+    first = next(data)
+    data = itertools.chain([first], data)
+    width = _input_width(adapter, cfg.input, first)
+    lpm = LearnedPruningModule(width, cfg.hidden or None, cfg.input).to(adapter.device)
     lpm.train()
     opt = torch.optim.AdamW(lpm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup * cfg.steps))
@@ -380,10 +384,11 @@ def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=Non
     return lpm.eval(), history
 
 
-def _input_width(adapter, space: str) -> int:
-    if space == "projected":
-        return adapter.llm_shape.hidden_size
-    return adapter.model.config.vision_config.hidden_size * len(adapter._feature_layers())
+def _input_width(adapter, space: str, sample: TrainSample) -> int:
+    """Width of the features the LPM reads, from the view the adapter builds for one sample (every family's
+    own: LLaVA's feature layer(s), Qwen2.5-VL's merger input, the projector's output)."""
+    batch, _ = _answer_batch(adapter, [sample])
+    return int(_lpm_inputs(adapter, batch, space)[0].shape[-1])
 
 
 # -- does the LPM beat random modules? -----------------------------------------------------------------------------
@@ -495,10 +500,18 @@ def versions() -> dict[str, str]:
     return {"prunebench": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+TRAINABLE_FAMILIES = ("llava", "llava_next")  # the families _answer_batch can build answer batches for
+
+
 def train_learnpruner(model: str, cfg: TrainConfig, output: Path | None = None, on_log=None) -> Path:
     from prunebench.models import load_model
 
     adapter = load_model(model)
+    if adapter.family not in TRAINABLE_FAMILIES:
+        raise PruneBenchError(
+            f"LPM training builds prompt + answer batches for LLaVA-1.5 and LLaVA-NeXT only "
+            f"({', '.join(TRAINABLE_FAMILIES)}); {model} is {adapter.family}. Train on a LLaVA model, or load an LPM trained elsewhere with "
+            "--method-args learnpruner.checkpoint=PATH")
     data, description = data_for(model, cfg.seed)
     start = time.time()
     lpm, history = train_lpm(adapter, data, cfg, on_log=on_log)

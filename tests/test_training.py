@@ -131,3 +131,13 @@ def test_unknown_model_has_no_training_data():
 
     with pytest.raises(PruneBenchError, match="LLaVA-665K"):
         data_for("llava-hf/llava-1.5-7b-hf", 0)
+
+
+def test_training_refuses_families_without_answer_batches_and_sizes_the_lpm_from_the_view(tmp_path):
+    from prunebench.core import PruneBenchError
+
+    with pytest.raises(PruneBenchError, match="LLaVA-1.5 and LLaVA-NeXT only .* tiny-qwen2_5_vl is qwen2_5_vl"):
+        train_learnpruner("tiny-qwen2_5_vl", TrainConfig(steps=1, batch_size=1), tmp_path / "q.safetensors")
+    out = tmp_path / "next.safetensors"
+    train_learnpruner("tiny-llava_next", TrainConfig(steps=1, batch_size=1, input="projected", eval_samples=0), out)
+    assert load_lpm(out).width == 64  # the projector's output width (the tiny LLM's hidden size), read from the view
