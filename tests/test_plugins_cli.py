@@ -152,3 +152,12 @@ def test_help_teaches_by_example(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "prunebench run --methods" in out and "check" in out
+
+
+def test_toy_eval_limit_must_be_at_least_one(capsys):
+    # a negative limit used to slice [:-1] off every family silently
+    from prunebench.toy.cli import main as toy_main
+
+    with pytest.raises(SystemExit):
+        toy_main(["eval", "--limit", "-1"])
+    assert "at least 1 question per family" in capsys.readouterr().err

@@ -99,11 +99,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--random-keep", type=int, default=None,
                    help="sanity check: keep this many random visual tokens (pre-LLM) instead of all 576")
     e.add_argument("--seed", type=int, default=0, help="seed of --random-keep")
-    e.add_argument("--limit", type=int, default=None, help="at most this many questions per family")
+    e.add_argument("--limit", type=_at_least_one, default=None, help="at most this many questions per family")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--json", default=None, help="write the per-sample results here")
     e.set_defaults(func=_eval)
     return p
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1 question per family, or leave --limit out for all")
+    return value
 
 
 def main(argv=None) -> int:
