@@ -239,6 +239,9 @@ class TrainConfig:
             raise PruneBenchError(f"--input must be one of {INPUT_SPACES}, got {self.input!r}")
         if not 0 < self.keep_min <= self.keep_max <= 1:
             raise PruneBenchError(f"keep ratios need 0 < --keep-min <= --keep-max <= 1, got {self.keep_min}, {self.keep_max}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise PruneBenchError(f"--steps and --batch-size must be at least 1, got {self.steps} and "
+                                  f"{self.batch_size}")
 
 
 @dataclass

@@ -176,6 +176,7 @@ def test_config_yaml_and_command_line(tmp_path):
     ("batch_size: many\n", "--batch_size must be a number, got 'many'"),
     ("methods: ${nope}\n", "Interpolation key 'nope' not found"),
     ("methods: {random: 1}\n", "each key takes what its flag takes"),
+    ("limit: -3\n", "--limit must be a number of documents per task"),
 ])
 def test_a_malformed_config_is_a_clear_error(tmp_path, text, message):
     from prunebench.core import PruneBenchError

@@ -141,3 +141,11 @@ def test_training_refuses_families_without_answer_batches_and_sizes_the_lpm_from
     out = tmp_path / "next.safetensors"
     train_learnpruner("tiny-llava_next", TrainConfig(steps=1, batch_size=1, input="projected", eval_samples=0), out)
     assert load_lpm(out).width == 64  # the projector's output width (the tiny LLM's hidden size), read from the view
+
+
+@pytest.mark.parametrize("field", ["steps", "batch_size"])
+def test_training_needs_at_least_one_step_and_sample(field):
+    from prunebench.core import PruneBenchError
+
+    with pytest.raises(PruneBenchError, match="must be at least 1"):
+        TrainConfig(**{field: 0})

@@ -217,6 +217,9 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
         raise PruneBenchError(f"--layout must be one of {', '.join(LAYOUTS)} (LLaVA-NeXT), got {data['layout']!r}")
     if data["limit"] is not None:
         limit = _number(data["limit"], "--limit", float)
+        if limit <= 0:
+            raise PruneBenchError(f"--limit must be a number of documents per task (>= 1) or a fraction in (0, 1), "
+                                  f"got {data['limit']}")
         data["limit"] = int(limit) if limit.is_integer() and limit >= 1 else limit
     data["seed"] = parse_seed(data["seed"])
     data["batch_size"] = _number(data["batch_size"], "--batch_size", int)
