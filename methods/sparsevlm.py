@@ -162,7 +162,9 @@ class SparseVLM(PruningMethod):
       * ``schedule="scaled"``: the *shape* of the authors' schedule for the budget (per-layer fractions of N,
         interpolated between the published labels, v1.5 with its merged tokens) scaled so that the plan meets
         B as prunebench counts it (average mode: layer average = B; final mode: the last stage keeps B and
-        earlier stages keep the schedule's ratios to it). This serves any budget, model and depth;
+        earlier stages keep the schedule's ratios to it). This serves any budget, model and depth. A stage
+        whose scaled count is not below the tokens it receives prunes (and recycles) nothing there, where the
+        authors' k = min(., N_v - 1) always prunes at least one token;
       * ``schedule="auto"`` (default): the authors' tuple where it meets B exactly as above, otherwise
         ``scaled``. So ``--budgets 64`` compares methods at an equal 64-token layer average (the authors' "64"
         would spend 81.81 there), and ``--budgets 82`` reproduces the authors' run.

@@ -60,6 +60,7 @@ class VisPruner(VisionStagePruner):
     2880), 0.5 at every other budget (the argparse default; README 128 and NeXT 160). Any value in (0, 1]
     fixes it. ``important_ratio = 1`` keeps important tokens only, which is FasterVLM (registered as
     ``fastervlm``; the same kept set up to ties, since FasterVLM uses ``topk`` and VisPruner ``argsort``).
+    The original's r = 0 (diverse tokens only) is not offered, since 0 selects the README pairing.
 
     Choices where the original is buggy or nondeterministic:
       * odd residual length R: the original builds its index with width floor(R/2) - r although A holds
@@ -173,7 +174,8 @@ class FasterVLM(VisionStagePruner):
     renormalised), by ``topk`` as its code does, in original order; compact positions. VisPruner with
     ``important_ratio=1`` keeps the same set up to ties (it ranks with a stable sort instead of topk).
     Deviation: fp32 scores from captured q/k instead of an fp16 eager softmax (near-ties may differ).
-    Multi-unit inputs keep each unit's share of the budget (:func:`unit_quotas`), as FasterVLM's video branch
+    Multi-unit inputs keep each unit's share of the budget (:func:`unit_quotas`, ranked per unit by the stable
+    sort, so ties there go to the lower index where one image leaves them to ``topk``), as FasterVLM's video branch
     keeps the same count per frame and VisPruner per LLaVA-NeXT crop (Video-LLaVA's frame [CLS] tokens are
     candidates, as for VisPruner above). Towers without [CLS] (Qwen2.5-VL; no
     original code): ranked by ``view.importance()``, the attention each merged token receives at the last
