@@ -8,7 +8,7 @@ import torch
 
 from prunebench.core import PruneBenchError, Selection, VisionStagePruner
 from prunebench.registry import register_method
-from prunebench.views import VisionView, ranked, ranked_per_unit, stable_top_k, unit_quotas
+from prunebench.views import VisionView, ranked, ranked_per_unit, stable_top_k, top_k_per_unit, unit_quotas
 
 BUFFER_SHAPES = ("cross", "square", "row")
 EDGES = ("clamp", "drop")
@@ -148,8 +148,7 @@ class HiPrune(VisionStagePruner):
         per_unit.scatter_add_(1, unit_of, anchored.long())
         for u, quota in enumerate(quotas):
             self._check(per_unit[:, u], quota)
-        ranked_registers = ranked_per_unit(register_scores.masked_fill(anchored, float("inf")), unit_of, units)
-        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(ranked_registers, quotas)], dim=1))
+        return Selection(top_k_per_unit(register_scores.masked_fill(anchored, float("inf")), unit_of, units, quotas))
 
     def _check(self, sizes: torch.Tensor, keep: int) -> None:
         if bool((sizes > keep).any()):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
 from prunebench.registry import register_method
-from prunebench.views import VisionView, ranked_per_unit, unit_quotas
+from prunebench.views import VisionView, top_k_per_unit, unit_quotas
 
 # The paper's splits for LLaVA-1.5 (Table 8): 64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30.
 CONTEXTUAL_SHARE = 10 / 64
@@ -84,8 +84,7 @@ class VisionZip(VisionStagePruner):
         if quotas is None:
             kept = top_k(scores, patches)
         else:  # each crop / frame its share, ranked by its own [CLS] attention
-            per_unit = ranked_per_unit(scores, view.unit_of, view.num_units)
-            kept = torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1).sort(dim=-1).values
+            kept = top_k_per_unit(scores, view.unit_of, view.num_units, quotas)
         prepend = view.cls_feature[:, None] if prefix else None
         if contextual == 0:
             return Selection(kept, prepend=prepend)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
 from prunebench.registry import register_method
-from prunebench.views import VisionView, ranked, ranked_per_unit, unit_quotas
+from prunebench.views import VisionView, ranked, ranked_per_unit, top_k_per_unit, unit_quotas
 
 # The authors' README pairs each budget with an important ratio: 128 tokens -> 0.5 (64 + 64), 64 -> 0.75
 # (48 + 16), LLaVA-NeXT "32 x 5 = 160" -> 0.5; the argparse default is 0.5. The ratios behind the paper's tables
@@ -195,5 +195,4 @@ class FasterVLM(VisionStagePruner):
         quotas = unit_quotas(view, keep)
         if quotas is None:
             return Selection(top_k(scores, keep))
-        per_unit = ranked_per_unit(scores, view.unit_of, view.num_units)
-        return Selection.sorted(torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1))
+        return Selection(top_k_per_unit(scores, view.unit_of, view.num_units, quotas))

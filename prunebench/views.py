@@ -84,6 +84,13 @@ def ranked_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int) -> 
     return list(tokens.split(sizes, dim=1))
 
 
+def top_k_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int, quotas: Sequence[int]) -> torch.Tensor:
+    """(B, sum(quotas)) indices of each unit's ``quotas[u]`` highest scores (stable ranking, ties to the lower
+    index), in original order: the per-crop / per-frame counterpart of :func:`stable_top_k`."""
+    per_unit = ranked_per_unit(scores, unit_of, units)
+    return torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1).sort(dim=-1).values
+
+
 @dataclass
 class _SeededView:
     generators: list[torch.Generator] = field(default_factory=list, repr=False)
