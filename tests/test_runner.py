@@ -406,7 +406,11 @@ def test_seed_accepts_one_value_or_lmms_evals_equal_comma_form():
 
 
 def test_layout_is_a_run_option_an_lmms_arg_and_part_of_the_key(tmp_path):
+    from prunebench.adapters import llava_next
     from prunebench.core import PruneBenchError
+    from prunebench.runner import config
+
+    assert config.LAYOUTS == llava_next.LAYOUTS  # the run option offers exactly the adapter's layouts
 
     anyres = _sweep(tmp_path, name="a", model="tiny-llava_next", methods="random", budgets="64")
     five = _sweep(tmp_path, name="b", model="tiny-llava_next", methods="random", budgets="64", layout="fivecrop")

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prunebench.core import PruneBenchError
+from prunebench.core import BUDGET_MODES, PruneBenchError
+from prunebench.runner.config import BUDGET_SCOPES, LAYOUTS, PREPROCESS
 
 RUN_DESCRIPTION = """\
 Sweep pruning methods x token budgets over the tasks of a suite, evaluated by lmms-eval 0.7, and record one
@@ -73,12 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="extra folder of lmms-eval task YAMLs (repeatable)")
     what.add_argument("--methods", help="comma-separated methods (see `prunebench list`); default random,fastv,visionzip")
     what.add_argument("--budgets", help="comma-separated visual-token budgets; default 32,64,128")
-    what.add_argument("--budget-mode", "--budget_mode", dest="budget_mode", choices=("average", "final"),
+    what.add_argument("--budget-mode", "--budget_mode", dest="budget_mode", choices=BUDGET_MODES,
                       help="budget = layer-average visual tokens (default) or tokens after the last stage")
-    what.add_argument("--budget-scope", "--budget_scope", dest="budget_scope", choices=("image", "crop", "frame", "video"),
+    what.add_argument("--budget-scope", "--budget_scope", dest="budget_scope", choices=BUDGET_SCOPES,
                       help="what a budget counts for multi-crop / video inputs (default image; recorded)")
-    what.add_argument("--preprocess", choices=("hf", "paper"), help="image preprocessing: the model's HF processor (default) or the paper's")
-    what.add_argument("--layout", choices=("anyres", "fivecrop", "spatial"),
+    what.add_argument("--preprocess", choices=PREPROCESS, help="image preprocessing: the model's HF processor (default) or the paper's")
+    what.add_argument("--layout", choices=LAYOUTS,
                       help="LLaVA-NeXT visual layout: anyres (stock, default), fivecrop (the papers' fixed 5 x 576 tokens) or "
                            "spatial (HiPrune's: the native AnyRes grid, no unpadding, no newlines)")
     what.add_argument("--method-args", "--method_args", dest="method_args", action="append", metavar="M.P=V",
