@@ -19,6 +19,7 @@ from prunebench.core import (  # noqa: E402
     Selection,
     SelectionError,
     SingleCutLLMPruner,
+    UnsupportedModel,
     VisionStagePruner,
     solve_single_cut,
     top_k,
@@ -29,6 +30,6 @@ from prunebench.registry import create_method, list_methods, register_method  # 
 
 __all__ = [
     "BudgetError", "InfeasibleBudget", "Plan", "PlanContext", "PruneBenchError", "PruningMethod", "Pruner",
-    "Selection", "SelectionError", "SingleCutLLMPruner", "VisionStagePruner", "create_method", "list_methods",
+    "Selection", "SelectionError", "SingleCutLLMPruner", "UnsupportedModel", "VisionStagePruner", "create_method", "list_methods",
     "load_model", "register_method", "solve_single_cut", "top_k",
 ]

@@ -52,6 +52,14 @@ class InfeasibleBudget(PruneBenchError):
     """The method cannot meet this budget under this budget mode (reported as an infeasible cell)."""
 
 
+class UnsupportedModel(PruneBenchError):
+    """The method is undefined on this model family or input (e.g. a [CLS]-only rule on a tower without [CLS]).
+
+    Raised from ``plan`` or a stage's ``select`` with a one-line reason; the sweep records the cell as refused
+    and the conformance kit records the refusal as a pass of a refusal, not a skip.
+    """
+
+
 class SelectionError(PruneBenchError, RuntimeError):
     """A method's ``select`` returned a malformed selection (wrong count, out-of-range or repeated indices)."""
 
