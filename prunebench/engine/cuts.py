@@ -133,6 +133,7 @@ class LLMStages:
 
     # -- the hook ----------------------------------------------------------------------------------------------
     def on_layer(self, index: int, args: tuple, kwargs: dict):
+        """The pre-hook of decoder layer ``index``: the (args, kwargs) the layer runs on, or None to leave them."""
         hidden = args[0] if args else kwargs["hidden_states"]
         if index == 0:
             self._begin_pass(hidden)
