@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -209,8 +210,7 @@ class LLMStages:
         keep_local = torch.arange(length, device=hidden.device).expand(bsz, -1)[retain].view(bsz, -1)
         if merged is None or merged.shape[1] == 0:
             cut = Cut(keep_local, present.abs_index.gather(1, keep_local), length)
-            self.present = Present(cut.keep_abs, torch.searchsorted(keep_local, visual_index.gather(1, chosen)),
-                                   present.valid.gather(1, keep_local))
+            self.present = Present(cut.keep_abs, torch.searchsorted(keep_local, visual_index.gather(1, chosen)), present.valid.gather(1, keep_local))
         else:
             cut = self._cut_with_merged(keep_local, visual_index.gather(1, chosen), merged.detach(), length)
         self.cuts[index] = cut
@@ -322,8 +322,10 @@ class LLMStages:
         if cut.shift is not None:
             # renumbered layers: the new token sits at this layer's own cache length (SparseVLM v1/v1.5)
             if kwargs.get("position_ids") is None:
-                raise PruneBenchError(f"{self.method.name}: per-layer renumbering needs the decoder layers' position_ids, "
-                                      f"which {self.adapter.family} does not pass; use original positions")
+                raise PruneBenchError(
+                    f"{self.method.name}: per-layer renumbering needs the decoder layers' position_ids, "
+                    f"which {self.adapter.family} does not pass; use original positions"
+                )
             hidden = args[0] if args else kwargs["hidden_states"]
             positions = kwargs["position_ids"] + cut.shift
             kwargs["position_ids"] = positions

@@ -17,13 +17,13 @@ from prunebench.costs import FlopCount, VisionShape, llm_prefill_flops, vision_f
 from prunebench.engine.pruner import Pruner
 
 
-def measure_prefill_flops(adapter: ModelAdapter, method: PruningMethod, budget: int | None, batch: Batch,
-                          budget_mode: str = "average", seed: int = 0, budget_scope: str = "image") -> FlopCount:
+def measure_prefill_flops(
+    adapter: ModelAdapter, method: PruningMethod, budget: int | None, batch: Batch, budget_mode: str = "average", seed: int = 0, budget_scope: str = "image"
+) -> FlopCount:
     """Count one pruned prefill of a batch of one sample with ``FlopCounterMode`` (real tensors, any device)."""
     if len(batch.samples) != 1:
         raise ValueError("measure_prefill_flops counts one sequence; pass a batch of one sample")
-    with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed, budget_scope=budget_scope,
-                count_select_flops=True) as pruner:
+    with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed, budget_scope=budget_scope, count_select_flops=True) as pruner:
         with FlopCounterMode(display=False, depth=None) as counter:
             out = pruner.generate(batch, max_new_tokens=1)
     counts = counter.get_flop_counts()

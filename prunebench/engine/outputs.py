@@ -88,7 +88,7 @@ def cache_after_prefill(cache: Any, steps: int) -> tuple[list[int], int]:
         prefill = length - (steps - 1)
         lengths.append(prefill)
         per_token = (keys.numel() * keys.element_size() + values.numel() * values.element_size()) / max(length, 1)
-        total += int(round(per_token * prefill))
+        total += round(per_token * prefill)
     return lengths, total
 
 
@@ -109,8 +109,7 @@ class _MixedStats:
 
     def __getattr__(self, name: str) -> Any:
         raise PruneBenchError(
-            f"this batch mixed visual-token layouts and ran as {self._groups} groups with different plans; "
-            "read out.groups[g].stats or out.sample_stats(i)"
+            f"this batch mixed visual-token layouts and ran as {self._groups} groups with different plans; read out.groups[g].stats or out.sample_stats(i)"
         )
 
 

@@ -88,7 +88,7 @@ class Pruner:
         self._finished: list[tuple[list[int], LLMStages]] = []  # the last generate's groups, for recompute
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def __enter__(self) -> "Pruner":
+    def __enter__(self) -> Pruner:
         stack = contextlib.ExitStack()
         try:
             if self._captures_attention():
@@ -170,8 +170,7 @@ class Pruner:
         pad = pad[0] if isinstance(pad, (list, tuple)) else pad
         return int(pad if pad is not None else 0)
 
-    def _generate_group(self, batch: Batch, max_new_tokens: int, output_logits: bool,
-                        **generate_kwargs: Any) -> tuple[GenerationOutput, LLMStages]:
+    def _generate_group(self, batch: Batch, max_new_tokens: int, output_logits: bool, **generate_kwargs: Any) -> tuple[GenerationOutput, LLMStages]:
         """One batch of samples with the same visual layout (see the module docstring)."""
         adapter, method = self.adapter, self.method
         device = adapter.device
@@ -232,10 +231,18 @@ class Pruner:
             timings["decode_ms_per_token"] = ((clock.times[-1] - clock.times[0]) / (len(clock.times) - 1) * 1e3) if len(clock.times) > 1 else 0.0
             timings["generate_ms"] = (clock.times[-1] - gen_start) * 1e3
             timings["total_ms"] = (clock.times[-1] - start) * 1e3
-        stats = Stats(plan=plan, tokens_per_layer=list(stages.tokens_per_layer), timings_ms=timings, kept=dict(stages.kept),
-                      prompt_tokens=stages.prompt_len, text_tokens=stages.num_text, budget_scope=self.budget_scope,
-                      units=getattr(view, "num_units", 1), extra_visual_tokens=llm_inputs.extra_visual_tokens,
-                      select_llm_flops=stages.select_flops)
+        stats = Stats(
+            plan=plan,
+            tokens_per_layer=list(stages.tokens_per_layer),
+            timings_ms=timings,
+            kept=dict(stages.kept),
+            prompt_tokens=stages.prompt_len,
+            text_tokens=stages.num_text,
+            budget_scope=self.budget_scope,
+            units=getattr(view, "num_units", 1),
+            extra_visual_tokens=llm_inputs.extra_visual_tokens,
+            select_llm_flops=stages.select_flops,
+        )
         cache = getattr(out, "past_key_values", None)
         if cache is not None:
             stats.kv_lengths, stats.kv_bytes = cache_after_prefill(cache, out.sequences.shape[1])
