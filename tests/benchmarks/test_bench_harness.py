@@ -176,7 +176,7 @@ def _llava_7b_width(decoder_layers: int = 1, vision_layers: int = 2):
 
 def _pre_llm_speedup(adapter, batch, reps: int = REPS) -> tuple[dict, str]:
     """random@64 against unpruned through the engine and through stock ``generate``: figures and a report line."""
-    from prunebench.costs import measure_prefill_flops
+    from prunebench.engine import measure_prefill_flops
     from prunebench.runner.sweep import sample_latency
 
     random = create_method("random")
