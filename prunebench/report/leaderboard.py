@@ -501,7 +501,7 @@ def column_decimals(values: Iterable[float], column: str) -> int:
     finite = [float(v) for v in values if v is not None and not pd.isna(v)]
     if not finite:
         return 1
-    if all(float(v).is_integer() for v in finite) and max(abs(v) for v in finite) >= 10:
+    if column not in METRIC_COLUMNS and all(float(v).is_integer() for v in finite) and max(abs(v) for v in finite) >= 10:
         return 0
     largest = max(abs(v) for v in finite) or 1.0
     return int(min(6, max(1, 2 - math.floor(math.log10(largest)))))
@@ -530,8 +530,8 @@ def value_decimals(df: pd.DataFrame) -> dict[str, int]:
 
 
 # cost units: the records hold TFLOPs and MB (2**20 bytes); each table prints them in the unit that suits its values
-FLOP_UNITS = ((1.0, "TFLOPs"), (1e3, "GFLOPs"), (1e6, "MFLOPs"))  # (factor from TFLOPs, name), largest first
-BYTE_UNITS = ((1 / 1024, "GB"), (1.0, "MB"), (1024.0, "kB"))  # (factor from MB, name), largest first
+FLOP_UNITS = ((1.0, "TFLOPs"), (1e3, "GFLOPs"))  # (factor from TFLOPs, name), largest first
+BYTE_UNITS = ((1 / 1024, "GB"), (1.0, "MB"))  # (factor from MB, name), largest first
 UNIT_COLUMNS = {"tflops": FLOP_UNITS, "kv_mb": BYTE_UNITS}
 
 
