@@ -1,4 +1,4 @@
-"""``prunebench report`` and ``prunebench plot``."""
+"""``prunebench report``, ``prunebench plot`` and ``prunebench compare``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,17 @@ examples:
 """
 
 
+COMPARE_EPILOG = """\
+exit status: 0 when every cell is in both runs and each has the same status, task scores, RelAcc and agreement
+(within --score-tolerance); 1 otherwise. Differences in tokens, FLOPs, KV bytes and latency are shown but do not
+change the exit status.
+
+examples:
+  prunebench compare results/reference/demo results/demo      the committed reference against a fresh demo run
+  prunebench compare runA runB --latency-tolerance 0.2 --json
+"""
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `prunebench run` (several are combined)")
     p.add_argument("--with-published", action="store_true",
@@ -95,6 +106,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="figure width: single (3.3 in), double (6.3 in) or inches (default: budget curves and heat map "
                         "double, Pareto plots single)")
     p.set_defaults(func=cmd_plot)
+
+    c = subparsers.add_parser(
+        "compare", help="what differs between two runs, cell by cell (exit 1 if accuracy differs)",
+        description="Match the cells of two run folders (model, method and parameters, budget, budget mode and scope, "
+        "suite, limit, seed, preprocessing, layout; not the keys, which also cover code versions) and show per cell what "
+        "differs: status, each task's score, RelAcc, agreement, visual tokens, FLOPs, KV bytes, and latency beyond a relative "
+        "tolerance; then the cells found in only one run.",
+        epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("run_a", metavar="RUN_A", help="run folder (e.g. results/reference/demo)")
+    c.add_argument("run_b", metavar="RUN_B", help="run folder to compare with RUN_A (e.g. results/demo)")
+    c.add_argument("--latency-tolerance", type=float, default=0.5, metavar="R",
+                   help="relative latency difference still counted as equal (default 0.5 = ±50%%: timings follow the machine's load)")
+    c.add_argument("--score-tolerance", type=float, default=0.0, metavar="D",
+                   help="absolute task-score difference still counted as equal (default 0; RelAcc and agreement: 100 x D points)")
+    c.add_argument("--all", dest="all_cells", action="store_true", help="every record in cells/, also those plan.json no longer lists")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_compare)
 
 
 def _leaderboard(args: argparse.Namespace):
@@ -171,3 +199,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from prunebench.report.compare import compare_runs
+
+    for run in (args.run_a, args.run_b):
+        if not (Path(run) / "cells").is_dir():
+            raise PruneBenchError(f"{run} is not a run folder (no {Path(run) / 'cells'}/); pass folders written by `prunebench run`")
+    if args.latency_tolerance < 0 or args.score_tolerance < 0:
+        raise PruneBenchError("--latency-tolerance and --score-tolerance must be >= 0 (e.g. --latency-tolerance 0.5)")
+    result = compare_runs(args.run_a, args.run_b, score_tolerance=args.score_tolerance, latency_tolerance=args.latency_tolerance,
+                          all_cells=args.all_cells)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sys.stdout.write(result.to_text())
+    return 0 if result.equal_accuracy else 1

@@ -162,7 +162,7 @@ def _table(part: pd.DataFrame, full: pd.DataFrame, rank: pd.DataFrame, decimals:
             lines.append(f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{escape(title[2])}{model}}}}} \\\\")
             block = title
         cells = [_method_cell(row), escape(budget_text(row))]
-        if row["status"] in ("failed", "infeasible"):
+        if row["status"] in ("failed", "infeasible", "missing"):
             cells.append(f"\\multicolumn{{{len(value_cols)}}}{{c}}{{\\textit{{{row['status']}}}}}")
         else:
             printed = printed_text(row)

@@ -150,8 +150,50 @@ def load_records(source: Any, all_cells: bool = False) -> list[tuple[str, dict[s
                 log.info("%s: %d record(s) in cells/ are not in plan.json (an earlier sweep); shown with --all",
                          store.root, len(records) - len(kept))
             records = kept
+        records += missing_records(store, records)
         items += [(label, rec) for rec in records]
     return items
+
+
+MISSING = "missing"  # status of a planned cell without a valid record (not run yet, or its record is damaged)
+
+
+def missing_records(store: ResultStore, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stand-in records (status "missing") for the cells of the run's ``plan.json`` that have no valid record: not run
+    yet, interrupted, or damaged (the store's ``missing_or_damaged`` says which, where it has it)."""
+    path = store.root / "plan.json"
+    if not path.exists():
+        return []
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    plan = [c for c in plan if isinstance(c, dict) and "key" in c] if isinstance(plan, list) else []
+    have = {r.get("key") for r in records}
+    lister = getattr(store, "missing_or_damaged", None)
+    reasons: dict[str, str] = {}
+    if callable(lister):
+        try:
+            reasons = {str(m["key"]): f"{m.get('state')}: {m.get('reason')}" if m.get("reason") else str(m.get("state"))
+                       for m in lister(plan)}
+        except Exception:  # noqa: BLE001 - the listing is a courtesy; the plan alone says what is missing
+            reasons = {}
+    common = next((r for r in records if r.get("method") != BASELINE_METHOD), records[0] if records else {})
+    out = []
+    for cell in plan:
+        key = str(cell["key"])
+        if key in have:
+            continue
+        method = str(cell.get("method") or BASELINE_METHOD)
+        out.append({
+            "key": key, "status": MISSING, "method": method, "budget": cell.get("budget"),
+            "model": common.get("model"), "suite": common.get("suite"), "task_names": common.get("task_names") or [],
+            "budget_mode": None if method == BASELINE_METHOD else common.get("budget_mode"),
+            "budget_scope": None if method == BASELINE_METHOD else common.get("budget_scope"),
+            "limit": common.get("limit"), "seed": common.get("seed"), "method_params": {},
+            "error": reasons.get(key) or "no record: not run yet, interrupted, or damaged",
+        })
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -661,7 +703,7 @@ def display_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
         cols.append(("run", "Run"))
     if (df["source"] != MEASURED).any():
         cols.append(("source", "Source"))
-    if (df["status"].isin(["failed", "infeasible"])).any():
+    if (df["status"].isin(["failed", "infeasible", MISSING])).any():
         cols.append(("status", "Status"))
     values = value_columns(df)
     cols += [(t, t) for t in task_columns(df) if t in values]
@@ -727,7 +769,8 @@ def legend(df: pd.DataFrame) -> list[str]:
         unit = (df.attrs.get("units") or {}).get("kv_mb", "MB")
         parts.append(f"KV: key/value cache after the prefill, in {unit} (1 MB = 2^20 bytes)")
     if "status" in shown:
-        parts.append("infeasible: the method cannot meet that budget in this budget mode; failed: the cell raised")
+        parts.append("infeasible: the method cannot meet that budget in this budget mode; failed: the cell raised"
+                     + ("; missing: planned, but no valid record (not run yet, interrupted or damaged)" if (df["status"] == MISSING).any() else ""))
     if (df["source"] != MEASURED).any():
         parts.append("published rows are quoted from the papers (their own conventions) and not ranked")
     return [p[0].upper() + p[1:] + "." for p in parts]
@@ -761,7 +804,7 @@ def _markdown_table(df: pd.DataFrame) -> str:
             elif col == "status":
                 text = status_text(row)
             elif col in numeric:
-                if row["status"] in ("failed", "infeasible"):
+                if row["status"] in ("failed", "infeasible", MISSING):
                     text = row["status"]
                 else:
                     text = cell_text(row, col, decimals[col], printed) + cost_mark(df, row, col)
