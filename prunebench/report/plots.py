@@ -29,6 +29,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
@@ -247,7 +248,7 @@ def _nbins(width: float) -> int:
 
 def _plain_ticks(axis, width: float) -> None:
     """Few ticks with plain labels: no offset text, no scientific notation (the unit is in the axis label)."""
-    axis.set_major_locator(MaxNLocator(nbins=_nbins(width), min_n_ticks=3))
+    axis.set_major_locator(MaxNLocator(nbins=_nbins(width), steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
     formatter = ScalarFormatter(useOffset=False)
     formatter.set_scientific(False)
     axis.set_major_formatter(formatter)
@@ -263,6 +264,34 @@ def _sensible_y(ax, values: np.ndarray, width: float) -> None:
     if hi - lo <= 1e-9 * max(1.0, abs(hi)):
         top = hi * 1.1 if hi > 0 else 1.0
         ax.set_ylim(min(0.0, lo * 1.1), top)
+
+
+LABEL_OFFSETS = ((3, 2, "left", "bottom"), (-3, 2, "right", "bottom"), (3, -2, "left", "top"), (-3, -2, "right", "top"))
+
+
+def _place_labels(fig: Figure, ax, labels: list[tuple[float, float, str]]) -> None:
+    """Budget labels beside their points: up-right, else the first of the other corners where the label does not
+    cover one already placed (points that share a position, e.g. two methods at one budget, get labels apart)."""
+    if not labels:
+        return
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # the layout, so positions are final
+    renderer = canvas.get_renderer()
+    placed = []
+    for x, y, text in labels:
+        chosen = None
+        for dx, dy, ha, va in LABEL_OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=MIN_FONT_PT,
+                              color="0.3", zorder=5)
+            box = ann.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                chosen = (ann, box)
+                break
+            ann.remove()
+        if chosen is None:  # every corner taken: up-right anyway
+            ann = ax.annotate(text, (x, y), xytext=(3, 2), textcoords="offset points", fontsize=MIN_FONT_PT, color="0.3", zorder=5)
+            chosen = (ann, ann.get_window_extent(renderer))
+        placed.append(chosen[1])
 
 
 def robust_limits(values: Sequence[float], k: float = 3.0) -> tuple[float, float, np.ndarray]:
@@ -432,6 +461,7 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
         fig = Figure(figsize=(w, 0.75 * w + 0.6), layout="constrained")
         ax = fig.subplots()
         edge = blended_transform_factory(ax.transAxes, ax.transData)
+        budget_labels: list[tuple[float, float, str]] = []
         for method, run, variant, label, group in _series(measured):
             group = group.sort_values("budget", na_position="last")
             kwargs = _series_kwargs(method, run, styles, variant, several_runs)
@@ -453,8 +483,7 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
                     ax.annotate(f"{row[cost]:.0f} {unit}", (1.0, float(row[y])), xycoords=edge, xytext=(-4, 4), textcoords="offset points",
                                 ha="right", va="bottom", fontsize=MIN_FONT_PT, color="0.25")
                 elif method != BASELINE_METHOD and not pd.isna(row["budget"]):
-                    ax.annotate(str(int(row["budget"])), (float(row[cost]), float(row[y])), xytext=(3, 2), textcoords="offset points",
-                                fontsize=MIN_FONT_PT, color="0.3", zorder=5)
+                    budget_labels.append((float(row[cost]), float(row[y]), str(int(row["budget"]))))
         for method, name, group in _published_groups(rows[rows["source"] != MEASURED]):
             group = group[~group.index.isin(clipped)]
             ax.plot(group[cost].astype(float), group[y].astype(float), label=name, **_published_kwargs(method, styles))
@@ -463,16 +492,19 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
         if front:
             xs = [points[i][0] for i in front]
             ys = [points[i][1] for i in front]
-            ax.plot(xs, ys, color="0.35", linewidth=0.9, drawstyle="steps-post", zorder=1, label="Pareto front")
+            ax.plot(xs, ys, color="0.35", linewidth=0.9, linestyle=(0, (4, 1.5)), drawstyle="steps-post", zorder=1, label="Pareto front")
         _plain_ticks(ax.xaxis, w)
         _plain_ticks(ax.yaxis, w)
         if robust and len(rows):
-            top = max(hi, float(np.nanmax(rows.loc[~rows.index.isin(clipped), "_p90"].to_numpy(dtype=float), initial=hi)) if not clipped else hi)
+            p90 = float(np.nanmax(rows.loc[~rows.index.isin(clipped), "_p90"].to_numpy(dtype=float), initial=hi))
+            top = max(hi, min(p90, hi + max(hi - lo, 0.1 * hi)))  # p90 bars fit, but may not stretch the axis much
             pad = 0.08 * (top - lo) or 0.1 * max(abs(top), 1.0)
             ax.set_xlim(max(0.0, lo - pad) if lo >= 0 else lo - pad, top + pad)
         values = measured[y].astype(float).to_numpy()
         if len(values) and np.nanmax(values) - np.nanmin(values) <= 1e-9 * max(1.0, abs(np.nanmax(values))):
             _sensible_y(ax, values, w)
+        ax.margins(y=0.08)  # the unpruned star at the top stays whole
+        _place_labels(fig, ax, budget_labels)
         ax.set_xlabel(cost_label(df, cost, unit))
         ax.set_ylabel(Y_AXES[y])
         if clipped:
