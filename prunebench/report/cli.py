@@ -14,8 +14,11 @@ REPORT_EPILOG = """\
 rows: the unpruned baseline, then method x budget (failed and infeasible cells are listed, not dropped);
 columns: each task's score, RelAcc (mean of score / unpruned score, %), agreement with the unpruned answers (%),
 latency (median time to first token, "TTFT (ms)", where recorded, else LLM prefill; a prefill time in a TTFT
-column is marked *), TFLOPs (counted, else analytic, marked †) and KV cache (MB). Bold / underline are ranked
-per budget on the printed values, a cost only among values of one kind.
+column is marked *; § marks a latency whose p90/median exceeds 1.5 or that was measured at a CPU load above 1.5
+per core), FLOPs (counted, else analytic, marked †; GFLOPs or TFLOPs, whichever suits the table) and KV cache
+(MB or GB). A legend under every table (the LaTeX caption) defines the columns and marks; a run of a model with
+random weights (the tiny test models) says so. Bold / underline are ranked per budget on the printed values, a
+cost only among values of one kind. A planned cell without a valid record is listed as missing.
 a run folder contributes the cells of its plan.json (the sweep as last planned); --all adds older records.
 published numbers print as the papers print them; in LaTeX each paper table gets its own table.
 
@@ -32,13 +35,15 @@ examples:
 """
 
 PLOT_EPILOG = """\
-figures (PNG and PDF, sized for a two-column paper, one colour and marker per method in every figure and
-every invocation; the star is the unpruned model's):
+figures (PNG and PDF, sized for a two-column paper, no text under 7 pt; one colour, marker and dash per method
+in every figure and every invocation, from a colour-blind-safe palette; the star is the unpruned model's):
   budget_curves      score per task and RelAcc versus budget; the unpruned model as a dotted line; × = a
                      failed or infeasible budget
-  pareto_prefill_ms  RelAcc versus time to first token (else prefill latency), with the Pareto front
-  pareto_tflops      RelAcc versus TFLOPs, with the Pareto front
-  pareto_kv_mb       RelAcc versus KV-cache size, with the Pareto front
+  pareto_prefill_ms  RelAcc versus median time to first token (else prefill latency), a bar to the p90, the
+                     Pareto front; an outlier (a loaded machine) sits at the axis edge with its value
+  pareto_tflops      RelAcc versus FLOPs (GFLOPs or TFLOPs, as the leaderboard prints them), with the Pareto front
+  pareto_kv_mb       RelAcc versus KV-cache size (MB or GB), with the Pareto front
+                     (each Pareto point is labelled with its budget)
   relacc_heatmap     method x budget grids of RelAcc: the mean, then one per task
 several runs: one line style and marker fill per run. published numbers (--with-published) are hollow
 markers labelled with their source, e.g. "FastV (VisPruner T1)"; the figures show one published table (the
@@ -47,7 +52,7 @@ one sharing most methods with the runs, or --published-source TEXT; --published-
 examples:
   prunebench plot results/toy                         figures in results/toy/plots/
   prunebench plot results/mine results/reference -o figs --with-published
-  prunebench plot results/toy --width single          every figure one column (3.3 in) wide
+  prunebench plot results/toy --width single          every figure one column (3.5 in) wide
 """
 
 
@@ -103,7 +108,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", default="png,pdf", help="comma list of file formats (default png,pdf)")
     p.add_argument("--dpi", type=int, default=300, help="resolution of raster formats (default 300)")
     p.add_argument("--width", metavar="W",
-                   help="figure width: single (3.3 in), double (6.3 in) or inches (default: budget curves and heat map "
+                   help="figure width: single (3.5 in), double (7 in) or inches (default: budget curves and heat map "
                         "double, Pareto plots single)")
     p.set_defaults(func=cmd_plot)
 

@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
-from matplotlib.transforms import blended_transform_factory
+from matplotlib.transforms import Bbox, blended_transform_factory
 
 from prunebench.report.leaderboard import MEASURED, display_name, display_units, latency_title, series_columns, task_columns
 from prunebench.report.published import short_source
@@ -48,6 +48,11 @@ MIN_FONT_PT = 7.0
 # seaborn's colour-blind palette; light pink (6) and yellow (8) read poorly on white: Tol's wine and olive instead
 PALETTE = tuple(to_rgb(c) for c in (*sns.color_palette("colorblind", 10).as_hex()[:6], "#882255", "#949494", "#999933", "#56b4e9"))
 METHOD_LINESTYLES = ("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))  # solid, dashed, dash-dot, dash-dot-dot
+# method -> index into METHOD_LINESTYLES, for the registered methods: methods often shown together (the defaults
+# random / visionzip / vispruner; fastv / sparsevlm / visionzip of the papers' tables) get different dashes.
+# Other names: from their position in METHOD_STYLES, or a hash.
+METHOD_DASHES = {"visionzip": 0, "vispruner": 1, "random": 3, "fastv": 0, "sparsevlm": 1, "divprune": 2, "hiprune": 2,
+                 "learnpruner": 1, "fastervlm": 2}
 BASELINE_MARKER = "*"
 FALLBACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "d", "<", ">", "p", "H", "8")
 FALLBACK_COLOURS = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # not grey: it reads as the random baseline
@@ -94,7 +99,7 @@ def method_style(method: str) -> dict[str, object]:
     digest = zlib.crc32(method.encode())
     if method in METHOD_STYLES:
         colour, marker = METHOD_STYLES[method]
-        dash = list(METHOD_STYLES).index(method)
+        dash = METHOD_DASHES.get(method, list(METHOD_STYLES).index(method))
     else:
         colour = FALLBACK_COLOURS[digest % len(FALLBACK_COLOURS)]
         marker = FALLBACK_MARKERS[(digest // len(FALLBACK_COLOURS)) % len(FALLBACK_MARKERS)]
@@ -277,7 +282,8 @@ def _place_labels(fig: Figure, ax, labels: list[tuple[float, float, str]]) -> No
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     fig.draw_without_rendering()  # the layout, so positions are final
     renderer = canvas.get_renderer()
-    placed = []
+    r = renderer.points_to_pixels(2.5)  # a marker's radius: a label does not cover another point either
+    placed = [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in ax.transData.transform([(x, y) for x, y, _ in labels])]
     for x, y, text in labels:
         chosen = None
         for dx, dy, ha, va in LABEL_OFFSETS:
