@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -319,7 +320,7 @@ def _figures(df, width):
 
 def _overlaps(labels) -> list[tuple[str, str]]:
     boxes = sorted(((t.get_window_extent(), t.get_text()) for t in labels if t.get_visible() and t.get_text()), key=lambda b: b[0].x0)
-    return [(a[1], b[1]) for a, b in zip(boxes, boxes[1:]) if a[0].overlaps(b[0])]
+    return [(a[1], b[1]) for a, b in itertools.pairwise(boxes) if a[0].overlaps(b[0])]
 
 
 @pytest.mark.parametrize("width", ["single", "double"])
@@ -339,7 +340,7 @@ def test_figures_have_readable_ticks_and_fonts_at_both_widths(tmp_path, width):
                 if axis == "y":  # stacked vertically: compare heights
                     boxes = sorted(((t.get_window_extent(), t.get_text()) for t in ticks if t.get_visible() and t.get_text()),
                                    key=lambda b: b[0].y0)
-                    bad = [(a[1], b[1]) for a, b in zip(boxes, boxes[1:]) if a[0].overlaps(b[0])]
+                    bad = [(a[1], b[1]) for a, b in itertools.pairwise(boxes) if a[0].overlaps(b[0])]
                 else:
                     bad = _overlaps(ticks)
                 assert not bad, (name, width, axis, bad)
@@ -382,8 +383,7 @@ def test_pareto_points_carry_their_budget_and_latency_is_robust(tmp_path):
     ax = fig.axes[0]
     budgets = sorted(t.get_text() for t in ax.texts if t.get_text().isdigit())
     assert budgets.count("32") == 4 and budgets.count("16") == 2  # every plotted pruned point but the outlier
-    lo, hi = ax.get_xlim()
-    assert hi < 100  # the 2053 ms outlier does not squash the 12-30 ms points
+    assert ax.get_xlim()[1] < 100  # the 2053 ms outlier does not squash the 12-30 ms points
     assert any("2053 ms" in t.get_text() for t in ax.texts)  # ... it is drawn at the edge with its value
     assert any(c.get_label() == "_p90" for c in ax.containers)  # p90 bars
     assert ax.get_xlabel() == "Time to first token (ms, median; bar: p90)"

@@ -167,5 +167,5 @@ def catalog_rows() -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["CATALOG", "ModelEntry", "RANDOM_WEIGHTS_NOTE", "catalog_entry", "catalog_rows", "is_random_weights", "visual_tokens",
+__all__ = ["CATALOG", "RANDOM_WEIGHTS_NOTE", "ModelEntry", "catalog_entry", "catalog_rows", "is_random_weights", "visual_tokens",
            "visual_tokens_text", "weights_present"]
