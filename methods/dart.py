@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from prunebench.core import PruneBenchError, Selection, SingleCutLLMPruner
 from prunebench.registry import register_method
@@ -81,15 +80,21 @@ class DART(SingleCutLLMPruner):
     # -- signals -------------------------------------------------------------------------------------------
     def key_norms(self, view: LayerView) -> torch.Tensor:
         """(B, L) L1 norm of every token's layer K-1 key, all KV heads concatenated (post-RoPE), fp32."""
-        return view.keys().float().abs().sum(dim=(1, 3))
+        return torch.linalg.vector_norm(view.keys().float(), ord=1, dim=(1, 3))
 
-    def features(self, view: LayerView) -> torch.Tensor:
-        """(B, L, D) unit-norm hidden states in the duplication metric's space, fp32."""
-        hidden = view.hidden_states
+    def similarities(self, view: LayerView, pivots: torch.Tensor) -> torch.Tensor:
+        """(B, P, N) cosine similarity of each pivot (sequence positions, -1 = absent) to every visual candidate,
+        in the duplication metric's space, fp32; only the rows involved are normed."""
+        index = torch.cat([pivots.clamp(min=0), view.visual_index], dim=1)
+        rows = view.hidden_states.gather(1, index[..., None].expand(-1, -1, view.hidden_states.shape[-1]))
         norm = getattr(view, "final_norm", None)
         if self.similarity == "final_norm" and norm is not None:
-            hidden = norm(hidden)
-        return F.normalize(hidden.float(), dim=-1)
+            rows = norm(rows)  # RMSNorm acts per token: norming the gathered rows equals gathering the normed ones
+        rows = rows.float()
+        length = torch.linalg.vector_norm(rows, dim=-1).clamp(min=1e-12)
+        count = pivots.shape[1]
+        dots = rows[:, :count] @ rows[:, count:].transpose(1, 2)
+        return dots / (length[:, :count, None] * length[:, None, count:])
 
     # -- selection -----------------------------------------------------------------------------------------
     def pivots(self, view: LayerView, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,13 +134,10 @@ class DART(SingleCutLLMPruner):
         # claims per pivot: equal shares, one more for the first (claims % pivots) pivots in processing order
         slot = present.long().cumsum(1) - 1
         quota = torch.where(present, claims // count.clamp(min=1) + (slot < claims % count.clamp(min=1)).long(), torch.zeros_like(order))
-        feats = self.features(view)
-        visual = feats.gather(1, view.visual_index[..., None].expand(-1, -1, feats.shape[-1]))  # (B, N, D)
-        pivot = feats.gather(1, order.clamp(min=0)[..., None].expand(-1, -1, feats.shape[-1]))  # (B, P, D)
-        similarity = pivot @ visual.transpose(1, 2)  # (B, P, N)
-        kept = torch.zeros(bsz, num, dtype=torch.bool, device=feats.device)
+        similarity = self.similarities(view, order)  # (B, P, N)
+        kept = torch.zeros(bsz, num, dtype=torch.bool, device=similarity.device)
         kept.scatter_(1, image, True)
-        slots = torch.arange(num, device=feats.device)
+        slots = torch.arange(num, device=similarity.device)
         for step in range(order.shape[1]):  # one batched tensor step per pivot
             q_max = int(quota[:, step].max())
             if q_max == 0:

@@ -161,11 +161,10 @@ class PruMergePlus(VisionStagePruner):
             similarity = keys.gather(1, kept[..., None].expand(-1, -1, keys.shape[-1])) @ keys.transpose(1, 2)  # (B, k, N)
             similarity.scatter_(2, kept[..., None], float("-inf"))  # every other token, kept or pruned
             near = similarity.topk(neighbours, dim=2).indices  # (B, k, n)
-            weights = attention[:, None, :].expand(-1, kept.shape[1], -1).gather(2, near)
-            gathered = features[:, None].expand(-1, kept.shape[1], -1, -1).gather(2, near[..., None].expand(-1, -1, -1, dim))
-            out = out + (weights[..., None].to(features.dtype) * gathered).sum(2)
+            weights = torch.zeros_like(similarity).scatter_(2, near, attention[:, None, :].expand_as(similarity).gather(2, near))
+            out = out + (weights.to(features.dtype) @ features)  # row i: sum over its neighbours j of a_j x_j
         if self.extra_token and quota > 1:
             pruned = torch.ones(bsz, num, dtype=torch.bool, device=features.device).scatter_(1, kept, False)
-            extra = ((attention * pruned)[..., None].to(features.dtype) * features).sum(1, keepdim=True)
+            extra = (attention * pruned)[:, None, :].to(features.dtype) @ features
             out = torch.cat([out, extra], dim=1)
         return out
