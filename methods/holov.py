@@ -79,8 +79,8 @@ class HoloV(VisionStagePruner):
     Choices where the code, the paper and the budget contract disagree:
       * **overflow**: a quota above its chunk's size is lost in the code and the output is zero-padded to K
         with zero embeddings the LLM attends to. prunebench feeds K real tokens: the overflow goes to the
-        chunks with room, highest w first, which is the paper's redistribution (Sec. 3, "iterative
-        redistribution"). With every quota within its chunk (the usual case at 64-192 of 576) both agree.
+        chunks with room, highest w first, as the paper's allocation (Eq. 1-5) redistributes overflowing quota.
+        With every quota within its chunk (the usual case at 64-192 of 576) both agree.
       * **order**: the code emits chunk order and, inside a chunk, descending attention; the paper
         re-arranges the kept tokens spatially. The LLM gets them in raster order here (the paper's order).
       * ``rank="holistic"`` ranks inside a chunk by h_i, as the paper describes (the code: attention only).
