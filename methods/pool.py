@@ -104,11 +104,11 @@ class Pool(VisionStagePruner):
             height, width = int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1
             if height * width != members.numel():
                 raise UnsupportedModel(f"pool: unit {unit}'s patches do not form a rectangle of its grid; use a layout without unpadding")
+            if quota > height * width:
+                raise PruneBenchError(f"pool: unit {unit} holds {height * width} patches, fewer than its share {quota}; use a smaller budget")
             raster = members[((rows - r0) * width + (cols - c0)).argsort()]  # the unit's patches in raster order
             feats = view.features[:, raster]  # (B, height * width, D)
-            weights = bin_weights(height, width, pooled_shape(min(quota, height * width), height, width), feats.device)
-            if quota > height * width:
-                raise PruneBenchError(f"pool: unit {unit} holds {height * width} patches, fewer than its share {quota}")
+            weights = bin_weights(height, width, pooled_shape(quota, height, width), feats.device)
             if self.reduce == "avg":
                 pooled.append(torch.einsum("kn,bnd->bkd", weights.to(feats.dtype), feats))
             else:
