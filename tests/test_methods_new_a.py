@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from prunebench.methods.holov import allocate
-from prunebench.methods.pool import pooled_shape
-from prunebench.methods.prumerge_plus import iqr_outliers
 
 from prunebench.attention import Captured
 from prunebench.core import InfeasibleBudget, PlanContext, UnsupportedModel, check_plan_meets_budget, solve_single_cut
+from prunebench.methods.holov import allocate
+from prunebench.methods.pool import pooled_shape
+from prunebench.methods.prumerge_plus import iqr_outliers
 from prunebench.registry import create_method
 from prunebench.views import LayerView, VisionView, sample_generators
 
@@ -34,10 +34,14 @@ def dart_view(hidden: torch.Tensor, key_norm: torch.Tensor, visual: list[int], p
     key[0, 0, pad:, 0] = key_norm  # the L1 norm over heads and dims is the planted value
     valid = torch.tensor([[False] * pad + [True] * length])
     return LayerView(
-        layer=2, hidden_states=hidden, visual_index=torch.tensor([[pad + v for v in visual]]), valid=valid,
+        layer=2,
+        hidden_states=hidden,
+        visual_index=torch.tensor([[pad + v for v in visual]]),
+        valid=valid,
         position_ids=(valid.long().cumsum(1) - 1).clamp(min=0),
         captured=Captured(query=torch.zeros(1, 2, pad + length, 3), key=key, mask=None, scaling=1.0, causal=True),
-        generators=sample_generators(0, ["s"]), final_norm=final_norm,
+        generators=sample_generators(0, ["s"]),
+        final_norm=final_norm,
     )
 
 
@@ -106,7 +110,10 @@ def test_dart_measures_duplication_after_the_final_norm():
     norm[1] = 5.0
     weight = torch.ones(12)
     weight[1] = 0.0
-    rms = lambda h: h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+
+    def rms(h):
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+
     method = create_method("dart", image_pivots=1, text_pivots=0)
     assert method.select_llm(dart_view(hidden, norm, [1, 2, 3, 4]), 2).keep[0].tolist() == [0, 2]
     assert method.select_llm(dart_view(hidden, norm, [1, 2, 3, 4], final_norm=rms), 2).keep[0].tolist() == [0, 1]
@@ -129,8 +136,13 @@ def test_dart_batch_equals_one_by_one():
         hidden_states=torch.cat([F.pad(views[0].hidden_states, (0, 0, pad0, 0)), views[1].hidden_states]),
         visual_index=torch.cat([views[0].visual_index + pad0, views[1].visual_index]),
         valid=torch.cat([F.pad(views[0].valid, (pad0, 0)), views[1].valid]),
-        captured=Captured(query=torch.zeros(2, 2, width, 3), key=torch.cat([F.pad(views[0].captured.key, (0, 0, pad0, 0)), views[1].captured.key]),
-                          mask=None, scaling=1.0, causal=True),
+        captured=Captured(
+            query=torch.zeros(2, 2, width, 3),
+            key=torch.cat([F.pad(views[0].captured.key, (0, 0, pad0, 0)), views[1].captured.key]),
+            mask=None,
+            scaling=1.0,
+            causal=True,
+        ),
         generators=sample_generators(0, ["a", "b"]),
     )
     assert torch.equal(create_method("dart").select_llm(both, 9).keep, torch.cat(alone))
@@ -146,8 +158,16 @@ def test_dart_plan_is_fastv_like():
 
 # -- pool --------------------------------------------------------------------------------------------------------
 def grid_view(features: torch.Tensor, grid: tuple[int, int], captured=None, projector=None, has_cls=True) -> VisionView:
-    return VisionView(features=features, cls_feature=features[:, 0], grid=grid, feature_layer=1, num_vision_layers=3,
-                      projector=projector or (lambda x: x), captured=captured or {}, has_cls=has_cls)
+    return VisionView(
+        features=features,
+        cls_feature=features[:, 0],
+        grid=grid,
+        feature_layer=1,
+        num_vision_layers=3,
+        projector=projector or (lambda x: x),
+        captured=captured or {},
+        has_cls=has_cls,
+    )
 
 
 def test_pool_shapes_follow_the_grid_aspect():
