@@ -341,3 +341,30 @@ def test_scope_saliency_weights_the_coverage_gain():
 def test_scope_refuses_towers_without_cls():
     with pytest.raises(UnsupportedModel):
         create_method("scope").select_vision(grid_view(clusters(), (2, 3), has_cls=False), 2)
+
+
+def test_grid_coords_and_pool_skip_frame_cls_tokens():
+    """Two Video-LLaVA-like frames of [CLS] + 2x2 patches (the HF model keeps the frame [CLS] as a candidate):
+    [CLS] tokens are off the grid (-1) and pooling averages each frame's patches only, one token per frame here."""
+    from prunebench.views import UnitVisionView
+
+    feats = torch.arange(10.0)[None, :, None].expand(1, 10, 2).clone()
+    token_map = torch.arange(10)[None]
+    view = UnitVisionView(
+        features=feats,
+        cls_feature=None,
+        grid=(2, 2),
+        feature_layer=1,
+        num_vision_layers=3,
+        projector=lambda x: x,
+        has_cls=True,
+        num_units=2,
+        unit_kind="frame",
+        unit_of=token_map // 5,
+        token_map=token_map,
+        unit_tokens=5,
+    )
+    coords = view.grid_coords()[0].tolist()
+    assert coords[0] == coords[5] == [-1, -1] and coords[1:5] == coords[6:10] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    pooled = create_method("pool").select_vision(view, 2).append[0, :, 0].tolist()
+    assert pooled == [2.5, 7.5]  # means of patches 1..4 and 6..9, the [CLS] values 0 and 5 left out
