@@ -368,3 +368,33 @@ def test_grid_coords_and_pool_skip_frame_cls_tokens():
     assert coords[0] == coords[5] == [-1, -1] and coords[1:5] == coords[6:10] == [[0, 0], [0, 1], [1, 0], [1, 1]]
     pooled = create_method("pool").select_vision(view, 2).append[0, :, 0].tolist()
     assert pooled == [2.5, 7.5]  # means of patches 1..4 and 6..9, the [CLS] values 0 and 5 left out
+
+
+def _dart_reference(hidden: torch.Tensor, l1: torch.Tensor, start: int, num: int, m: int) -> list[int]:
+    """The authors' rule written out with Python sets (``get_retained_image_token``): 4 image + 4 text pivots by key
+    L1 norm, each pivot in CPython set order claims the m // 8 remaining candidates least cosine-similar to it."""
+    unit = F.normalize(hidden, dim=-1)
+    image = (start + l1[start : start + num].topk(4).indices).tolist()
+    text = (start + num + l1[start + num :].topk(4).indices).tolist()
+    kept = set(image + text)
+    pool = set(range(start, start + num)) - set(image)
+    for pivot in list(kept):
+        candidates = sorted(pool)
+        similarity = unit[candidates] @ unit[pivot]
+        chosen = {candidates[i] for i in (-similarity).topk(m // 8).indices.tolist()}
+        kept |= chosen
+        pool -= chosen
+    return sorted(kept - set(text))
+
+
+@pytest.mark.parametrize("m", [8, 16, 24])
+def test_dart_budget_4_plus_8_topk_is_the_original_rule(m):
+    """Budget 4 + 8 (m // 8) in final mode keeps exactly what the original keeps for its argument m (its '128' row
+    keeps 132), on random states where no ties occur."""
+    gen = torch.Generator().manual_seed(m)
+    start, num, length = 5, 40, 56
+    hidden = torch.randn(length, 12, generator=gen)
+    l1 = torch.rand(length, generator=gen) + 0.1
+    view = dart_view(hidden, l1, list(range(start, start + num)))
+    keep = create_method("dart").select_llm(view, 4 + 8 * (m // 8)).keep[0]
+    assert (view.visual_index[0, keep]).tolist() == _dart_reference(hidden, l1, start, num, m)
