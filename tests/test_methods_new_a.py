@@ -398,3 +398,39 @@ def test_dart_budget_4_plus_8_topk_is_the_original_rule(m):
     view = dart_view(hidden, l1, list(range(start, start + num)))
     keep = create_method("dart").select_llm(view, 4 + 8 * (m // 8)).keep[0]
     assert (view.visual_index[0, keep]).tolist() == _dart_reference(hidden, l1, start, num, m)
+
+
+def _holov_reference(z: torch.Tensor, a: torch.Tensor, k: int, chunks: int = 16, alpha: float = 0.09) -> list[int]:
+    """The released ``HoloV`` loop, chunk by chunk in Python (no overflow on these inputs, so no zero padding)."""
+    n = a.numel()
+    sizes = [n // chunks + (c < n % chunks) for c in range(chunks)]
+    starts = [sum(sizes[:c]) for c in range(chunks)]
+    scores = []
+    for s, m in zip(starts, sizes):
+        zc = z[s : s + m] / (z[s : s + m].norm(dim=-1, keepdim=True) + 1e-6)
+        sim = zc @ zc.T
+        sim.fill_diagonal_(0)
+        mu = sim.sum(1, keepdim=True) / (m - 1)
+        var = ((sim - mu) ** 2).sum(1) / (m - 1)
+        scaled = 1000 * a[s : s + m]
+        gamma = scaled.abs().mean() / (var.abs().mean() + 1e-6)
+        scores.append(float((scaled + alpha * gamma * var).mean()))
+    w = [x / (sum(scores) + 1e-6) for x in scores]
+    q = [math.floor(x * k) for x in w]
+    for c in sorted(range(chunks), key=lambda c: -w[c])[: k - sum(q)]:
+        q[c] += 1
+    assert all(qc <= m for qc, m in zip(q, sizes))
+    kept = []
+    for s, m, qc in zip(starts, sizes, q):
+        kept += (s + a[s : s + m].topk(qc).indices).tolist() if qc < m else list(range(s, s + m))
+    return sorted(kept)
+
+
+def test_holov_equals_the_released_loop_without_overflow():
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(1, 96, 8, generator=gen)
+    logits = torch.randn(1, 96, generator=gen)
+    view = grid_view(z, (8, 12), captured={1: cls_captured(logits)})
+    a = view.cls_attention()[0]
+    kept = create_method("holov").select_vision(view, 24).keep[0].tolist()
+    assert kept == _holov_reference(z[0], a, 24)
