@@ -434,3 +434,12 @@ def test_holov_equals_the_released_loop_without_overflow():
     a = view.cls_attention()[0]
     kept = create_method("holov").select_vision(view, 24).keep[0].tolist()
     assert kept == _holov_reference(z[0], a, 24)
+
+
+@pytest.mark.parametrize("keep, shape", [(192, (12, 16)), (128, (8, 16)), (64, (8, 8)), (35, (5, 7))])
+def test_pool_equals_adaptive_avg_pool2d_on_rectangles(keep, shape):
+    """Exact rectangles use PyTorch's adaptive windows, overlapping ones (24 -> 5, 7) included."""
+    feats = torch.randn(2, 576, 6, generator=torch.Generator().manual_seed(keep))
+    pooled = create_method("pool").select_vision(grid_view(feats, (24, 24)), keep).append
+    expected = F.adaptive_avg_pool2d(feats.transpose(1, 2).reshape(2, 6, 24, 24), shape).flatten(2).transpose(1, 2)
+    assert torch.allclose(pooled, expected, atol=1e-5)
