@@ -73,7 +73,9 @@ class Pool(VisionStagePruner):
         not pooled and not kept: each frame's share goes to its pooled patches;
       * a unit whose patches do not fill a rectangle of its grid cannot be pooled as a grid; stock LLaVA-NeXT
         unpads sub-crops, which cuts whole rows/columns, so each crop's remaining patches are a rectangle and
-        are pooled as such (the newline tokens stay, outside the budget, as for every method);
+        are pooled as such. Its newline tokens stay outside the budget as for every method, but pooled tokens are
+        merged tokens, which the adapter places after the kept ones: with nothing kept, the LLM sees every row's
+        newline first and then the pooled tokens. ``--layout fivecrop`` (no newlines) is the clean NeXT setting;
       * Qwen2.5-VL is refused (:class:`UnsupportedModel`): pooled tokens would need M-RoPE positions on a pooled
         grid, and a merged token there takes the position of the image's last token.
     """

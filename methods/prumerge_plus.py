@@ -61,9 +61,10 @@ class PruMergePlus(VisionStagePruner):
     Multi-unit inputs (no author code: the original's list branch for LLaVA-NeXT does not prune, and the paper's
     Video-LLaVA runs are undocumented): each crop / frame gets its share of the budget (:func:`unit_quotas`) and
     runs the algorithm on its own tokens with its own [CLS] row and its own extra token, as the third-party
-    NeXT ports do per crop. Video-LLaVA's frame [CLS] tokens are candidates there (the stock HF model keeps
-    them), scored by their attention to themselves. Towers without [CLS] (Qwen2.5-VL) are refused: the rule is
-    defined on the [CLS] row and no port defines a substitute.
+    NeXT ports do per crop; every output token is a merged token, so on stock AnyRes the LLM sees the row newlines
+    first and the merged tokens after them (``--layout fivecrop`` has no newlines). Video-LLaVA's frame [CLS]
+    tokens are candidates there (the stock HF model keeps them), scored by their attention to themselves. Towers
+    without [CLS] (Qwen2.5-VL) are refused: the rule is defined on the [CLS] row and no port defines a substitute.
     """
 
     variant: str = "fixed"
