@@ -443,3 +443,21 @@ def test_pool_equals_adaptive_avg_pool2d_on_rectangles(keep, shape):
     pooled = create_method("pool").select_vision(grid_view(feats, (24, 24)), keep).append
     expected = F.adaptive_avg_pool2d(feats.transpose(1, 2).reshape(2, 6, 24, 24), shape).flatten(2).transpose(1, 2)
     assert torch.allclose(pooled, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "tiny-qwen2_5_vl"])
+def test_adapter_final_norm_is_the_norm_after_the_last_decoder_layer(model):
+    """DART's duplication space: the module that maps the last decoder layer's output to the LLM's final state."""
+    from prunebench.models import load_model
+
+    adapter = load_model(model)
+    last_layer = adapter.decoder_layers()[-1]
+    seen = []
+    handle = last_layer.register_forward_hook(lambda module, args, output: seen.append(output[0] if isinstance(output, tuple) else output))
+    embeds = torch.randn(1, 5, adapter.model.get_input_embeddings().weight.shape[1], generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            out = adapter._inner.language_model(inputs_embeds=embeds)
+            assert torch.allclose(adapter.final_norm()(seen[-1]), out.last_hidden_state, atol=1e-6)
+    finally:
+        handle.remove()
