@@ -461,3 +461,22 @@ def test_adapter_final_norm_is_the_norm_after_the_last_decoder_layer(model):
             assert torch.allclose(adapter.final_norm()(seen[-1]), out.last_hidden_state, atol=1e-6)
     finally:
         handle.remove()
+
+
+def test_the_engine_hands_dart_the_llms_final_norm(tiny_llava, samples):
+    """DART's duplication space is the LLM's final RMSNorm: the engine's LayerView must carry that module (a
+    None here silently falls back to the raw layer output)."""
+    from prunebench.engine import Pruner
+
+    dart = create_method("dart")
+    seen = []
+    original = dart.select_llm
+
+    def spy(view, keep):
+        seen.append(view.final_norm)
+        return original(view, keep)
+
+    dart.select_llm = spy
+    with Pruner(tiny_llava, dart, 64, budget_mode="final") as pruner:
+        pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=1)
+    assert seen and seen[0] is tiny_llava.final_norm() and seen[0] is not None
