@@ -582,14 +582,14 @@ class RunLock:
                             "--wait, or choose another --output") from None
         except OSError as exc:
             raise PruneBenchError(f"cannot lock the run folder {root}: {exc.strerror or exc}; {os_error_fix(exc)}") from None
-        try:
+        _HELD[held] = 1
+        self._nested = None
+        try:  # the first write into the folder: a full disk or a read-only folder shows here, before any result
             info = {"pid": os.getpid(), "host": platform.node(), "started": _now(), "command": self.command}
             atomic_write_text(self.info_path, json.dumps(info) + "\n")
         except BaseException:
-            self._lock.release()
+            self.release(failed=True)
             raise
-        _HELD[held] = 1
-        self._nested = None
         self.store.repair = True
         self.store.clean_stale_tmp(0)
         return self

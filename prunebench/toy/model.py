@@ -2,7 +2,7 @@
 stock ``LlavaForConditionalGeneration`` (CLIP ViT with [CLS] + Llama decoder), all from scratch.
 
 The saved directory is an ordinary ``save_pretrained`` checkpoint, loaded with
-``LlavaForConditionalGeneration.from_pretrained(dir)`` and ``AutoProcessor.from_pretrained(dir)``,
+``LlavaForConditionalGeneration.from_pretrained(dir, use_safetensors=True)`` and ``AutoProcessor.from_pretrained(dir)``,
 exactly like a hub model. :func:`load_checkpoint` is how the toy commands load one: safetensors only, never a
 pickled ``pytorch_model.bin``.
 """
