@@ -369,6 +369,16 @@ class ResultStore:
                 out.append({"key": key, "label": cell.get("label", key) if isinstance(cell, dict) else key, "state": state, "reason": detail})
         return out
 
+    def report_missing(self, plan: Iterable[Any] | None = None) -> list[dict[str, Any]]:
+        """:meth:`missing_or_damaged`, each also logged as one warning line (what a report shows instead of silently
+        leaving the row out)."""
+        gaps = self.missing_or_damaged(plan)
+        for gap in gaps:
+            detail = f": {gap['reason']}" if gap["reason"] else ""
+            log.warning("%s: cell %s (%s) is %s%s; `prunebench run` with the same settings computes it", self.root, gap["label"],
+                        gap["key"], gap["state"], detail)
+        return gaps
+
     def plan(self) -> list[dict[str, Any]] | None:
         """plan.json validated: the cells, None when there is none; a damaged one is reported (set aside in
         repair mode) and read as None."""

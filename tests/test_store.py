@@ -238,3 +238,99 @@ def test_a_bad_input_found_under_the_lock_leaves_no_folder_behind(tmp_path):
         with ResultStore(root).lock():
             raise PruneBenchError("unknown task")
     assert not root.exists()
+
+
+# -- a real sweep: damage is recomputed, nothing else ------------------------------------------------------------------
+SMALL = dict(model="tiny-llava", tasks="shapes_count", limit=2, batch_size=2, latency={"samples": 1, "warmup": 0, "new_tokens": 1},
+             methods="random", budgets="64")
+
+
+def _sweep(root, **overrides):
+    pytest.importorskip("lmms_eval.evaluator")
+    from prunebench.runner import Sweep, resolve_config
+
+    return Sweep(resolve_config(None, {**SMALL, "output": str(root / "run"), **overrides}), progress=False, echo=lambda _m: None)
+
+
+@pytest.fixture
+def swept(tmp_path, tiny_llava):
+    def rerun():
+        sweep = _sweep(tmp_path)
+        sweep._adapter = tiny_llava
+        return sweep, sweep.run()
+
+    sweep, result = rerun()
+    assert len(result.computed) == 2
+    return sweep, rerun
+
+
+def test_a_damaged_cell_of_a_real_run_is_recomputed_and_nothing_else(swept):
+    sweep, rerun = swept
+    baseline, cell = sweep.cells
+    before = sweep.store.get(cell.key)
+    sweep.store.path(cell.key).write_text(json.dumps({"status": "done"}))  # trusted and never recomputed before
+    _, result = rerun()
+    assert result.computed == [cell.key] and result.skipped == [baseline.key]
+    after = sweep.store.get(cell.key)
+    assert after["status"] == "done" and after["tasks"] == before["tasks"] and after["agreement"] == before["agreement"]
+    assert [e["key"] for e in sweep.store.damaged()] == [cell.key]
+    assert not list((sweep.store.root / "partial").glob("*/*.json"))
+
+
+def test_a_garbled_baseline_samples_file_of_a_real_run_is_repaired(swept):
+    sweep, rerun = swept
+    baseline, cell = sweep.cells
+    agreement = sweep.store.get(cell.key)["agreement"]
+    assert agreement is not None
+    sweep.store.samples_path(baseline.key).write_text("garbage\n")
+    sweep.baselines.samples_path(baseline.key).unlink()  # the shared copy too: nothing to restore it from
+    sweep.store.path(cell.key).unlink()  # a new cell, whose agreement needs the baseline's answers
+    _, result = rerun()
+    assert result.computed == [baseline.key, cell.key]
+    assert sweep.store.get(cell.key)["agreement"] == agreement, "agreement is not silently '-'"
+    assert len(sweep.store.samples(baseline.key)) == 2 and sweep.baselines.get(baseline.key) is not None
+    assert {e["key"] for e in sweep.store.damaged()} == {baseline.key} and {e["key"] for e in sweep.baselines.damaged()} == {baseline.key}
+
+
+def test_a_half_written_shared_baseline_is_set_aside_and_recomputed(swept, tmp_path):
+    sweep, _ = swept
+    baseline = sweep.cells[0]
+    path = sweep.baselines.path(baseline.key)
+    path.write_text(path.read_text()[:100])
+    other = _sweep(tmp_path, output=str(tmp_path / "other"))  # a later run under the same parent
+    other._adapter = sweep._adapter
+    result = other.run()
+    assert result.computed == [c.key for c in other.cells] and not result.reused
+    assert sweep.baselines.get(baseline.key)["status"] == "done"
+    assert "truncated JSON" in sweep.baselines.damaged()[0]["reason"]
+
+
+def test_a_damaged_partial_task_of_a_real_run_recomputes_that_task(swept, monkeypatch):
+    from prunebench.runner import Sweep
+
+    sweep, rerun = swept
+    cell = sweep.cells[1]
+    sweep.store.path(cell.key).unlink()
+    sweep.store.put_partial(cell.key, "costs", {"latency_ms": {}})  # a hand-damaged part: recomputed, not a KeyError
+    evaluated = []
+    real = Sweep._evaluate
+    monkeypatch.setattr(Sweep, "_evaluate", lambda self, lm, tasks: (evaluated.append(tuple(tasks)), real(self, lm, tasks))[1])
+    _, result = rerun()
+    assert result.computed == [cell.key] and evaluated == [("shapes_count",)]
+    record = sweep.store.get(cell.key)
+    assert record["status"] == "done" and record["latency_ms"]
+    assert "costs without the flops" in sweep.store.damaged()[0]["reason"]
+
+
+def test_report_names_missing_and_damaged_cells_instead_of_dropping_them(tmp_path, caplog):
+    from prunebench.report.leaderboard import load_records
+
+    store, _ = _store(tmp_path)
+    (store.root / "plan.json").write_text(json.dumps([{"key": BASE, "label": "none (unpruned)"}, {"key": KEY, "label": "random@64"},
+                                                      {"key": "c" * 16, "label": "fastv@64"}]))
+    store.path(KEY).write_bytes(b"\x00\xff")
+    with caplog.at_level("WARNING"):
+        items = load_records(store.root)
+    assert [r["key"] for _, r in items] == [BASE]
+    text = caplog.text
+    assert "cell random@64" in text and "is damaged" in text and "not UTF-8" in text and "cell fastv@64" in text and "is missing" in text
