@@ -80,7 +80,7 @@ def test_a_record_whose_key_is_not_its_file_name_is_damaged(tmp_path):
     (lambda p: p.write_text(""), "does not match the samples_sha256"),
 ])
 def test_a_deleted_or_garbled_baseline_samples_file_damages_the_baseline(tmp_path, damage, reason):
-    store, messages = _store(tmp_path)
+    store, _ = _store(tmp_path)
     samples = store.samples_path(BASE)
     damage(samples)
     assert store.get(BASE) is None, "agreement must not silently become '-': the baseline is recomputed"
@@ -112,7 +112,7 @@ def test_a_reader_without_the_lock_reports_damage_but_moves_nothing(tmp_path):
 
 
 def test_a_damaged_partial_task_file_is_set_aside_and_recomputed(tmp_path):
-    store, messages = _store(tmp_path)
+    store, _ = _store(tmp_path)
     good = {"status": "done", "scores": {}, "rows": ROWS, "tokens": {"final": [], "layer_average": []}}
     store.put_partial(KEY, "task-shapes_count", good)
     assert store.get_partial(KEY, "task-shapes_count") == json.loads(json.dumps(good))

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("lmms_eval.evaluator")
 
-from prunebench.cli import main  # noqa: E402
-from prunebench.core import PruneBenchError  # noqa: E402
-from prunebench.runner.config import config_code, resolve_config  # noqa: E402
+from prunebench.cli import main
+from prunebench.core import PruneBenchError
+from prunebench.runner.config import config_code, resolve_config
 
 RUN = ["run", "--model", "tiny-llava", "--tasks", "shapes_count", "--methods", "random", "--budgets", "8", "--limit", "1", "--no-progress"]
 
