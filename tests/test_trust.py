@@ -147,7 +147,7 @@ def test_replaying_a_config_that_names_code_needs_trust_config(tmp_path, capsys,
                     "--trust-config")
     assert not marker.exists(), "nothing was imported"
     assert main(["run", "--config", str(path), "--dry-run", "--trust-config"]) == 0
-    assert marker.read_text() == "imported"
+    assert marker.read_text() == "imported" and "importing the code" in capsys.readouterr().err
 
 
 def test_values_typed_on_the_command_line_need_no_trust(tmp_path):

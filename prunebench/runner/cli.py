@@ -172,6 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if code and not getattr(args, "trust_config", False):
         raise PruneBenchError(f"{args.config} would import code: {'; '.join(code)}. Read it, then rerun with --trust-config "
                               "(or give these values as flags yourself)")
+    if code:
+        print(f"--trust-config: importing the code {args.config} names: {'; '.join(code)}", file=sys.stderr)
     config = resolve_config(args.config, overrides)
     verbose = getattr(args, "verbose", 0) > 0
     sweep = Sweep(config, progress=args.progress, foreign_progress=verbose and args.progress)
