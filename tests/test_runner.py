@@ -465,12 +465,12 @@ def test_peak_memory_is_per_cell(tmp_path):
 
 def test_stale_temporary_files_are_removed_but_fresh_ones_kept(tmp_path):
     store = ResultStore(tmp_path / "run")
-    store.put({"key": "k", "status": "done"})
+    store.put({"key": "k", "status": "failed", "method": "random", "budget": 8, "error": "boom"})  # {"status": "done"} alone is not a record
     stale, fresh = store.cells_dir / ".k.json.abc.tmp", store.cells_dir / ".k.json.def.tmp"
     stale.write_text("{")
     fresh.write_text("{")
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    assert store.clean_stale_tmp() == [stale] and fresh.exists() and store.get("k")["status"] == "done"
+    assert store.clean_stale_tmp() == [stale] and fresh.exists() and store.get("k")["status"] == "failed"
 
 
 def test_lmms_eval_progress_redraws_are_dropped_and_other_output_kept():

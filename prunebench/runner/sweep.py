@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prunebench.core import BudgetError, InfeasibleBudget, PruneBenchError
+from prunebench.runner.config import check_same_sweep, import_plugins
 from prunebench.store import BASELINE_METHOD, ResultStore, cell_key
 
 log = logging.getLogger("prunebench.runner")
@@ -430,18 +431,17 @@ class Sweep:
         self.config = dict(config)
         self.model_name = config["model"] or DEFAULT_MODEL
         self.config["model"] = self.model_name
-        for module in config.get("plugins") or []:
-            __import__(module)
+        import_plugins(config.get("plugins") or [])
         self.suite = load_suite(config["suite"], config["tasks"])
         self.suite.generation_kwargs.update(config.get("gen_kwargs") or {})
         self.output = Path(config["output"]) if config["output"] else default_output(config, self.model_name)
         self.config["output"] = str(self.output)
-        self.store = ResultStore(self.output)
-        baseline_dir = config.get("baseline_cache") or (self.output.parent / ".baselines")
-        self.baselines = ResultStore(baseline_dir)
         self.progress = progress
         self.foreign_progress = foreign_progress
         self.echo = echo or _write
+        self.store = ResultStore(self.output, on_damage=self.echo)
+        baseline_dir = config.get("baseline_cache") or (self.output.parent / ".baselines")
+        self.baselines = ResultStore(baseline_dir, repair=True, on_damage=self.echo)  # shared: set aside what is damaged
         check_layout(family_of(self.model_name), config.get("layout"))
         self.cells = plan_cells(self.config, self.model_name, self.suite.tasks, self.suite.generation_kwargs, self.include_paths)
         self._flops_cache: dict[tuple, Any] = {}
@@ -538,12 +538,15 @@ class Sweep:
                     ) from None
 
     # -- running ---------------------------------------------------------------------------------------------------
-    def run(self) -> SweepResult:
+    def run(self, wait: bool | float = False) -> SweepResult:
+        """Run the pending cells holding the folder's lock (``wait``: see :class:`prunebench.store.RunLock`)."""
+        with self.store.lock(wait=wait):  # one writer; repair mode: damaged files are set aside, .tmp leftovers removed
+            return self._run()
+
+    def _run(self) -> SweepResult:
         from tqdm import tqdm
 
-        self.write_plan()
-        for path in self.store.clean_stale_tmp():
-            log.info("removed %s (left by a killed writer)", path)
+        check_same_sweep(self.output, self.config, self.store.plan())
         result = SweepResult(self.store, self.cells)
         pending = self.pending()
         done = len(self.cells) - len(pending)
@@ -553,9 +556,10 @@ class Sweep:
         baseline_cell = self.cells[0]
         if pending and not (pending == [baseline_cell] and self.baselines.is_done(baseline_cell.key)):
             # shared resources first: a missing model, an unknown task or a budget above the inputs' visual tokens
-            # stops the sweep here with its message, instead of being recorded as a failure of every cell
+            # stops the sweep here with its message, before plan.json and config.yaml are written
             _ = self.adapter, self.task_manager, self.lm, self.probe
             self.check_budgets()
+        self.write_plan()
         bar = tqdm(total=len(self.cells), initial=done, desc="cells", unit="cell", disable=not self.progress)
         for cell in self.cells:
             if cell not in pending:
