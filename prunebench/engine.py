@@ -557,6 +557,7 @@ class Pruner:
                 position_embeddings=(cos, sin),
                 input_embeds=state.input_embeds,
                 input_visual_index=state.llm_inputs.visual_index,
+                decoder_layer=self.adapter.decoder_layers()[index],
             )
             selection = self.method.select_llm(view, keep)
             if selection.prepend is not None or (selection.append is not None and not self._renumber()):
