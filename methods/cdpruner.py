@@ -151,10 +151,11 @@ class CDPruner(VisionStagePruner):
         if encoder == "llm":
             image = F.normalize(view.projected.float(), dim=-1)
             text = F.normalize(view.instruction.embedding(texts).to(image.device), dim=-1)  # (B, D)
-            cosine = (image @ text[..., None]).squeeze(-1)
+            # an elementwise product summed per row, not a batched matmul: the same bits alone and in a batch
+            cosine = (image * text[:, None, :]).sum(-1)
         else:
             image, text, valid = self._clip_embeddings(view, texts)  # (B, N, D), (B, M, D), (B, M)
-            per_chunk = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).transpose(1, 2)
+            per_chunk = (F.normalize(image, dim=-1)[:, :, None, :] * F.normalize(text, dim=-1)[:, None, :, :]).sum(-1)
             cosine = (per_chunk * valid[:, None]).sum(-1) / valid.sum(-1, keepdim=True)
         return min_max(-cosine if negative else cosine)
 
