@@ -306,3 +306,62 @@ def test_pdrop_renumbers_positions_and_counts_per_stage_on_a_real_model():
     assert out.stats.tokens_per_layer == [576, 128, 64, 32]  # cuts before layers 1, 2, 3: 4·32, 2·32, 32
     assert out.contract_ok, out.stats.contract_detail
     assert method.llm_position_policy == "renumber"
+
+
+# -- VScan --------------------------------------------------------------------------------------------------------
+def test_vscan_windows_cut_the_grid_in_four_by_four_with_leftovers_in_the_last_row_and_column():
+    from prunebench.methods.vscan import window_ids
+
+    ids = window_ids(24, 24).view(24, 24)
+    assert torch.bincount(ids.flatten()).tolist() == [36] * 16
+    assert ids[0, 5] == 0 and ids[0, 6] == 1 and ids[23, 23] == 15
+    odd = window_ids(9, 9).view(9, 9)  # 9 // 4 = 2: rows 0-1, 2-3, 4-5, 6-8
+    assert odd[8, 8] == 15 and odd[6, 0] == 12 and odd[5, 5] == 10
+
+
+@pytest.mark.parametrize("budget,t1,t2", [(64, 96, 32), (128, 192, 64), (192, 288, 96)])
+def test_vscan_budget_is_the_layer_average_of_both_stages(budget, t1, t2):
+    plan = create_method("vscan").plan(budget, PlanContext(576, 32, "average"))
+    assert (plan.vision, plan.llm) == (t1, {16: t2})  # (16·T1 + 16·T2)/32 with T2 = T1/3: 64 -> the README's 96/32
+    assert create_method("vscan").plan(64, PlanContext(576, 32, "final")).llm == {16: 64}
+
+
+class PlantedView(VisionView):
+    """[CLS] attention planted per ViT layer (layer 0 = local scan, layer 1 = global scan)."""
+
+    planted: dict = None
+
+    def cls_attention(self, layer=None, heads="mean"):
+        return self.planted[self.feature_layer if layer is None else layer]
+
+
+def test_vscan_keeps_each_windows_local_peak_then_the_global_peaks():
+    # 8x8 grid -> 16 windows of 2x2. T1 = 40: k = int(40/2) // 16 = 1 local token per window, then 40 - 16 = 24 global.
+    # local layer: in window w the planted peak is its bottom-right cell; global layer: cells 0..23 in raster order
+    # decrease, everything else 0, so the global scan takes the 24 first raster cells not already taken.
+    from prunebench.methods.vscan import window_ids
+
+    windows = window_ids(8, 8)
+    local = torch.zeros(1, 64)
+    bottom_right = [(2 * (w // 4) + 1) * 8 + 2 * (w % 4) + 1 for w in range(16)]
+    local[0, bottom_right] = 1.0
+    global_ = torch.zeros(1, 64)
+    global_[0, :40] = torch.linspace(1.0, 0.5, 40)
+    view = PlantedView(features=torch.randn(1, 64, 4), grid=(8, 8), feature_layer=1, num_vision_layers=3, projector=lambda x: x, has_cls=True)
+    view.planted = {0: local, 1: global_}
+    method = create_method("vscan", local_layer=0, merge=False)
+    kept = method.select_vision(view, 40).keep[0].tolist()
+    globals_ = [i for i in range(64) if i not in bottom_right][:24]
+    assert kept == sorted(bottom_right + globals_)
+    assert all(int(windows[i]) == w for w, i in enumerate(bottom_right))
+
+
+def test_vscan_merges_each_dropped_token_into_its_most_similar_kept_token_after_the_projector():
+    from prunebench.methods.vscan import VScan
+
+    projected = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 1.0], [0.0, 3.0]]])
+    keep = torch.tensor([[0, 2]])
+    merged = VScan.merged(projected, keep, torch.zeros(1, 5, dtype=torch.long))
+    assert torch.allclose(merged[0, 0], (projected[0, 0] + projected[0, 1]) / 2)  # token 1 -> 0
+    assert torch.allclose(merged[0, 2], (projected[0, 2] + projected[0, 3] + projected[0, 4]) / 3)  # 3, 4 -> 2
+    assert torch.equal(merged[0, 1], projected[0, 1])  # dropped rows are never read
