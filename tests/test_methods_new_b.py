@@ -365,3 +365,33 @@ def test_vscan_merges_each_dropped_token_into_its_most_similar_kept_token_after_
     assert torch.allclose(merged[0, 0], (projected[0, 0] + projected[0, 1]) / 2)  # token 1 -> 0
     assert torch.allclose(merged[0, 2], (projected[0, 2] + projected[0, 3] + projected[0, 4]) / 3)  # 3, 4 -> 2
     assert torch.equal(merged[0, 1], projected[0, 1])  # dropped rows are never read
+
+
+# -- downsample ---------------------------------------------------------------------------------------------------
+def test_downsample_grid_is_an_exact_factorisation_closest_to_the_aspect():
+    from prunebench.methods.downsample import grid_for_budget
+
+    assert grid_for_budget(64, 9, 9) == (8, 8)
+    assert grid_for_budget(64, 8, 11) == (8, 8)  # log aspect: 8x8 is 0.32 away, 4x16 1.07
+    assert grid_for_budget(48, 4, 12) == (4, 12)  # 1:3 wanted: 4x12 exactly (6x8 is log 2.25 away)
+    assert grid_for_budget(61, 9, 9) == (61, 1)  # a prime budget can only be a strip (ties: more rows)
+
+
+def test_downsample_resizes_qwen_images_to_exactly_the_budget_and_refuses_fixed_resolution_families():
+    from prunebench.conformance import synthetic_samples
+    from prunebench.core import UnsupportedModel
+    from prunebench.engine import Pruner
+
+    adapter = _adapter("tiny-qwen2_5_vl")
+    samples = [s for s in synthetic_samples(family="qwen2_5_vl") if s.image is not None][:2]  # 81 and 88 tokens
+    method = create_method("downsample")
+    assert method.preprocess(samples[0], 81, adapter) is samples[0]  # at its own count: untouched
+    resized = method.preprocess(samples[1], 30, adapter)
+    assert resized.image.size == (6 * 28, 5 * 28)  # 308x224 px = 11x8 merged tokens, aspect 8:11 -> 5x6
+    with Pruner(adapter, method, 30, budget_mode="final") as pruner:
+        out = pruner.generate(adapter.prepare(samples), max_new_tokens=2)
+    for i in range(2):
+        assert out.sample_stats(i).tokens_per_layer == [30] * 4
+    assert out.contract_ok
+    with pytest.raises(UnsupportedModel, match="fixed-size input"):
+        method.preprocess(samples[0], 30, _adapter("tiny-llava"))
