@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 SINGLE_COLUMN_IN = 3.3
 DOUBLE_COLUMN_IN = 6.3
 MAX_HEIGHT_IN = 8.5  # a figure taller than this does not fit a page with its caption
-PALETTE = tuple(sns.color_palette("colorblind", 10))
+# the colour-blind palette, then seaborn's "dark" one for methods beyond the first ten (indices 0-9 unchanged)
+PALETTE = tuple(sns.color_palette("colorblind", 10)) + tuple(sns.color_palette("dark", 10))
 BASELINE_MARKER = "*"
 FALLBACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "d", "<", ">", "p", "H", "8")
 FALLBACK_COLOURS = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # not grey: it reads as the random baseline
@@ -51,6 +52,7 @@ METHOD_STYLES: dict[str, tuple[int, str]] = {
     "pdrop": (9, "<"), "hiprune++": (6, "p"), "dart": (2, ">"), "tome": (4, "8"), "hired": (3, "H"),
     "visionzip-ft": (9, "^"), "mustdrop": (4, ">"), "prumerge": (5, "<"), "twigvlm": (9, "d"), "prumerge+": (9, ">"),
     "trim": (7, "p"), "globalcom2": (6, "<"), "no-visual-tokens": (9, "8"), "ficoco-v": (6, "H"), "visionzip*": (0, "p"),
+    "cdpruner": (10, ">"), "vscan": (11, "p"), "downsample": (12, "8"),
 }
 BASELINE_STYLE = {"color": "black", "marker": BASELINE_MARKER}
 RUN_LINESTYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run when several runs are combined
