@@ -127,12 +127,14 @@ def _adapter(name):
     return load_model(name)
 
 
-def test_instruction_embedding_from_the_adapter_is_per_sample_under_left_padding():
+@pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava_next", "tiny-video_llava", "tiny-qwen2_5_vl"])
+def test_instruction_embedding_from_the_adapter_is_per_sample_under_left_padding(model):
     from prunebench.adapters.base import Sample
-    from prunebench.conformance import synthetic_samples
+    from prunebench.conformance import QUESTIONS, synthetic_samples
 
-    adapter = _adapter("tiny-llava")
-    samples = synthetic_samples(family="llava")[:2]
+    adapter = _adapter(model)
+    first = synthetic_samples(family=adapter.family)[0]
+    samples = [first, Sample(id="other", question=QUESTIONS[2], image=first.image, video=first.video)]
     assert len(samples[0].question.split()) != len(samples[1].question.split())  # different lengths: padding differs
     with torch.inference_mode():
         together = adapter.encode(adapter.prepare(samples))
