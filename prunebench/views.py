@@ -10,7 +10,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -110,6 +110,37 @@ class _SeededView:
 
 
 @dataclass
+class Instruction:
+    """Each sample's instruction: the question as the sample gives it (``Sample.question``, no chat template), and
+    the model's own tokenizer and LLM input-embedding layer to embed it (CDPruner's text side on models without a
+    text tower). Every value is computed per sample, so a sample's embedding never depends on its batch-mates or
+    on padding; nothing is tokenized or embedded until a method asks."""
+
+    texts: list[str]
+    tokenizer: Any = field(default=None, repr=False)
+    embed_tokens: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    device: torch.device | str = "cpu"
+
+    def token_ids(self, texts: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """The LLM tokenizer's ids of each text (default: the instructions), without special tokens."""
+        if self.tokenizer is None:
+            raise PruneBenchError("this Instruction has no tokenizer; build it with Instruction(texts, tokenizer, embed_tokens)")
+        texts = self.texts if texts is None else texts
+        return [torch.tensor(self.tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long, device=self.device) for t in texts]
+
+    def embedding(self, texts: Sequence[str] | None = None) -> torch.Tensor:
+        """(B, D_llm) fp32: the mean of the LLM's input embeddings of each text's tokens (zeros for an empty text)."""
+        if self.embed_tokens is None:
+            raise PruneBenchError("this Instruction has no embedding layer; build it with Instruction(texts, tokenizer, embed_tokens)")
+        rows = []
+        with torch.inference_mode():
+            for ids in self.token_ids(texts):
+                vectors = self.embed_tokens(ids[None])[0].float()
+                rows.append(vectors.mean(0) if ids.numel() else vectors.new_zeros(vectors.shape[-1]))
+        return torch.stack(rows)
+
+
+@dataclass
 class VisionView(_SeededView):
     """The vision encoder's output for a batch of images, one row per image.
 
@@ -125,6 +156,8 @@ class VisionView(_SeededView):
     spreads it over the units is the method's choice (read ``unit_of`` to allocate per unit).
     ``importance_layer``: the ViT layer whose received attention :meth:`importance` uses on towers without [CLS].
     ``grid``: for multi-unit inputs, the (rows, cols) patch grid of one unit.
+    ``instruction``: each sample's instruction (its question) with the tokenizer and LLM input embeddings to embed
+    it (:class:`Instruction`; :meth:`instruction_embedding`), or None for a hand-built view.
     """
 
     features: torch.Tensor = None  # type: ignore[assignment]
@@ -140,10 +173,19 @@ class VisionView(_SeededView):
     unit_kind: str = "image"
     unit_of: torch.Tensor | None = field(default=None, repr=False)
     importance_layer: int | None = None
+    instruction: Instruction | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
         return self.features.shape[0]
+
+    def instruction_embedding(self) -> torch.Tensor:
+        """(B, D_llm) fp32: the mean of the LLM's input embeddings of each sample's instruction tokens (computed once)."""
+        if self.instruction is None:
+            raise PruneBenchError("this VisionView carries no instruction; the model adapters provide it (a hand-built view: instruction=Instruction(...))")
+        if "_instruction_embedding" not in self.__dict__:
+            self.__dict__["_instruction_embedding"] = self.instruction.embedding()
+        return self.__dict__["_instruction_embedding"]
 
     @property
     def num_tokens(self) -> int:
@@ -302,6 +344,8 @@ class LayerView(_SeededView):
     input_visual_index: torch.Tensor | None = field(default=None, repr=False)
     # the LLM's final norm (RMSNorm), for methods that measure similarity in its output space (DART); None: not given
     final_norm: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    # the decoder layer about to run (layer ``layer``): :meth:`layer_attention` recomputes its attention rows
+    decoder_layer: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -350,6 +394,41 @@ class LayerView(_SeededView):
         if self.captured is None:
             raise RuntimeError("no keys were captured for this stage")
         return self.captured.key
+
+    def layer_attention(self, rows: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of query rows ``rows`` (B, r) at decoder layer ``layer`` itself, the layer about to
+        run: (B, H, r, L), fp32.
+
+        Recomputed from ``hidden_states`` with that layer's own ``input_layernorm``, ``q_proj`` / ``k_proj`` (queries
+        only for ``rows``) and the rotary tables of the tokens present (``position_embeddings``, renumbered where
+        the method renumbers), causal over the current sequence, padding masked: what PyramidDrop scores each
+        stage with (one query row, so cheap, and independent of the attention kernel). Needs ``decoder_layer``.
+        """
+        layer = self.decoder_layer
+        if layer is None or self.position_embeddings is None:
+            raise PruneBenchError("layer_attention needs the decoder layer about to run and the RoPE tables in the LayerView "
+                                  "(prunebench.engine provides them); a hand-built view must pass decoder_layer= and position_embeddings=")
+        attn = layer.self_attn
+        bsz, length, width = self.hidden_states.shape
+        x = layer.input_layernorm(self.hidden_states)
+        head_dim = attn.head_dim
+        query = attn.q_proj(x.gather(1, rows[..., None].expand(-1, -1, width))).view(bsz, rows.shape[1], -1, head_dim).transpose(1, 2)
+        key = attn.k_proj(x).view(bsz, length, -1, head_dim).transpose(1, 2)
+        cos, sin = self.position_embeddings
+
+        def rotate(t: torch.Tensor, c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            half = t.shape[-1] // 2
+            turned = torch.cat([-t[..., half:], t[..., :half]], dim=-1)
+            return t * c[:, None].to(t.dtype) + turned * s[:, None].to(t.dtype)
+
+        at_rows = rows[..., None].expand(-1, -1, cos.shape[-1])
+        query = rotate(query, cos.gather(1, at_rows), sin.gather(1, at_rows)).float()
+        key = rotate(key, cos, sin).float()
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        logits = query @ key.transpose(-1, -2) * float(getattr(attn, "scaling", head_dim**-0.5))
+        positions = torch.arange(length, device=rows.device)
+        allowed = (positions[None, None, :] <= rows[..., None]) & self.valid[:, None, :].bool()
+        return torch.softmax(logits.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch import nn
 
 from prunebench.attention import Captured, capture
 from prunebench.core import PruneBenchError
-from prunebench.views import VisionView
+from prunebench.views import Instruction, VisionView
 
 # --budget-scope values: the budget covers the whole visual input, or each of its units (crops / frames)
 WHOLE_SCOPES = ("image", "video")
@@ -203,6 +203,13 @@ class ModelAdapter:
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def instruction(self, batch: Batch) -> Instruction:
+        """Each sample's instruction for ``VisionView.instruction``: its question (``Sample.question``, without the
+        chat template), with this model's tokenizer and LLM input-embedding layer (tokenized and embedded lazily,
+        per sample, so padding never enters)."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return Instruction([s.question for s in batch.samples], tokenizer, self.model.get_input_embeddings(), self.device)
 
     def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str) -> LLMInputs:
         """Build the LLM input with ``visual`` (B, n, D_llm) in place of the image span.

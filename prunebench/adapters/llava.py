@@ -196,6 +196,7 @@ class LlavaAdapter(ModelAdapter):
             projector=self.project,
             captured=captured,
             has_cls=has_cls,
+            instruction=self.instruction(batch),
         )
 
     def project(self, features: torch.Tensor) -> torch.Tensor:

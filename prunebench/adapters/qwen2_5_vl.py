@@ -377,6 +377,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
             chunk_lengths={layer: self._chunk_lengths(grid, layer) for layer in layers},
             reverse=reverse,
             unit=unit,
+            instruction=self.instruction(batch),
         )
 
     def project(self, features: torch.Tensor) -> torch.Tensor:

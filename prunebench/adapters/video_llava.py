@@ -194,6 +194,7 @@ class VideoLlavaAdapter(LlavaAdapter):
             unit_of=token_map // tokens,
             token_map=token_map,
             unit_tokens=tokens,
+            instruction=self.instruction(batch),
         )
 
     def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,

@@ -248,6 +248,7 @@ class LLMStages:
             input_embeds=self.input_embeds,
             input_visual_index=self.llm_inputs.visual_index,
             final_norm=self.adapter.final_norm(),
+            decoder_layer=self.adapter.decoder_layers()[index],
         )
 
     def _cut_with_merged(self, keep_local: torch.Tensor, kept_visual: torch.Tensor, merged: torch.Tensor, length: int) -> Cut:

@@ -146,6 +146,13 @@ class Pruner:
     def generate(self, batch: Batch, max_new_tokens: int = 16, output_logits: bool = False, **generate_kwargs: Any) -> GenerationOutput:
         if self._stack is None:
             raise RuntimeError("use the Pruner as a context manager: `with Pruner(...) as pruner:`")
+        # a method that acts before the processor (the downsampling control) declares preprocess(sample, budget,
+        # adapter) -> Sample; the batch is prepared again from the samples it returns
+        preprocess = getattr(self.method, "preprocess", None)
+        if preprocess is not None and self.budget is not None:
+            samples = [preprocess(sample, self.budget, self.adapter) for sample in batch.samples]
+            if any(new is not old for new, old in zip(samples, batch.samples)):
+                batch = self.adapter.prepare(samples)
         order: dict[Any, list[int]] = {}
         for i, sample in enumerate(batch.samples):
             order.setdefault(self.adapter.group_key(sample), []).append(i)

@@ -47,6 +47,8 @@ MAX_HEIGHT_IN = 8.5  # a figure taller than this does not fit a page with its ca
 MIN_FONT_PT = 7.0
 # seaborn's colour-blind palette; light pink (6) and yellow (8) read poorly on white: Tol's wine and olive instead
 PALETTE = tuple(to_rgb(c) for c in (*sns.color_palette("colorblind", 10).as_hex()[:6], "#882255", "#949494", "#999933", "#56b4e9"))
+# then seaborn's "dark" palette for methods beyond the first ten (indices 0-9 unchanged)
+PALETTE += tuple(to_rgb(c) for c in sns.color_palette("dark", 10).as_hex())
 METHOD_LINESTYLES = ("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))  # solid, dashed, dash-dot, dash-dot-dot
 # method -> index into METHOD_LINESTYLES, for the registered methods: methods often shown together (the defaults
 # random / visionzip / vispruner; fastv / sparsevlm / visionzip of the papers' tables) get different dashes.
@@ -62,9 +64,10 @@ FALLBACK_COLOURS = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # not grey: it reads as the rand
 METHOD_STYLES: dict[str, tuple[int, str]] = {
     "fastv": (0, "o"), "sparsevlm": (1, "s"), "visionzip": (2, "^"), "vispruner": (3, "D"), "divprune": (4, "v"),
     "hiprune": (5, "P"), "learnpruner": (6, "X"), "random": (7, "h"), "fastervlm": (8, "d"),
-    "pdrop": (9, "<"), "hiprune++": (6, "p"), "dart": (2, ">"), "tome": (4, "8"), "hired": (3, "H"),
-    "visionzip-ft": (9, "^"), "mustdrop": (4, ">"), "prumerge": (5, "<"), "twigvlm": (9, "d"), "prumerge+": (9, ">"),
+    "pdrop": (9, "<"), "hiprune++": (6, "p"), "dart": (16, ">"), "tome": (4, "8"), "hired": (3, "H"),
+    "visionzip-ft": (9, "^"), "mustdrop": (4, ">"), "prumerge": (5, "<"), "twigvlm": (9, "d"), "prumerge+": (17, "H"),
     "trim": (7, "p"), "globalcom2": (6, "<"), "no-visual-tokens": (9, "8"), "ficoco-v": (6, "H"), "visionzip*": (0, "p"),
+    "cdpruner": (10, "p"), "vscan": (11, "8"), "downsample": (12, "1"), "pool": (13, "2"), "holov": (14, "3"), "scope": (15, "4"),
 }
 BASELINE_STYLE = {"color": "black", "marker": BASELINE_MARKER}
 RUN_LINESTYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run when several runs are combined

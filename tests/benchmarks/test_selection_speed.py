@@ -36,7 +36,7 @@ import torch
 from prunebench.attention import Captured
 from prunebench.core import PlanContext
 from prunebench.registry import create_method, get_method_class, list_methods
-from prunebench.views import LayerView, UnitVisionView, VisionView, sample_generators
+from prunebench.views import Instruction, LayerView, UnitVisionView, VisionView, sample_generators
 
 DEVICE = torch.device(os.environ.get("PRUNEBENCH_BENCH_DEVICE", "cpu"))
 VIT_LAYERS, FEATURE_LAYER, VIT_HEADS, VIT_HEAD_DIM, VIT_WIDTH = 24, 22, 16, 64, 1024
@@ -52,8 +52,46 @@ def _builtin(name: str) -> bool:
     return get_method_class(name).__module__.startswith("prunebench.methods.")
 
 
-VISION_METHODS = [n for n in list_methods() if _builtin(n) and "vision" in get_method_class(n).stages]
+# methods that act before the processor (the downsampling control: preprocess) select nothing to time
+VISION_METHODS = [n for n in list_methods() if _builtin(n) and "vision" in get_method_class(n).stages and not hasattr(get_method_class(n), "preprocess")]
 READS_VIT_ATTENTION = {n for n in VISION_METHODS if create_method(n, **OVERRIDES.get(n, {})).vision_layers(VIT_LAYERS, FEATURE_LAYER)}
+
+
+
+# CDPruner's text side (``text_encoder="llm"``): a 10-word question embedded by a 7B-width LLM embedding table; PyramidDrop's
+# score recomputes q/k with the decoder layer about to run: a Vicuna-7B-width input norm and q/k projections.
+class _WordIds:
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [sum(map(ord, w)) % 1000 for w in text.split()]}
+
+
+def _instruction() -> Instruction:
+    gen = torch.Generator().manual_seed(11)
+    table = torch.nn.Embedding(1000, LLM_WIDTH).to(DEVICE)
+    table.weight.data = torch.randn(1000, LLM_WIDTH, generator=gen).to(DEVICE)
+    return Instruction(["is there a red square in the image ? answer with one word"], _WordIds(), table, DEVICE)
+
+
+class _DecoderLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+        self.input_layernorm = LlamaRMSNorm(LLM_WIDTH)
+        self.self_attn = torch.nn.Module()
+        self.self_attn.q_proj = torch.nn.Linear(LLM_WIDTH, LLM_HEADS * LLM_HEAD_DIM, bias=False)
+        self.self_attn.k_proj = torch.nn.Linear(LLM_WIDTH, LLM_HEADS * LLM_HEAD_DIM, bias=False)
+        self.self_attn.head_dim, self.self_attn.scaling = LLM_HEAD_DIM, LLM_HEAD_DIM**-0.5
+
+
+_LAYER: list[torch.nn.Module] = []
+
+
+def _decoder_layer() -> torch.nn.Module:
+    if not _LAYER:
+        torch.manual_seed(5)
+        _LAYER.append(_DecoderLayer().to(DEVICE).eval())
+    return _LAYER[0]
 
 
 def _sync() -> None:
@@ -78,6 +116,7 @@ def _vision_view(units: int, tokens: int, seed: int) -> VisionView:
     common = dict(
         features=randn(1, tokens, VIT_WIDTH), cls_feature=randn(1, VIT_WIDTH), feature_layer=FEATURE_LAYER,
         num_vision_layers=VIT_LAYERS, projector=lambda _: projected, captured=captured, has_cls=True,
+        instruction=_instruction(),
     )
     if units > 1:
         position = torch.arange(tokens, device=DEVICE)
@@ -149,6 +188,7 @@ def _layer_view(visual: int, seed: int) -> LayerView:
         position_embeddings=(angles.cos().to(DEVICE), angles.sin().to(DEVICE)),
         input_embeds=torch.randn(1, length, LLM_WIDTH, generator=gen).to(DEVICE),
         input_visual_index=visual_index,
+        decoder_layer=_decoder_layer(),
     )
 
 
@@ -159,6 +199,8 @@ LLM_METHODS = {
     "sparsevlm-1.5": ("sparsevlm v1.5 recycle (select_llm)", {"version": "1.5"}),
     "learnpruner": ("learnpruner stage 2 (select_llm)", {"checkpoint": "random"}),
     "dart": ("dart (select_llm)", {}),
+    "pdrop": ("pdrop first stage (select_llm)", {}),
+    "vscan": ("vscan stage 2 (select_llm)", {}),
 }
 
 
