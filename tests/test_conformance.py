@@ -150,3 +150,26 @@ def test_a_crash_fails_with_a_one_line_detail_and_the_traceback_apart():
     assert result.detail == "raised RuntimeError: first line; second line"
     assert "Traceback" in result.traceback and "RuntimeError: first line" in result.traceback
     assert len(str(result).splitlines()) == 1
+
+
+class _RefusesVideos(_ClsOnly):
+    """Random top-k on images; undefined on videos (as the downsampling control)."""
+
+    name = "refuses-videos"
+
+    def select_vision(self, view, keep):
+        if view.unit_kind == "frame":
+            raise UnsupportedModel("refuses-videos: images only")
+        return Selection(top_k(view.rand(view.num_tokens), keep))
+
+
+def test_a_refusal_of_one_modality_still_checks_the_other():
+    """A method that refuses videos is still held to every property on the images of the same family; the video
+    refusal is recorded beside the image result (before, the whole property passed as refused, untested)."""
+    adapter = _adapter("tiny-qwen2_5_vl")
+    samples = _samples("tiny-qwen2_5_vl")
+    assert {s.modality for s in samples} == {"image", "video"}
+    for check in ("token_contract", "cache", "batch"):
+        result = run_check(check, adapter, _RefusesVideos(), budget=64, samples=samples)
+        assert result.passed and not result.refused, str(result)
+        assert "image: " in result.detail and "video: refused: refuses-videos: images only" in result.detail
