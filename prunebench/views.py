@@ -3,6 +3,9 @@
 Signals are computed lazily and cached: a method that never asks for [CLS] attention never pays for it.
 Attention signals come from queries/keys captured from the model's own kernel call (see
 :mod:`prunebench.attention`), so they equal eager attention without running it.
+
+``ranked`` and ``stable_top_k`` (= :func:`prunebench.core.top_k`) are re-exported here for the methods that
+imported them from this module.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Callable, Literal, Sequence
 import torch
 
 from prunebench.attention import Captured
-from prunebench.core import PruneBenchError, Selection
+from prunebench.core import PruneBenchError, Selection, ranked, stable_top_k
 
 HeadReduce = Literal["mean", "sum", "none"]
+__all__ = ["HeadReduce", "LayerView", "RecycledSelection", "UnitVisionView", "VisionView", "ranked", "ranked_per_unit", "sample_generators",
+           "stable_top_k", "top_k_per_unit", "unit_quotas", "grid_positions"]
 
 
 def _reduce_heads(attn: torch.Tensor, heads: HeadReduce) -> torch.Tensor:
@@ -36,20 +41,6 @@ def sample_generators(seed: int, sample_ids: Sequence[str]) -> list[torch.Genera
         g.manual_seed((seed * 1_000_003 + zlib.crc32(str(sid).encode())) % (2**63))
         gens.append(g)
     return gens
-
-
-def ranked(scores: torch.Tensor) -> torch.Tensor:
-    """(B, N) indices by descending score, ties to the lower index (a stable sort).
-
-    ``torch.topk`` leaves the order of equal scores to the kernel (CPU and CUDA differ); methods whose
-    docstrings promise "ties to the lowest index" rank with this instead.
-    """
-    return scores.sort(dim=-1, descending=True, stable=True).indices
-
-
-def stable_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) indices of the k largest scores in original order, ties to the lower index (cf. ``core.top_k``)."""
-    return ranked(scores)[..., :k].sort(dim=-1).values
 
 
 # -- multi-unit inputs (LLaVA-NeXT crops, video frames) ---------------------------------------------------------
@@ -86,9 +77,36 @@ def ranked_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int) -> 
 
 def top_k_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int, quotas: Sequence[int]) -> torch.Tensor:
     """(B, sum(quotas)) indices of each unit's ``quotas[u]`` highest scores (stable ranking, ties to the lower
-    index), in original order: the per-crop / per-frame counterpart of :func:`stable_top_k`."""
+    index), in original order: the per-crop / per-frame counterpart of :func:`prunebench.core.top_k`."""
     per_unit = ranked_per_unit(scores, unit_of, units)
     return torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1).sort(dim=-1).values
+
+
+def grid_positions(view: "VisionView") -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(patch (B, N), inverse (B, U * cells), cells) of a multi-unit view: each candidate's cell on its own
+    unit's ``view.grid``, and the candidate at each (unit, cell).
+
+    A view with a ``token_map`` (tower token of each candidate, ``unit_tokens`` per unit, [CLS] first where the
+    tower has one) gives exact cells, also when AnyRes unpadding removed some; without one, a unit's candidates
+    are taken to be its grid cells in raster order.
+    """
+    bsz, num = view.features.shape[:2]
+    rows, cols = view.grid
+    cells = rows * cols
+    device = view.features.device
+    unit_of = view.unit_of
+    token_map = getattr(view, "token_map", None)
+    if token_map is not None:
+        tokens = int(view.unit_tokens)
+        patch = token_map % tokens - (1 if view.has_cls else 0)
+    else:
+        onehot = torch.nn.functional.one_hot(unit_of, view.num_units)
+        patch = (onehot.cumsum(dim=1) * onehot).sum(-1) - 1
+    patch = torch.where(patch < cells, patch, torch.full_like(patch, -1))
+    inverse = torch.full((bsz, view.num_units * cells + 1), -1, dtype=torch.long, device=device)
+    slot = torch.where(patch >= 0, unit_of * cells + patch, torch.full_like(patch, view.num_units * cells))
+    inverse.scatter_(1, slot, torch.arange(num, device=device).expand(bsz, -1))
+    return patch, inverse[:, :-1], cells
 
 
 @dataclass

@@ -317,7 +317,9 @@ def test_hiprune_anchor_cross_buffers_then_registers():
 def test_hiprune_buffer_neighbourhoods_on_the_grid(anchor, edges, shape, neighbourhood):
     method = create_method("hiprune", object_layer=0, edges=edges, buffer=shape)
     scores = hiprune_view(anchor).received_attention(0)
-    mask = method.anchors_and_buffers(scores, 30, columns=8)
+    anchors = scores.topk(1).indices  # the one anchor (alpha 0.1 at 30 tokens)
+    position = torch.arange(scores.shape[1])[None]
+    mask = method._mark(anchors, position, position, torch.zeros_like(position), scores.shape[1], columns=8)
     assert set(mask[0].nonzero().squeeze(1).tolist()) == neighbourhood
     # the anchor's low-scoring neighbours survive only because of the buffer rule
     chosen = set(kept(method, hiprune_view(anchor), 30))
