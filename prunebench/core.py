@@ -163,7 +163,7 @@ class Selection:
                 raise SelectionError(f"{where}: the {name}ed merged tokens hold NaN or infinite values; check the merge (e.g. a mean over an empty group)")
 
     @staticmethod
-    def sorted(indices: torch.Tensor, **extra: Any) -> "Selection":
+    def sorted(indices: torch.Tensor, **extra: Any) -> Selection:
         """A selection from indices in any order (e.g. topk output); sorts them into original order."""
         return Selection(indices.sort(dim=-1).values, **extra)
 
@@ -302,7 +302,7 @@ def solve_cuts(budget: int, ctx: PlanContext, cuts: Sequence[int], shape: Sequen
     if free < sum(spans):
         lowest = math.ceil((cuts[0] * before + sum(spans)) / depth)
         raise InfeasibleBudget(
-            f"{name} prunes at layer {cuts[0]} of {depth}: layers 0..{cuts[0] - 1} see all {before} visual tokens, "
+            f"{name} prunes at layer {cuts[0]} of {depth}: {'layer 0 sees' if cuts[0] == 1 else f'layers 0..{cuts[0] - 1} see'} all {before} visual tokens, "
             f"so the layer average cannot go below {lowest}; use a budget >= {lowest} or --budget-mode final"
         )
     capped = [False] * len(shape)

@@ -21,8 +21,8 @@ from prunebench.attention import Captured
 from prunebench.core import PruneBenchError, Selection, ranked, stable_top_k
 
 HeadReduce = Literal["mean", "sum", "none"]
-__all__ = ["HeadReduce", "LayerView", "RecycledSelection", "UnitVisionView", "VisionView", "ranked", "ranked_per_unit", "sample_generators",
-           "stable_top_k", "top_k_per_unit", "unit_quotas", "grid_positions"]
+__all__ = ["HeadReduce", "LayerView", "RecycledSelection", "UnitVisionView", "VisionView", "grid_positions", "ranked", "ranked_per_unit",
+           "sample_generators", "stable_top_k", "top_k_per_unit", "unit_quotas"]
 
 
 def _reduce_heads(attn: torch.Tensor, heads: HeadReduce) -> torch.Tensor:
@@ -44,7 +44,7 @@ def sample_generators(seed: int, sample_ids: Sequence[str]) -> list[torch.Genera
 
 
 # -- multi-unit inputs (LLaVA-NeXT crops, video frames) ---------------------------------------------------------
-def unit_quotas(view: "VisionView", keep: int) -> list[int] | None:
+def unit_quotas(view: VisionView, keep: int) -> list[int] | None:
     """Tokens each unit keeps, or None for a single-unit view.
 
     The originals prune every crop/frame on its own with the same count (VisPruner/FasterVLM/HiPrune on
@@ -82,7 +82,7 @@ def top_k_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int, quot
     return torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1).sort(dim=-1).values
 
 
-def grid_positions(view: "VisionView") -> tuple[torch.Tensor, torch.Tensor, int]:
+def grid_positions(view: VisionView) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(patch (B, N), inverse (B, U * cells), cells) of a multi-unit view: each candidate's cell on its own
     unit's ``view.grid``, and the candidate at each (unit, cell).
 
@@ -295,13 +295,25 @@ class LayerView(_SeededView):
         start = int(self.visual_index.max(dim=1).values.min()) + 1
         return torch.arange(start, length, device=self.hidden_states.device).expand(self.batch_size, -1)
 
-    def text_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_queries(self, from_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows (B, r) of the prompt tokens after each sample's last visual token, and a (B, r) validity mask.
 
         With left padding the visual span ends at a different position per sample; rows run from the earliest
         end in the batch to L - 1 and ``valid`` marks, per sample, the rows that are really after its image, so
         a masked mean over rows gives every sample the same value alone and in a batch.
+
+        ``from_input=True``: the image's end is read from the LLM's input (``input_visual_index``, before any
+        LLM stage) and the rows are those same tokens in this sequence (text after the image is never pruned and
+        every sequence ends at L - 1). It differs from the default after a stage that pruned the image's last
+        tokens where non-candidate image tokens follow them (LLaVA-NeXT's row-closing newlines): those stay
+        image, not text. SparseVLM's raters are defined this way, once per prefill.
         """
+        if from_input and self.input_visual_index is not None and self.input_embeds is not None:
+            shift = self.hidden_states.shape[1] - self.input_embeds.shape[1]
+            last = self.input_visual_index.max(dim=1, keepdim=True).values + shift
+            rows = torch.arange(int(last.min()) + 1, self.hidden_states.shape[1], device=self.hidden_states.device)
+            rows = rows.expand(self.batch_size, -1)
+            return rows, rows > last
         rows = self.text_after_visual()
         last = self.visual_index.max(dim=1, keepdim=True).values
         return rows, rows > last

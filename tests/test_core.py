@@ -1,6 +1,7 @@
 """The hook interface, budget contract, selection checks and registry (issue 2)."""
 
 import dataclasses
+from typing import Sequence
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from prunebench.core import (
     InfeasibleBudget,
     Plan,
     PlanContext,
+    PruneBenchError,
     Selection,
     SelectionError,
     SingleCutLLMPruner,
@@ -353,8 +355,78 @@ def test_create_method_overrides_and_coerces_cli_strings():
     assert method.layer == 3 and method.query == "mean"
     with pytest.raises(Exception, match="no parameter"):
         create_method("fastv", k=3)
-    with pytest.raises(Exception, match="should be a int"):
+    with pytest.raises(PruneBenchError, match="should be an int"):
         create_method("fastv", layer="three")
+
+
+def _coercion_probe():
+    from dataclasses import dataclass
+
+    from prunebench.core import VisionStagePruner
+    from prunebench.registry import register_method
+
+    @register_method("coercion-probe")
+    @dataclass
+    class Probe(VisionStagePruner):
+        layers: tuple[int, ...] = (2, 6)
+        names: tuple[str, ...] = ("a",)
+        flags: tuple[bool, ...] = (True,)
+        empty: tuple[int, ...] = ()
+        schedule: Sequence[int] | str = "auto"
+        depth: int | str = "auto"
+        label: str = "x"
+
+    return Probe
+
+
+@pytest.mark.parametrize(
+    "field,text,expected",
+    [
+        ("layers", "2,6,12", (2, 6, 12)),
+        ("layers", "[2, 6, 12]", (2, 6, 12)),
+        ("layers", "(3,)", (3,)),
+        ("layers", "7", (7,)),
+        ("layers", "[]", ()),
+        ("names", "b, c", ("b", "c")),
+        ("flags", "true,off", (True, False)),
+        ("empty", "1,2", (1, 2)),  # an empty default: the element type is read from the annotation
+        ("schedule", "2,6,15", (2, 6, 15)),
+        ("schedule", "[4]", (4,)),
+        ("schedule", "auto", "auto"),
+        ("depth", "12", 12),
+        ("depth", "auto", "auto"),
+        ("label", "2,6", "2,6"),  # a plain str field keeps the string
+    ],
+)
+def test_create_method_coerces_lists_tuples_and_strings(field, text, expected):
+    from prunebench.registry import _REGISTRY
+
+    _coercion_probe()
+    try:
+        value = getattr(create_method("coercion-probe", **{field: text}), field)
+        assert value == expected and type(value) is type(expected)
+    finally:
+        _REGISTRY.pop("coercion-probe", None)
+
+
+@pytest.mark.parametrize("field,text", [("layers", "2,x"), ("layers", "[2,,6]"), ("flags", "maybe"), ("schedule", "2,six")])
+def test_create_method_refuses_a_bad_list_in_one_line(field, text):
+    from prunebench.registry import _REGISTRY
+
+    _coercion_probe()
+    try:
+        with pytest.raises(PruneBenchError, match=f"parameter {field}=.* should be a comma-separated list of") as info:
+            create_method("coercion-probe", **{field: text})
+        assert "\n" not in str(info.value)
+    finally:
+        _REGISTRY.pop("coercion-probe", None)
+
+
+def test_sparsevlm_layers_from_the_command_line():
+    assert create_method("sparsevlm", layers="0,1,2").layers == (0, 1, 2)
+    assert create_method("sparsevlm", layers="[2, 6, 15]").layers == (2, 6, 15)
+    with pytest.raises(PruneBenchError, match="increasing"):
+        create_method("sparsevlm", layers="6,2")
 
 
 def test_per_model_defaults_apply_under_cli_overrides():

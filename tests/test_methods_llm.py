@@ -418,7 +418,8 @@ def test_learnpruner_stage2_averages_text_rows_after_the_image():
 def test_learnpruner_checkpoint_resolution(tmp_path):
     from prunebench.training import load_lpm, save_lpm
 
-    feats = torch.randn(1, 5, 4)
+    # positive features: GELU is increasing there (below about -0.75 it is not, which made this test flaky)
+    feats = torch.rand(1, 5, 4, generator=torch.Generator().manual_seed(0))
     with pytest.raises(PruneBenchError, match="prunebench train learnpruner --model hand-built"):
         create_method("learnpruner").select_vision(vision_view(feats), 2)
     path = tmp_path / "lpm.safetensors"
