@@ -1,4 +1,4 @@
-"""FastV, VisionZip and random pruning on hand-built views whose kept sets follow from methods-1.md by hand.
+"""FastV, VisionZip and random pruning on hand-built views whose kept sets follow from the papers' algorithms by hand.
 
 FastV views plant LLM attention through one-hot keys (key j = e_j, scaling 1), so a query row
 ``log(w)`` gives softmax weights proportional to ``w`` over the keys the mask allows. VisionZip views plant

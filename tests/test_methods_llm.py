@@ -593,3 +593,15 @@ def test_engine_renumbers_positions_per_layer_for_v15(tiny_llava, samples):
         assert seen[i][0][0].tolist() == list(range(length))
         assert seen[i][1][0].tolist() == [length]
     assert seen[0][0][0].tolist() == list(range(prompt)) and seen[0][1][0].tolist() == [prompt]
+
+
+def test_text_queries_from_input_keep_image_newlines_out_after_the_image_tail_was_pruned():
+    """Input: BOS, text, visual 2 3, newline 4, visual 5 6, newline 7, text 8-11. A stage pruned 5 and 6, so the
+    current sequence is visual 2 3, newlines 4 5, text 6-9: counted from the last *remaining* visual token the
+    newline at 4 would be text; SparseVLM's raters are read from the input's image end (rows 5-9)."""
+    view = LayerView(layer=3, hidden_states=torch.zeros(1, 10, 4), visual_index=torch.tensor([[2, 3]]),
+                     valid=torch.ones(1, 10, dtype=torch.bool), input_embeds=torch.zeros(1, 12, 4),
+                     input_visual_index=torch.tensor([[2, 3, 5, 6]]))
+    assert view.text_queries()[0][0].tolist() == [4, 5, 6, 7, 8, 9]
+    rows, valid = view.text_queries(from_input=True)
+    assert rows[0].tolist() == [5, 6, 7, 8, 9] and bool(valid.all())
