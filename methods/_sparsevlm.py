@@ -11,6 +11,7 @@ import math
 import torch
 
 from prunebench.core import InfeasibleBudget, PlanContext, check_plan_meets_budget
+from prunebench.views import RecycledSelection
 
 # The authors' schedules for LLaVA-1.5-7B (576 visual tokens, 32 layers), keyed by their budget label: the
 # tokens each pruning layer {2, 6, 15} keeps by top-k (``Gumpest/SparseVLMs``: v1.5 = @8435974, v2.0 = main @26a5f48 with
@@ -135,3 +136,24 @@ def dpc_knn(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.
     assign = to_centre.argmin(dim=-1)
     assign.scatter_(1, centres, torch.arange(clusters, device=x.device).expand(bsz, -1))
     return centres, assign
+
+
+def cluster_means(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centres (B, c) indices into n, merged (B, c, C)): :func:`dpc_knn`'s clusters of ``x`` and each one's mean
+    (SparseVLM's recycled tokens)."""
+    centres, assign = dpc_knn(x, clusters, noise)
+    bsz, _, dim = x.shape
+    sums = torch.zeros(bsz, clusters, dim, device=x.device).scatter_add_(1, assign[..., None].expand(-1, -1, dim), x)
+    counts = torch.zeros(bsz, clusters, device=x.device).scatter_add_(1, assign, torch.ones_like(x[..., 0]))
+    return centres, sums / (counts[..., None] + 1e-6)
+
+
+def in_slot(hidden: torch.Tensor, kept: torch.Tensor, centres: torch.Tensor, merged: torch.Tensor) -> RecycledSelection:
+    """Kept visual tokens (B, k) plus one merged token in each cluster centre's slot (B, c) (``recycle="inplace"``):
+    a selection in original order whose centre slots take the cluster means as new hidden states."""
+    indices = torch.cat([kept, centres], dim=1)
+    order = indices.argsort(dim=1)
+    values = torch.cat([hidden.gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1])), merged], dim=1)
+    replace = torch.cat([torch.zeros_like(kept, dtype=torch.bool), torch.ones_like(centres, dtype=torch.bool)], dim=1)
+    return RecycledSelection(indices.gather(1, order), values=values.gather(1, order[..., None].expand(-1, -1, values.shape[-1])),
+                             replace=replace.gather(1, order))

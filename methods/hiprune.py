@@ -9,12 +9,12 @@ import torch
 from prunebench.bases import ScoredVisionPruner
 from prunebench.core import PruneBenchError, Selection
 from prunebench.registry import register_method
-from prunebench.views import VisionView, grid_positions
+from prunebench.views import VisionView, grid_positions, mark_neighbours
 
 BUFFER_SHAPES = ("cross", "square", "row")
 EDGES = ("clamp", "drop")
 PAPER_OBJECT_LAYER, PAPER_VIT_DEPTH = 9, 24  # 1-based object layer l of CLIP ViT-L/14-336 (24 layers)
-__all__ = ["HiPrune", "grid_positions"]
+__all__ = ["HiPrune", "grid_positions", "mark_neighbours"]
 
 
 @register_method("hiprune")
@@ -122,7 +122,7 @@ class HiPrune(ScoredVisionPruner):
             unit_of = torch.zeros_like(patch)
         ranking = self.rank_units(view, object_scores, keep)
         anchors = torch.cat([order[:, : self.num_anchors(quota)] for order, quota in ranking], dim=1)
-        anchored = self._mark(anchors, patch, inverse, unit_of, cells, view.grid[1])
+        anchored = mark_neighbours(anchors, patch, inverse, unit_of, cells, self.offsets(view.grid[1]), clamp=self.edges == "clamp")
         per_unit = torch.zeros(view.batch_size, units, dtype=torch.long, device=anchored.device).scatter_add_(1, unit_of, anchored.long())
         for u, (_, quota) in enumerate(ranking):
             if bool((per_unit[:, u] > quota).any()):
@@ -130,24 +130,3 @@ class HiPrune(ScoredVisionPruner):
                                       f"budget {quota}; lower alpha ({self.alpha})")
         # anchors and buffers first (they always fit), then the best register-layer tokens for the rest
         return Selection(self.keep_top(view, self.score(view).masked_fill(anchored, float("inf")), keep))
-
-    def _mark(self, anchors, patch, inverse, unit_of, cells: int, columns: int) -> torch.Tensor:
-        """(B, N) bool: anchors plus their buffer neighbours. ``patch`` (B, N): each candidate's cell on its
-        unit's grid of ``cells`` cells (-1: none); ``inverse`` (B, U * cells): the candidate at a cell (-1: none)."""
-        bsz, num = patch.shape
-        cell = patch.gather(1, anchors)
-        neighbours = cell[..., None] + torch.tensor(self.offsets(columns), device=anchors.device)  # (B, a, s)
-        if self.edges == "clamp":  # the code: out-of-range neighbours become the first / last cell
-            neighbours = neighbours.clamp(0, cells - 1)
-            valid = torch.ones_like(neighbours, dtype=torch.bool)
-        else:  # the paper's Eq. (5): out-of-range neighbours are dropped
-            valid = (neighbours >= 0) & (neighbours < cells)
-        valid &= (cell >= 0)[..., None]
-        flat = unit_of.gather(1, anchors)[..., None] * cells + neighbours.clamp(0, cells - 1)
-        candidate = inverse.gather(1, flat.reshape(bsz, -1)).view_as(neighbours)
-        valid &= candidate >= 0
-        candidate = torch.where(valid, candidate, anchors[..., None])  # a dropped neighbour points at its anchor
-        mask = torch.zeros(bsz, num, dtype=torch.bool, device=anchors.device)
-        mask.scatter_(1, anchors, True)
-        mask.scatter_(1, candidate.reshape(bsz, -1), True)
-        return mask

@@ -7,11 +7,11 @@ from typing import Sequence
 
 import torch
 
-from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, solve_cuts, top_k
-from prunebench.methods._sparsevlm import (PAPER_LAYERS, REFERENCE_DEPTH, REFERENCE_TOKENS, SCHEDULE_MODES, SCHEDULES, dpc_knn, no_paper_schedule,
-                                           paper_budgets, paper_counts, recycled_clusters, schedule_shape, served_budgets)
+from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, ranked, solve_cuts, top_k
+from prunebench.methods._sparsevlm import (PAPER_LAYERS, REFERENCE_DEPTH, REFERENCE_TOKENS, SCHEDULE_MODES, SCHEDULES, cluster_means, dpc_knn,
+                                           in_slot, no_paper_schedule, paper_budgets, paper_counts, recycled_clusters, schedule_shape, served_budgets)
 from prunebench.registry import register_method
-from prunebench.views import LayerView, RecycledSelection
+from prunebench.views import LayerView
 
 __all__ = ["SCHEDULES", "SparseVLM", "dpc_knn", "paper_budgets", "paper_counts", "recycled_clusters", "schedule_shape"]
 
@@ -250,30 +250,13 @@ class SparseVLM(PruningMethod):
         return r
 
     def _recycle(self, view: LayerView, rel: torch.Tensor, kept: torch.Tensor, clusters: int) -> Selection:
-        bsz, n = rel.shape
-        pruned_mask = torch.ones(bsz, n, dtype=torch.bool, device=rel.device)
-        pruned_mask.scatter_(1, kept, False)
-        pruned = n - kept.shape[1]
-        n1, c = self.clusters(pruned)
+        n1, c = self.clusters(rel.shape[1] - kept.shape[1])
         if c != clusters:
             raise PruneBenchError(f"sparsevlm recycling: expected {clusters} clusters, the rule gives {c}")
-        # top-n1 pruned tokens by rel (descending, as the code orders them)
-        cand = rel.masked_fill(~pruned_mask, float("-inf")).topk(n1, dim=1).indices  # (B, n1) into visual
+        cand = ranked(rel.scatter(1, kept, float("-inf")))[:, :n1]  # the n1 best pruned tokens, descending as in the code
         hidden = view.hidden_states.gather(1, view.visual_index[..., None].expand(-1, -1, view.hidden_states.shape[-1]))
         feats = hidden.gather(1, cand[..., None].expand(-1, -1, hidden.shape[-1])).float()
-        centres, assign = dpc_knn(feats, c, view.rand(n1, device=rel.device))
-        sums = torch.zeros(bsz, c, feats.shape[-1], device=feats.device).scatter_add_(1, assign[..., None].expand(-1, -1, feats.shape[-1]), feats)
-        counts = torch.zeros(bsz, c, device=feats.device).scatter_add_(1, assign, torch.ones_like(feats[..., 0]))
-        merged = sums / (counts[..., None] + 1e-6)
+        centres, merged = cluster_means(feats, c, view.rand(n1, device=rel.device))
         if self.recycling == "append":  # after the kept tokens, in centre order (the published code)
             return Selection(kept, append=merged.to(hidden.dtype))
-        centre_index = cand.gather(1, centres)  # (B, c) into visual
-        indices = torch.cat([kept, centre_index], dim=1)
-        order = indices.argsort(dim=1)
-        values = torch.cat([hidden.gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1])), merged.to(hidden.dtype)], dim=1)
-        replace = torch.cat([torch.zeros_like(kept, dtype=torch.bool), torch.ones_like(centre_index, dtype=torch.bool)], dim=1)
-        return RecycledSelection(
-            indices.gather(1, order),
-            values=values.gather(1, order[..., None].expand(-1, -1, values.shape[-1])),
-            replace=replace.gather(1, order),
-        )
+        return in_slot(hidden, kept, cand.gather(1, centres), merged.to(hidden.dtype))

@@ -21,8 +21,8 @@ from prunebench.attention import Captured
 from prunebench.core import PruneBenchError, Selection, ranked, stable_top_k
 
 HeadReduce = Literal["mean", "sum", "none"]
-__all__ = ["HeadReduce", "LayerView", "RecycledSelection", "UnitVisionView", "VisionView", "grid_positions", "ranked", "ranked_per_unit",
-           "sample_generators", "stable_top_k", "top_k_per_unit", "unit_quotas"]
+__all__ = ["HeadReduce", "LayerView", "RecycledSelection", "UnitVisionView", "VisionView", "grid_positions", "mark_neighbours", "ranked",
+           "ranked_per_unit", "sample_generators", "stable_top_k", "top_k_per_unit", "unit_quotas"]
 
 
 def _reduce_heads(attn: torch.Tensor, heads: HeadReduce) -> torch.Tensor:
@@ -107,6 +107,32 @@ def grid_positions(view: VisionView) -> tuple[torch.Tensor, torch.Tensor, int]:
     slot = torch.where(patch >= 0, unit_of * cells + patch, torch.full_like(patch, view.num_units * cells))
     inverse.scatter_(1, slot, torch.arange(num, device=device).expand(bsz, -1))
     return patch, inverse[:, :-1], cells
+
+
+def mark_neighbours(anchors: torch.Tensor, patch: torch.Tensor, inverse: torch.Tensor, unit_of: torch.Tensor, cells: int,
+                    offsets: Sequence[int], clamp: bool = True) -> torch.Tensor:
+    """(B, N) bool: ``anchors`` (B, a) plus their neighbours at raster ``offsets`` on their unit's grid (HiPrune's
+    buffers). ``patch`` (B, N): each candidate's cell on its unit's grid of ``cells`` cells (-1: none, e.g. a
+    video frame's [CLS]); ``inverse`` (B, U * cells): the candidate at each (unit, cell) (-1: none, e.g. removed
+    by AnyRes unpadding); see :func:`grid_positions`. ``clamp``: out-of-range neighbours become the first / last
+    cell (HiPrune's code); otherwise they are dropped (its paper's Eq. 5), as are neighbours with no candidate."""
+    bsz, num = patch.shape
+    cell = patch.gather(1, anchors)
+    neighbours = cell[..., None] + torch.tensor(list(offsets), device=anchors.device)  # (B, a, s)
+    if clamp:
+        neighbours = neighbours.clamp(0, cells - 1)
+        valid = torch.ones_like(neighbours, dtype=torch.bool)
+    else:
+        valid = (neighbours >= 0) & (neighbours < cells)
+    valid &= (cell >= 0)[..., None]
+    flat = unit_of.gather(1, anchors)[..., None] * cells + neighbours.clamp(0, cells - 1)
+    candidate = inverse.gather(1, flat.reshape(bsz, -1)).view_as(neighbours)
+    valid &= candidate >= 0
+    candidate = torch.where(valid, candidate, anchors[..., None])  # a dropped neighbour points at its anchor
+    mask = torch.zeros(bsz, num, dtype=torch.bool, device=anchors.device)
+    mask.scatter_(1, anchors, True)
+    mask.scatter_(1, candidate.reshape(bsz, -1), True)
+    return mask
 
 
 @dataclass
