@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prunebench.core import PruneBenchError
@@ -72,8 +74,6 @@ def default_checkpoint(model: str) -> Path:
 
 def save_lpm(module: LearnedPruningModule, path: Path, recipe: dict[str, Any]) -> None:
     """Write ``path`` (safetensors, shapes in its metadata) and the recipe next to it (``.json``)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}
@@ -84,9 +84,6 @@ def save_lpm(module: LearnedPruningModule, path: Path, recipe: dict[str, Any]) -
 
 def load_lpm(path: Path | str) -> LearnedPruningModule:
     """Load an LPM from a safetensors file (never pickle)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise PruneBenchError(f"LPM checkpoints are .safetensors files, got {path}")

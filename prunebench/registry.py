@@ -55,7 +55,7 @@ def register_method(name: str) -> Callable[[M], M]:
 
 
 def _load_builtins() -> None:
-    import prunebench.methods as builtin
+    builtin = importlib.import_module("prunebench.methods")  # found at run time, as plugins are: methods import the registry
 
     for info in pkgutil.iter_modules(builtin.__path__):
         if not info.name.startswith("_"):

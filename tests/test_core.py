@@ -45,7 +45,7 @@ def test_single_cut_average_mode_solves_the_layer_average():
 def test_single_cut_average_mode_reports_unreachable_budgets():
     ctx = PlanContext(num_visual=576, num_layers=32, mode="average")
     with pytest.raises(InfeasibleBudget, match="cannot go below 37"):
-        solve_single_cut(32, ctx, cut=2)  # FastV at K=2 cannot average 32 tokens (DESIGN.md)
+        solve_single_cut(32, ctx, cut=2)  # FastV at K=2 cannot average 32 tokens: layers 0-1 see all 576
 
 
 def test_single_cut_final_mode_keeps_the_budget():

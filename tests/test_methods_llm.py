@@ -120,7 +120,7 @@ def test_sparsevlm_rope_attention_is_ones_vectors_rotated_by_rope():
     q, k = apply_rotary_pos_emb(ones, ones, cos, sin)
     want = (q[0, 0, TEXT] @ k[0, 0, VIS].T) * d**-0.5
     torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
-    # closed form of methods-1.md §2.2: (2/sqrt(d)) Σ_f cos((p_i - p_j) θ_f)
+    # closed form of SparseVLM v2.0's RoPE correction (Gumpest/SparseVLMs @26a5f48): (2/sqrt(d)) Σ_f cos((p_i - p_j) θ_f)
     delta = positions[0, TEXT][:, None, None] - positions[0, VIS][None, :, None]
     torch.testing.assert_close(got[0], 2 * d**-0.5 * (delta * inv).cos().sum(-1), rtol=1e-5, atol=1e-5)
 
@@ -211,7 +211,7 @@ def test_sparsevlm_v15_recycles_pruned_tokens_into_centre_slots():
 
 
 def reference_dpc_knn(x: torch.Tensor, c: int, noise: torch.Tensor) -> tuple[list[int], list[int]]:
-    """methods-1.md §2.3 step by step on one sample, in plain Python."""
+    """SparseVLM v1.5's recycling (Gumpest/SparseVLMs @8435974) step by step on one sample, in plain Python."""
     n, dim = x.shape
     d = [[float((x[i] - x[j]).norm()) / dim**0.5 for j in range(n)] for i in range(n)]
     density = [math.exp(-sum(v**2 for v in sorted(d[i])[:c]) / c) + float(noise[i]) * 1e-6 for i in range(n)]
