@@ -4,6 +4,9 @@ A method is a small dataclass: its fields are the paper's hyper-parameters (defa
 implements one ``select`` per stage where it acts plus ``plan``, which maps a budget to per-stage keep counts.
 Everything mechanical (running the vision tower, gathering tokens, masks, positions, the KV cache, timing,
 FLOPs) lives in :mod:`prunebench.engine` and the model adapters, once, for every method.
+A method that only ranks tokens subclasses :class:`prunebench.bases.ScoredVisionPruner` or
+:class:`prunebench.bases.ScoredLLMPruner` and writes ``score(view)``; this module sits below the views and the
+bases and imports neither.
 
 Stages
     * **vision stage**: after the vision encoder, before the LLM. ``select_vision(view, keep)`` sees a

@@ -557,3 +557,16 @@ def test_scored_llm_pruner_plans_one_cut_and_keeps_the_top_scores():
 
     view = LayerView(layer=2, hidden_states=torch.zeros(1, 80, 4), visual_index=torch.arange(5, 69)[None], valid=torch.ones(1, 80, dtype=torch.bool))
     assert method.select_llm(view, 16).keep[0].tolist() == list(range(16))
+
+
+def test_core_sits_below_the_views_and_the_bases():
+    """views imports core; core imports neither views nor bases (not even for type checking)."""
+    import ast
+    from pathlib import Path
+
+    import prunebench.core
+
+    tree = ast.parse(Path(prunebench.core.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.startswith("prunebench")}
