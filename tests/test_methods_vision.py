@@ -447,3 +447,13 @@ def test_vispruner_diverse_step_space_is_selectable():
     view = view_of(feats, (2, 4), {1: planted(with_cls(torch.zeros(1, 8)))}, projected=projected)
     assert kept(create_method("vispruner", important_ratio=0.5), view, 6) == [0, 1, 2, 4, 6, 7]
     assert kept(create_method("vispruner", important_ratio=0.5, similarity="projected"), view, 6) == [0, 1, 2, 4, 5, 6]
+
+
+def test_fastervlm_and_vispruner_at_ratio_one_keep_the_same_set_on_exact_ties():
+    """Both rank by the stable rule (equal scores: lower index), so VisPruner with important_ratio = 1 is FasterVLM
+    exactly, also where whole plateaus of [CLS] attention tie (the originals' topk / argsort leave ties to the kernel)."""
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 1.0, 0.0, 1.0, 1.0, 0.0]])
+    view = view_of(torch.randn(1, 12, 8), (3, 4), {1: planted(with_cls(logits))})
+    expected = [1, 2, 3, 5, 6]  # token 6 (logit 2), then the four lowest indices among the seven tied at 1
+    assert kept(create_method("fastervlm"), view, 5) == expected
+    assert kept(create_method("vispruner", important_ratio=1.0), view, 5) == expected
