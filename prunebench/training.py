@@ -43,18 +43,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import math
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from torch import nn
 
 from prunebench.core import PruneBenchError, ranked
 from prunebench.lpm import (  # noqa: F401  (re-exported: the names prunebench.training has always offered)

@@ -391,7 +391,7 @@ def test_hiprune_video_frame_cls_is_never_an_anchor():
     # the best patch of each frame (cell 5) with its cross buffers; a [CLS] may still be a register.
     from prunebench.views import UnitVisionView
 
-    cells, tokens = 16, 17
+    tokens = 17  # 16 grid cells + [CLS] per frame
     token_map = torch.tensor([u * tokens + t for u in range(2) for t in range(tokens)])[None]
     object_logits = torch.zeros(1, 2 * tokens)
     object_logits[0, [0, tokens]] = 9.0  # the frames' [CLS] keys
