@@ -16,7 +16,7 @@ from prunebench.views import VisionView
 @dataclass
 class DivPrune(VisionStagePruner):
     """DivPrune (Alvar et al., "DivPrune: Diversity-based Visual Token Pruning for Large Multimodal Models",
-    CVPR 2025, arXiv 2503.02175; methods-2.md §1), acting after the projector, before the first LLM layer.
+    CVPR 2025, arXiv 2503.02175), acting after the projector, before the first LLM layer.
 
     Algorithm (``vbdi/divprune`` @799e2d9, ``llava_arch.py`` ``DivPrune``), budget k = tokens entering the LLM:
       1. D = 1 - cos(x_i, x_j) over the projected visual tokens (``view.projected``, 4096-d on LLaVA-7B);
@@ -28,13 +28,13 @@ class DivPrune(VisionStagePruner):
       4. keep the picks in original order; compact positions (the sequence is simply shorter).
     The budget maps to the original's ratio as r = k / N (the official scripts' r = 0.098 is 56 of 576).
 
-    Duplicate picks (methods-2.md §1.7a): the original never excludes picked tokens, so once every unpicked
-    token is an exact (or rounding-level) duplicate of a picked one, a picked token can win the argmax again,
-    and from then on the same token is re-picked for every remaining slot: the LLM gets fewer distinct tokens
-    than the budget and copies of one embedding. ``repick="mask"`` (default, as MMTok's port) excludes picked
-    tokens, so exactly k distinct tokens enter the LLM; it equals the original whenever the original picks no
-    duplicate. ``repick="official"`` runs the unmasked greedy and raises if a duplicate pick occurs (the budget
-    contract cannot hold k distinct tokens then), so a fidelity run can prove the two agree on its data.
+    Duplicate picks: the original never excludes picked tokens, so once every unpicked token is an exact (or
+    rounding-level) duplicate of a picked one, a picked token can win the argmax again, and from then on the
+    same token is re-picked for every remaining slot: the LLM gets fewer distinct tokens than the budget and
+    copies of one embedding. ``repick="mask"`` (default, as MMTok's port, ``Ironieser/MMTok`` @d1522cd)
+    excludes picked tokens, so exactly k distinct tokens enter the LLM; it equals the original whenever the
+    original picks no duplicate. ``repick="official"`` runs the unmasked greedy and raises if a duplicate pick
+    occurs (the budget contract cannot hold k distinct tokens then), so a fidelity run can prove the two agree.
 
     ``space="projected"`` (default) is the original's post-projector space; ``"vision"`` uses the ViT
     features before the projector. Deviations: fp32 distances (original: fp16 cosine matrix); batches above 1
@@ -50,7 +50,7 @@ class DivPrune(VisionStagePruner):
 
     No [CLS] is involved, so towers without one need no replacement signal. On Qwen2.5-VL the candidates are
     the 2x2 merge units: ``"projected"`` = the merger's output (the LLM-space embedding, the literal analogue of
-    "post-projector", methods-2.md §1.4's default), ``"vision"`` = the merger's input (the unit's four ViT
+    "post-projector", the default here), ``"vision"`` = the merger's input (the unit's four ViT
     outputs after ``ln_q``, concatenated). MMTok's community port instead averages the four final ViT hidden
     states (1280-d), a third space that prunebench does not offer; it also masks picked tokens, as
     ``repick="mask"`` does. Kept tokens keep their M-RoPE positions (the adapter's rule for every method).

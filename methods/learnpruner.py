@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, solve_single_cut
+from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, ranked, solve_single_cut, top_k
+from prunebench.lpm import INPUT_SPACES, LearnedPruningModule, check_lpm, resolve_lpm
 from prunebench.registry import register_method
-from prunebench.training import INPUT_SPACES
-from prunebench.views import LayerView, VisionView, ranked, stable_top_k
+from prunebench.views import LayerView, VisionView
 
 PAPER_LAYER = 12  # of 32 (LLaVA-1.5-7B): layers 0..11 see R1, layers 12.. see R2
 REFERENCE_DEPTH = 32
@@ -43,19 +42,19 @@ def diversity_fill(features: torch.Tensor, selected: torch.Tensor, count: int) -
 @dataclass
 class LearnPruner(PruningMethod):
     """LearnPruner (Takezoe et al., "LearnPruner: Rethinking Attention-based Token Pruning in VLMs", ICLR 2026,
-    arXiv 2604.23950; methods-2.md §3). **Re-implemented from description**: the paper's code and checkpoints
+    arXiv 2604.23950). **Re-implemented from description**: the paper's code and checkpoints
     are unreleased, so every detail it does not fix is a field below with a documented default.
 
-    Stage 1, before the LLM: the LPM (``prunebench.training.LearnedPruningModule``, width → ``lpm_hidden`` → 2,
+    Stage 1, before the LLM: the LPM (``prunebench.lpm.LearnedPruningModule``, width → ``lpm_hidden`` → 2,
     GELU; 1024 → 512 → 2 = 0.53 M parameters for CLIP-L) scores every visual token with M_soft[keep]; the top
     R1 − n_div tokens are kept, then n_div = round(``diversity``·R1) diversity tokens (λ = 10 %) are added from
     the rest by max-min cosine similarity (the token whose largest similarity to the kept set is smallest joins
     next). The LLM then sees a compact sequence (positions renumbered, as pre-LLM pruning does).
-    Stage 2, before decoder layer ``layer`` (the paper's "layer 12": layers 0..11 see R1, methods-2.md §3.4):
+    Stage 2, before decoder layer ``layer`` (the paper's "layer 12": layers 0..11 see R1):
     attention of layer ``layer − 1`` from the ``query_rows`` to each visual token, fp32 softmax from captured
     q/k, averaged over heads and query rows; the top R2 stay with their positions (no renumbering after stage 2).
 
-    Budget (reading 1 of methods-2.md §3.5, the layer average): with R2* = B·L / (r·k + L − k) the real
+    Budget (read as the layer average; the paper does not say how its budgets count): with R2* = B·L / (r·k + L − k) the real
     solution for r = ``ratio`` (3) and k = ``layer``, R1 = round(r·R2*) capped at N, and R2 = the nearest-integer
     solution for the layer average given R1 (the harness's average-mode contract,
     :func:`prunebench.core.solve_single_cut`); final mode R2 = B, R1 = min(N, round(r·B)). LLaVA-1.5-7B:
@@ -184,68 +183,29 @@ class LearnPruner(PruningMethod):
         attn = view.attention_to_visual(rows)  # (B, r, n), mean over heads
         weight = valid[..., None].to(attn.dtype)
         scores = (attn * weight).sum(1) / weight.sum(1).clamp(min=1)
-        return Selection(stable_top_k(scores, keep))
+        return Selection(top_k(scores, keep))
 
     # -- the LPM ------------------------------------------------------------------------------------------
-    def use_module(self, module: torch.nn.Module) -> "LearnPruner":
+    def use_module(self, module: torch.nn.Module) -> LearnPruner:
         """Use an in-memory LPM (any module mapping (..., width) features to (..., 2) logits, keep = 0)."""
-        from prunebench.training import LearnedPruningModule
-
         if not isinstance(module, LearnedPruningModule):
-            raise PruneBenchError("use_module expects a prunebench.training.LearnedPruningModule")
+            raise PruneBenchError("use_module expects a prunebench.lpm.LearnedPruningModule")
         self.__dict__["_module"] = module.eval()
         return self
 
-    def lpm_for(self, view: VisionView, width: int | None = None):
+    def lpm_for(self, view: VisionView, width: int | None = None) -> LearnedPruningModule:
         """The LPM for ``view``'s model (loaded once per checkpoint and model), checked against its features."""
-        from prunebench.models import TINY_MODELS
-        from prunebench.training import default_checkpoint, load_lpm, random_lpm
-
         width = view.features.shape[-1] if width is None else width
         module = self.__dict__.get("_module")
-        cache = self.__dict__.setdefault("_loaded", {})
         if module is None:
+            cache = self.__dict__.setdefault("_loaded", {})
             key = (self.checkpoint, view.model_name, width)
             if key not in cache:
-                cache[key] = self._resolve(view, width, TINY_MODELS, default_checkpoint, load_lpm, random_lpm)
+                base = view.adapter.model if view.adapter is not None else None
+                cache[key] = resolve_lpm(self.checkpoint, view.model_name, width, seed=self.seed, hidden=self.lpm_hidden or None,
+                                         input=self.lpm_input, base=base, verify=self.verify)
             module = cache[key]
-        fix = f"train one with `prunebench train learnpruner --model {view.model_name or 'MODEL'} --input {self.lpm_input}`"
-        if getattr(module, "input", "vision") != self.lpm_input:
-            raise PruneBenchError(f"learnpruner: the LPM reads {module.input} features but lpm_input={self.lpm_input!r}; "
-                                  f"set lpm_input={module.input!r} or {fix}")
-        if module.width != width:
-            raise PruneBenchError(
-                f"learnpruner: the LPM expects {module.width}-d features but this model's {self.lpm_input} features are {width}-d; {fix}"
-            )
-        if self.lpm_hidden and module.hidden != self.lpm_hidden:
-            raise PruneBenchError(f"learnpruner: lpm_hidden={self.lpm_hidden} but the LPM's hidden width is {module.hidden}; "
-                                  f"set lpm_hidden=0 (take the checkpoint's) or {fix} --hidden {self.lpm_hidden}")
-        return module
-
-    def _resolve(self, view: VisionView, width: int, tiny, default_checkpoint, load_lpm, random_lpm):
-        model = view.model_name
-        if self.checkpoint == "random":
-            return random_lpm(width, self.seed, self.lpm_hidden or None, self.lpm_input)
-        if self.checkpoint == "auto":
-            path = default_checkpoint(model) if model else None
-            if path is None or not path.exists():
-                if model in tiny:
-                    return random_lpm(width, self.seed, self.lpm_hidden or None, self.lpm_input)
-                raise PruneBenchError(
-                    f"learnpruner has no trained LPM for model {model or '(unnamed)'!r}: run `prunebench train learnpruner "
-                    f"--model {model or 'MODEL'}` (writes {path or 'prunebench/assets/learnpruner/MODEL.safetensors'}), "
-                    "or pass checkpoint=PATH.safetensors (checkpoint=random for an untrained, seeded LPM)"
-                )
-        else:
-            path = Path(self.checkpoint)
-            if path.suffix != ".safetensors":
-                path = default_checkpoint(self.checkpoint)
-        module = load_lpm(path)
-        if self.verify and view.adapter is not None:
-            from prunebench.training import check_base, load_recipe
-
-            check_base(load_recipe(path), view.adapter.model, model, path)
-        return module
+        return check_lpm(module, width, self.lpm_input, self.lpm_hidden, view.model_name)
 
 
 def budget_split(budget: int, num_layers: int = 32, layer: int = PAPER_LAYER, ratio: float = 3.0, num_visual: int = 576) -> tuple[int, int]:

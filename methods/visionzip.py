@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prunebench.core import PruneBenchError, Selection, VisionStagePruner, top_k
+from prunebench.bases import ScoredVisionPruner
+from prunebench.core import PruneBenchError, Selection
 from prunebench.registry import register_method
-from prunebench.views import VisionView, top_k_per_unit, unit_quotas
+from prunebench.views import VisionView
 
 # The paper's splits for LLaVA-1.5 (Table 8): 64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30.
 CONTEXTUAL_SHARE = 10 / 64
@@ -17,9 +18,10 @@ CONTEXTUAL_SHARE = 10 / 64
 
 @register_method("visionzip")
 @dataclass
-class VisionZip(VisionStagePruner):
-    """VisionZip (Yang et al., "VisionZip: Longer is Better but Not Necessary in VLMs", CVPR 2025;
-    methods-1.md §4), training-free variant, acting before the projector.
+class VisionZip(ScoredVisionPruner):
+    """VisionZip (Yang et al., "VisionZip: Longer is Better but Not Necessary in VLMs", CVPR 2025, arXiv
+    2412.04467), training-free variant, acting before the projector (``dvlab-research/VisionZip`` @3151f6d,
+    ``visionzip/utils.py``).
 
     Algorithm, at the ViT feature layer (hidden_states[-2]):
       1. dominant: [CLS] plus the ``dominant - 1`` patches with the largest [CLS] attention, **summed** over
@@ -32,24 +34,19 @@ class VisionZip(VisionStagePruner):
 
     Budget split: ``contextual = round(budget * 10/64)``, reproducing 54+10 / 108+20 / 162+30 and scaling
     between them; set ``dominant``/``contextual`` to fix them (they must then sum to the budget).
-    Deviation: scores in fp32 from captured q/k instead of an fp16 eager softmax (near-ties may differ).
+    Deviations: scores in fp32 from captured q/k instead of an fp16 eager softmax (near-ties may differ);
+    equal scores keep the lower index (the original's ``topk`` leaves exact ties to the kernel).
 
-    On Qwen2.5-VL (no [CLS]): dominant tokens are ranked by ``view.importance()``, the attention each merged
-    token receives at the last full-attention ViT block (head-mean, all queries, averaged over its 2x2 merge
-    unit, window order undone), as in the LightCompress port (methods-1.md §4.4); there is no [CLS] to prepend,
-    so all ``dominant`` tokens are patches, and the merging metric is the keys of the feature block averaged per
-    merge unit. The contextual tokens enter the LLM after the kept ones at the 3-D M-RoPE position of the
-    image's last token (the port writes them at their target's position). On Video-LLaVA videos the frames'
-    [CLS] tokens are candidates (``cls_feature`` is None): nothing is prepended either.
-
-    Multi-unit inputs (LLaVA-NeXT crops, Video-LLaVA frames): the original runs the algorithm per crop, with
-    the same D/C for each ([CLS] + D-1 patches + C contextual per crop, methods-1.md §4.4). Here each unit keeps
-    its share of the dominant patches (:func:`unit_quotas`: equal shares for equal units), ranked by its own
-    crop's [CLS] attention, as VisPruner/FasterVLM do per crop. Deviation: only the base crop's [CLS] is
-    prepended and one set of contextual tokens is merged over all units' remaining tokens -- the view does
-    not expose the sub-crops' [CLS] features, and merged tokens can only sit before or after the kept ones,
-    so the per-crop [CLS] and contextual interleaving of the original cannot be reproduced. The papers'
-    setting is ``--layout fivecrop --budget-scope crop``: 5 x 576 tokens, no unpadding, the budget per crop.
+    Qwen2.5-VL (no [CLS]): dominant tokens by ``view.importance()`` (received attention at the last
+    full-attention ViT block, per 2x2 merge unit), as the LightCompress port (``ModelTC/LightCompress``
+    @9701d03) does; nothing is prepended, so all ``dominant`` tokens are patches, and the contextual tokens
+    enter after the kept ones at the image's last M-RoPE position (the port writes them at their target's).
+    Video-LLaVA videos: the frames' [CLS] tokens are candidates (``cls_feature`` is None), nothing prepended.
+    Multi-unit inputs (LLaVA-NeXT crops, video frames): the original runs the algorithm per crop with the same
+    D/C for each; here each unit keeps its quota of the dominant patches, ranked by its own [CLS] attention.
+    Deviation: only the base crop's [CLS] is prepended and one set of contextual tokens is merged over all
+    units' remaining tokens (merged tokens can only sit before or after the kept ones, so the original's
+    per-crop interleaving cannot be reproduced). The papers' setting is ``--layout fivecrop --budget-scope crop``.
     """
 
     dominant: int = 0  # 0 = derived from the budget
@@ -70,8 +67,8 @@ class VisionZip(VisionStagePruner):
         contextual = round(budget * CONTEXTUAL_SHARE)
         return budget - contextual, contextual
 
-    def vision_layers(self, num_vision_layers: int, feature_layer: int) -> tuple[int, ...]:
-        return (feature_layer,)
+    def score(self, view: VisionView) -> torch.Tensor:
+        return view.cls_attention(heads="sum") if view.has_cls else view.importance()
 
     def select_vision(self, view: VisionView, keep: int) -> Selection:
         if self.merge not in ("target+mean", "average"):
@@ -79,12 +76,7 @@ class VisionZip(VisionStagePruner):
         dominant, contextual = self.split(keep)
         prefix = view.cls_feature is not None  # [CLS] is one of the dominant tokens where it is not a candidate
         patches = dominant - 1 if prefix else dominant
-        scores = view.cls_attention(heads="sum") if view.has_cls else view.importance()
-        quotas = unit_quotas(view, patches)
-        if quotas is None:
-            kept = top_k(scores, patches)
-        else:  # each crop / frame its share, ranked by its own [CLS] attention
-            kept = top_k_per_unit(scores, view.unit_of, view.num_units, quotas)
+        kept = self.keep_top(view, self.score(view), patches)  # each crop / frame its quota
         prepend = view.cls_feature[:, None] if prefix else None
         if contextual == 0:
             return Selection(kept, prepend=prepend)

@@ -3,12 +3,14 @@
 Public API::
 
     from prunebench import register_method, list_methods, create_method      # registry (timm-style)
+    from prunebench import ScoredVisionPruner, ScoredLLMPruner                  # a method = its score(view)
     from prunebench import PruningMethod, VisionStagePruner, SingleCutLLMPruner, Selection, Plan, top_k
     from prunebench import Pruner, load_model                                 # run a method on a model
 """
 
 __version__ = "0.1.0"
 
+from prunebench.bases import ScoredLLMPruner, ScoredVisionPruner  # noqa: E402
 from prunebench.core import (  # noqa: E402
     BudgetError,
     InfeasibleBudget,
@@ -21,6 +23,7 @@ from prunebench.core import (  # noqa: E402
     SingleCutLLMPruner,
     UnsupportedModel,
     VisionStagePruner,
+    solve_cuts,
     solve_single_cut,
     top_k,
 )
@@ -30,6 +33,6 @@ from prunebench.registry import create_method, list_methods, register_method  # 
 
 __all__ = [
     "BudgetError", "InfeasibleBudget", "Plan", "PlanContext", "PruneBenchError", "PruningMethod", "Pruner",
-    "Selection", "SelectionError", "SingleCutLLMPruner", "UnsupportedModel", "VisionStagePruner", "create_method", "list_methods",
-    "load_model", "register_method", "solve_single_cut", "top_k",
+    "ScoredLLMPruner", "ScoredVisionPruner", "Selection", "SelectionError", "SingleCutLLMPruner", "UnsupportedModel",
+    "VisionStagePruner", "create_method", "list_methods", "load_model", "register_method", "solve_cuts", "solve_single_cut", "top_k",
 ]

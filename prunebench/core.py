@@ -4,6 +4,9 @@ A method is a small dataclass: its fields are the paper's hyper-parameters (defa
 implements one ``select`` per stage where it acts plus ``plan``, which maps a budget to per-stage keep counts.
 Everything mechanical (running the vision tower, gathering tokens, masks, positions, the KV cache, timing,
 FLOPs) lives in :mod:`prunebench.engine` and the model adapters, once, for every method.
+A method that only ranks tokens subclasses :class:`prunebench.bases.ScoredVisionPruner` or
+:class:`prunebench.bases.ScoredLLMPruner` and writes ``score(view)``; this module sits below the views and the
+bases and imports neither.
 
 Stages
     * **vision stage**: after the vision encoder, before the LLM. ``select_vision(view, keep)`` sees a
@@ -15,7 +18,7 @@ Stages
       attention rows of layer K-1 computed from its captured queries and keys). Layers K.. then run on the
       kept tokens only, and their KV cache holds only them.
 
-Budget contract (DESIGN.md): ``budget`` counts visual tokens. In ``average`` mode it is the mean over the
+Budget contract: ``budget`` counts visual tokens. In ``average`` mode it is the mean over the
 LLM's decoder layers during prefill of the visual tokens each layer sees; in ``final`` mode it is the count
 left after the last stage. :meth:`PruningMethod.plan` returns a :class:`Plan`; the engine checks that the plan
 meets the budget under the chosen mode (average mode: exactly for a vision-only plan, otherwise within the
@@ -28,12 +31,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
-
-if TYPE_CHECKING:
-    from prunebench.views import LayerView, VisionView
 
 BudgetMode = Literal["average", "final"]
 PositionPolicy = Literal["compact", "original"]
@@ -162,16 +162,35 @@ class Selection:
         for name, extra in (("prepend", self.prepend), ("append", self.append)):
             if extra is not None and (extra.dim() != 3 or extra.shape[0] != batch):
                 raise SelectionError(f"{where}: {name} must be (batch, m, dim) merged tokens, got {tuple(extra.shape)}")
+            if extra is not None and not bool(torch.isfinite(extra).all()):
+                raise SelectionError(f"{where}: the {name}ed merged tokens hold NaN or infinite values; check the merge (e.g. a mean over an empty group)")
 
     @staticmethod
-    def sorted(indices: torch.Tensor, **extra: Any) -> "Selection":
+    def sorted(indices: torch.Tensor, **extra: Any) -> Selection:
         """A selection from indices in any order (e.g. topk output); sorts them into original order."""
         return Selection(indices.sort(dim=-1).values, **extra)
 
 
+def ranked(scores: torch.Tensor) -> torch.Tensor:
+    """(B, N) indices by descending score, ties to the lower index (a stable sort).
+
+    ``torch.topk`` leaves the order of equal scores to the kernel (CPU and CUDA differ), so every ranking in
+    prunebench goes through this one rule: equal scores, lower index first.
+    """
+    return scores.sort(dim=-1, descending=True, stable=True).indices
+
+
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores per row, in original order (``torch.topk``, as the originals use)."""
-    return scores.topk(k, dim=-1).indices.sort(dim=-1).values
+    """(B, k) indices of the k largest scores per row, in original order; equal scores: the lower index wins.
+
+    The originals rank with ``torch.topk``, whose order on exact ties is the kernel's; prunebench breaks them
+    by position on every path (single image, per crop / frame, vision and LLM stages), so a kept set is the
+    same on every device.
+    """
+    return ranked(scores)[..., :k].sort(dim=-1).values
+
+
+stable_top_k = top_k  # the name the per-unit helpers of :mod:`prunebench.views` use
 
 
 class PruningMethod:
@@ -206,10 +225,12 @@ class PruningMethod:
         """Decoder layers whose queries/keys are captured during prefill (default: the layer before each cut)."""
         return tuple(layer - 1 for layer in plan.llm)
 
-    def select_vision(self, view: "VisionView", keep: int) -> Selection:
+    def select_vision(self, view: Any, keep: int) -> Selection:
+        """``view``: a :class:`prunebench.views.VisionView` (core sits below the views, so it is not named here)."""
         raise NotImplementedError(f"{self.name} has no vision stage")
 
-    def select_llm(self, view: "LayerView", keep: int) -> Selection:
+    def select_llm(self, view: Any, keep: int) -> Selection:
+        """``view``: a :class:`prunebench.views.LayerView`."""
         raise NotImplementedError(f"{self.name} has no LLM stage")
 
     # -- description --------------------------------------------------------------------------------------
@@ -252,18 +273,56 @@ def solve_single_cut(budget: int, ctx: PlanContext, cut: int, name: str = "metho
     """Keep count after a cut at layer ``cut`` so that the plan meets ``budget`` under ``ctx.mode``.
 
     ``before``: visual tokens entering the LLM (default: all). Average mode rounds to the nearest integer.
+    The one-stage case of :func:`solve_cuts`.
+    """
+    return solve_cuts(budget, ctx, (cut,), name=name, before=before)[0]
+
+
+def solve_cuts(budget: int, ctx: PlanContext, cuts: Sequence[int], shape: Sequence[float] | None = None, name: str = "method",
+               before: int | None = None) -> list[int]:
+    """Keep counts after LLM cuts at layers ``cuts`` (ascending) so that the plan meets ``budget`` under ``ctx.mode``.
+
+    ``shape``: the stages' relative sizes (e.g. a published schedule's fractions; default: one stage per cut,
+    all alike); ``before``: visual tokens entering the LLM (default: all of them).
+      * ``final`` mode: the last stage keeps ``budget``; an earlier stage keeps its ``shape`` ratio to the last
+        times the budget, at least the budget and at most ``before``;
+      * ``average`` mode: counts k_i proportional to ``shape`` (capped at ``before``, at least 1, never growing
+        from one stage to the next) with sum_i span_i * k_i = budget * L - cuts[0] * before, where span_i is the
+        number of layers stage i serves; nearest integers, the rounding residual on the last stage. One stage
+        gives the nearest-integer solution of (K * before + (L - K) * keep) / L = budget.
+    A budget below what the unpruned layers 0..cuts[0]-1 already spend is :class:`InfeasibleBudget`.
     """
     before = ctx.num_visual if before is None else before
+    cuts = list(cuts)
+    shape = [1.0] * len(cuts) if shape is None else [float(f) for f in shape]
+    if not cuts or len(shape) != len(cuts):
+        raise ValueError(f"solve_cuts needs one shape entry per cut, got {len(shape)} for cuts {cuts}")
     if ctx.mode == "final":
-        return budget
-    keep = (budget * ctx.num_layers - cut * before) / (ctx.num_layers - cut)
-    if keep < 1:
-        lowest = math.ceil((cut * before + (ctx.num_layers - cut)) / ctx.num_layers)
+        return [min(before, max(budget, round(f / shape[-1] * budget))) for f in shape[:-1]] + [budget]
+    depth = ctx.num_layers
+    spans = [b - a for a, b in zip(cuts, cuts[1:] + [depth])]
+    free = budget * depth - cuts[0] * before  # token-layers left after the unpruned layers 0..cuts[0]-1
+    if free < sum(spans):
+        lowest = math.ceil((cuts[0] * before + sum(spans)) / depth)
         raise InfeasibleBudget(
-            f"{name} prunes at layer {cut} of {ctx.num_layers}: layers 0..{cut - 1} see all {before} visual tokens, "
+            f"{name} prunes at layer {cuts[0]} of {depth}: {'layer 0 sees' if cuts[0] == 1 else f'layers 0..{cuts[0] - 1} see'} all {before} visual tokens, "
             f"so the layer average cannot go below {lowest}; use a budget >= {lowest} or --budget-mode final"
         )
-    return min(before, round(keep))
+    capped = [False] * len(shape)
+    for _ in range(len(shape) + 1):  # stages whose share exceeds ``before`` keep everything; rescale the rest
+        fixed = sum(s * before for s, c in zip(spans, capped) if c)
+        weight = sum(s * f * before for s, f, c in zip(spans, shape, capped) if not c)
+        exact = [(free - fixed) * (f * before) / weight if weight else 0.0 for f in shape]
+        new = [c or e > before for e, c in zip(exact, capped)]
+        if new == capped:
+            break
+        capped = new
+    counts = [before if c else max(1, round(e)) for e, c in zip(exact, capped)]
+    residual = free - sum(s * k for s, k in zip(spans, counts))
+    counts[-1] = max(1, min(counts[-2] if len(counts) > 1 else before, counts[-1] + round(residual / spans[-1])))
+    for i in range(1, len(counts)):
+        counts[i] = min(counts[i], counts[i - 1])
+    return counts
 
 
 def check_budget(budget: Any, num_visual: int) -> int:

@@ -55,7 +55,7 @@ def register_method(name: str) -> Callable[[M], M]:
 
 
 def _load_builtins() -> None:
-    import prunebench.methods as builtin
+    builtin = importlib.import_module("prunebench.methods")  # found at run time, as plugins are: methods import the registry
 
     for info in pkgutil.iter_modules(builtin.__path__):
         if not info.name.startswith("_"):
@@ -120,25 +120,75 @@ def create_method(name: str, **overrides: Any) -> PruningMethod:
     return cls(**{k: _coerce(fields[k], v) for k, v in overrides.items()})
 
 
+_SCALARS: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+_SEQUENCE_HINTS = ("tuple[", "list[", "Sequence[")
+_ARTICLE = {int: "an"}
+
+
 def _coerce(field: dataclasses.Field, value: Any) -> Any:
-    """Command-line values arrive as strings: convert to the field's default type."""
+    """Command-line values (``--method-args name.field=VALUE``) arrive as strings: convert to the field's type.
+
+    By the default's type: bool (1/0, true/false, yes/no, on/off), int, float, str; a list or tuple default takes
+    ``2,6,12`` or ``[2,6,12]`` (also ``(2, 6, 12)``, empty ``[]``) with elements of its first element's type
+    (or the annotation's, for an empty default). A str default whose annotation also allows a sequence
+    (e.g. ``layers: Sequence[int] | str = "auto"``) takes a bracketed or comma-separated list as that sequence;
+    one whose annotation allows an int takes an integer literal as an int. Anything else stays a string.
+    """
     if not isinstance(value, str) or field.default is dataclasses.MISSING:
         return value
-    default = field.default
+    default, hint = field.default, str(field.type)
     try:
-        if isinstance(default, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
+        if isinstance(default, (list, tuple)):
+            element = type(default[0]) if default else _element_type(hint)
+            return type(default)(_parse_scalar(item, element) for item in _split_list(value))
+        if isinstance(default, str):
+            text = value.strip()
+            if any(h in hint for h in _SEQUENCE_HINTS) and (text[:1] in "[(" and text or "," in text):
+                return tuple(_parse_scalar(item, _element_type(hint)) for item in _split_list(text))
+            if "int" in hint.replace("[int", "") and _is_int(text):
+                return int(text)
+            return value
+        return _parse_scalar(value, type(default))
     except ValueError:
-        raise PruneBenchError(f"parameter {field.name}={value!r} should be a {type(default).__name__}") from None
-    return value
+        if isinstance(default, (list, tuple)) or any(h in hint for h in _SEQUENCE_HINTS):
+            element = type(default[0]) if isinstance(default, (list, tuple)) and default else _element_type(hint)
+            raise PruneBenchError(f"parameter {field.name}={value!r} should be a comma-separated list of {element.__name__}s, "
+                                  f"e.g. {field.name}=2,6,12 or {field.name}=[2,6,12]") from None
+        raise PruneBenchError(f"parameter {field.name}={value!r} should be {_ARTICLE.get(type(default), 'a')} {type(default).__name__}") from None
+
+
+def _split_list(text: str) -> list[str]:
+    text = text.strip()
+    if len(text) >= 2 and text[0] + text[-1] in ("[]", "()"):
+        text = text[1:-1]
+    items = [item.strip().strip("'\"") for item in text.split(",")]
+    if items and not items[-1]:
+        items.pop()  # a trailing comma
+    return [] if items == [""] else items
+
+
+def _element_type(hint: str) -> type:
+    for marker in _SEQUENCE_HINTS:
+        if marker in hint:
+            inner = hint.split(marker, 1)[1].split("]", 1)[0].split(",", 1)[0].strip()
+            return _SCALARS.get(inner, str)
+    return str
+
+
+def _parse_scalar(text: str, kind: type) -> Any:
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    if kind in (int, float):
+        return kind(text)
+    return text
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
 
 
 def method_info(name: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Trainable pruners: LearnPruner's learned pruning module (LPM), its training loop and ``prunebench train``.
+"""Trainable pruners: the training loop of LearnPruner's learned pruning module (LPM) and ``prunebench train``.
+
+The LPM itself, its checkpoints and their loading live in :mod:`prunebench.lpm` (re-exported here).
 
 ``prunebench train learnpruner --model M`` trains an LPM on model M's training data with the base model frozen
 and writes ``prunebench/assets/learnpruner/<M>.safetensors`` plus ``<M>.json`` (the recipe: seed, steps, data,
 loss weights, target ratio, versions). Weights are stored as safetensors only; nothing is ever unpickled.
 
-Training forward (methods-2.md §3.3): p = softmax(LPM(x)) per visual token, a hard keep mask m_h, and the
+Training forward (the paper's recipe, following Dynamic-LLaVA, ``Osilly/dynamic_llava`` @e1469bc): p = softmax(LPM(x)) per visual token, a hard keep mask m_h, and the
 straight-through m = m_h + p_keep − stopgrad(p_keep). Tokens are dropped by **key-masking** in every LLM
 layer, never by physical removal: the 4-D additive attention mask carries log(m + eps) on every visual key
 column (DynamicViT: attention to key j multiplied by m_j and renormalised), so the loss is differentiable with
@@ -41,163 +43,40 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import math
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-from torch import nn
 
-from prunebench.core import PruneBenchError
+from prunebench.core import PruneBenchError, ranked
+from prunebench.lpm import (  # noqa: F401  (re-exported: the names prunebench.training has always offered)
+    ASSETS,
+    FULL_DIGEST_KEY,
+    INPUT_SPACES,
+    KEEP,
+    VISION_DIGEST_KEY,
+    LearnedPruningModule,
+    _digest,
+    check_base,
+    default_checkpoint,
+    load_lpm,
+    load_recipe,
+    random_lpm,
+    save_lpm,
+    vision_digest,
+    weights_digest,
+)
 
 log = logging.getLogger("prunebench.training")
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "learnpruner"
-KEEP = 0  # class index of "keep" (Dynamic-LLaVA convention; methods-2.md §3.2)
-
-
-INPUT_SPACES = ("vision", "projected")
-
-
-class LearnedPruningModule(nn.Module):
-    """LearnPruner's LPM: a two-layer MLP (width → hidden → 2, GELU; hidden = width/2 by default) classifying
-    each visual token.
-
-    For CLIP ViT-L (width 1024) this is 1024 → 512 → 2 = 525,826 parameters, the paper's "0.53 M"; other
-    towers get the same shape from their own width. Channel ``KEEP`` (0) is the keep class. ``input`` says
-    which features it reads: ``"vision"`` (the ViT feature layer, before the projector, methods-2.md §3.2's
-    default reading of X_v^(0)) or ``"projected"`` (after the projector, the LLM layer-0 input reading).
-    """
-
-    def __init__(self, width: int, hidden: int | None = None, input: str = "vision"):
-        super().__init__()
-        if input not in INPUT_SPACES:
-            raise PruneBenchError(f"LPM input must be one of {INPUT_SPACES}, got {input!r}")
-        self.input = input
-        self.width, self.hidden = int(width), int(hidden or max(1, width // 2))
-        self.fc1 = nn.Linear(self.width, self.hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(self.hidden, 2)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(..., width) → (..., 2) logits."""
-        return self.fc2(self.act(self.fc1(features)))
-
-    def keep_probability(self, features: torch.Tensor) -> torch.Tensor:
-        """M_soft[..., keep], in fp32: the importance score used at inference."""
-        return torch.softmax(self(features.float()).float(), dim=-1)[..., KEEP]
-
-
-def random_lpm(width: int, seed: int = 0, hidden: int | None = None, input: str = "vision") -> LearnedPruningModule:
-    """A seeded, untrained LPM (tiny config-built models, ablations)."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return LearnedPruningModule(width, hidden, input).eval()
-    finally:
-        torch.random.set_rng_state(generator_state)
-
-
-def default_checkpoint(model: str) -> Path:
-    return ASSETS / f"{model}.safetensors"
-
-
-def save_lpm(module: LearnedPruningModule, path: Path, recipe: dict[str, Any]) -> None:
-    """Write ``path`` (safetensors, shapes in its metadata) and the recipe next to it (``.json``)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}
-    metadata = {"format": "prunebench-lpm", "width": str(module.width), "hidden": str(module.hidden), "input": module.input}
-    save_file(tensors, str(path), metadata=metadata)
-    path.with_suffix(".json").write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
-
-
-def load_lpm(path: Path | str) -> LearnedPruningModule:
-    """Load an LPM from a safetensors file (never pickle)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise PruneBenchError(f"LPM checkpoints are .safetensors files, got {path}")
-    if not path.exists():
-        raise PruneBenchError(f"no LPM checkpoint at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    state = load_file(str(path))
-    width = int(meta.get("width", state["fc1.weight"].shape[1]))
-    hidden = int(meta.get("hidden", state["fc1.weight"].shape[0]))
-    module = LearnedPruningModule(width, hidden, meta.get("input", "vision"))  # checkpoints before "input": vision
-    module.load_state_dict(state)
-    return module.eval()
-
-
-def load_recipe(path: Path | str) -> dict[str, Any]:
-    """The recipe written next to an LPM checkpoint (``<name>.json``), or {} when there is none."""
-    recipe = Path(path).with_suffix(".json")
-    try:
-        return json.loads(recipe.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-# -- which base model an LPM belongs to ----------------------------------------------------------------------
-VISION_DIGEST_KEY = "vision_weights_sha256"
-FULL_DIGEST_KEY = "base_weights_sha256"  # recipes before the vision digest: every weight of the model
-
-
-def _digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(named, key=lambda item: item[0]):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def weights_digest(adapter) -> str:
-    """sha256 of all the base model's weights (what recipes recorded as ``base_weights_sha256``)."""
-    return _digest(adapter.model.state_dict().items())
-
-
-def vision_digest(model: nn.Module) -> str:
-    """sha256 of the weights that produce an LPM's input: every weight outside the language model and the LM
-    head (vision tower(s) and projector / merger). A fraction of a 7B model, so cheap enough to check at load."""
-    inner = getattr(model, "model", model)
-    llm = [m for m in (getattr(inner, "language_model", None), model.get_output_embeddings()) if m is not None]
-    if not llm:
-        raise PruneBenchError(f"{type(model).__name__} has no language_model / output embeddings to tell apart from its vision weights")
-    skip = {id(t) for m in llm for t in (*m.parameters(), *m.buffers())}
-    return _digest((name, t) for name, t in model.state_dict(keep_vars=True).items() if id(t) not in skip)
-
-
-def check_base(recipe: dict[str, Any], model: nn.Module, model_name: str, path: Path | str) -> None:
-    """Raise unless the LPM's recorded base weights are ``model``'s (vision digest; full digest for older
-    recipes). A recipe without either digest cannot be checked and passes."""
-    if VISION_DIGEST_KEY in recipe:
-        key, current = VISION_DIGEST_KEY, vision_digest(model)
-    elif FULL_DIGEST_KEY in recipe:
-        key, current = FULL_DIGEST_KEY, _digest(model.state_dict().items())
-    else:
-        return
-    if recipe[key] != current:
-        scope = "vision tower and projector" if key == VISION_DIGEST_KEY else "weights"
-        raise PruneBenchError(
-            f"the LPM at {path} was trained on a model whose {scope} hash to {recipe[key][:12]}…, but {model_name or 'this model'}'s "
-            f"hash to {current[:12]}…: it would score the tokens of a different vision tower. Retrain it with "
-            f"`prunebench train learnpruner --model {model_name or 'MODEL'}` (or pass verify=False to use it anyway)"
-        )
-
-
+# The LPM, its checkpoints and its base-model check live in prunebench.lpm (the method loads them without the
+# training loop); re-exported here for the names this module has always offered.
 # -- training ------------------------------------------------------------------------------------------------
 SELECTIONS = ("topk", "argmax")
 OBJECTIVES = ("ce", "kl")
@@ -205,9 +84,9 @@ OBJECTIVES = ("ce", "kl")
 
 @dataclass
 class TrainConfig:
-    """The recipe (see the module docstring). Optimiser settings follow methods-2.md §3.3 (Dynamic-LLaVA's
-    predictor) except where a few-minute CPU toy run needs otherwise (``lr``: the reference 2e-4 is for 1 epoch
-    of 66 K samples)."""
+    """The recipe (see the module docstring). Optimiser settings follow Dynamic-LLaVA's predictor
+    (``Osilly/dynamic_llava`` @e1469bc, the closest published analogue of the LPM) except where a few-minute CPU
+    toy run needs otherwise (``lr``: the reference 2e-4 is for 1 epoch of 66 K samples)."""
 
     steps: int = 300
     batch_size: int = 4
@@ -293,8 +172,6 @@ def _lpm_inputs(adapter, batch, space: str):
 
 def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """(B, N) float mask of the ``keep`` highest scores per row, ties to the lower index (stage 1's rule)."""
-    from prunebench.views import ranked
-
     return torch.zeros_like(scores).scatter(1, ranked(scores)[:, :keep], 1.0)
 
 
@@ -478,7 +355,7 @@ def data_for(model: str, seed: int) -> tuple[Iterator[TrainSample], str]:
         return synthetic_stream(seed), f"prunebench.training.synthetic_stream(seed={seed}) (random images, word answers)"
     raise PruneBenchError(
         f"no training data is wired for {model!r}; LearnPruner's LPM for LLaVA-1.5 is trained on 10 % of LLaVA-665K "
-        "(methods-2.md §3.3), which prunebench does not download. Supported here: toy-llava, tiny-llava"
+        "(Takezoe et al., ICLR 2026, arXiv 2604.23950), which prunebench does not download. Supported here: toy-llava, tiny-llava"
     )
 
 

@@ -3,6 +3,9 @@
 Signals are computed lazily and cached: a method that never asks for [CLS] attention never pays for it.
 Attention signals come from queries/keys captured from the model's own kernel call (see
 :mod:`prunebench.attention`), so they equal eager attention without running it.
+
+``ranked`` and ``stable_top_k`` (= :func:`prunebench.core.top_k`) are re-exported here for the methods that
+imported them from this module.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from prunebench.attention import Captured
-from prunebench.core import PruneBenchError, Selection
+from prunebench.core import PruneBenchError, Selection, ranked, stable_top_k
 
 HeadReduce = Literal["mean", "sum", "none"]
+__all__ = ["HeadReduce", "LayerView", "RecycledSelection", "UnitVisionView", "VisionView", "grid_positions", "mark_neighbours", "ranked",
+           "ranked_per_unit", "sample_generators", "stable_top_k", "top_k_per_unit", "unit_quotas"]
 
 
 def _reduce_heads(attn: torch.Tensor, heads: HeadReduce) -> torch.Tensor:
@@ -38,22 +43,8 @@ def sample_generators(seed: int, sample_ids: Sequence[str]) -> list[torch.Genera
     return gens
 
 
-def ranked(scores: torch.Tensor) -> torch.Tensor:
-    """(B, N) indices by descending score, ties to the lower index (a stable sort).
-
-    ``torch.topk`` leaves the order of equal scores to the kernel (CPU and CUDA differ); methods whose
-    docstrings promise "ties to the lowest index" rank with this instead.
-    """
-    return scores.sort(dim=-1, descending=True, stable=True).indices
-
-
-def stable_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) indices of the k largest scores in original order, ties to the lower index (cf. ``core.top_k``)."""
-    return ranked(scores)[..., :k].sort(dim=-1).values
-
-
 # -- multi-unit inputs (LLaVA-NeXT crops, video frames) ---------------------------------------------------------
-def unit_quotas(view: "VisionView", keep: int) -> list[int] | None:
+def unit_quotas(view: VisionView, keep: int) -> list[int] | None:
     """Tokens each unit keeps, or None for a single-unit view.
 
     The originals prune every crop/frame on its own with the same count (VisPruner/FasterVLM/HiPrune on
@@ -86,7 +77,7 @@ def ranked_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int) -> 
 
 def top_k_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int, quotas: Sequence[int]) -> torch.Tensor:
     """(B, sum(quotas)) indices of each unit's ``quotas[u]`` highest scores (stable ranking, ties to the lower
-    index), in original order: the per-crop / per-frame counterpart of :func:`stable_top_k`."""
+    index), in original order: the per-crop / per-frame counterpart of :func:`prunebench.core.top_k`."""
     per_unit = ranked_per_unit(scores, unit_of, units)
     return torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1).sort(dim=-1).values
 
@@ -98,6 +89,57 @@ def _full_width_cls(cap: Captured) -> tuple[torch.Tensor, torch.Tensor]:
     keys = cap.keys().float().transpose(1, 2).flatten(2)  # (B, T, H * d)
     logits = (keys @ query[..., None]).squeeze(-1) * keys.shape[-1] ** -0.5
     return torch.softmax(logits, dim=-1), keys
+def grid_positions(view: VisionView) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(patch (B, N), inverse (B, U * cells), cells) of a multi-unit view: each candidate's cell on its own
+    unit's ``view.grid``, and the candidate at each (unit, cell).
+
+    A view with a ``token_map`` (tower token of each candidate, ``unit_tokens`` per unit, [CLS] first where the
+    tower has one) gives exact cells, also when AnyRes unpadding removed some; without one, a unit's candidates
+    are taken to be its grid cells in raster order.
+    """
+    bsz, num = view.features.shape[:2]
+    rows, cols = view.grid
+    cells = rows * cols
+    device = view.features.device
+    unit_of = view.unit_of
+    token_map = getattr(view, "token_map", None)
+    if token_map is not None:
+        tokens = int(view.unit_tokens)
+        patch = token_map % tokens - (1 if view.has_cls else 0)
+    else:
+        onehot = torch.nn.functional.one_hot(unit_of, view.num_units)
+        patch = (onehot.cumsum(dim=1) * onehot).sum(-1) - 1
+    patch = torch.where(patch < cells, patch, torch.full_like(patch, -1))
+    inverse = torch.full((bsz, view.num_units * cells + 1), -1, dtype=torch.long, device=device)
+    slot = torch.where(patch >= 0, unit_of * cells + patch, torch.full_like(patch, view.num_units * cells))
+    inverse.scatter_(1, slot, torch.arange(num, device=device).expand(bsz, -1))
+    return patch, inverse[:, :-1], cells
+
+
+def mark_neighbours(anchors: torch.Tensor, patch: torch.Tensor, inverse: torch.Tensor, unit_of: torch.Tensor, cells: int,
+                    offsets: Sequence[int], clamp: bool = True) -> torch.Tensor:
+    """(B, N) bool: ``anchors`` (B, a) plus their neighbours at raster ``offsets`` on their unit's grid (HiPrune's
+    buffers). ``patch`` (B, N): each candidate's cell on its unit's grid of ``cells`` cells (-1: none, e.g. a
+    video frame's [CLS]); ``inverse`` (B, U * cells): the candidate at each (unit, cell) (-1: none, e.g. removed
+    by AnyRes unpadding); see :func:`grid_positions`. ``clamp``: out-of-range neighbours become the first / last
+    cell (HiPrune's code); otherwise they are dropped (its paper's Eq. 5), as are neighbours with no candidate."""
+    bsz, num = patch.shape
+    cell = patch.gather(1, anchors)
+    neighbours = cell[..., None] + torch.tensor(list(offsets), device=anchors.device)  # (B, a, s)
+    if clamp:
+        neighbours = neighbours.clamp(0, cells - 1)
+        valid = torch.ones_like(neighbours, dtype=torch.bool)
+    else:
+        valid = (neighbours >= 0) & (neighbours < cells)
+    valid &= (cell >= 0)[..., None]
+    flat = unit_of.gather(1, anchors)[..., None] * cells + neighbours.clamp(0, cells - 1)
+    candidate = inverse.gather(1, flat.reshape(bsz, -1)).view_as(neighbours)
+    valid &= candidate >= 0
+    candidate = torch.where(valid, candidate, anchors[..., None])  # a dropped neighbour points at its anchor
+    mask = torch.zeros(bsz, num, dtype=torch.bool, device=anchors.device)
+    mask.scatter_(1, anchors, True)
+    mask.scatter_(1, candidate.reshape(bsz, -1), True)
+    return mask
 
 
 @dataclass
@@ -366,13 +408,25 @@ class LayerView(_SeededView):
         start = int(self.visual_index.max(dim=1).values.min()) + 1
         return torch.arange(start, length, device=self.hidden_states.device).expand(self.batch_size, -1)
 
-    def text_queries(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_queries(self, from_input: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows (B, r) of the prompt tokens after each sample's last visual token, and a (B, r) validity mask.
 
         With left padding the visual span ends at a different position per sample; rows run from the earliest
         end in the batch to L - 1 and ``valid`` marks, per sample, the rows that are really after its image, so
         a masked mean over rows gives every sample the same value alone and in a batch.
+
+        ``from_input=True``: the image's end is read from the LLM's input (``input_visual_index``, before any
+        LLM stage) and the rows are those same tokens in this sequence (text after the image is never pruned and
+        every sequence ends at L - 1). It differs from the default after a stage that pruned the image's last
+        tokens where non-candidate image tokens follow them (LLaVA-NeXT's row-closing newlines): those stay
+        image, not text. SparseVLM's raters are defined this way, once per prefill.
         """
+        if from_input and self.input_visual_index is not None and self.input_embeds is not None:
+            shift = self.hidden_states.shape[1] - self.input_embeds.shape[1]
+            last = self.input_visual_index.max(dim=1, keepdim=True).values + shift
+            rows = torch.arange(int(last.min()) + 1, self.hidden_states.shape[1], device=self.hidden_states.device)
+            rows = rows.expand(self.batch_size, -1)
+            return rows, rows > last
         rows = self.text_after_visual()
         last = self.visual_index.max(dim=1, keepdim=True).values
         return rows, rows > last

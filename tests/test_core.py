@@ -1,16 +1,19 @@
 """The hook interface, budget contract, selection checks and registry (issue 2)."""
 
 import dataclasses
+from typing import Sequence
 
 import pytest
 import torch
 
 from prunebench.attention import Captured
+from prunebench.bases import ScoredLLMPruner, ScoredVisionPruner
 from prunebench.core import (
     BudgetError,
     InfeasibleBudget,
     Plan,
     PlanContext,
+    PruneBenchError,
     Selection,
     SelectionError,
     SingleCutLLMPruner,
@@ -42,7 +45,7 @@ def test_single_cut_average_mode_solves_the_layer_average():
 def test_single_cut_average_mode_reports_unreachable_budgets():
     ctx = PlanContext(num_visual=576, num_layers=32, mode="average")
     with pytest.raises(InfeasibleBudget, match="cannot go below 37"):
-        solve_single_cut(32, ctx, cut=2)  # FastV at K=2 cannot average 32 tokens (DESIGN.md)
+        solve_single_cut(32, ctx, cut=2)  # FastV at K=2 cannot average 32 tokens: layers 0-1 see all 576
 
 
 def test_single_cut_final_mode_keeps_the_budget():
@@ -353,8 +356,78 @@ def test_create_method_overrides_and_coerces_cli_strings():
     assert method.layer == 3 and method.query == "mean"
     with pytest.raises(Exception, match="no parameter"):
         create_method("fastv", k=3)
-    with pytest.raises(Exception, match="should be a int"):
+    with pytest.raises(PruneBenchError, match="should be an int"):
         create_method("fastv", layer="three")
+
+
+def _coercion_probe():
+    from dataclasses import dataclass
+
+    from prunebench.core import VisionStagePruner
+    from prunebench.registry import register_method
+
+    @register_method("coercion-probe")
+    @dataclass
+    class Probe(VisionStagePruner):
+        layers: tuple[int, ...] = (2, 6)
+        names: tuple[str, ...] = ("a",)
+        flags: tuple[bool, ...] = (True,)
+        empty: tuple[int, ...] = ()
+        schedule: Sequence[int] | str = "auto"
+        depth: int | str = "auto"
+        label: str = "x"
+
+    return Probe
+
+
+@pytest.mark.parametrize(
+    "field,text,expected",
+    [
+        ("layers", "2,6,12", (2, 6, 12)),
+        ("layers", "[2, 6, 12]", (2, 6, 12)),
+        ("layers", "(3,)", (3,)),
+        ("layers", "7", (7,)),
+        ("layers", "[]", ()),
+        ("names", "b, c", ("b", "c")),
+        ("flags", "true,off", (True, False)),
+        ("empty", "1,2", (1, 2)),  # an empty default: the element type is read from the annotation
+        ("schedule", "2,6,15", (2, 6, 15)),
+        ("schedule", "[4]", (4,)),
+        ("schedule", "auto", "auto"),
+        ("depth", "12", 12),
+        ("depth", "auto", "auto"),
+        ("label", "2,6", "2,6"),  # a plain str field keeps the string
+    ],
+)
+def test_create_method_coerces_lists_tuples_and_strings(field, text, expected):
+    from prunebench.registry import _REGISTRY
+
+    _coercion_probe()
+    try:
+        value = getattr(create_method("coercion-probe", **{field: text}), field)
+        assert value == expected and type(value) is type(expected)
+    finally:
+        _REGISTRY.pop("coercion-probe", None)
+
+
+@pytest.mark.parametrize("field,text", [("layers", "2,x"), ("layers", "[2,,6]"), ("flags", "maybe"), ("schedule", "2,six")])
+def test_create_method_refuses_a_bad_list_in_one_line(field, text):
+    from prunebench.registry import _REGISTRY
+
+    _coercion_probe()
+    try:
+        with pytest.raises(PruneBenchError, match=f"parameter {field}=.* should be a comma-separated list of") as info:
+            create_method("coercion-probe", **{field: text})
+        assert "\n" not in str(info.value)
+    finally:
+        _REGISTRY.pop("coercion-probe", None)
+
+
+def test_sparsevlm_layers_from_the_command_line():
+    assert create_method("sparsevlm", layers="0,1,2").layers == (0, 1, 2)
+    assert create_method("sparsevlm", layers="[2, 6, 15]").layers == (2, 6, 15)
+    with pytest.raises(PruneBenchError, match="increasing"):
+        create_method("sparsevlm", layers="6,2")
 
 
 def test_per_model_defaults_apply_under_cli_overrides():
@@ -362,3 +435,138 @@ def test_per_model_defaults_apply_under_cli_overrides():
 
     assert resolve_method("fastv", "tiny-llava", "llava").layer == 2
     assert resolve_method("fastv", "tiny-llava", "llava", layer=1).layer == 1
+
+
+# -- one tie rule, the general budget solver, finite merged tokens (issue 12) ----------------------------------------
+def test_top_k_breaks_exact_ties_by_the_lower_index():
+    from prunebench.core import ranked, top_k
+
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, 3.0, 2.0, 3.0]])
+    assert top_k(scores, 3)[0].tolist() == [1, 2, 4]  # five tokens tie at 3.0: the three lowest indices
+    assert ranked(scores)[0].tolist() == [1, 2, 4, 5, 7, 6, 0, 3]
+    flat = torch.zeros(2, 1000)  # torch.topk's order of equal values is the kernel's; ours is not
+    assert top_k(flat, 10).tolist() == [list(range(10))] * 2
+
+
+@pytest.mark.parametrize("num_layers,cut,before", [(32, 2, 576), (4, 2, 576), (6, 3, 200), (28, 1, 81)])
+def test_solve_cuts_with_one_cut_is_solve_single_cut(num_layers, cut, before):
+    from prunebench.core import solve_cuts
+
+    for mode in ("average", "final"):
+        ctx = PlanContext(576, num_layers, mode)
+        for budget in range(1, before + 1, 7):
+            try:
+                expected = solve_single_cut(budget, ctx, cut, before=before)
+            except InfeasibleBudget:
+                with pytest.raises(InfeasibleBudget, match="cannot go below"):
+                    solve_cuts(budget, ctx, [cut], before=before)
+                continue
+            assert solve_cuts(budget, ctx, [cut], before=before) == [expected]
+
+
+def test_solve_cuts_meets_the_average_budget_with_the_schedules_shape():
+    from prunebench.core import solve_cuts
+
+    ctx = PlanContext(576, 32, "average")
+    for budget in (64, 100, 128, 192):
+        counts = solve_cuts(budget, ctx, [3, 7, 16], shape=[0.5, 0.25, 0.1])
+        plan = ctx.plan(llm=dict(zip([3, 7, 16], counts)))
+        check_plan_meets_budget(plan, budget, "average", "m")
+        assert counts == sorted(counts, reverse=True)
+    # a stage whose share exceeds the tokens it receives keeps them all; the rest is rescaled
+    assert solve_cuts(150, PlanContext(576, 32, "average"), [3, 7, 16], shape=[5.0, 0.25, 0.1])[0] == 576
+    # final mode: the last stage keeps the budget, earlier stages their ratio to it
+    assert solve_cuts(20, PlanContext(576, 32, "final"), [3, 7, 16], shape=[0.5, 0.25, 0.1]) == [100, 50, 20]
+    with pytest.raises(InfeasibleBudget, match="cannot go below 55"):
+        solve_cuts(54, ctx, [3, 7, 16], shape=[0.5, 0.25, 0.1])
+
+
+@pytest.mark.parametrize("where", ["prepend", "append"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_selection_refuses_merged_tokens_that_are_not_finite(where, bad):
+    merged = torch.zeros(1, 2, 8)
+    merged[0, 1, 3] = bad
+    with pytest.raises(SelectionError, match=f"{where}ed merged tokens hold NaN or infinite"):
+        Selection(torch.tensor([[1, 2]]), **{where: merged}).validate(1, 10, 4, "m")
+
+
+@dataclasses.dataclass
+class _NaNMerge(VisionStagePruner):
+    def select_vision(self, view, keep):
+        merged = view.features[:, :1].clone()
+        merged[..., 0] = float("nan")
+        return Selection(torch.arange(keep - 1).expand(view.batch_size, -1), append=merged)
+
+
+def test_engine_fails_a_selection_with_nan_merged_tokens(tiny_llava, samples):
+    with Pruner(tiny_llava, _NaNMerge(), 16, budget_mode="final") as pruner, pytest.raises(SelectionError, match="NaN"):
+        pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=1)
+
+
+# -- scored bases ------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Ramp(ScoredVisionPruner):
+    """Score = a fixed ramp with plateaus: ties everywhere, so the tie rule decides."""
+
+    capture = ("feature", -1, 0)
+
+    def score(self, view):
+        return (torch.arange(view.num_tokens, device=view.features.device) // 4).float().flip(0).expand(view.batch_size, -1)
+
+
+class _RampOverAllUnits(_Ramp):
+    per_unit = False
+
+
+def _unit_view(units: int, per_unit: int, batch: int = 1):
+    from prunebench.views import VisionView
+
+    n = units * per_unit
+    unit_of = torch.arange(units).repeat_interleave(per_unit).expand(batch, -1) if units > 1 else None
+    return VisionView(features=torch.zeros(batch, n, 4), grid=(1, per_unit), feature_layer=1, num_vision_layers=3,
+                      num_units=units, unit_kind="crop" if units > 1 else "image", unit_of=unit_of)
+
+
+def test_scored_vision_pruner_captures_declared_layers_and_keeps_the_top_with_ties_to_the_lower_index():
+    method = _Ramp()
+    assert method.vision_layers(3, 1) == (0, 1, 2)  # "feature" = 1, -1 = 2, 0
+    # one image of 12 tokens: scores 2,2,2,2,1,1,1,1,0,0,0,0; keep 6 = the four 2s and the two lowest 1s
+    assert method.select_vision(_unit_view(1, 12), 6).keep[0].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_scored_vision_pruner_gives_each_unit_its_quota():
+    method = _Ramp()
+    # 3 crops of 8 tokens, scores 5 5 5 5 4 4 4 4 | 3 3 3 3 2 2 2 2 | 1 1 1 1 0 0 0 0; keep 7 -> quotas 3, 2, 2
+    kept = method.select_vision(_unit_view(3, 8, batch=2), 7).keep
+    assert kept.tolist() == [[0, 1, 2, 8, 9, 16, 17]] * 2
+    assert _RampOverAllUnits().select_vision(_unit_view(3, 8), 7).keep[0].tolist() == list(range(7))  # per_unit = False
+
+
+def test_scored_llm_pruner_plans_one_cut_and_keeps_the_top_scores():
+    @dataclasses.dataclass
+    class Flat(ScoredLLMPruner):
+        layer: int = 2
+
+        def score(self, view):
+            return torch.zeros(view.batch_size, view.num_visual)
+
+    method = Flat()
+    plan = method.plan(16, PlanContext(64, 4, "final"))
+    assert plan.llm == {2: 16} and method.llm_signal_layers(plan) == (1,)
+    from prunebench.views import LayerView
+
+    view = LayerView(layer=2, hidden_states=torch.zeros(1, 80, 4), visual_index=torch.arange(5, 69)[None], valid=torch.ones(1, 80, dtype=torch.bool))
+    assert method.select_llm(view, 16).keep[0].tolist() == list(range(16))
+
+
+def test_core_sits_below_the_views_and_the_bases():
+    """views imports core; core imports neither views nor bases (not even for type checking)."""
+    import ast
+    from pathlib import Path
+
+    import prunebench.core
+
+    tree = ast.parse(Path(prunebench.core.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.startswith("prunebench")}

@@ -1,4 +1,4 @@
-"""FastV, VisionZip and random pruning on hand-built views whose kept sets follow from methods-1.md by hand.
+"""FastV, VisionZip and random pruning on hand-built views whose kept sets follow from the papers' algorithms by hand.
 
 FastV views plant LLM attention through one-hot keys (key j = e_j, scaling 1), so a query row
 ``log(w)`` gives softmax weights proportional to ``w`` over the keys the mask allows. VisionZip views plant
@@ -171,8 +171,8 @@ def test_visionzip_dominant_by_summed_cls_attention_and_target_plus_mean_merge()
 
 
 def test_visionzip_gives_each_crop_its_share_of_the_dominant_patches():
-    """methods-1.md §4.4: the original runs per crop with the same D; here each unit keeps its share of the
-    dominant patches, ranked by its own crop's [CLS] attention, instead of one global top-k."""
+    """VisionZip (``dvlab-research/VisionZip`` @3151f6d) runs per crop with the same D; here each unit keeps its
+    share of the dominant patches, ranked by its own crop's [CLS] attention, instead of one global top-k."""
     view, _ = hand_view()
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.1, 0.3, 0.2, 0.4, 0.05]])  # crop 0 outscores crop 1 everywhere
     view.cls_attention = lambda layer=None, heads="mean": scores
@@ -194,7 +194,7 @@ def test_visionzip_empty_cluster_is_its_target_alone():
 
 
 def reference_visionzip(hidden: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int) -> torch.Tensor:
-    """methods-1.md §4.2 literally, one image: ``hidden`` (577, D) with [CLS] at 0, ``scores`` (576,) summed [CLS]
+    """VisionZip's ``utils.py`` (@3151f6d) literally, one image: ``hidden`` (577, D) with [CLS] at 0, ``scores`` (576,) summed [CLS]
     attention, ``keys`` (577, d) head-mean keys. Returns the D + C tokens in output order."""
     top = [int(i) + 1 for i in scores.topk(dominant - 1).indices]
     dom = sorted({0, *top})
@@ -220,7 +220,7 @@ def test_visionzip_equals_the_literal_algorithm_on_576_patches(budget, rest, ste
     view = vit_view(hidden[:, 1:], planted_vit(logits, geometry), cls_feature=hidden[:, 0])
     method = create_method("visionzip")
     dominant, contextual = method.split(budget)
-    assert 577 - dominant == rest and rest // contextual == step  # methods-1.md §4.2
+    assert 577 - dominant == rest and rest // contextual == step  # VisionZip @3151f6d
     selection = method.select_vision(view, budget)
     selection.validate(1, 576, budget, "visionzip")
     got = torch.cat([selection.prepend, hidden[:, 1:].gather(1, selection.keep[..., None].expand(-1, -1, 16)), selection.append], 1)

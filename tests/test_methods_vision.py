@@ -218,7 +218,7 @@ def test_hiprune_grid_follows_the_token_map_and_drops_unpadded_neighbours():
     # A unit view whose token_map says where each candidate sits in its crop's tower output ([CLS] at 0, 25
     # tokens per crop on a 3x8 grid): crop 1 lost its first row to unpadding, so for an anchor at its cell 9 the
     # upper neighbour (cell 1) is no candidate and is dropped; the others map to their candidates.
-    from prunebench.methods.hiprune import grid_positions
+    from prunebench.methods.hiprune import grid_positions, mark_neighbours
 
     rows, cols = 3, 8
     crop0 = list(range(1, 25))  # tower tokens 1..24 of crop 0 (cells 0..23)
@@ -232,7 +232,7 @@ def test_hiprune_grid_follows_the_token_map_and_drops_unpadded_neighbours():
     assert inverse[0, 24 + 8].item() == 24 and inverse[0, 24 + 0].item() == -1
     method = create_method("hiprune", edges="clamp")
     anchors = torch.tensor([[25]])  # crop 1, cell 9: neighbours 8, 10, 1 (not a candidate: dropped), 17
-    mask = method._mark(anchors, patch, inverse, view.unit_of, cells, cols)
+    mask = mark_neighbours(anchors, patch, inverse, view.unit_of, cells, method.offsets(cols))
     assert mask[0].nonzero().squeeze(1).tolist() == [24, 25, 26, 33]
 
 
@@ -315,9 +315,13 @@ def test_hiprune_anchor_cross_buffers_then_registers():
     ],
 )
 def test_hiprune_buffer_neighbourhoods_on_the_grid(anchor, edges, shape, neighbourhood):
+    from prunebench.views import mark_neighbours
+
     method = create_method("hiprune", object_layer=0, edges=edges, buffer=shape)
     scores = hiprune_view(anchor).received_attention(0)
-    mask = method.anchors_and_buffers(scores, 30, columns=8)
+    anchors = scores.topk(1).indices  # the one anchor (alpha 0.1 at 30 tokens)
+    position = torch.arange(scores.shape[1])[None]
+    mask = mark_neighbours(anchors, position, position, torch.zeros_like(position), scores.shape[1], method.offsets(8), clamp=edges == "clamp")
     assert set(mask[0].nonzero().squeeze(1).tolist()) == neighbourhood
     # the anchor's low-scoring neighbours survive only because of the buffer rule
     chosen = set(kept(method, hiprune_view(anchor), 30))
@@ -387,7 +391,7 @@ def test_hiprune_video_frame_cls_is_never_an_anchor():
     # the best patch of each frame (cell 5) with its cross buffers; a [CLS] may still be a register.
     from prunebench.views import UnitVisionView
 
-    cells, tokens = 16, 17
+    tokens = 17  # 16 grid cells + [CLS] per frame
     token_map = torch.tensor([u * tokens + t for u in range(2) for t in range(tokens)])[None]
     object_logits = torch.zeros(1, 2 * tokens)
     object_logits[0, [0, tokens]] = 9.0  # the frames' [CLS] keys
@@ -443,3 +447,13 @@ def test_vispruner_diverse_step_space_is_selectable():
     view = view_of(feats, (2, 4), {1: planted(with_cls(torch.zeros(1, 8)))}, projected=projected)
     assert kept(create_method("vispruner", important_ratio=0.5), view, 6) == [0, 1, 2, 4, 6, 7]
     assert kept(create_method("vispruner", important_ratio=0.5, similarity="projected"), view, 6) == [0, 1, 2, 4, 5, 6]
+
+
+def test_fastervlm_and_vispruner_at_ratio_one_keep_the_same_set_on_exact_ties():
+    """Both rank by the stable rule (equal scores: lower index), so VisPruner with important_ratio = 1 is FasterVLM
+    exactly, also where whole plateaus of [CLS] attention tie (the originals' topk / argsort leave ties to the kernel)."""
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0, 1.0, 0.0, 1.0, 1.0, 0.0]])
+    view = view_of(torch.randn(1, 12, 8), (3, 4), {1: planted(with_cls(logits))})
+    expected = [1, 2, 3, 5, 6]  # token 6 (logit 2), then the four lowest indices among the seven tied at 1
+    assert kept(create_method("fastervlm"), view, 5) == expected
+    assert kept(create_method("vispruner", important_ratio=1.0), view, 5) == expected
