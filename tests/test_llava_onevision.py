@@ -22,7 +22,7 @@ from prunebench.registry import create_method
 NAME = "tiny-llava_onevision"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adapter():
     return load_model(NAME)
 

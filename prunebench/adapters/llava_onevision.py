@@ -55,8 +55,9 @@ placeholders expanded by hand to the counts the model's own layout gives, in the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
