@@ -165,3 +165,17 @@ def test_catalog_rows_describe_the_family():
     assert entry.family == "llava_onevision" and entry.llm_layers == 28
     assert visual_tokens_text(entry) == "1485-7371 (AnyRes; video: 32 x 196 + 1)"
     assert catalog_entry(NAME).kind == "tiny"
+
+
+def test_a_saved_folder_loads_through_from_pretrained_and_prunes_alike(tmp_path):
+    ad = adapter()
+    ad.model.save_pretrained(tmp_path)
+    ad.processor.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype="float32")
+    assert type(loaded) is type(ad) and loaded.family == "llava_onevision"
+    for sample in (Sample("i", "what is this ?", image=_image(168, 126)), _video()):
+        runs = []
+        for model in (loaded, ad):
+            with Pruner(model, create_method("random"), 16) as pruner:
+                runs.append(pruner.generate(model.prepare([sample]), max_new_tokens=2, min_new_tokens=2).tokens)
+        assert torch.equal(*runs)
