@@ -12,7 +12,6 @@ from PIL import Image
 
 from prunebench.adapters.base import Sample
 from prunebench.attention import attention_probe
-from prunebench.core import PruneBenchError
 from prunebench.costs import decoder_flops, llm_shape_of, meta_prefill_flops
 from prunebench.engine import Pruner, measure_prefill_flops
 from prunebench.models import adapter_class, catalog_entry, load_model
@@ -124,11 +123,39 @@ def test_per_frame_budget_scope_multiplies_by_the_frames_and_keeps_quotas():
     assert torch.bincount(kept // 25, minlength=4).tolist() == [6, 6, 6, 6]
 
 
-def test_an_image_the_model_would_shrink_after_the_projector_is_refused_in_one_line():
+@functools.cache
+def shrinking_adapter():
     ad = load_model(NAME)
-    ad.model.config.vision_aspect_ratio = "anyres_max_1"  # a 2 x 2 grid (18 x 18) exceeds one crop's area: shrunk
-    with pytest.raises(PruneBenchError, match="beyond anyres_max_1"):
-        ad.prepare([Sample("i", "what", image=_image(252, 252))])
+    ad.model.config.vision_aspect_ratio = "anyres_max_1"  # a 2 x 2 grid (18 x 18) exceeds one crop's area: shrunk to 9 x 9
+    return ad
+
+
+def test_an_image_the_model_shrinks_after_the_projector_prunes_its_shrunk_tokens():
+    ad = shrinking_adapter()
+    batch = ad.prepare([Sample("i", "what is this ?", image=_image(252, 252))])
+    with torch.inference_mode():
+        stock = ad._inner.get_image_features(batch.inputs["pixel_values"], batch.inputs["image_sizes"], return_dict=True).pooler_output[0]
+        view = _encode(ad, batch, [ad.feature_layer])
+    assert stock.shape[0] == 81 + 9 * 10 == int((batch.input_ids == ad.image_token_id).sum())  # base + shrunk 9 x 9 with newlines
+    assert torch.allclose(view.features[0], stock[~batch.meta["newline"]], atol=1e-6)
+    assert torch.equal(ad.project(view.features), view.features)
+    # the nearest tower token of a shrunk slot: 2x bilinear samples between tokens 2i and 2i+1 -> rounds into the 2 x 2 block
+    sub_units = view.unit_of[0, 81:].view(9, 9)
+    assert sub_units[:4, :4].eq(1).all() and sub_units[5:, 5:].eq(4).all() and sub_units[:4, 5:].eq(2).all()
+    probs = torch.cat(ad.eager_vision_attentions(batch, [ad.feature_layer])[ad.feature_layer]).mean(1).mean(1)  # (crops, 81)
+    received = F.interpolate(probs[1:].view(2, 2, 9, 9).permute(0, 2, 1, 3).reshape(1, 1, 18, 18), size=[9, 9], mode="bilinear")
+    assert torch.allclose(view.importance()[0], torch.cat([probs[0], received.flatten()]), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["visionzip", "hiprune"])
+def test_shrunk_images_pass_the_kit(method):
+    from prunebench.conformance import run_check
+
+    ad = shrinking_adapter()
+    samples = [Sample("a", "what is this ?", image=_image(252, 252, 1)), Sample("b", "what color is it", image=_image(252, 252, 2))]
+    for check in ("noop", "token_contract", "batch", "signals"):
+        result = run_check(check, ad, create_method(method), budget=64, samples=samples)
+        assert result.passed, result.detail
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])

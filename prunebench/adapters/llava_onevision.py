@@ -15,8 +15,9 @@ cannot drift from it). Candidates are the patch tokens (pre-projector features, 
 candidates and not in the budget, and :meth:`assemble` puts every row's newline back after its row (the choice
 and its alternatives are those of :mod:`prunebench.adapters.llava_next`). Where the unpadded grid is larger than
 9 crops' worth (``ratio > 1.1``, images above about 1150 px on the 7B model), the stock model shrinks it
-bilinearly **after** the projector; such images are refused with a one-line error for now (resize them below the
-threshold).
+bilinearly **after** the projector; for such an image the candidates are the model's own projected, shrunk tokens
+(as for video below), its signals are shrunk the same way, and ``token_map`` / ``unit_of`` name the tower token
+nearest to where the resize samples each candidate.
 
 Video: every frame through SigLIP, the projector, then the model's own ``apply_pooling`` (bilinear to
 ceil(27 / 2) = 14 x 14 = **196 tokens per frame**, as transformers implements it for every checkpoint of this
@@ -161,24 +162,33 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
         return image_size_to_num_patches(image_size, self.model.config.image_grid_pinpoints, self.model.config.vision_config.image_size)
 
-    def token_layout(self, image_size: torch.Tensor, crops: int) -> torch.Tensor:
-        """(T,) for each slot of an image's span: the index of its tower token in the flattened (crops x 729)
-        tower output, or -1 for a newline; from the model's own ``pack_image_features`` run on indices."""
-        tokens = self._side**2 + self._first
-        index = torch.arange(crops)[:, None] * tokens + self._first + torch.arange(self._side**2)[None]
-        packed, _ = self._inner.pack_image_features(
-            [index[..., None].double()], image_size[None].cpu(), image_newline=torch.tensor([-1.0], dtype=torch.double),
-            vision_aspect_ratio=self.model.config.vision_aspect_ratio,
-        )
-        slots = packed[0][:, 0]
-        rounded = slots.round()
-        if not torch.equal(slots, rounded):
-            limit = self.model.config.vision_aspect_ratio
-            raise PruneBenchError(
-                f"image of size {tuple(image_size.tolist())} (h, w) has an AnyRes grid beyond {limit}, which the model shrinks "
-                "bilinearly after the projector; prunebench does not prune such images yet: resize it to at most 9 crops' area"
-            )
-        return rounded.long()
+    def token_layout(self, image_size: torch.Tensor, crops: int) -> tuple[torch.Tensor, bool]:
+        """For each slot of an image's span: the index of its tower token in the flattened (crops x 729) tower output,
+        or -1 for a newline; and whether the model shrinks the grid (``anyres_max_9``). Taken from the model's own
+        ``pack_image_features`` run on (index, row, column) channels; in a shrunk grid a slot's tower token is the
+        nearest one to where the bilinear resize samples it."""
+        from transformers.models.llava_onevision.modeling_llava_onevision import get_anyres_image_grid_shape
+
+        config, side = self.model.config, self._side
+        tokens = side**2 + self._first
+        _, cols = get_anyres_image_grid_shape(image_size.tolist(), config.image_grid_pinpoints, config.vision_config.image_size)
+        crop = torch.arange(crops)[:, None].expand(-1, side**2)
+        cell = torch.arange(side**2)[None].expand(crops, -1)
+        tiled = (crop - 1).clamp(min=0)
+        rows = (tiled // cols * side + cell // side).double()  # position in the tiled grid of sub-crops
+        columns = (tiled % cols * side + cell % side).double()
+        channels = torch.stack([(crop * tokens + self._first + cell).double(), rows, columns], dim=-1)  # (crops, 729, 3)
+        packed, _ = self._inner.pack_image_features([channels], image_size[None].cpu(), image_newline=torch.full((3,), -1.0, dtype=torch.double),
+                                                    vision_aspect_ratio=config.vision_aspect_ratio)
+        packed = packed[0]
+        newline = packed[:, 0] < -0.5
+        sub = packed[side**2:]
+        shrunk = not torch.equal(sub, sub.round())
+        r = sub[:, 1].round().long().clamp(0, None)
+        c = sub[:, 2].round().long().clamp(0, None)
+        nearest = (1 + r // side * cols + c // side) * tokens + self._first + (r % side) * side + c % side
+        slots = torch.cat([packed[: side**2, 0].round().long(), nearest])
+        return slots.masked_fill(newline, -1), shrunk
 
     def prepare(self, samples: Sequence[Sample]) -> Batch:
         samples = list(samples)
@@ -206,7 +216,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
                 prompt = prompt.replace(video_token, video_token * count, 1)
             else:
                 size = inputs["image_sizes"][image_i]
-                count = self.token_layout(size, self._num_crops(size)).numel()
+                count = self.token_layout(size, self._num_crops(size))[0].numel()
                 prompt = prompt.replace(image_token, image_token * count, 1)
                 image_i += 1
             texts.append(prompt)
@@ -289,7 +299,9 @@ class LlavaOnevisionAdapter(LlavaAdapter):
                 features=pooled.reshape(bsz, units * per_frame, -1), cls_feature=None, grid=(self._pooled_side, self._pooled_side),
                 unit_kind="frame", unit_of=token_map // per_frame, token_map=token_map, unit_tokens=per_frame, resample=resample, **common,
             )
-        slots = self.token_layout(batch.inputs["image_sizes"][0], units).to(hidden.device)
+        sizes = batch.inputs["image_sizes"]
+        slots, shrunk = self.token_layout(sizes[0], units)
+        slots = slots.to(hidden.device)
         newline = slots < 0
         placeholders = int((batch.input_ids[0] == self.image_token_id).sum())
         if placeholders != slots.numel():
@@ -298,10 +310,20 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         token_map = slots[~newline].expand(bsz, -1)
         flat = hidden.reshape(bsz, units * tokens, -1)
         batch.meta.update(newline=newline, placeholder=self.image_token_id)
-        self._identity_projection = False
+        self._identity_projection = shrunk
+        resample, features = None, flat.gather(1, token_map[..., None].expand(-1, -1, flat.shape[-1]))
+        if shrunk:  # the model resizes the projected grid: candidates are its projected, resized tokens (module docstring)
+            first, ratio = self._first, self.model.config.vision_aspect_ratio
+
+            def resample(signal: torch.Tensor) -> torch.Tensor:
+                per_image = signal[:, first:].reshape(bsz, units, -1, signal.shape[-1])
+                packed, _ = self._inner.pack_image_features(list(per_image), sizes.cpu(), image_newline=None, vision_aspect_ratio=ratio)
+                return torch.stack(packed)
+
+            features = resample(self._inner.multi_modal_projector(hidden))
         return ResampledVisionView(
-            features=flat.gather(1, token_map[..., None].expand(-1, -1, flat.shape[-1])), cls_feature=None, grid=(self._side, self._side),
-            unit_kind="crop", unit_of=token_map // tokens, token_map=token_map, unit_tokens=tokens, **common,
+            features=features, cls_feature=None, grid=(self._side, self._side), unit_kind="crop", unit_of=token_map // tokens,
+            token_map=token_map, unit_tokens=tokens, resample=resample, **common,
         )
 
     def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,
