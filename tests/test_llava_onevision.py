@@ -12,6 +12,7 @@ from PIL import Image
 
 from prunebench.adapters.base import Sample
 from prunebench.attention import attention_probe
+from prunebench.core import PruneBenchError
 from prunebench.costs import decoder_flops, llm_shape_of, meta_prefill_flops
 from prunebench.engine import Pruner, measure_prefill_flops
 from prunebench.models import adapter_class, catalog_entry, load_model
@@ -206,3 +207,44 @@ def test_a_saved_folder_loads_through_from_pretrained_and_prunes_alike(tmp_path)
             with Pruner(model, create_method("random"), 16) as pruner:
                 runs.append(pruner.generate(model.prepare([sample]), max_new_tokens=2, min_new_tokens=2).tokens)
         assert torch.equal(*runs)
+
+
+@functools.cache
+def llava_video_adapter():
+    return load_model(NAME, video_pooling="average", video_newline="grid")
+
+
+def test_llava_video_layout_average_pooling_and_grid_newlines():
+    ad = llava_video_adapter()
+    batch = ad.prepare([_video()])
+    side = 4  # 9 x 9 -> floor(9 / 2) = 4 x 4 per frame, a newline after each of its 4 rows
+    assert int((batch.input_ids == ad.video_token_id).sum()) == 4 * side * (side + 1)
+    view = _encode(ad, batch, [ad.feature_layer])
+    with torch.inference_mode():
+        hidden = ad._inner.vision_tower(batch.inputs["pixel_values_videos"][0], output_hidden_states=True).hidden_states[-1]
+        grid = ad._inner.multi_modal_projector(hidden).view(4, 9, 9, -1).permute(0, 3, 1, 2)
+        want = F.avg_pool2d(grid, 2).permute(0, 2, 3, 1).reshape(1, 4 * side * side, -1)
+    assert torch.allclose(view.features, want, atol=1e-6) and view.grid == (side, side)
+    probs = ad.eager_vision_attentions(batch, [ad.feature_layer])[ad.feature_layer][0]  # (F, H, 81, 81)
+    received = F.avg_pool2d(probs.mean(1).mean(1).view(4, 1, 9, 9), 2).reshape(1, -1)
+    assert torch.allclose(view.importance(), received, atol=1e-6)  # saliency pooled like the features
+    assert batch.meta["newline"].nonzero().squeeze(1).tolist() == list(range(side, 4 * side * (side + 1), side + 1))
+    with Pruner(ad, create_method("random"), 20) as pruner:
+        out = pruner.generate(batch, max_new_tokens=1)
+    assert out.stats.final_tokens == 20 and out.stats.extra_visual_tokens == 4 * side
+    with pytest.raises(PruneBenchError, match="keep-all budget"):
+        ad.stock_generate(batch, max_new_tokens=1)
+    assert ad.describe()["video_newline"] == "grid"
+    with pytest.raises(PruneBenchError, match="video_newline must be one of"):
+        load_model(NAME, video_newline="frame")
+
+
+@pytest.mark.parametrize("method", ["vispruner", "fastv"])
+def test_llava_video_layout_passes_the_kit_properties_that_need_no_stock_reference(method):
+    from prunebench.conformance import run_check
+
+    ad = llava_video_adapter()
+    samples = [_video(4, 1), Sample("q", "what color is the big shape ?", video=[_image(126, 126, 9 + i) for i in range(4)])]
+    for check in ("token_contract", "cache", "batch"):  # signals compares against a stock forward, which has no such layout
+        result = run_check(check, ad, create_method(method), budget=32, samples=samples)
+        assert result.passed, result.detail

@@ -28,9 +28,12 @@ for them): keeping every token reproduces stock ``generate`` exactly. The video 
 (HoliTom, github.com/cokeshao/HoliTom @ e9b2972, ``holitom/llava_arch.py``; FastVID, github.com/LunarShen/FastVID
 @ a40a109, ``llava_arch.py``: both on the pooled projector outputs). Units are frames (``unit_kind="frame"``,
 ``unit_of``), so ``--budget-scope frame`` gives a per-frame budget. The trailing newline is kept outside the
-budget (``Stats.extra_visual_tokens`` = 1). LLaVA-Video's own code base pools 2 x 2 by average with floor (169
-per frame) and puts a newline after every pooled row (mode ``grid``); the stock class does neither, and this
-adapter follows the stock class.
+budget (``Stats.extra_visual_tokens`` = 1). LLaVA-Video's own code base (github.com/LLaVA-VL/LLaVA-NeXT, ``llava_arch.py`` ``get_2dPool`` /
+``add_token_per_grid``) pools 2 x 2 by average with floor (13 x 13 = 169 per frame) and puts a newline after
+every pooled row of every frame (newline mode ``grid``: 13 x 14 = 182 per frame); the stock class does neither.
+``video_pooling="average"`` and ``video_newline="grid"`` (adapter options, recorded by :meth:`describe`) build that
+layout on the same weights; stock ``generate`` has no such layout, so its baseline is a keep-all budget (as
+LLaVA-NeXT's ``fivecrop``). Grid newlines are kept like the image rows' newlines (outside the budget).
 
 Signals (no [CLS]; ``has_cls=False``, ``cls_attention`` raises):
 
@@ -70,6 +73,8 @@ from prunebench.attention import Captured, capture
 from prunebench.core import PruneBenchError
 from prunebench.views import HeadReduce, UnitVisionView
 
+VIDEO_POOLINGS = ("bilinear", "average")
+VIDEO_NEWLINES = ("one_token", "grid")
 PROMPT = "<|im_start|>user\n{placeholder}\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -114,7 +119,12 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return ManualProcessor(LlavaOnevisionImageProcessorPil.from_pretrained(name_or_path),
                                AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf", video_pooling: str = "bilinear",
+                 video_newline: str = "one_token"):
+        if video_pooling not in VIDEO_POOLINGS:
+            raise PruneBenchError(f"video_pooling must be one of {', '.join(VIDEO_POOLINGS)}, got {video_pooling!r}")
+        if video_newline not in VIDEO_NEWLINES:
+            raise PruneBenchError(f"video_newline must be one of {', '.join(VIDEO_NEWLINES)}, got {video_newline!r}")
         if isinstance(processor, tuple):
             processor = ManualProcessor(*processor)
         if preprocess != "hf":
@@ -124,7 +134,9 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         self.image_token_id = config.image_token_id
         self.video_token_id = config.video_token_id
         self._side = config.vision_config.image_size // config.vision_config.patch_size  # 27 for SigLIP/14 at 384 px
-        self._pooled_side = math.ceil(self._side / 2)  # LlavaOnevisionModel.apply_pooling: bilinear to ceil(side / 2)
+        self.video_pooling, self.video_newline = video_pooling, video_newline
+        # LlavaOnevisionModel.apply_pooling: bilinear to ceil(side / 2); LLaVA-Video's average 2 x 2 pooling: floor(side / 2)
+        self._pooled_side = math.ceil(self._side / 2) if video_pooling == "bilinear" else self._side // 2
         self._first = 1 if config.vision_feature_select_strategy == "default" else 0
         self._identity_projection = False  # set by encode(): video candidates are already projected (and pooled)
 
@@ -155,7 +167,26 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return PROMPT.format(placeholder="<video>" if modality == "video" else "<image>", question=question)
 
     def tokens_per_frame(self) -> int:
+        """Pooled candidate tokens per frame (196 on the 7B models as the stock class pools; 169 with ``average``)."""
         return self._pooled_side**2
+
+    def _video_newline_mask(self, frames: int) -> torch.Tensor:
+        """(T,) True at the newline slots of a video's span: one after the last frame (``one_token``), or one after
+        every pooled row of every frame (``grid``, LLaVA-NeXT's ``add_token_per_grid``: frames x rows x (cols + 1))."""
+        side = self._pooled_side
+        if self.video_newline == "grid":
+            return (torch.arange(frames * side * (side + 1)) % (side + 1)) == side
+        mask = torch.zeros(frames * side * side + 1, dtype=torch.bool)
+        mask[-1] = True
+        return mask
+
+    def _pool(self, features: torch.Tensor) -> torch.Tensor:
+        """(B*F, side^2, C) -> (B*F, pooled^2, C): the model's ``apply_pooling`` (bilinear), or LLaVA-Video's
+        ``get_2dPool`` with ``mm_spatial_pool_mode='average'`` (2 x 2 average, stride 2, floor)."""
+        if self.video_pooling == "bilinear":
+            return self._inner.apply_pooling(features)
+        grid = features.view(features.shape[0], self._side, self._side, -1).permute(0, 3, 1, 2)
+        return nn.functional.avg_pool2d(grid, 2).permute(0, 2, 3, 1).reshape(features.shape[0], -1, features.shape[-1])
 
     def _num_crops(self, image_size: torch.Tensor) -> int:
         from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
@@ -212,7 +243,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
                 raise ValueError(f"sample {s.id!r} has neither an image nor a video")
             prompt = self.prompt(s.question, s.modality).replace("<image>", image_token).replace("<video>", video_token)
             if s.modality == "video":
-                count = len(s.video) * self.tokens_per_frame() + 1  # one newline after the last frame
+                count = self._video_newline_mask(len(s.video)).numel()
                 prompt = prompt.replace(video_token, video_token * count, 1)
             else:
                 size = inputs["image_sizes"][image_i]
@@ -283,12 +314,11 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         common = dict(feature_layer=self.feature_layer, num_vision_layers=self.num_vision_layers, projector=self.project,
                       captured=captured, has_cls=False, num_units=units, importance_layer=self.importance_layer)
         if modality == "video":
-            first, pool = self._first, self._inner.apply_pooling
+            first, pool = self._first, self._pool
             pooled = pool(self._inner.multi_modal_projector(hidden[:, first:]))  # (B*F, 196, D_llm), as get_video_features
             per_frame = pooled.shape[1]
             token_map = torch.arange(units * per_frame, device=hidden.device).expand(bsz, -1)
-            newline = torch.zeros(units * per_frame + 1, dtype=torch.bool, device=hidden.device)
-            newline[-1] = True  # one_token: a single image_newline after the last frame
+            newline = self._video_newline_mask(units).to(hidden.device)
             batch.meta.update(newline=newline, placeholder=self.video_token_id)
             self._identity_projection = True
 
@@ -363,9 +393,22 @@ class LlavaOnevisionAdapter(LlavaAdapter):
             raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
         return LLMInputs(embeds, new_mask, positions, start + visual_offsets, extra_visual_tokens=int(breaks.shape[1]))
 
+    @property
+    def stock_video(self) -> bool:
+        return self.video_pooling == "bilinear" and self.video_newline == "one_token"
+
+    def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
+        if "pixel_values_videos" in batch.inputs and not self.stock_video:
+            raise PruneBenchError(f"stock generate pools video bilinearly with one newline; the {self.video_pooling}/{self.video_newline} "
+                                  "video layout's baseline is a keep-all budget")
+        return super().stock_generate(batch, **generate_kwargs)
+
     def describe(self) -> dict[str, Any]:
+        video_newlines = "one after every pooled row of every frame (grid)" if self.video_newline == "grid" else "one after the last frame (one_token)"
         return {**super().describe(), "prompt": PROMPT, "video_tokens_per_frame": self.tokens_per_frame(),
-                "video_pooling": f"bilinear {self._side}x{self._side} -> {self._pooled_side}x{self._pooled_side} after the projector (stock apply_pooling)",
-                "newline_tokens": "images: one per row; video: one after the last frame (one_token); always kept, outside the budget",
+                "video_pooling": f"{self.video_pooling} {self._side}x{self._side} -> {self._pooled_side}x{self._pooled_side} after the projector"
+                                 + (" (stock apply_pooling)" if self.video_pooling == "bilinear" else " (LLaVA-Video's get_2dPool, not the stock class)"),
+                "video_newline": self.video_newline,
+                "newline_tokens": f"images: one per row; video: {video_newlines}; always kept, outside the budget",
                 "importance": f"received attention at SigLIP layer {self.importance_layer} (no [CLS]); pooled like the features for video",
                 "preprocessing": "LlavaOnevisionImageProcessor AnyRes crops; frames: its base-crop resize; hand-expanded placeholders"}
