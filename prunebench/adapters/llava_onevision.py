@@ -53,7 +53,9 @@ video tokens           that per-patch signal (and ``keys``) **2-D pooled exactly
 Preprocessing: ``LlavaOnevisionProcessor`` needs its video processor, which cannot be built without torchvision,
 so inputs are built the other documented way on every machine alike: the image processor for images (AnyRes
 crops) and, for each frame, its base-crop resize (384 x 384 bicubic, the video processor's resize), with the
-placeholders expanded by hand to the counts the model's own layout gives, in the checkpoint's Qwen chat format.
+placeholders expanded by hand to the counts the model's own layout gives, in the authors' ``qwen_1_5`` ChatML
+conversation (:data:`PROMPT`). Methods that merge tokens (VisionZip's contextual tokens) merge a video's (or a
+shrunk image's) projected tokens, since those are its candidates; :meth:`project` is the identity for them.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ from prunebench.views import HeadReduce, UnitVisionView
 
 VIDEO_POOLINGS = ("bilinear", "average")
 VIDEO_NEWLINES = ("one_token", "grid")
-PROMPT = "<|im_start|>user\n{placeholder}\n{question}<|im_end|>\n<|im_start|>assistant\n"
+# the authors' ``qwen_1_5`` conversation (LLaVA-NeXT ``llava/conversation.py`` ``conv_qwen``, ChatML), which their
+# OneVision / LLaVA-Video evaluations use
+PROMPT = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{placeholder}\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclass
@@ -155,6 +159,8 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         return self.feature_layer
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The projector, or the identity after :meth:`encode` of a video or a shrunk image, whose candidates are
+        already projected (the engine projects each group right after encoding it)."""
         if self._identity_projection:
             return features
         return self._inner.multi_modal_projector(features)
