@@ -248,3 +248,28 @@ def test_llava_video_layout_passes_the_kit_properties_that_need_no_stock_referen
     for check in ("token_contract", "cache", "batch"):  # signals compares against a stock forward, which has no such layout
         result = run_check(check, ad, create_method(method), budget=32, samples=samples)
         assert result.passed, result.detail
+
+
+@pytest.mark.parametrize("height,width,shrunk", [(384, 384, False), (480, 640, False), (1000, 1000, False), (1536, 2048, True), (2304, 2304, True)])
+def test_7b_image_token_counts_match_the_stock_processor_formula(height, width, shrunk):
+    """The 7B geometry (27 x 27 per crop, 6 x 6 pinpoints, anyres_max_9) on the meta device: the layout the adapter
+    takes from ``pack_image_features`` has the token count ``LlavaOnevisionProcessor`` computes, shrunk grids included."""
+    from types import SimpleNamespace
+
+    from transformers import LlavaOnevisionForConditionalGeneration
+    from transformers.models.llava_onevision.processing_llava_onevision import LlavaOnevisionProcessor
+
+    from prunebench.adapters.llava_onevision import LlavaOnevisionAdapter
+
+    with torch.device("meta"):
+        model = LlavaOnevisionForConditionalGeneration(onevision_7b_config())
+    ad = LlavaOnevisionAdapter(model, adapter().processor)
+    size = torch.tensor([height, width])
+    slots, got_shrunk = ad.token_layout(size, ad._num_crops(size))
+    # the processor's own count (its methods on a stand-in holding the attributes they read)
+    stock = SimpleNamespace(image_processor=SimpleNamespace(image_grid_pinpoints=model.config.image_grid_pinpoints), num_image_tokens=729,
+                            vision_aspect_ratio="anyres_max_9")
+    stock._get_unpadded_features = LlavaOnevisionProcessor._get_unpadded_features.__get__(stock)
+    assert slots.numel() == LlavaOnevisionProcessor._get_number_of_features(stock, height, width, 384, 384)
+    assert got_shrunk == shrunk
+    assert 0 <= int(slots[slots >= 0].min()) and int(slots.max()) < ad._num_crops(size) * 729  # nearest tower tokens exist
