@@ -93,6 +93,7 @@ FAMILY_INPUTS: dict[str, list[tuple]] = {
     "llava_next": [(336, 336), (448, 336), (336, 336)],  # 1152 / 1344 / 1152 candidates (AnyRes, unpadded; + newlines)
     "video_llava": [("video", 4, 224), (224, 224), ("video", 4, 224)],  # 4 x 257 / 256 / 4 x 257
     "qwen2_5_vl": [(252, 252), (308, 224), (252, 252), ("video", 4, 224)],  # 81 / 88 / 81 / 2 x 64 merged tokens
+    "llava_onevision": [(126, 126), (168, 126), ("video", 4, 126), (126, 126)],  # 162 / 189 (AnyRes, + newlines) / 4 x 25 pooled + 1
 }
 
 
@@ -321,7 +322,10 @@ def _vision_view_scores(view, eager: dict[int, list[torch.Tensor]]) -> dict[str,
         probs = torch.cat(calls)  # (B*U, H, T, T): one CLIP pass per image, crop or frame
         received = probs.mean(1).mean(1)  # (B*U, T)
         cls_row = probs[:, :, 0, :]  # (B*U, H, T)
-        if hasattr(view, "token_map"):  # crops / frames: candidates gathered from the flattened unit tokens
+        if getattr(view, "resample", None) is not None:  # pooled candidates (LLaVA-OneVision video): the model's own pooling
+            want_received = view.resample(received[..., None])[..., 0]
+            want_cls = None
+        elif hasattr(view, "token_map"):  # crops / frames: candidates gathered from the flattened unit tokens
             heads = cls_row.shape[1]
             flat_cls = cls_row.view(bsz, -1, heads, cls_row.shape[-1]).transpose(1, 2).reshape(bsz, heads, -1)
             want_cls = flat_cls.gather(2, view.token_map[:, None].expand(-1, heads, -1))

@@ -10,6 +10,7 @@ which :func:`visual_tokens_text` computes the visual tokens of one image without
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class ModelEntry:
 _LLAVA = {"image_size": 336, "patch_size": 14}
 _NEXT = {"image_size": 336, "patch_size": 14, "max_grid": (672, 672)}
 _VIDEO = {"image_size": 224, "patch_size": 14, "frames": 8}
+# LLaVA-OneVision / LLaVA-Video: SigLIP/14 at 384 px (27 x 27 = 729 per crop, no [CLS]), AnyRes up to 6 x 6 crops
+# shrunk to at most 9 crops' area (anyres_max_9), newline per row; video: 2-D pooled to 14 x 14 = 196 per frame + 1 newline.
+_ONEVISION = {"image_size": 384, "patch_size": 14, "max_crops": 9, "frames": 32}
 _QWEN = {"patch_size": 14, "merge_size": 2, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}
 
 CATALOG: tuple[ModelEntry, ...] = (
@@ -55,12 +59,18 @@ CATALOG: tuple[ModelEntry, ...] = (
     ModelEntry("tiny-llava_next", "llava_next", TINY, 4, _NEXT, RANDOM_WEIGHTS_NOTE),
     ModelEntry("tiny-video_llava", "video_llava", TINY, 4, _VIDEO, RANDOM_WEIGHTS_NOTE),
     ModelEntry("tiny-qwen2_5_vl", "qwen2_5_vl", TINY, 4, {**_QWEN, "max_pixels": 448 * 448, "min_pixels": 28 * 28 * 4}, RANDOM_WEIGHTS_NOTE),
+    ModelEntry("tiny-llava_onevision", "llava_onevision", TINY, 4, {**_ONEVISION, "image_size": 126, "max_crops": 4, "frames": 4},
+               RANDOM_WEIGHTS_NOTE),
     ModelEntry("llava-hf/llava-1.5-7b-hf", "llava", CHECKPOINT, 32, _LLAVA, "LLaVA-1.5 7B (Vicuna-7B)"),
     ModelEntry("llava-hf/llava-1.5-13b-hf", "llava", CHECKPOINT, 40, _LLAVA, "LLaVA-1.5 13B (Vicuna-13B)"),
     ModelEntry("llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next", CHECKPOINT, 32, _NEXT, "LLaVA-NeXT 7B (Vicuna-7B)"),
     ModelEntry("llava-hf/llava-v1.6-vicuna-13b-hf", "llava_next", CHECKPOINT, 40, _NEXT, "LLaVA-NeXT 13B (Vicuna-13B)"),
     ModelEntry("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next", CHECKPOINT, 32, _NEXT, "LLaVA-NeXT 7B (Mistral-7B)"),
     ModelEntry("LanguageBind/Video-LLaVA-7B-hf", "video_llava", CHECKPOINT, 32, _VIDEO, "Video-LLaVA 7B (Vicuna-7B)"),
+    ModelEntry("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision", CHECKPOINT, 24, _ONEVISION, "LLaVA-OneVision 0.5B (Qwen2-0.5B)"),
+    ModelEntry("llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision", CHECKPOINT, 28, _ONEVISION, "LLaVA-OneVision 7B (Qwen2-7B)"),
+    ModelEntry("llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava_onevision", CHECKPOINT, 28, _ONEVISION,
+               "LLaVA-Video 7B in the OneVision class (id not verified offline); stock pooling: 196/frame, one newline"),
     ModelEntry("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", CHECKPOINT, 36, _QWEN, "Qwen2.5-VL 3B"),
     ModelEntry("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", CHECKPOINT, 28, _QWEN, "Qwen2.5-VL 7B"),
     ModelEntry("Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl", CHECKPOINT, 80, _QWEN, "Qwen2.5-VL 72B"),
@@ -99,6 +109,12 @@ def visual_tokens(entry: ModelEntry) -> tuple[int, int]:
         rows, cols = (d // g["image_size"] * side for d in g["max_grid"])
         hi = base + rows * (cols + 1)
         return lo, hi
+    if entry.family == "llava_onevision":
+        side = g["image_size"] // g["patch_size"]
+        base = side * side
+        lo = base + side * (side + 1)  # one sub-crop, one newline per row
+        rows = int(side * math.isqrt(g["max_crops"]))  # the largest grid kept at full size: max_crops crops' area
+        return lo, base + rows * (rows + 1)
     if entry.family == "qwen2_5_vl":
         unit = (g["patch_size"] * g["merge_size"]) ** 2
         return max(1, g["min_pixels"] // unit), g["max_pixels"] // unit
@@ -115,6 +131,9 @@ def visual_tokens_text(entry: ModelEntry) -> str:
         return f"{lo}-{hi} (H*W/{unit}^2)"
     if entry.family == "video_llava":
         return f"{lo} (video: {entry.geometry['frames']} x {lo + 1})"
+    if entry.family == "llava_onevision":
+        pooled = math.ceil(entry.geometry["image_size"] // entry.geometry["patch_size"] / 2) ** 2
+        return f"{lo}-{hi} (AnyRes; video: {entry.geometry['frames']} x {pooled} + 1)"
     return str(lo)
 
 

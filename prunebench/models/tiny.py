@@ -194,3 +194,41 @@ def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 4, h
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=448 * 448, patch_size=14, merge_size=2, temporal_patch_size=2)
     # tiny video limits too (the real default, 128*28*28 per frame, would upscale 224 px test frames to 336 px)
     return model, ManualProcessor(image_processor, tokenizer, video_size={"shortest_edge": 28 * 28 * 4, "longest_edge": 448 * 448})
+
+
+ONEVISION_PINPOINTS = [[126, 126], [126, 252], [252, 126], [252, 252]]
+
+
+def tiny_llava_onevision(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, hidden: int = 64, dtype=torch.float32):
+    """(model, ManualProcessor) of a tiny LLaVA-OneVision: SigLIP (no [CLS]) at a 126 px crop, 9 x 9 = 81 patches
+    per crop (odd, as the 7B model's 27 x 27, so video pooling rounds up: 5 x 5 = 25 per frame), AnyRes pinpoints up
+    to 2 x 2 crops with ``anyres_max_9``, and a Qwen2 LLM with GQA (4 query / 2 key-value heads).
+
+    ``LlavaOnevisionProcessor`` needs a video processor, which cannot be built without torchvision; the adapter
+    expands ``<image>`` / ``<video>`` itself and preprocesses frames with the image processor's base-crop resize.
+    """
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessorPil
+
+    from prunebench.adapters.video_llava import ManualProcessor
+
+    tokenizer = word_tokenizer(extra_specials=("<video>",), video_token="<video>")
+    config = LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", image_size=126, patch_size=14, hidden_size=32, intermediate_size=64,
+            num_hidden_layers=vision_layers, num_attention_heads=4, vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=ONEVISION_PINPOINTS, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9", attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = _finish(LlavaOnevisionForConditionalGeneration(config), tokenizer, seed, dtype)
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": 126, "width": 126}, image_grid_pinpoints=ONEVISION_PINPOINTS, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )
+    return model, ManualProcessor(image_processor, tokenizer)
