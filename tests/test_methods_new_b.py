@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+
+from prunebench.models import TINY_MODELS
 from torch import nn
 
 from prunebench.core import InfeasibleBudget, PlanContext, check_plan_meets_budget
@@ -127,7 +129,7 @@ def _adapter(name):
     return load_model(name)
 
 
-@pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava_next", "tiny-video_llava", "tiny-qwen2_5_vl"])
+@pytest.mark.parametrize("model", sorted(TINY_MODELS))  # every family's adapter must hand its view the instruction
 def test_instruction_embedding_from_the_adapter_is_per_sample_under_left_padding(model):
     from prunebench.adapters.base import Sample
     from prunebench.conformance import QUESTIONS, synthetic_samples

@@ -318,7 +318,8 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         hidden = torch.cat([out.hidden_states[i] for i in self._feature_layers()], dim=-1)  # (B*U, T, D)
         tokens = hidden.shape[1]
         common = dict(feature_layer=self.feature_layer, num_vision_layers=self.num_vision_layers, projector=self.project,
-                      captured=captured, has_cls=False, num_units=units, importance_layer=self.importance_layer)
+                      captured=captured, has_cls=False, num_units=units, importance_layer=self.importance_layer,
+                      instruction=self.instruction(batch))
         if modality == "video":
             first, pool = self._first, self._pool
             pooled = pool(self._inner.multi_modal_projector(hidden[:, first:]))  # (B*F, 196, D_llm), as get_video_features
