@@ -102,25 +102,26 @@ def test_an_unreachable_average_budget_is_stored_as_infeasible(finished):
 def test_flops_are_counted_once_per_method_and_token_pattern(finished, monkeypatch):
     import types
 
-    import prunebench.costs as costs
-    from prunebench.lmms import resolve
+    from prunebench.resolve import resolve
+    from prunebench.runner import measure
+    from prunebench.runner.cells import Cell
 
     sweep, _ = finished
     calls = []
-    real = costs.measure_prefill_flops
+    real = measure.measure_prefill_flops
 
     def counting(adapter, method, *args, **kwargs):
         calls.append(method.name)
         return real(adapter, method, *args, **kwargs)
 
-    monkeypatch.setattr(costs, "measure_prefill_flops", counting)
+    monkeypatch.setattr(measure, "measure_prefill_flops", counting)
     sweep._flops_cache.clear()
     random_cell = next(c for c in sweep.cells if c.method == "random")
     stats = types.SimpleNamespace(tokens_per_layer=[64] * 4, text_tokens=10, plan=types.SimpleNamespace(vision=64))
-    random, visionzip = resolve("random", "tiny-llava", "llava"), resolve("visionzip", "tiny-llava", "llava")
-    first = sweep._flops(random_cell, random, stats)
-    assert sweep._flops(random_cell, random, stats) == first and calls == ["random"], "same method and pattern: counted once"
-    sweep._flops(random_cell, visionzip, stats)
+    visionzip_cell = Cell(random_cell.spec.replace(method=resolve("visionzip", "tiny-llava", "llava")), "k", {})
+    first = sweep._flops(random_cell, stats)
+    assert sweep._flops(random_cell, stats) == first and calls == ["random"], "same method and pattern: counted once"
+    sweep._flops(visionzip_cell, stats)
     assert calls == ["random", "visionzip"], "another method with the same token pattern is counted with its own selection"
 
 
@@ -425,7 +426,7 @@ def test_layout_is_a_run_option_an_lmms_arg_and_part_of_the_key(tmp_path):
 def test_latency_entries_partition_the_time_to_first_token(tiny_llava, samples):
     from prunebench.engine import Pruner
     from prunebench.registry import create_method
-    from prunebench.runner.sweep import sample_latency
+    from prunebench.runner.measure import sample_latency
 
     # by hand: selection 5 of which 2 in the LLM (inside the prefill window of 30)
     parts = sample_latency({"vision_ms": 10, "select_ms": 5, "select_vision_ms": 3, "select_llm_ms": 2, "assemble_ms": 7,
@@ -446,7 +447,7 @@ def test_peak_memory_is_per_cell(tmp_path):
 
     import torch
 
-    from prunebench.runner.sweep import PeakMemory, _reset_peak_rss
+    from prunebench.runner.measure import PeakMemory, _reset_peak_rss
 
     if not _reset_peak_rss():
         pytest.skip("this platform cannot reset the peak RSS")
@@ -478,10 +479,10 @@ def test_lmms_eval_progress_redraws_are_dropped_and_other_output_kept():
 
     from tqdm import tqdm
 
-    from prunebench.runner.sweep import _DropRedraws
+    from prunebench.runner.evaluate import DropRedraws
 
     real = io.StringIO()
-    quiet = _DropRedraws(real)
+    quiet = DropRedraws(real)
     for _ in tqdm(range(3), file=quiet, desc="Postprocessing", mininterval=0):
         pass
     quiet.write("WARNING something lmms-eval says\n")
@@ -497,7 +498,7 @@ def test_lmms_eval_progress_redraws_are_dropped_and_other_output_kept():
 def test_task_scores_keep_every_metric_and_the_first_as_score():
     results = {"results": {"t": {"alias": "t", "exact_match,none": 0.5, "exact_match_stderr,none": "N/A", "anls,none": 0.25,
                                  "exact_match,flexible": 0.75}}, "n-samples": {"t": {"effective": 4}}}
-    from prunebench.runner.sweep import task_scores
+    from prunebench.runner.results import task_scores
 
     assert task_scores(results) == {"t": {"metric": "exact_match", "score": 0.5, "n": 4,
                                           "metrics": {"exact_match": 0.5, "anls": 0.25, "exact_match,flexible": 0.75}}}

@@ -20,10 +20,7 @@ import re
 from typing import Any
 
 from prunebench.core import BUDGET_MODES, PruneBenchError
-
-BUDGET_SCOPES = ("image", "crop", "frame", "video")
-PREPROCESS = ("hf", "paper")
-LAYOUTS = ("anyres", "fivecrop", "spatial")  # LLaVA-NeXT visual layouts (prunebench.adapters.llava_next)
+from prunebench.spec import AVERAGE, BUDGET_SCOPES, LAYOUTS, PREPROCESS, parse_budget  # the option vocabularies, defined once
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # None: prunebench.models.DEFAULT_MODEL (toy-llava)
@@ -33,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "include_path": [],  # extra lmms-eval task folders
     "methods": ["random", "fastv", "visionzip"],
     "budgets": [32, 64, 128],
-    "budget_mode": "average",
+    "budget_mode": AVERAGE,
     "budget_scope": "image",
     "preprocess": "hf",
     "layout": None,  # LLaVA-NeXT only: anyres (the adapter's default), fivecrop (papers' 5 x 576), spatial (HiPrune)
@@ -69,18 +66,7 @@ def parse_budgets(value: Any) -> list[int]:
     ``2.5`` or ``true`` must not quietly become 2 or 1)."""
     budgets = []
     for item in split_list(value):
-        if isinstance(item, bool):
-            budget = None
-        elif isinstance(item, int):
-            budget = item
-        elif isinstance(item, float) and item.is_integer():
-            budget = int(item)
-        elif isinstance(item, str) and re.fullmatch(r"\+?\d+", item.strip()):
-            budget = int(item)
-        else:
-            budget = None
-        if budget is None or budget <= 0:
-            raise PruneBenchError(f"budgets must be positive integers (visual tokens kept), got {item!r}; e.g. --budgets 32,64,128")
+        budget = parse_budget(item, allow_none=False)
         if budget not in budgets:
             budgets.append(budget)
     return budgets

@@ -27,7 +27,7 @@ import torch
 
 from prunebench.core import PruneBenchError, Selection, SingleCutLLMPruner
 from prunebench.engine import Pruner
-from prunebench.lmms import NoPruning
+from prunebench.resolve import NoPruning
 from prunebench.registry import create_method
 
 REPS = 15
