@@ -51,8 +51,8 @@ def parse_budget(value: Any, allow_none: bool = True) -> int | None:
     elif isinstance(value, str) and value.strip().lstrip("+").isdigit():
         budget = int(value)
     if budget is None or budget <= 0:
-        raise SpecError(f"a budget must be a positive integer number of visual tokens{' or none' if allow_none else ''}, got {value!r}; "
-                        "e.g. --budgets 32,64,128")
+        raise SpecError(f"budgets must be positive integers (visual tokens kept){', or none for the unpruned model' if allow_none else ''}, "
+                        f"got {value!r}; e.g. --budgets 32,64,128")
     return budget
 
 

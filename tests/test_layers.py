@@ -197,3 +197,49 @@ def test_the_checker_sees_cycles_and_upward_imports(tmp_path):
                       "def f():\n    from prunebench.lmms import PruneBenchLMM\n    from . import store\n")
     known = {"prunebench.lmms", "prunebench.runner", "prunebench.runner.sweep", "prunebench.store", "prunebench.core"}
     assert _imports("prunebench.core", source, known) == {"prunebench.lmms": 6, "prunebench.store": 7}
+
+
+HIDDEN_LMMS_EVAL = r'''
+import importlib.abc, json, sys
+
+class HideLmmsEval(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "lmms_eval" or name.startswith("lmms_eval."):
+            raise ImportError(f"lmms_eval is hidden by the test ({name})")
+        return None
+
+sys.meta_path.insert(0, HideLmmsEval())
+from prunebench.cli import main
+from prunebench.report.example import write_example_store
+
+run, dry = sys.argv[1], sys.argv[2]
+write_example_store(run)
+commands = {
+    "run": ["run", "--dry-run", "--model", "tiny-llava", "--methods", "random", "--budgets", "32", "--limit", "2", "--output", dry],
+    "status": ["status", run],
+    "report": ["report", run],
+    "plot": ["plot", run, "--formats", "png", "--dpi", "50"],
+    "list": ["list"],
+}
+codes = {name: main(argv) for name, argv in commands.items()}
+print("RESULT " + json.dumps({"codes": codes, "lmms_eval_loaded": sorted(m for m in sys.modules if m.startswith("lmms_eval"))}))
+'''
+
+
+def test_commands_that_do_not_evaluate_work_without_lmms_eval(tmp_path):
+    """``run --dry-run``, ``status``, ``report``, ``plot`` and ``list`` on a prepared run folder, in a process where
+    importing lmms_eval raises ImportError."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", HIDDEN_LMMS_EVAL, str(tmp_path / "run"), str(tmp_path / "dry")], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["codes"] == {"run": 0, "status": 0, "report": 0, "plot": 0, "list": 0}, proc.stderr[-3000:]
+    assert result["lmms_eval_loaded"] == []
+    assert "random@32" in proc.stdout and not (tmp_path / "dry").exists(), "the dry run lists the cells and writes nothing"
+    assert list((tmp_path / "run" / "plots").glob("*.png")), "plot drew its figures"

@@ -322,8 +322,10 @@ def test_tasks_run_one_by_one_a_failing_task_is_kept_and_a_rerun_resumes_at_task
     overrides = dict(methods="random", budgets="64", tasks="shapes_count,broken_count", include_path=[str(tasks_dir)],
                      baseline_cache=str(tmp_path / "bl"))
     evaluated = []
-    real = Sweep._evaluate
-    monkeypatch.setattr(Sweep, "_evaluate", lambda self, lm, tasks: (evaluated.append((lm.method.name, *tasks)), real(self, lm, tasks))[1])
+    import prunebench.runner.sweep as sweep_module
+
+    real = sweep_module.evaluate
+    monkeypatch.setattr(sweep_module, "evaluate", lambda lm, tasks, *a: (evaluated.append((lm.method.name, *tasks)), real(lm, tasks, *a))[1])
 
     sweep = _sweep(tmp_path, **overrides)
     sweep._adapter = tiny_llava
@@ -542,3 +544,75 @@ def test_lmms_eval_command_line_runs_the_prunebench_model(tmp_path):
     data = json.loads(found[0].read_text())
     assert "exact_match,none" in data["results"]["shapes_count"]
     assert "method=random" in json.dumps(data.get("config", {})) and "budget=64" in json.dumps(data.get("config", {}))
+
+
+@pytest.mark.parametrize("change", [{"batch_size": 1}, {"dtype": "float32"}, {"device": "cuda"}, {"device": "mps"}, "attn_implementation"])
+def test_what_can_change_an_answer_is_in_the_cell_and_baseline_keys(tmp_path, monkeypatch, change):
+    """Batch size (padded batches round differently; the trained toy model answers differently at 1 and 8), dtype,
+    attention implementation and device type each change every key, the baseline's included; records state them."""
+    import prunebench.runner.cells as cells
+
+    plain = _sweep(tmp_path, name="a", methods="random", budgets="32")
+    if change == "attn_implementation":
+        monkeypatch.setattr(cells, "ATTN_IMPLEMENTATION", "eager")
+        change = {}
+    other = _sweep(tmp_path, name="b", methods="random", budgets="32", **change)
+    assert [c.label for c in plain.cells] == [c.label for c in other.cells] == ["none (unpruned)", "random@32"]
+    for a, b in zip(plain.cells, other.cells):
+        assert a.key != b.key, f"{change or 'attn_implementation'} must change the key of {a.label}"
+        assert {"batch_size", "dtype", "attn_implementation", "device_type"} <= set(a.fields)
+    assert plain.cells[1].fields["batch_size"] == 2 and plain.cells[1].fields["device_type"] == "cpu"
+    assert plain.cells[1].fields["attn_implementation"] == "sdpa"
+
+
+def test_cuda_index_is_not_a_different_answer(tmp_path):
+    a = _sweep(tmp_path, name="a", methods="random", budgets="32", device="cuda:0")
+    b = _sweep(tmp_path, name="b", methods="random", budgets="32", device="cuda:1")
+    assert [c.key for c in a.cells] == [c.key for c in b.cells]
+
+
+def test_dry_run_at_another_batch_size_lists_the_finished_cells_as_pending(finished, capsys):
+    from prunebench.cli import main
+
+    sweep, _ = finished
+    config = str(sweep.store.root / "config.yaml")
+    assert main(["run", "--config", config, "--dry-run"]) == 0
+    same = capsys.readouterr().out
+    assert same.count(" done ") + same.count("  done") >= 3 and "pending" not in same.replace("fastv@64", ""), same
+    assert main(["run", "--config", config, "--batch_size", "1", "--dry-run"]) == 0
+    other = capsys.readouterr().out
+    labels = [c.label for c in sweep.cells]
+    assert other.count("pending") == len(labels) and " done " not in other, other
+
+
+def test_unknown_model_or_task_is_refused_before_the_run_folder_is_written(tmp_path, capsys):
+    from prunebench.cli import main
+
+    for name, extra in (("model", ["--model", "no-such/model-anywhere"]), ("task", ["--tasks", "no_such_task"])):
+        out = tmp_path / name
+        args = ["run", "--methods", "random", "--budgets", "32", "--limit", "2", "--output", str(out), "--no-progress"]
+        assert main(args + (extra if name == "model" else ["--model", "tiny-llava", *extra])) == 2
+        assert ("cannot load model" if name == "model" else "does not know task") in capsys.readouterr().err
+        assert not (out / "plan.json").exists() and not (out / "config.yaml").exists(), f"unknown {name}: the run folder was written"
+
+
+def test_the_cell_spec_is_built_once_and_refuses_bad_options():
+    from prunebench.core import PruneBenchError
+    from prunebench.resolve import NoPruning, cell_spec
+    from prunebench.spec import BUDGET_SCOPES, CellSpec, parse_budget
+
+    spec = cell_spec("random", "64", model="tiny-llava", batch_size=4, device="cuda:1")
+    assert spec.budget == 64 and spec.device_type == "cuda" and spec.batch_size == 4 and spec.label == "random@64"
+    with pytest.raises(Exception):
+        spec.budget = 32  # frozen
+    assert spec.replace(budget=32).budget == 32 and spec.budget == 64
+    for bad in ({"budget_mode": "median"}, {"budget_scope": "tile"}, {"layout": "grid"}, {"batch_size": 0}, {"preprocess": "x"}):
+        with pytest.raises(PruneBenchError):
+            spec.replace(**bad)
+    for bad in (0, -1, 2.5, True, "x"):
+        with pytest.raises(PruneBenchError, match="positive integers"):
+            parse_budget(bad)
+    assert parse_budget("none") is None and parse_budget(8.0) == 8
+    with pytest.raises(PruneBenchError, match="no budget"):
+        CellSpec(NoPruning(), 64)
+    assert set(BUDGET_SCOPES) == {"image", "video", "crop", "frame"}

@@ -181,7 +181,7 @@ class Sweep:
             # shared resources first, before anything is written into the run folder: a missing model, an unknown
             # task or a budget above the inputs' visual tokens stops the sweep here with its message, instead of
             # leaving a plan behind or being recorded as a failure of every cell
-            _ = self.adapter, self.task_manager, self.lm, self.probe
+            _ = self.task_manager, self.adapter, self.lm, self.probe  # the task index first: an unknown task costs no model load
             self.check_budgets()
         self.write_plan()
         for path in self.store.clean_stale_tmp():
