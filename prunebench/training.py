@@ -44,7 +44,6 @@ import itertools
 import json
 import logging
 import math
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,7 @@ import torch
 from torch import nn
 
 from prunebench.core import PruneBenchError
+from prunebench.environment import versions  # the one version dict (also in cell keys and records)
 
 log = logging.getLogger("prunebench.training")
 
@@ -493,14 +493,6 @@ def eval_data_for(model: str, count: int) -> tuple[list[TrainSample], str] | Non
     per_family = max(1, count // len(FAMILIES))
     samples = [TrainSample(render(s), s["question"], s["answer"], s["id"]) for s in test_split("val", per_family)]
     return samples, f"prunebench.toy.world.test_split('val', {per_family}) ({len(samples)} samples, never trained on)"
-
-
-def versions() -> dict[str, str]:
-    import transformers
-
-    from prunebench import __version__
-
-    return {"prunebench": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
 TRAINABLE_FAMILIES = ("llava", "llava_next")  # the families _answer_batch can build answer batches for

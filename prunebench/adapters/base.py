@@ -321,7 +321,3 @@ def splice_span(
     old_index = torch.where(in_span, span_old, source)
     return embeds, new_mask, old_index, start
 
-
-def require_single_scope(scope: str, allowed: Sequence[str], family: str) -> None:
-    if scope not in allowed:
-        raise PruneBenchError(f"--budget-scope {scope!r} is not defined for {family}; choose one of {', '.join(allowed)}")
