@@ -186,3 +186,16 @@ def test_one_spec_reaches_the_model_and_a_spec_for_another_model_is_refused(lm):
         lm.configure(spec.replace(preprocess="paper"))
     with pytest.raises(Exception, match="either a CellSpec"):
         lm.configure(spec, 64)
+
+
+def test_the_progress_bar_names_the_task_and_the_cell(lm, task_manager):
+    import io
+
+    lm.configure("random", 64)
+    lm.progress, lm.progress_file = True, io.StringIO()
+    try:
+        _evaluate(lm, task_manager)
+        text = lm.progress_file.getvalue()
+    finally:
+        lm.progress, lm.progress_file = True, None
+    assert "shapes_count random@64" in text, text

@@ -616,3 +616,19 @@ def test_the_cell_spec_is_built_once_and_refuses_bad_options():
     with pytest.raises(PruneBenchError, match="no budget"):
         CellSpec(NoPruning(), 64)
     assert set(BUDGET_SCOPES) == {"image", "video", "crop", "frame"}
+
+
+def test_latency_records_its_spread_and_the_load_it_ran_under(finished):
+    from prunebench.runner.measure import spread
+
+    assert spread([4.0, 1.0, 3.0, 2.0, float("nan")]) == {"median": 2.5, "p90": 3.7, "min": 1.0, "max": 4.0, "q1": 1.75, "q3": 3.25,
+                                                          "iqr": 1.5, "n": 4}
+    sweep, _ = finished
+    record = next(r for r in sweep.store.records() if r["method"] == "random")
+    ttft = record["latency_ms"]["ttft"]
+    assert ttft["min"] <= ttft["q1"] <= ttft["median"] <= ttft["q3"] <= ttft["max"] and ttft["iqr"] == pytest.approx(ttft["q3"] - ttft["q1"])
+    load = record["latency_load"]
+    assert load["cpus"] >= 1 and load["threads"] >= 1 and {"load_before", "load_after"} <= set(load)
+    if hasattr(os, "getloadavg"):
+        assert load["load_before"] >= 0 and load["load_after"] >= 0
+    assert record["batch_size"] == 2 and record["device_type"] == "cpu" and record["attn_implementation"] == "sdpa" and record["dtype"] == "auto"

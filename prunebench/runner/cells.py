@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunebench.fingerprint import code_fingerprint, model_fingerprint, task_fingerprint
 from prunebench.environment import versions
+from prunebench.fingerprint import code_fingerprint, model_fingerprint, task_fingerprint
 from prunebench.resolve import cell_spec, family_of
 from prunebench.spec import ATTN_IMPLEMENTATION, NO_METHOD, CellSpec, device_type
 from prunebench.store import cell_key
