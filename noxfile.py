@@ -3,6 +3,8 @@
     nox -s demo     install, then sweep 3 methods x 3 budgets on the built-in toy model and shapes suite
     nox -s tests    install, then run the test suite (what CI runs, through .ci/run)
     nox -s bench    install, then run the pytest-benchmark micro-benchmarks
+    nox -s lint     ruff lint and format check (what CI runs first; `pre-commit install` runs the same per commit)
+    nox -s reference   install, run the demo afresh and copy it to results/reference/demo (a real run folder)
 
 CPU installs go through constraints-cpu.txt, which pins torch to the CPU build; torchvision is never
 installed (on CPU only its CUDA build is reachable, and it breaks transformers). lmms-eval declares
@@ -10,13 +12,16 @@ torchvision and ~50 heavy packages, so it is installed with --no-deps plus the `
 """
 
 import os
+import shutil
 
 import nox
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 CONSTRAINTS = "constraints-cpu.txt"
 LMMS_EVAL = "lmms-eval==0.7.3"
+RUFF = "ruff==0.17.6"
+DEMO_ARGS = ["--methods", "learnpruner,vispruner,random", "--budgets", "32,64,128"]  # the demo's sweep (session demo)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -48,3 +53,22 @@ def bench(session: nox.Session) -> None:
     install(session, "eval,test")
     session.run("pytest", "tests/benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds", *session.posargs,
                 env={**OFFLINE, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install(RUFF)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def reference(session: nox.Session) -> None:
+    """Regenerate results/reference/demo: the demo sweep into a fresh folder (nothing reused from results/demo), then
+    its plan, config, planned cells, per-sample logs and leaderboard copied (prunebench.report.export)."""
+    install(session, "eval")
+    fresh = os.path.join(session.create_tmp(), "demo-reference")
+    shutil.rmtree(fresh, ignore_errors=True)
+    session.run("prunebench", "run", *DEMO_ARGS, "--output", fresh, "--baseline-cache", os.path.join(fresh, ".baselines"), env=OFFLINE)
+    session.run("python", "-m", "prunebench.report.export", fresh, "results/reference/demo", env=OFFLINE)
+    session.run("prunebench", "compare", "results/reference/demo", fresh, env=OFFLINE)

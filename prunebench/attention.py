@@ -132,7 +132,8 @@ def _ensure_registered(base: str) -> str:
     name = f"{_PREFIX}{base}"
     if name not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(name, _make_wrapper(base))
-        # A custom attention name without a mask function silently disables masking (transformers-notes §2.6).
+        # A custom attention name without a mask function silently disables masking: transformers 5.x's
+        # masking_utils._preprocess_mask_arguments returns no mask for a name not in ALL_MASK_ATTENTION_FUNCTIONS.
         mask_fn = eager_mask if base == "eager" else ALL_MASK_ATTENTION_FUNCTIONS[base]
         AttentionMaskInterface.register(name, mask_fn)
     return name

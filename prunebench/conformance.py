@@ -1,8 +1,11 @@
 """The conformance kit: properties every method (built-in or plugin) must have on every model family.
 
 ``prunebench check METHOD... [--model tiny-llava]`` runs it from the command line; ``tests/test_conformance.py``
-runs it under pytest. Each check returns a :class:`CheckResult`; a failed check names the property and the
-method. The properties (DESIGN.md, "Conformance kit"):
+runs it under pytest. Each check returns a :class:`CheckResult` with a one-line ``detail``; a failed check names
+the property and the method (the traceback of a crash is kept apart, in ``CheckResult.traceback``). A method
+that raises :class:`prunebench.core.UnsupportedModel` from ``plan`` or a ``select`` (its original is undefined on
+this family or input) passes the property as a *refusal* (``CheckResult.refused``, the reason as ``detail``):
+declining with a clear reason is the conformant behaviour there. The properties:
 
 1. ``noop``: a budget that keeps every token reproduces stock ``generate`` of the unhooked model: the same
    tokens and logits within :data:`NOOP_TOL`;
@@ -37,7 +40,7 @@ from PIL import Image, ImageDraw
 
 from prunebench.adapters.base import ModelAdapter, Sample
 from prunebench.attention import Captured, active_requests, attention_probe, capture
-from prunebench.core import InfeasibleBudget, PruningMethod
+from prunebench.core import InfeasibleBudget, PruningMethod, UnsupportedModel
 from prunebench.engine import Pruner, contract_problems
 
 CHECKS = ("noop", "token_contract", "cache", "batch", "signals", "hygiene", "determinism")
@@ -59,19 +62,20 @@ AVERAGE_SHARE = 3 / 4  # average-mode budget (share of the visual tokens) single
 
 @dataclass
 class CheckResult:
+    """One property of one method on one model. ``detail`` is one line; ``traceback`` holds a crash's traceback."""
+
     check: str
     method: str
     model: str
     passed: bool
     detail: str = ""
+    refused: bool = False  # the method raised UnsupportedModel: a pass, ``detail`` is its reason
+    traceback: str = ""
 
     def __str__(self) -> str:
         mark = "PASS" if self.passed else "FAIL"
-        return f"{mark} {self.check:<15} {self.method:<12} {self.model:<14} {self.detail}"
-
-
-class ConformanceFailure(AssertionError):
-    pass
+        detail = f"refused: {self.detail}" if self.refused else self.detail
+        return f"{mark} {self.check:<15} {self.method:<12} {self.model:<14} {detail}"
 
 
 def _picture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -468,6 +472,11 @@ def _sub_configs(model):
             yield key, sub
 
 
+def _one_line(text: str) -> str:
+    """``text`` on one line (a multi-line message's lines joined with "; ")."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def _compact(counts: list[int]) -> str:
     return ",".join(str(c) for c in counts)
 
@@ -484,12 +493,18 @@ CHECK_FUNCTIONS: dict[str, Callable] = {
 
 
 def run_check(check: str, adapter: ModelAdapter, method: PruningMethod, budget: int = 64, samples: Sequence[Sample] | None = None) -> CheckResult:
+    """Run property ``check``; a refusal (``UnsupportedModel``) passes as refused, a crash fails with its cause."""
     samples = list(samples or synthetic_samples(family=adapter.family))
+    result = CheckResult(check, method.name, adapter.name, passed=False)
     try:
         passed, detail = CHECK_FUNCTIONS[check](adapter, method, samples, budget)
+        result.passed, result.detail = bool(passed), _one_line(detail)
+    except UnsupportedModel as exc:
+        result.passed, result.refused, result.detail = True, True, _one_line(str(exc))
     except Exception as exc:  # a crash is a failure of the property, reported with its cause
-        passed, detail = False, f"raised {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
-    return CheckResult(check, method.name, adapter.name, bool(passed), detail)
+        result.detail = _one_line(f"raised {type(exc).__name__}: {exc}")
+        result.traceback = traceback.format_exc(limit=-3)
+    return result
 
 
 def run_conformance(methods: Sequence[PruningMethod], adapter: ModelAdapter, checks: Sequence[str] = CHECKS, budget: int = 64,

@@ -1,13 +1,10 @@
-"""One cost model for every method: prefill FLOPs and KV-cache bytes, measured and analytic.
+"""One cost model for every method: prefill FLOPs and KV-cache bytes, analytic, and the record of a measured count.
 
-Measured
-    :func:`measure_prefill_flops` runs one pruned prefill (``Pruner.generate(max_new_tokens=1)``) under
-    ``torch.utils.flop_counter.FlopCounterMode`` and splits the count into the vision side (ViT + projector,
-    everything outside the ``...ForConditionalGeneration`` module) and the LLM side (decoder, selection,
-    ``lm_head`` at the one position ``generate`` keeps). On CPU, SDPA dispatches to
-    ``aten._scaled_dot_product_flash_attention_for_cpu``, which ``FlopCounterMode`` does not know (it counts
-    0, transformers-notes §4.2); importing this module registers the standard SDPA formula for it (an
-    addition to torch's formula table, nothing in transformers is patched).
+Measured counts come from :func:`prunebench.engine.flops.measure_prefill_flops` (one pruned prefill under
+``torch.utils.flop_counter.FlopCounterMode``), returned as a :class:`FlopCount` beside the analytic counts below.
+On CPU, SDPA dispatches to ``aten._scaled_dot_product_flash_attention_for_cpu``, for which torch 2.13's
+``torch.utils.flop_counter`` has no formula (it counts 0); importing this module registers the standard SDPA
+formula for it (an addition to torch's formula table, nothing in transformers is patched).
 
 Analytic (FLOP = 2 x MAC, full n x n attention, causality ignored: the same convention FlopCounterMode uses)
     decoder layer with n tokens, hidden d, h query heads of size hd, kv key/value heads, FFN width m:
@@ -26,19 +23,14 @@ checked against the analytic formula for LLaVA-1.5-7B in ``tests/test_costs.py``
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
 from prunebench.adapters.base import LLMShape
 
-if TYPE_CHECKING:
-    from prunebench.adapters.base import Batch, ModelAdapter
-    from prunebench.core import PruningMethod
-
 TERA = 1e12
-MB = 2**20
 
 
 def _register_cpu_sdpa_formula() -> None:
@@ -173,50 +165,12 @@ class FlopCount:
         return asdict(self)
 
 
-def measure_prefill_flops(adapter: "ModelAdapter", method: "PruningMethod", budget: int | None, batch: "Batch",
-                          budget_mode: str = "average", seed: int = 0, budget_scope: str = "image") -> FlopCount:
-    """Count one pruned prefill of a batch of one sample with ``FlopCounterMode`` (real tensors, any device)."""
-    from prunebench.engine import Pruner
-
-    if len(batch.samples) != 1:
-        raise ValueError("measure_prefill_flops counts one sequence; pass a batch of one sample")
-    with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed, budget_scope=budget_scope,
-                count_select_flops=True) as pruner:
-        with FlopCounterMode(display=False, depth=None) as counter:
-            out = pruner.generate(batch, max_new_tokens=1)
-    counts = counter.get_flop_counts()
-    total = int(sum(counts.get("Global", {}).values()))
-    # the adapter calls the vision tower and projector directly, so only the LLM runs inside the model's own module
-    llm = int(sum(counts.get(type(adapter.model).__name__, {}).values()))
-    stats = out.stats
-    shape = adapter.llm_shape
-    projected = stats.plan.vision if stats.plan.vision is not None else stats.plan.num_visual
-    # The analytic ViT formula covers LLaVA-1.5's single CLIP pass + projector. Other families (NeXT crops,
-    # Video-LLaVA frames, Qwen's windowed ViT) have none: their analytic vision count is None, not a copy of the
-    # measured one, so "measured and analytic agree" is never claimed where nothing was computed.
-    analytic_vision = None
-    if getattr(adapter, "family", "") == "llava":
-        try:
-            analytic_vision = vision_flops(VisionShape.from_llava_config(adapter.model.config), projected)
-        except (AttributeError, TypeError):
-            pass
-    return FlopCount(
-        measured_total=total,
-        measured_vision=total - llm,
-        measured_llm=llm,
-        analytic_vision=analytic_vision,
-        analytic_llm=llm_prefill_flops(shape, stats.tokens_per_layer, stats.text_tokens),
-        tokens_per_layer=list(stats.tokens_per_layer),
-        text_tokens=stats.text_tokens,
-        measured_select_llm=stats.select_llm_flops,
-    )
-
-
 def meta_prefill_flops(config: Any, num_tokens: int, model_cls: type | None = None) -> int:
     """Decoder prefill FLOPs of a full-size VLM config counted on the ``meta`` device (no weights allocated).
 
-    The LLM is run on ``inputs_embeds`` with ``use_cache=True`` (an empty DynamicCache skips transformers'
-    packed-sequence detection, which calls ``.item()`` and fails on meta, notes §4.1); nothing is patched.
+    The LLM is run on ``inputs_embeds`` with ``use_cache=True``: with neither a cache nor a 2-D mask,
+    transformers 5.x's ``masking_utils._preprocess_mask_arguments`` calls ``find_packed_sequence_indices``, whose
+    data-dependent branch cannot be evaluated on meta tensors; an empty DynamicCache skips it. Nothing is patched.
     Returns the FLOPs of ``language_model`` (decoder layers; no lm_head) for one sequence of ``num_tokens``.
     """
     if model_cls is None:

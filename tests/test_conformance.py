@@ -1,6 +1,7 @@
 """The conformance kit over every registered method (built-ins and installed plugins) on every tiny model.
 
-A failure message names the property, the method and the model (DESIGN.md, "Conformance kit").
+A failure message names the property, the method and the model; a method that refuses a family
+(``UnsupportedModel``) passes as refused.
 """
 
 import functools
@@ -8,6 +9,7 @@ import functools
 import pytest
 
 from prunebench.conformance import CHECKS, run_check, synthetic_samples
+from prunebench.core import Selection, UnsupportedModel, VisionStagePruner, top_k
 from prunebench.models import TINY_MODELS, load_model
 from prunebench.registry import list_methods
 from prunebench.models.defaults import resolve_method
@@ -87,3 +89,64 @@ def test_max_diff_counts_one_sided_nan_as_infinite():
     assert _max_diff([torch.tensor([1.0, nan])], [torch.tensor([1.0, 2.0])]) == math.inf
     assert _max_diff([torch.tensor([inf])], [torch.tensor([inf])]) == 0.0
     assert _max_diff([torch.tensor([inf])], [torch.tensor([1.0])]) == math.inf
+
+
+# -- refusals and one-line details --------------------------------------------------------------------------------
+REFUSAL = "cls-only ranks tokens by [CLS] attention; this vision tower has no [CLS]"
+
+
+class _ClsOnly(VisionStagePruner):
+    """[CLS]-attention top-k: undefined on a tower without [CLS] (Qwen2.5-VL), where it refuses in ``select``."""
+
+    name = "cls-only"
+
+    def vision_layers(self, num_vision_layers, feature_layer):
+        return (feature_layer,)
+
+    def select_vision(self, view, keep):
+        if not view.has_cls:
+            raise UnsupportedModel(REFUSAL)
+        return Selection(top_k(view.cls_attention(), keep))
+
+
+class _RefusesInPlan(VisionStagePruner):
+    name = "refuses-in-plan"
+
+    def plan(self, budget, ctx):
+        raise UnsupportedModel("refuses-in-plan is undefined here")
+
+
+def test_a_refusal_in_select_passes_as_refused_on_that_family_only():
+    qwen = _adapter("tiny-qwen2_5_vl")
+    results = {check: run_check(check, qwen, _ClsOnly(), budget=64, samples=_samples("tiny-qwen2_5_vl")) for check in CHECKS}
+    assert all(r.passed for r in results.values()), [str(r) for r in results.values() if not r.passed]
+    refused = {check for check, r in results.items() if r.refused}
+    # every property that runs the method's selection records the refusal (noop keeps every token: no select)
+    assert {"token_contract", "cache", "batch", "hygiene", "determinism"} <= refused, refused
+    assert all(results[check].detail == REFUSAL for check in refused)
+    assert str(results["cache"]).startswith("PASS") and f"refused: {REFUSAL}" in str(results["cache"])
+    llava = _adapter("tiny-llava")
+    for check in ("token_contract", "cache"):
+        result = run_check(check, llava, _ClsOnly(), budget=64, samples=_samples("tiny-llava"))
+        assert result.passed and not result.refused, result.detail
+
+
+def test_a_refusal_in_plan_passes_every_property_as_refused():
+    adapter = _adapter("tiny-llava")
+    for check in CHECKS:
+        result = run_check(check, adapter, _RefusesInPlan(), budget=64, samples=_samples("tiny-llava"))
+        assert result.passed and result.refused and result.detail == "refuses-in-plan is undefined here", (check, str(result))
+
+
+def test_a_crash_fails_with_a_one_line_detail_and_the_traceback_apart():
+    class _Crashes(_ClsOnly):
+        name = "crashes"
+
+        def select_vision(self, view, keep):
+            raise RuntimeError("first line\nsecond line")
+
+    result = run_check("cache", _adapter("tiny-llava"), _Crashes(), budget=64, samples=_samples("tiny-llava"))
+    assert not result.passed and not result.refused
+    assert result.detail == "raised RuntimeError: first line; second line"
+    assert "Traceback" in result.traceback and "RuntimeError: first line" in result.traceback
+    assert len(str(result).splitlines()) == 1

@@ -9,9 +9,9 @@ from prunebench.costs import (
     kv_cache_bytes,
     llava_7b_config,
     llm_shape_of,
-    measure_prefill_flops,
     meta_prefill_flops,
 )
+from prunebench.engine import Pruner, measure_prefill_flops
 from prunebench.registry import create_method
 
 
@@ -65,8 +65,6 @@ def test_in_llm_selection_flops_are_counted_apart_from_the_decoder(tiny_llava, b
 
 
 def test_pruning_lowers_flops_and_kv(tiny_llava, batch1):
-    from prunebench.engine import Pruner
-
     full = measure_prefill_flops(tiny_llava, create_method("random"), None, batch1)
     pruned = measure_prefill_flops(tiny_llava, create_method("fastv"), 64, batch1, budget_mode="final")
     assert pruned.analytic_llm < 0.55 * full.analytic_llm  # layers 2..3 of 4 at 76 instead of 588 tokens

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import re
 
 import matplotlib
 
@@ -219,7 +221,7 @@ def test_pareto_latency_axis_names_time_to_first_token(tmp_path):
             record["latency_ms"]["ttft"] = {"median": record["latency_ms"]["prefill"]["median"] + 1.0, "p90": 0.0}
         store.put(record)
     ax = pareto_plot(leaderboard(store), "prefill_ms").axes[0]
-    assert ax.get_xlabel() == "Time to first token (ms)"
+    assert ax.get_xlabel() == "Time to first token (ms, median)"  # p90 below the median here: no bars
     assert sorted(series(ax)["VisionZip"].get_xdata()) == [6.5, 7.0]
 
 
@@ -287,3 +289,120 @@ def test_pareto_falls_back_to_agreement_when_relacc_is_undefined(tmp_path):
     ax = pareto_plot(df, "kv_mb").axes[0]
     assert ax.get_ylabel() == "Agreement with unpruned (%)"
     assert sorted(series(ax)["VisionZip"].get_ydata()) == [80.0, 90.0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# figures a paper can use as they are
+
+
+def _realistic(tmp_path):
+    """A toy-sized run: TFLOPs around 0.0005 (GFLOPs on the axis), latencies of 12-30 ms with one 2053 ms sample of
+    a loaded machine, p90s, and a task every cell answers perfectly (a flat panel)."""
+    store = ResultStore(tmp_path / "toy")
+    for i, record in enumerate(example_records(model="toy-llava")):
+        if record["status"] == "done":
+            budget = record["budget"] or 64
+            record["flops"] = {"measured_tflops": 0.0002 + budget * 0.00001}
+            median = 2053.0 if (record["method"], record["budget"]) == ("random", 16) else 12.0 + budget * 0.5 + i
+            record["latency_ms"] = {"ttft": {"median": median, "p90": median * 1.2, "n": 8}}
+            record["tasks"]["shapes_count"]["score"] = 1.0
+            record["tasks"]["shapes_count"]["baseline"] = 1.0
+        store.put(record)
+    return leaderboard(store)
+
+
+def _figures(df, width):
+    yield "budget_curves", budget_curves(df, width=width)
+    for cost in ("prefill_ms", "tflops", "kv_mb"):
+        yield f"pareto_{cost}", pareto_plot(df, cost, width=width)
+    yield "relacc_heatmap", relacc_heatmap(df, width=width)
+
+
+def _overlaps(labels) -> list[tuple[str, str]]:
+    boxes = sorted(((t.get_window_extent(), t.get_text()) for t in labels if t.get_visible() and t.get_text()), key=lambda b: b[0].x0)
+    return [(a[1], b[1]) for a, b in itertools.pairwise(boxes) if a[0].overlaps(b[0])]
+
+
+@pytest.mark.parametrize("width", ["single", "double"])
+def test_figures_have_readable_ticks_and_fonts_at_both_widths(tmp_path, width):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    df = _realistic(tmp_path)
+    for name, fig in _figures(df, width):
+        FigureCanvasAgg(fig)
+        fig.canvas.draw()
+        assert fig.get_size_inches()[0] == pytest.approx(3.5 if width == "single" else 7.0)
+        for ax in fig.axes:
+            if not ax.get_visible():
+                continue
+            for axis in ("x", "y"):
+                ticks = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
+                if axis == "y":  # stacked vertically: compare heights
+                    boxes = sorted(((t.get_window_extent(), t.get_text()) for t in ticks if t.get_visible() and t.get_text()),
+                                   key=lambda b: b[0].y0)
+                    bad = [(a[1], b[1]) for a, b in itertools.pairwise(boxes) if a[0].overlaps(b[0])]
+                else:
+                    bad = _overlaps(ticks)
+                assert not bad, (name, width, axis, bad)
+                numbers = [t.get_text() for t in ticks if re.fullmatch(r"[−\-]?[\d.]+", t.get_text())]
+                assert all(len(t) <= 5 for t in numbers), (name, numbers)  # scaled units: no "0.00060"
+            assert not ax.xaxis.get_offset_text().get_text() and not ax.yaxis.get_offset_text().get_text(), name
+        if width == "single":
+            small = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_visible()
+                     and t.get_fontsize() < 7]
+            assert not small, (name, small)
+
+
+def test_palette_has_contrast_on_white():
+    from prunebench.report.plots import PALETTE
+
+    def luminance(colour):
+        channels = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in to_rgba(colour)[:3]]
+        return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+
+    ratios = [1.05 / (luminance(c) + 0.05) for c in PALETTE]
+    assert min(ratios) >= 2.3, ratios  # seaborn's light pink (1.7:1) and yellow (1.4:1) are out
+    assert len({tuple(np.round(c, 3)) for c in PALETTE}) == len(PALETTE)
+
+
+def test_a_method_keeps_its_style_in_any_subset(tmp_path):
+    df = _realistic(tmp_path)
+    full = series(budget_curves(df, panels=["relacc"]).axes[0])
+    part = series(budget_curves(df[df["method"].isin(["none", "visionzip"])], panels=["relacc"]).axes[0])
+    for attr in ("get_color", "get_marker", "get_linestyle"):
+        assert getattr(full["VisionZip"], attr)() == getattr(part["VisionZip"], attr)()
+    # overlapping curves stay apart: every pair of methods differs in marker and, for most, in dash
+    for trio in (("random", "visionzip", "vispruner"), ("fastv", "sparsevlm", "divprune")):  # the defaults; the papers' usual set
+        styles = [method_style(m) for m in trio]
+        assert len({s["marker"] for s in styles}) == 3 and len({str(s["linestyle"]) for s in styles}) == 3, trio
+
+
+def test_pareto_points_carry_their_budget_and_latency_is_robust(tmp_path):
+    df = _realistic(tmp_path)
+    fig = pareto_plot(df, "prefill_ms")
+    ax = fig.axes[0]
+    budgets = sorted(t.get_text() for t in ax.texts if t.get_text().isdigit())
+    assert budgets.count("32") == 4 and budgets.count("16") == 2  # every plotted pruned point but the outlier
+    assert ax.get_xlim()[1] < 100  # the 2053 ms outlier does not squash the 12-30 ms points
+    assert any("2053 ms" in t.get_text() for t in ax.texts)  # ... it is drawn at the edge with its value
+    assert any(c.get_label() == "_p90" for c in ax.containers)  # p90 bars
+    assert ax.get_xlabel() == "Time to first token (ms, median; bar: p90)"
+    tflops = pareto_plot(df, "tflops").axes[0]
+    assert tflops.get_xlabel() == "Prefill GFLOPs"
+    assert max(series(tflops)["VisionZip"].get_xdata()) == pytest.approx(0.52)  # 0.00052 TFLOPs
+
+
+def test_flat_panel_starts_at_zero(tmp_path):
+    df = _realistic(tmp_path)
+    fig = budget_curves(df, panels=["shapes_count"])
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo == 0.0 and 1.0 < hi <= 1.15  # not 0.96-1.04
+
+
+def test_robust_limits():
+    from prunebench.report.plots import robust_limits
+
+    lo, hi, out = robust_limits([12, 14, 15, 18, 22, 30, 2053])
+    assert (lo, hi) == (12, 30) and list(out) == [False] * 6 + [True]
+    lo, hi, out = robust_limits([10, 20, 40, 80])
+    assert (lo, hi) == (10, 80) and not out.any()

@@ -86,6 +86,64 @@ def test_check_fails_and_names_property_and_method(installed_plugin):
     assert "PASS noop" in result.stdout  # keeping everything never calls select
     assert "keepoutside on tiny-llava: property 'token_contract' failed" in result.stdout
     assert "indices must lie in [0, 576)" in result.stdout
+    # one line per failure: no traceback unless --debug
+    assert "Traceback" not in result.stdout and 'File "' not in result.stdout
+    fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL ")]
+    assert len(fails) == 4 and all("token_contract" in line for line in fails)  # one per tiny family
+    assert "rerun with --debug" in result.stdout
+    debug = _prunebench("check", "keepoutside", "--checks", "token_contract", "--model", "tiny-llava", "--debug")
+    assert debug.returncode == 1 and 'File "' in debug.stdout  # the traceback, indented under its FAIL line
+
+
+def test_list_shows_signals_paper_and_citation(installed_plugin, monkeypatch, capsys):
+    result = _prunebench("list", installed_plugin)
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.strip().split(":", 1) for line in result.stdout.splitlines()[1:])
+    assert lines["signals"].strip() == "raster order" and lines["paper"].strip() == "throw-away plugin"
+    assert lines["citation"].strip() == "—"  # declared by no field of the plugin: a dash, not an empty field
+    (info,) = json.loads(_prunebench("list", installed_plugin, "--json").stdout)
+    assert info["citation"] == "" and info["signals"] == ["raster order"]
+    # a built-in method names its BibTeX key
+    assert main(["list", "fastv"]) == 0
+    out = capsys.readouterr().out
+    assert "citation:  chen2024fastv" in out and "paper:     Chen et al." in out
+
+
+def test_list_shows_a_dash_for_every_undeclared_field(monkeypatch, capsys):
+    from dataclasses import dataclass
+
+    from prunebench import registry
+    from prunebench.core import VisionStagePruner
+
+    registry.get_method_class("fastv")  # built-ins first
+
+    @dataclass
+    class Bare(VisionStagePruner):
+        pass
+
+    monkeypatch.setitem(registry._REGISTRY, "pb-bare", Bare)
+    monkeypatch.setitem(registry._ORIGIN, "pb-bare", "plugin pb-bare")
+    assert main(["list", "pb-bare"]) == 0
+    fields = dict(line.strip().split(":", 1) for line in capsys.readouterr().out.splitlines()[1:])
+    for name in ("signals", "defaults", "paper", "citation"):
+        assert fields[name].strip() == "—", name
+
+
+def test_check_lines_are_one_line_and_refusals_pass():
+    from types import SimpleNamespace
+
+    from prunebench.commands import check_line
+
+    failed = SimpleNamespace(check="cache", method="m", model="tiny-llava", passed=False,
+                             detail="raised ValueError: bad\nTraceback (most recent call last):\n  File \"x.py\", line 1")
+    assert check_line(failed) == "FAIL cache           m            tiny-llava     raised ValueError: bad"
+    assert 'File "x.py"' in check_line(failed, debug=True)
+    own = SimpleNamespace(check="cache", method="m", model="tiny-llava", passed=False, detail="bad", traceback="Traceback: deep")
+    assert check_line(own).endswith("bad") and "Traceback: deep" in check_line(own, debug=True)
+    refused = SimpleNamespace(check="noop", method="m", model="tiny-qwen2_5_vl", passed=False, refused=True,
+                              detail="m needs a [CLS] token", traceback=None)
+    line = check_line(refused)
+    assert line.startswith("PASS ") and line.endswith("refused: m needs a [CLS] token")
 
 
 class _EntryPoint:

@@ -514,3 +514,96 @@ def test_shipped_csv_is_the_builders_output():
     builder.write_csv(builder.build(REFERENCE), out)
     shipped = (Path(published.__file__).parent / "data" / "published.csv").read_text(encoding="utf-8")
     assert out.getvalue() == shipped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# legend, units, precision, latency reliability, random weights
+
+
+def _records_with(tmp_path, **changes):
+    """The example records with ``changes`` applied to every done cell (a key -> value or a callable)."""
+    records = example_records(model="toy-llava")
+    for r in records:
+        if r["status"] == "done":
+            for key, value in changes.items():
+                r[key] = value(r) if callable(value) else value
+    store = ResultStore(tmp_path / "run")
+    for r in records:
+        store.put(r)
+    return store
+
+
+def test_every_table_carries_a_legend(run):
+    df = leaderboard(run)
+    md = to_markdown(df)
+    legend = md.split("Legend:", 1)[1]
+    for term in ("RelAcc: mean over tasks of score / unpruned score, in %", "Agree.:", "Prefill:", "TFLOPs:", "KV:", "Budget:"):
+        assert term in legend, term
+    tex = to_latex(df)
+    caption = tex.split("\\caption{", 1)[1].split("\\label", 1)[0]
+    assert "RelAcc: mean over tasks" in caption and "\\textbf{bold}" in caption and "\\underline{underlined}" in caption
+    assert "KV: key/value cache" in caption and "$2^{20}$" in caption
+
+
+def test_cost_units_follow_the_table(tmp_path):
+    # toy-sized costs: 0.00057 TFLOPs print as 0.570 GFLOPs, in a column titled by that unit; KV stays in MB
+    store = _records_with(tmp_path, flops=lambda r: {"measured_tflops": 0.00057}, kv_cache=lambda r: {"measured_mb": 0.3})
+    md = to_markdown(leaderboard(store))
+    header = md_header(md)
+    assert "GFLOPs" in header and "TFLOPs" not in header and "KV (MB)" in header
+    row = md_row(md, "FastV", "32")
+    assert row[header.index("GFLOPs")] == "0.570" and row[header.index("KV (MB)")] == "0.300"
+    assert "GFLOPs: floating-point operations" in md
+    assert "0.00057" not in md
+    # large costs stay in TFLOPs, KV in GB
+    store = _records_with(tmp_path / "big", flops=lambda r: {"measured_tflops": 3.2}, kv_cache=lambda r: {"measured_mb": 2048.0})
+    header = md_header(to_markdown(leaderboard(store)))
+    assert "TFLOPs" in header and "KV (GB)" in header
+    # the CSV keeps the raw units (TFLOPs, MB)
+    assert leaderboard(store)["tflops"].dropna().max() == pytest.approx(3.2)
+
+
+def test_task_scores_print_at_one_precision(tmp_path):
+    records = example_records(model="toy-llava")
+    for r in records:  # one task at a perfect 1.0 used to print with 2 decimals, the other with 3
+        if r["status"] == "done":
+            r["tasks"]["shapes_count"]["score"] = 1.0 if r["method"] == "none" else 0.95
+            r["tasks"]["shapes_count"]["baseline"] = 1.0
+    store = ResultStore(tmp_path / "run")
+    for r in records:
+        store.put(r)
+    md = to_markdown(leaderboard(store))
+    header = md_header(md)
+    base, fastv = md_row(md, "Unpruned", "all (64)"), md_row(md, "FastV", "32")
+    assert base[header.index("shapes_count")] == "1.000" and fastv[header.index("shapes_count")] == "0.950"
+    assert fastv[header.index("shapes_color")] == "0.540"
+
+
+def test_unreliable_latency_is_flagged_and_explained(tmp_path):
+    # spread: p90 twice the median
+    store = _records_with(tmp_path / "spread", latency_ms=lambda r: {"ttft": {"median": 10.0, "p90": 20.0, "n": 8}})
+    df = leaderboard(store)
+    assert set(df.loc[(df["status"] == "done") & (df["method"] != "none"), "latency_flag"]) == {"p90/median 2.0"}
+    md = to_markdown(df)
+    header = md_header(md)
+    assert md_row(md, "FastV", "32")[header.index("TTFT (ms)")] == "10.0§"
+    assert "§ unreliable latency" in md and "p90/median above 1.5" in md
+    assert "\\textsuperscript{\\S}" in to_latex(df)
+    # load: 8 on 2 cores (read from latency.load_average / latency.cpu_count), with a quiet spread
+    store = _records_with(tmp_path / "load", latency_ms=lambda r: {"ttft": {"median": 10.0, "p90": 11.0, "n": 8}},
+                          latency=lambda r: {"samples": 8, "load_average": [8.0, 6.0, 4.0], "cpu_count": 2})
+    df = leaderboard(store)
+    assert set(df.loc[(df["status"] == "done") & (df["method"] != "none"), "latency_flag"]) == {"load 4.0/core"}
+    # quiet: no flag, no footnote
+    store = _records_with(tmp_path / "quiet", latency_ms=lambda r: {"ttft": {"median": 10.0, "p90": 11.0, "n": 8}},
+                          latency=lambda r: {"load_average": 0.5, "cpu_count": 2})
+    md = to_markdown(leaderboard(store))
+    assert "§" not in md
+
+
+def test_random_weights_are_named_in_the_tables(run, tmp_path):
+    df = leaderboard(run)  # the example store is tiny-llava
+    assert "tiny-llava: random weights: scores are meaningless, for tests" in to_markdown(df)
+    assert "random weights" in to_latex(df).split("\\label", 1)[0]
+    real = leaderboard(write_example_store(tmp_path / "real", model="toy-llava"))
+    assert "random weights" not in to_markdown(real) and "random weights" not in to_latex(real)

@@ -627,8 +627,11 @@ def test_latency_records_its_spread_and_the_load_it_ran_under(finished):
     record = next(r for r in sweep.store.records() if r["method"] == "random")
     ttft = record["latency_ms"]["ttft"]
     assert ttft["min"] <= ttft["q1"] <= ttft["median"] <= ttft["q3"] <= ttft["max"] and ttft["iqr"] == pytest.approx(ttft["q3"] - ttft["q1"])
-    load = record["latency_load"]
-    assert load["cpus"] >= 1 and load["threads"] >= 1 and {"load_before", "load_after"} <= set(load)
+    load = record["load_average"]
+    assert record["cpu_count"] >= 1 and set(load) == {"before", "after"}
     if hasattr(os, "getloadavg"):
-        assert load["load_before"] >= 0 and load["load_after"] >= 0
+        from prunebench.report.leaderboard import load_per_core
+
+        assert load["before"] >= 0 and load["after"] >= 0
+        assert load_per_core(record) == pytest.approx(max(load.values()) / record["cpu_count"]), "the leaderboard reads the load"
     assert record["batch_size"] == 2 and record["device_type"] == "cpu" and record["attn_implementation"] == "sdpa" and record["dtype"] == "auto"

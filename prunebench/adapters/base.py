@@ -320,4 +320,3 @@ def splice_span(
     span_old = start + (span_source.gather(1, slot) if span_source is not None else torch.zeros_like(slot))
     old_index = torch.where(in_span, span_old, source)
     return embeds, new_mask, old_index, start
-

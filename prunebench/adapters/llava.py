@@ -3,9 +3,10 @@
 Vision features follow ``LlavaModel.get_image_features`` exactly (``hidden_states[vision_feature_layer]``,
 [CLS] dropped under the "default" strategy, then ``multi_modal_projector``), so keeping every token
 reproduces stock ``generate``. The image span is located from ``input_ids == image_token_id``; nothing is
-hard-coded (FastV's scripts used 36 where the span starts at 35, methods-1.md §0.2).
+hard-coded (FastV's evaluation scripts pass ``--fast-v-sys-length 36`` where the span starts at 35:
+github.com/pkunlp-icler/FastV @ d165972, ``src/FastV/inference/eval/*.sh``).
 
-Preprocessing (``preprocess=``, recorded by :meth:`describe`; methods-1.md §0.2, methods-2.md §0.8):
+Preprocessing (``preprocess=``, recorded by :meth:`describe`):
     * ``"hf"`` (default): the checkpoint's own processor (resize the short side, centre-crop) and chat
       template (no system prompt), i.e. what ``llava-hf`` checkpoints do;
     * ``"paper"``: what the published LLaVA-1.5 numbers used (original ``haotian-liu/LLaVA``,

@@ -1,22 +1,23 @@
 """LLaVA-NeXT (LLaVA-1.6) on the stock ``transformers`` ``LlavaNextForConditionalGeneration``.
 
-Three visual layouts (``layout=``, recorded by :meth:`describe`; methods-1.md §0.3.4, §3.3, §4.4 and
-methods-2.md §2.4):
+Three visual layouts (``layout=``, recorded by :meth:`describe`):
 
 * ``"anyres"`` (default, the stock model): base crop (24x24) + the AnyRes sub-crops tiled into one grid,
   **unpadded** back to the image's aspect ratio, with an ``image_newline`` token after every row. The token
   count depends on the image size (336x336 -> 1176 = 576 + 24 x (24 + 1)). The layout is taken from the
   model's own ``pack_image_features`` (run on token indices instead of features), so it cannot drift from it.
-* ``"fivecrop"``: the papers' fixed layout (VisPruner/FasterVLM, VisionZip): the AnyRes grid forced to
+* ``"fivecrop"``: the papers' fixed layout (VisPruner/FasterVLM, github.com/Theia-4869/VisPruner @ aefa01a, and
+  VisionZip, github.com/dvlab-research/VisionZip @ 3151f6d, both ``llava_arch.py``): the AnyRes grid forced to
   672x672, i.e. base + 2x2 sub-crops, **no unpadding and no newline tokens**: 2880 = 5 x 576 tokens, the
   sub-crops in raster order over the 48x48 tiled grid, the base crop first. Apply it to the unpruned baseline
   too (a budget >= 2880) to compare like with like. Stock ``generate`` has no such layout.
-* ``"spatial"``: LLaVA's ``mm_patch_merge_type='spatial'``, HiPrune's NeXT layout: the image's own AnyRes grid
+* ``"spatial"``: LLaVA's ``mm_patch_merge_type='spatial'``, HiPrune's NeXT layout (github.com/Danielement321/HiPrune
+  @ 6e83a12, ``LLaVA/llava/model/llava_arch.py``): the image's own AnyRes grid
   (the best-fitting pinpoint, as stock), **no unpadding and no newline tokens**: (1 + rows x cols) x 576
   tokens, 3 to 5 crops on LLaVA-NeXT-7B, the sub-crops in raster order over their tiled grid, the base crop
   first. Like ``fivecrop`` it needs a keep-all baseline.
 
-Newline tokens and the budget (a deliberate choice; the originals disagree, methods-1.md §0.3.4): newlines are
+Newline tokens and the budget (a deliberate choice; the originals disagree, see the layouts above): newlines are
 **not pruning candidates and not counted in the budget**. They are a learned constant that marks row ends and
 have no vision-tower feature, so no vision-stage signal can rank them. After pruning, :meth:`assemble` puts
 the kept patches back in their original slots and **every row's newline after its row**, also for a row whose

@@ -1,6 +1,9 @@
 """Qwen2.5-VL on the stock ``transformers`` ``Qwen2_5_VLForConditionalGeneration``: images and video.
 
-What differs from the LLaVA family, and the choices made (methods-1.md §7.3, methods-2.md §0.4/§0.8):
+What differs from the LLaVA family, and the choices made. Few originals have Qwen2.5-VL code; the conventions
+below follow the Qwen2.5-VL ports of HiPrune (github.com/Danielement321/HiPrune @ 6e83a12,
+``Qwen2_5_VL/qwen2_5_vl_HiPrune.py``), DART (github.com/ZichenWen1/DART @ 5a19452) and LightCompress
+(github.com/ModelTC/LightCompress @ 9701d03, ``llmc/compression/token_reduction/``):
 
 * **Granularity = the LLM token = one 2x2 merge unit.** ``VisionView.features`` (B, N, 4 x D_vit) are the
   merger's input for each merged token (the four ViT outputs of its 2x2 unit after ``merger.ln_q``,
@@ -16,7 +19,7 @@ What differs from the LLaVA family, and the choices made (methods-1.md §7.3, me
   for any block (windowed blocks: attention within the window).
 * **Positions**: M-RoPE positions come from the model's own ``get_rope_index`` on the **unpruned** sequence
   (with ``mm_token_type_ids``, which 5.23 requires) and every kept token keeps its 3-D position, for every
-  method (DESIGN.md: Qwen2.5-VL always keeps them; the ``compact`` policy does not apply). The 3-row
+  method (those ports all keep them; the ``compact`` policy does not apply on Qwen2.5-VL). The 3-row
   ``position_ids`` go to ``generate``, which uses them unchanged and continues with last + 1 — the stock
   ``text position + rope_delta`` rule, because the prompt ends with text. Merged (contextual) tokens get the
   position of the image's first (prepended) or last (appended) token.
@@ -32,7 +35,7 @@ What differs from the LLaVA family, and the choices made (methods-1.md §7.3, me
   lmms-eval's ``qwen2_5_vl`` wrapper was written against; it passes no fps) assumed. transformers 5.23's
   processor instead reads the frames' metadata and, for frames without it, falls back to 24 fps (1/12 s).
 
-Preprocessing: ``Qwen2_5_VLProcessor`` cannot be built without torchvision (transformers-notes §1.2), so on
+Preprocessing: ``Qwen2_5_VLProcessor`` cannot be built without torchvision (its video processor needs it), so on
 every machine the adapter uses the image processor (``Qwen2VLImageProcessor``) for images and builds by hand
 what the video processor (``Qwen2VLVideoProcessor``, which needs torchvision) would do:
 
@@ -163,7 +166,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
 
     @classmethod
     def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> ManualProcessor:
-        """The image processor and tokenizer (the processor object needs torchvision, notes §1.2)."""
+        """The image processor and tokenizer (the processor object needs torchvision for its video processor)."""
         from transformers import AutoImageProcessor, AutoTokenizer
 
         return ManualProcessor(AutoImageProcessor.from_pretrained(name_or_path),

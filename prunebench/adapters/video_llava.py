@@ -2,19 +2,21 @@
 
 * Images go through the **image tower**: ``hidden_states[-2]``, [CLS] dropped, 16x16 = 256 tokens at 224 px.
 * Videos go through the **video tower** frame by frame, and the HF model **keeps every frame's [CLS]**:
-  T x 257 tokens (8 frames -> 2056; transformers-notes §2.2). The original LanguageBind code drops them
-  (8 x 256 = 2048, methods-2.md §0.8); we follow the stock HF model, so the unpruned baseline equals stock
-  ``generate``. The 8 frame [CLS] tokens are ordinary candidates: ``cls_attention`` gives each token the
-  attention of its own frame's [CLS] (a [CLS] token gets its attention to itself), ``cls_feature`` is None.
+  T x 257 tokens (8 frames -> 2056; ``VideoLlavaModel.get_video_features`` drops no [CLS] for videos, and the
+  authors' ``LanguageBindVideoTower.feature_select`` returns every token too, github.com/PKU-YuanGroup/Video-LLaVA
+  @ 9ab69e6). VisPruner and VisionZip state Video-LLaVA budgets out of 8 x 256 = 2048 tokens; we follow the stock
+  HF model, so the unpruned baseline equals stock ``generate``. The 8 frame [CLS] tokens are ordinary
+  candidates: ``cls_attention`` gives each token the attention of its own frame's [CLS] (a [CLS] token gets its
+  attention to itself), ``cls_feature`` is None.
 * Budget scope: ``video`` (or ``image``; default) = one budget over all tokens of the sample; ``frame`` = the
   budget applies per frame and the engine multiplies it by the number of frames (``VisionView.num_units``;
   ``unit_of`` gives each token's frame). Images are one unit.
 * A batch may mix images and videos; the engine runs them as separate groups (different token counts).
 
-Preprocessing: ``VideoLlavaProcessor`` cannot be built without torchvision (its video processor needs it;
-transformers-notes §1.2), so inputs are built the documented other way, on every machine alike: the image
-processor (``VideoLlavaImageProcessor``: resize 224 + centre crop + CLIP normalisation, which is also what the
-video processor does per frame) for images and for each frame, and the ``<image>`` / ``<video>`` placeholder
+Preprocessing: ``VideoLlavaProcessor`` cannot be built without torchvision (its video processor needs it), so
+inputs are built the documented other way, on every machine alike: the image processor
+(``VideoLlavaImageProcessor``: resize 224 + centre crop + CLIP normalisation, which is also what the video
+processor does per frame) for images and for each frame, and the ``<image>`` / ``<video>`` placeholder
 expanded by hand to 256 / T x 257 tokens, in the model card's prompt ``USER: <video>\\n{question} ASSISTANT:``.
 Frames are sampled by the caller (``Sample.video``; Video-LLaVA was trained on 8 uniformly spaced frames).
 """
@@ -67,7 +69,7 @@ class VideoLlavaAdapter(LlavaAdapter):
 
     @classmethod
     def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> "ManualProcessor":
-        """The image processor and tokenizer (the processor object needs torchvision, notes §1.2)."""
+        """The image processor and tokenizer (the processor object needs torchvision for its video processor)."""
         from transformers import AutoTokenizer, VideoLlavaImageProcessor
 
         return ManualProcessor(VideoLlavaImageProcessor.from_pretrained(name_or_path),

@@ -11,14 +11,11 @@ from typing import Any, Callable
 
 from prunebench.adapters.base import ModelAdapter
 from prunebench.core import PruneBenchError
+from prunebench.models.catalog import CATALOG, TINY, catalog_entry, catalog_rows, is_random_weights
 
-# tiny name -> family (model_type); the builders live in prunebench.models.tiny
-TINY_MODELS = {
-    "tiny-llava": "llava",
-    "tiny-llava_next": "llava_next",
-    "tiny-video_llava": "video_llava",
-    "tiny-qwen2_5_vl": "qwen2_5_vl",
-}
+# tiny name -> family (model_type), from the one model table (prunebench.models.catalog); the builders live in
+# prunebench.models.tiny
+TINY_MODELS = {entry.name: entry.family for entry in CATALOG if entry.kind == TINY}
 DEFAULT_MODEL = "toy-llava"
 FAMILIES = ("llava", "llava_next", "video_llava", "qwen2_5_vl")
 
@@ -67,7 +64,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cp
 
     Hub ids such as ``llava-hf/llava-1.5-7b-hf``, ``llava-hf/llava-v1.6-vicuna-7b-hf``,
     ``LanguageBind/Video-LLaVA-7B-hf`` and ``Qwen/Qwen2.5-VL-7B-Instruct`` load through each adapter's
-    ``from_pretrained`` (the stock ``*ForConditionalGeneration.from_pretrained``).
+    ``from_pretrained`` (the stock ``*ForConditionalGeneration.from_pretrained``); ``prunebench models`` lists
+    the checkpoints of each family (:data:`prunebench.models.catalog.CATALOG`).
     """
     if name in TINY_MODELS:
         family = TINY_MODELS[name]
@@ -84,3 +82,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cp
     adapter = adapter_class(family).from_pretrained(str(path), dtype=dtype, device=device, trust_remote_code=trust_remote_code, **options)
     adapter.name = name
     return adapter
+
+
+__all__ = ["CATALOG", "DEFAULT_MODEL", "FAMILIES", "TINY_MODELS", "adapter_class", "catalog_entry", "catalog_rows", "is_random_weights",
+           "known_models", "load_model"]

@@ -1,4 +1,4 @@
-"""``prunebench report`` and ``prunebench plot``."""
+"""``prunebench report``, ``prunebench plot`` and ``prunebench compare``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ REPORT_EPILOG = """\
 rows: the unpruned baseline, then method x budget (failed and infeasible cells are listed, not dropped);
 columns: each task's score, RelAcc (mean of score / unpruned score, %), agreement with the unpruned answers (%),
 latency (median time to first token, "TTFT (ms)", where recorded, else LLM prefill; a prefill time in a TTFT
-column is marked *), TFLOPs (counted, else analytic, marked †) and KV cache (MB). Bold / underline are ranked
-per budget on the printed values, a cost only among values of one kind.
+column is marked *; § marks a latency whose p90/median exceeds 1.5 or that was measured at a CPU load above 1.5
+per core), FLOPs (counted, else analytic, marked †; GFLOPs or TFLOPs, whichever suits the table) and KV cache
+(MB or GB). A legend under every table (the LaTeX caption) defines the columns and marks; a run of a model with
+random weights (the tiny test models) says so. Bold / underline are ranked per budget on the printed values, a
+cost only among values of one kind. A planned cell without a valid record is listed as missing.
 a run folder contributes the cells of its plan.json (the sweep as last planned); --all adds older records.
 published numbers print as the papers print them; in LaTeX each paper table gets its own table.
 
@@ -32,13 +35,15 @@ examples:
 """
 
 PLOT_EPILOG = """\
-figures (PNG and PDF, sized for a two-column paper, one colour and marker per method in every figure and
-every invocation; the star is the unpruned model's):
+figures (PNG and PDF, sized for a two-column paper, no text under 7 pt; one colour, marker and dash per method
+in every figure and every invocation, from a colour-blind-safe palette; the star is the unpruned model's):
   budget_curves      score per task and RelAcc versus budget; the unpruned model as a dotted line; × = a
                      failed or infeasible budget
-  pareto_prefill_ms  RelAcc versus time to first token (else prefill latency), with the Pareto front
-  pareto_tflops      RelAcc versus TFLOPs, with the Pareto front
-  pareto_kv_mb       RelAcc versus KV-cache size, with the Pareto front
+  pareto_prefill_ms  RelAcc versus median time to first token (else prefill latency), a bar to the p90, the
+                     Pareto front; an outlier (a loaded machine) sits at the axis edge with its value
+  pareto_tflops      RelAcc versus FLOPs (GFLOPs or TFLOPs, as the leaderboard prints them), with the Pareto front
+  pareto_kv_mb       RelAcc versus KV-cache size (MB or GB), with the Pareto front
+                     (each Pareto point is labelled with its budget)
   relacc_heatmap     method x budget grids of RelAcc: the mean, then one per task
 several runs: one line style and marker fill per run. published numbers (--with-published) are hollow
 markers labelled with their source, e.g. "FastV (VisPruner T1)"; the figures show one published table (the
@@ -47,7 +52,18 @@ one sharing most methods with the runs, or --published-source TEXT; --published-
 examples:
   prunebench plot results/toy                         figures in results/toy/plots/
   prunebench plot results/mine results/reference -o figs --with-published
-  prunebench plot results/toy --width single          every figure one column (3.3 in) wide
+  prunebench plot results/toy --width single          every figure one column (3.5 in) wide
+"""
+
+
+COMPARE_EPILOG = """\
+exit status: 0 when every cell is in both runs and each has the same status, task scores, RelAcc and agreement
+(within --score-tolerance); 1 otherwise. Differences in tokens, FLOPs, KV bytes and latency are shown but do not
+change the exit status.
+
+examples:
+  prunebench compare results/reference/demo results/demo      the committed reference against a fresh demo run
+  prunebench compare runA runB --latency-tolerance 0.2 --json
 """
 
 
@@ -92,9 +108,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--formats", default="png,pdf", help="comma list of file formats (default png,pdf)")
     p.add_argument("--dpi", type=int, default=300, help="resolution of raster formats (default 300)")
     p.add_argument("--width", metavar="W",
-                   help="figure width: single (3.3 in), double (6.3 in) or inches (default: budget curves and heat map "
+                   help="figure width: single (3.5 in), double (7 in) or inches (default: budget curves and heat map "
                         "double, Pareto plots single)")
     p.set_defaults(func=cmd_plot)
+
+    c = subparsers.add_parser(
+        "compare", help="what differs between two runs, cell by cell (exit 1 if accuracy differs)",
+        description="Match the cells of two run folders (model, method and parameters, budget, budget mode and scope, "
+        "suite, limit, seed, preprocessing, layout; not the keys, which also cover code versions) and show per cell what "
+        "differs: status, each task's score, RelAcc, agreement, visual tokens, FLOPs, KV bytes, and latency beyond a relative "
+        "tolerance; then the cells found in only one run.",
+        epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("run_a", metavar="RUN_A", help="run folder (e.g. results/reference/demo)")
+    c.add_argument("run_b", metavar="RUN_B", help="run folder to compare with RUN_A (e.g. results/demo)")
+    c.add_argument("--latency-tolerance", type=float, default=0.5, metavar="R",
+                   help="relative latency difference still counted as equal (default 0.5 = ±50%%: timings follow the machine's load)")
+    c.add_argument("--score-tolerance", type=float, default=0.0, metavar="D",
+                   help="absolute task-score difference still counted as equal (default 0; RelAcc and agreement: 100 x D points)")
+    c.add_argument("--all", dest="all_cells", action="store_true", help="every record in cells/, also those plan.json no longer lists")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_compare)
 
 
 def _leaderboard(args: argparse.Namespace):
@@ -171,3 +204,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from prunebench.report.compare import compare_runs
+
+    for run in (args.run_a, args.run_b):
+        if not (Path(run) / "cells").is_dir():
+            raise PruneBenchError(f"{run} is not a run folder (no {Path(run) / 'cells'}/); pass folders written by `prunebench run`")
+    if args.latency_tolerance < 0 or args.score_tolerance < 0:
+        raise PruneBenchError("--latency-tolerance and --score-tolerance must be >= 0 (e.g. --latency-tolerance 0.5)")
+    result = compare_runs(args.run_a, args.run_b, score_tolerance=args.score_tolerance, latency_tolerance=args.latency_tolerance,
+                          all_cells=args.all_cells)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        sys.stdout.write(result.to_text())
+    return 0 if result.equal_accuracy else 1

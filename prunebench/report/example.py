@@ -1,5 +1,5 @@
-"""A small synthetic results store (records exactly as the runner writes them), for tests and for trying the
-report and plot commands without running a sweep::
+"""A small synthetic run folder (records, per-sample logs and plan.json as the runner writes them), for tests and
+for trying the report, plot and compare commands without running a sweep::
 
     python -m prunebench.report.example /tmp/example_run && prunebench report /tmp/example_run
 
@@ -8,6 +8,7 @@ The numbers are invented for illustration; nothing here is a measurement.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -62,10 +63,30 @@ def example_records(model: str = "tiny-llava", suite: str = "shapes", scale: flo
     return records
 
 
-def write_example_store(root: str | Path, **kwargs) -> ResultStore:
+def example_samples(record: dict) -> list[dict]:
+    """Per-sample rows of a done record (as the runner logs them): n answers per task, the share right = the score."""
+    rows = []
+    for task, entry in (record.get("tasks") or {}).items():
+        n = int(entry.get("n") or 20)
+        right = round(float(entry["score"]) * n)
+        for i in range(n):
+            target = f"{task}-{i}"
+            rows.append({"task": task, "doc_id": i, "target": target, "answer": target if i < right else "wrong",
+                         "filtered": target if i < right else "wrong", "score": 1.0 if i < right else 0.0})
+    return rows
+
+
+def write_example_store(root: str | Path, plan: bool = True, **kwargs) -> ResultStore:
+    """A run folder like one ``prunebench run`` leaves: ``cells/``, ``samples/`` (per-sample logs of done cells) and
+    ``plan.json`` (``plan=False``: none, as a store written by hand)."""
     store = ResultStore(root)
-    for record in example_records(**kwargs):
-        store.put(record)
+    records = example_records(**kwargs)
+    for record in records:
+        store.put(record, example_samples(record) if record["status"] == "done" else None)
+    if plan:
+        cells = [{"key": r["key"], "label": "none (unpruned)" if r["method"] == "none" else f"{r['method']}@{r['budget']}",
+                  "method": r["method"], "budget": r["budget"]} for r in records]
+        (Path(root) / "plan.json").write_text(json.dumps(cells, indent=1))
     return store
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from prunebench.report.leaderboard import (
     ANALYTIC_MARK,
+    LATENCY_MARK,
     MEASURED,
     METRIC_COLUMNS,
     PREFILL_MARK,
@@ -28,7 +29,10 @@ from prunebench.report.leaderboard import (
     column_title,
     cost_mark,
     cost_notes,
+    for_display,
+    legend,
     printed_text,
+    random_weights_note,
     ranks,
     task_columns,
     value_decimals,
@@ -43,7 +47,7 @@ _SPECIAL = {
     "±": r"$\pm$", "§": r"\S{}",
 }
 _SPECIAL_RE = re.compile("|".join(re.escape(k) for k in _SPECIAL))
-_MARKS = {ANALYTIC_MARK: r"\textsuperscript{\dag}", PREFILL_MARK: r"$^{*}$"}
+_MARKS = {ANALYTIC_MARK: r"\textsuperscript{\dag}", PREFILL_MARK: r"$^{*}$", LATENCY_MARK: r"\textsuperscript{\S}"}
 
 
 def escape(text: str) -> str:
@@ -95,6 +99,7 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, caption_latex: str
     table per published source (default when there are several). Bold / underline are ranked on the whole
     leaderboard, at the precision printed.
     """
+    df = for_display(df)
     rank = ranks(df)
     decimals = value_decimals(df)
     parts = table_parts(df, split)
@@ -157,7 +162,7 @@ def _table(part: pd.DataFrame, full: pd.DataFrame, rank: pd.DataFrame, decimals:
             lines.append(f"\\multicolumn{{{ncols}}}{{l}}{{\\textit{{{escape(title[2])}{model}}}}} \\\\")
             block = title
         cells = [_method_cell(row), escape(budget_text(row))]
-        if row["status"] in ("failed", "infeasible"):
+        if row["status"] in ("failed", "infeasible", "missing"):
             cells.append(f"\\multicolumn{{{len(value_cols)}}}{{c}}{{\\textit{{{row['status']}}}}}")
         else:
             printed = printed_text(row)
@@ -173,7 +178,7 @@ def _table(part: pd.DataFrame, full: pd.DataFrame, rank: pd.DataFrame, decimals:
                 elif r == 2:
                     text = f"\\underline{{{text}}}"
                 mark = cost_mark(full, row, col)
-                cells.append(text + _MARKS.get(mark, ""))
+                cells.append(text + "".join(_MARKS.get(m, "") for m in mark))
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}"]
     notes = cost_notes(part)
@@ -195,12 +200,16 @@ def _slug(text: str) -> str:
 def _default_caption(df: pd.DataFrame) -> str:
     models = ", ".join(sorted(m for m in df["model"].unique() if m))
     text = (f"Accuracy and cost of vision-token pruning{' on ' + escape(models) if models else ''}. "
-            r"RelAcc = mean over tasks of score / unpruned score. Per budget, the best value of each column is in "
+            r"Per budget, the best value of each column is in "
             r"\textbf{bold} and the second best \underline{underlined}; $\uparrow$ higher is better, "
             r"$\downarrow$ lower is better.")
     if (df["source"] != MEASURED).any():
         text += " Published rows are quoted from the papers (their own baselines and metric conventions) and not ranked."
-    return text
+    note = random_weights_note(df, hint=False)
+    if note:
+        text = r"\textbf{" + escape(note) + "} " + text
+    parts = [escape(p).replace(r"2\textasciicircum{}20", r"$2^{20}$") for p in legend(df) if not p.startswith("Published rows")]
+    return text + " " + " ".join(parts)
 
 
 def _published_caption(part: pd.DataFrame) -> str:

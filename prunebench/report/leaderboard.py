@@ -32,18 +32,25 @@ from typing import Any, Iterable
 import pandas as pd
 
 from prunebench.core import PruneBenchError
+from prunebench.models.catalog import RANDOM_WEIGHTS_NOTE, is_random_weights
 from prunebench.store import BASELINE_METHOD, ResultStore
 
 log = logging.getLogger(__name__)
 
 META_COLUMNS = ["run", "source", "model", "suite", "method", "label", "params", "budget", "budget_mode", "status", "error"]
 METRIC_COLUMNS = ["relacc", "agreement", "prefill_ms", "tflops", "kv_mb"]
-EXTRA_COLUMNS = ["tflops_source", "latency_source", "tokens_final", "tokens_layer_average", "limit", "seed", "printed"]
+EXTRA_COLUMNS = ["tflops_source", "latency_source", "tokens_final", "tokens_layer_average", "limit", "seed", "printed",
+                 "prefill_p90_ms", "latency_n", "load_per_core", "latency_flag"]
 HIGHER_IS_BETTER = {"relacc": True, "agreement": True, "prefill_ms": False, "tflops": False, "kv_mb": False}
 COLUMN_TITLES = {"relacc": "RelAcc (%)", "agreement": "Agree. (%)", "prefill_ms": "Prefill (ms)", "tflops": "TFLOPs", "kv_mb": "KV (MB)"}
 MEASURED = "measured"
 ANALYTIC_MARK = "†"  # TFLOPs computed from the config, not counted
 PREFILL_MARK = "*"  # LLM prefill time standing in a TTFT column
+LATENCY_MARK = "§"  # a latency the measurement itself says is unreliable (spread or machine load)
+P90_RATIO_LIMIT = 1.5  # p90 / median above this: the samples scatter too much for the median to mean much
+LOAD_PER_CORE_LIMIT = 1.5  # 1-min load average per CPU core above this during the measurement: a busy machine
+TASK_DECIMALS = 3  # task scores on lmms-eval's 0-1 scale; other scales print with SCALE_DECIMALS
+SCALE_DECIMALS = 1
 # The kind of each cost that is ranked when a group mixes kinds: one kind is never ranked against another.
 PREFERRED_SOURCE = {"tflops": ("tflops_source", "measured"), "prefill_ms": ("latency_source", "ttft")}
 
@@ -143,8 +150,50 @@ def load_records(source: Any, all_cells: bool = False) -> list[tuple[str, dict[s
                 log.info("%s: %d record(s) in cells/ are not in plan.json (an earlier sweep); shown with --all",
                          store.root, len(records) - len(kept))
             records = kept
+        records += missing_records(store, records)
         items += [(label, rec) for rec in records]
     return items
+
+
+MISSING = "missing"  # status of a planned cell without a valid record (not run yet, or its record is damaged)
+
+
+def missing_records(store: ResultStore, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stand-in records (status "missing") for the cells of the run's ``plan.json`` that have no valid record: not run
+    yet, interrupted, or damaged (the store's ``missing_or_damaged`` says which, where it has it)."""
+    path = store.root / "plan.json"
+    if not path.exists():
+        return []
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    plan = [c for c in plan if isinstance(c, dict) and "key" in c] if isinstance(plan, list) else []
+    have = {r.get("key") for r in records}
+    lister = getattr(store, "missing_or_damaged", None)
+    reasons: dict[str, str] = {}
+    if callable(lister):
+        try:
+            reasons = {str(m["key"]): f"{m.get('state')}: {m.get('reason')}" if m.get("reason") else str(m.get("state"))
+                       for m in lister(plan)}
+        except Exception:  # noqa: BLE001 - the listing is a courtesy; the plan alone says what is missing
+            reasons = {}
+    common = next((r for r in records if r.get("method") != BASELINE_METHOD), records[0] if records else {})
+    out = []
+    for cell in plan:
+        key = str(cell["key"])
+        if key in have:
+            continue
+        method = str(cell.get("method") or BASELINE_METHOD)
+        out.append({
+            "key": key, "status": MISSING, "method": method, "budget": cell.get("budget"),
+            "model": common.get("model"), "suite": common.get("suite"), "task_names": common.get("task_names") or [],
+            "budget_mode": None if method == BASELINE_METHOD else common.get("budget_mode"),
+            "budget_scope": None if method == BASELINE_METHOD else common.get("budget_scope"),
+            "limit": common.get("limit"), "seed": common.get("seed"), "method_params": {},
+            "error": reasons.get(key) or "no record: not run yet, interrupted, or damaged",
+        })
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,6 +246,10 @@ def _row(run: str, record: dict[str, Any]) -> dict[str, Any]:
         ttft = _num(_get(latency, "ttft_ms", "median"))
     prefill = ttft if not math.isnan(ttft) else _num(_get(latency, "prefill", "median"))
     latency_source = "ttft" if not math.isnan(ttft) else ("prefill" if not math.isnan(prefill) else "")
+    stat = (latency.get("ttft") or latency.get("ttft_ms") or {}) if latency_source == "ttft" else (latency.get("prefill") or {})
+    stat = stat if isinstance(stat, dict) else {}
+    p90, count = _num(stat.get("p90")), _num(stat.get("n"))
+    load = load_per_core(record)
     row = {
         "run": run,
         "source": MEASURED,
@@ -221,6 +274,10 @@ def _row(run: str, record: dict[str, Any]) -> dict[str, Any]:
         "limit": "" if record.get("limit") is None else str(record.get("limit")),
         "seed": "" if record.get("seed") is None else str(record.get("seed")),
         "printed": "",
+        "prefill_p90_ms": p90,
+        "latency_n": count,
+        "load_per_core": load,
+        "latency_flag": latency_flag(prefill, p90, load),
     }
     tasks = record.get("tasks") or {}
     scores = {t: _num((v or {}).get("score")) for t, v in tasks.items()} if isinstance(tasks, dict) else {}
@@ -228,10 +285,52 @@ def _row(run: str, record: dict[str, Any]) -> dict[str, Any]:
     if status != "done":  # a failed cell may hold partial numbers; they are not results
         for key in METRIC_COLUMNS:
             row[key] = math.nan
+        row["latency_flag"] = ""
         scores = {t: math.nan for t in scores}
     for t in record.get("task_names") or []:
         scores.setdefault(t, math.nan)
     return row | {"_scores": scores, "_baselines": baselines}
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every finite number in a value, a list of values or a mapping of them (a load average may be recorded as one
+    number, as the (1, 5, 15)-minute triple, or before/after the measurement)."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _numbers(v)]
+    number = _num(value)
+    return [] if math.isnan(number) or isinstance(value, bool) else [number]
+
+
+LOAD_FIELDS = ("load_average", "loadavg", "load")
+CPU_FIELDS = ("cpu_count", "cpus", "num_cpus")
+
+
+def load_per_core(record: dict[str, Any]) -> float:
+    """The CPU load during the cell's latency measurement per core, NaN where the record does not carry it.
+
+    Read from ``latency.load_average`` / ``latency.cpu_count`` (else the same names under ``latency_protocol``,
+    ``latency_ms``, ``env`` or the record itself); of several numbers (1/5/15-minute averages, before and after)
+    the highest load counts."""
+    places = [record.get(k) for k in ("latency", "latency_protocol", "latency_ms", "env")] + [record]
+    places = [p for p in places if isinstance(p, dict)]
+    loads = next((_numbers(p[f]) for p in places for f in LOAD_FIELDS if f in p and _numbers(p[f])), [])
+    cpus = next((_numbers(p[f]) for p in places for f in CPU_FIELDS if f in p and _numbers(p[f])), [])
+    if not loads or not cpus or max(cpus) <= 0:
+        return math.nan
+    return max(loads) / max(cpus)
+
+
+def latency_flag(median: float, p90: float, load: float) -> str:
+    """Why a latency is unreliable ("" when nothing says so): a p90 / median ratio above :data:`P90_RATIO_LIMIT`,
+    or a load above :data:`LOAD_PER_CORE_LIMIT` per core while it was measured."""
+    reasons = []
+    if not math.isnan(median) and not math.isnan(p90) and median > 0 and p90 / median > P90_RATIO_LIMIT:
+        reasons.append(f"p90/median {p90 / median:.1f}")
+    if not math.isnan(load) and load > LOAD_PER_CORE_LIMIT:
+        reasons.append(f"load {load:.1f}/core")
+    return "; ".join(reasons)
 
 
 def _fill_relacc(rows: list[dict[str, Any]]) -> None:
@@ -358,11 +457,11 @@ def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *,
         tasks += pub_tasks
         df = pd.concat([df.astype(object), pub.astype(object)], ignore_index=True) if len(df) else pub
         df = df.reindex(columns=META_COLUMNS + tasks + METRIC_COLUMNS + EXTRA_COLUMNS)
-    for col in tasks + METRIC_COLUMNS + ["tokens_final", "tokens_layer_average"]:
+    for col in tasks + METRIC_COLUMNS + ["tokens_final", "tokens_layer_average", "prefill_p90_ms", "latency_n", "load_per_core"]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["budget"] = pd.array([None if (b is None or (isinstance(b, float) and math.isnan(b))) else int(b) for b in df["budget"]], dtype="Int64")
     for col in ("run", "source", "model", "suite", "method", "label", "params", "budget_mode", "status", "error", "tflops_source",
-                "latency_source", "limit", "seed", "printed"):
+                "latency_source", "limit", "seed", "printed", "latency_flag"):
         df[col] = df[col].fillna("").astype(str)
     df = _sort(df)
     df["label"] = _assign_labels(df)
@@ -444,19 +543,79 @@ def column_decimals(values: Iterable[float], column: str) -> int:
     finite = [float(v) for v in values if v is not None and not pd.isna(v)]
     if not finite:
         return 1
-    if all(float(v).is_integer() for v in finite) and max(abs(v) for v in finite) >= 10:
+    if column not in METRIC_COLUMNS and all(float(v).is_integer() for v in finite) and max(abs(v) for v in finite) >= 10:
         return 0
     largest = max(abs(v) for v in finite) or 1.0
     return int(min(6, max(1, 2 - math.floor(math.log10(largest)))))
+
+
+def task_decimals(values: Iterable[float]) -> int:
+    """One fixed precision per score scale, whatever the values: :data:`TASK_DECIMALS` for lmms-eval's 0-1 scores,
+    :data:`SCALE_DECIMALS` for larger scales (0-100, MME's sums), none for whole-number scores (OCRBench 297)."""
+    finite = [float(v) for v in values if v is not None and not pd.isna(v)]
+    if not finite:
+        return TASK_DECIMALS
+    if all(v.is_integer() for v in finite) and max(abs(v) for v in finite) >= 10:
+        return 0
+    return TASK_DECIMALS if max(abs(v) for v in finite) <= 1.0 else SCALE_DECIMALS
 
 
 def value_decimals(df: pd.DataFrame) -> dict[str, int]:
     """Decimals of every value column, from the measured rows (published cells print as the paper does)."""
     measured = df[df["source"] == MEASURED]
     out = {}
-    for col in task_columns(df) + METRIC_COLUMNS:
+    tasks = task_columns(df)
+    for col in tasks + METRIC_COLUMNS:
         base = measured[col] if measured[col].notna().any() else df[col]
-        out[col] = column_decimals(base, col)
+        out[col] = task_decimals(base) if col in tasks else column_decimals(base, col)
+    return out
+
+
+# cost units: the records hold TFLOPs and MB (2**20 bytes); each table prints them in the unit that suits its values
+FLOP_UNITS = ((1.0, "TFLOPs"), (1e3, "GFLOPs"))  # (factor from TFLOPs, name), largest first
+BYTE_UNITS = ((1 / 1024, "GB"), (1.0, "MB"))  # (factor from MB, name), largest first
+UNIT_COLUMNS = {"tflops": FLOP_UNITS, "kv_mb": BYTE_UNITS}
+
+
+def choose_unit(values: Iterable[float], units: tuple[tuple[float, str], ...]) -> tuple[float, str]:
+    """The largest unit in which the largest value is at least 1 (0.00057 TFLOPs -> 0.57 GFLOPs)."""
+    finite = [abs(float(v)) for v in values if v is not None and not pd.isna(v)]
+    largest = max(finite) if finite else 1.0
+    for factor, name in units:
+        if largest * factor >= 1.0:
+            return factor, name
+    return units[-1]
+
+
+def display_units(df: pd.DataFrame) -> dict[str, tuple[float, str]]:
+    """column -> (factor, unit) of the cost columns, chosen from the measured values of this table."""
+    measured = df[df["source"] == MEASURED]
+    out = {}
+    for col, units in UNIT_COLUMNS.items():
+        values = measured[col] if measured[col].notna().any() else df[col]
+        out[col] = choose_unit(values, units)
+    return out
+
+
+def for_display(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the cost columns in the units of :func:`display_units` (``attrs["units"]``), for the human tables.
+    A published cell whose unit changes prints the converted number instead of the paper's text."""
+    if "units" in df.attrs:
+        return df
+    units = display_units(df)
+    out = df.copy()
+    out.attrs = dict(df.attrs)
+    for col, (factor, _) in units.items():
+        out[col] = out[col] * factor
+    if "printed" in out.columns:
+        rescaled = [c for c, (factor, _) in units.items() if factor != 1.0]
+        if rescaled:
+            def drop(text: str) -> str:
+                printed = printed_text(pd.Series({"printed": text}))
+                return json.dumps({k: v for k, v in printed.items() if k not in rescaled}) if printed else text
+
+            out["printed"] = out["printed"].map(drop)
+    out.attrs["units"] = {col: unit for col, (_, unit) in units.items()}
     return out
 
 
@@ -493,7 +652,14 @@ def latency_title(df: pd.DataFrame) -> str:
 
 
 def column_title(df: pd.DataFrame, column: str) -> str:
-    return latency_title(df) if column == "prefill_ms" else COLUMN_TITLES.get(column, column)
+    if column == "prefill_ms":
+        return latency_title(df)
+    unit = (df.attrs.get("units") or {}).get(column)
+    if column == "tflops" and unit:
+        return unit
+    if column == "kv_mb" and unit:
+        return f"KV ({unit})"
+    return COLUMN_TITLES.get(column, column)
 
 
 def cost_mark(df: pd.DataFrame, row: pd.Series, column: str) -> str:
@@ -502,8 +668,9 @@ def cost_mark(df: pd.DataFrame, row: pd.Series, column: str) -> str:
         return ""
     if column == "tflops" and row.get("tflops_source") == "analytic":
         return ANALYTIC_MARK
-    if column == "prefill_ms" and row.get("latency_source") == "prefill" and latency_title(df).startswith("TTFT"):
-        return PREFILL_MARK
+    if column == "prefill_ms":
+        mark = PREFILL_MARK if row.get("latency_source") == "prefill" and latency_title(df).startswith("TTFT") else ""
+        return mark + (LATENCY_MARK if row.get("latency_flag") else "")
     return ""
 
 
@@ -536,7 +703,7 @@ def display_columns(df: pd.DataFrame) -> list[tuple[str, str]]:
         cols.append(("run", "Run"))
     if (df["source"] != MEASURED).any():
         cols.append(("source", "Source"))
-    if (df["status"].isin(["failed", "infeasible"])).any():
+    if (df["status"].isin(["failed", "infeasible", MISSING])).any():
         cols.append(("status", "Status"))
     values = value_columns(df)
     cols += [(t, t) for t in task_columns(df) if t in values]
@@ -549,15 +716,80 @@ def cost_notes(df: pd.DataFrame) -> list[str]:
     notes = []
     measured = df[(df["source"] == MEASURED) & (df["status"] == "done")]
     if (measured["tflops"].notna() & (measured["tflops_source"] == "analytic")).any():
-        notes.append(f"{ANALYTIC_MARK} TFLOPs computed analytically from the config and the measured token counts "
+        notes.append(f"{ANALYTIC_MARK} {column_title(df, 'tflops')} computed analytically from the config and the measured token counts "
                      "(no counted FLOPs for that cell); ranked only among analytic values.")
     if latency_title(df).startswith("TTFT") and (measured["prefill_ms"].notna() & (measured["latency_source"] == "prefill")).any():
         notes.append(f"{PREFILL_MARK} LLM prefill time (the record has no time to first token); ranked only among prefill times.")
+    if "latency_flag" in measured.columns and (measured["prefill_ms"].notna() & (measured["latency_flag"] != "")).any():
+        flagged = measured[measured["prefill_ms"].notna() & (measured["latency_flag"] != "")]
+        cells = "; ".join(f"{r['label']}@{budget_text(r)}: {r['latency_flag']}" for _, r in flagged.head(4).iterrows())
+        more = f"; {len(flagged) - 4} more" if len(flagged) > 4 else ""
+        notes.append(f"{LATENCY_MARK} unreliable latency: p90/median above {P90_RATIO_LIMIT:g} or CPU load above "
+                     f"{LOAD_PER_CORE_LIMIT:g} per core while measuring ({cells}{more}); rerun on a quiet machine.")
     return notes
 
 
+def random_weight_models(df: pd.DataFrame) -> list[str]:
+    """The measured models of ``df`` that run on random weights (the tiny test models)."""
+    return [m for m in dict.fromkeys(df.loc[df["source"] == MEASURED, "model"]) if m and is_random_weights(m)]
+
+
+def random_weights_note(df: pd.DataFrame, hint: bool = True) -> str:
+    """The warning a table of a random-weight model carries ("" for real models)."""
+    models = random_weight_models(df)
+    if not models:
+        return ""
+    return (f"{', '.join(models)}: {RANDOM_WEIGHTS_NOTE}" + (" (`prunebench models` lists the real models)." if hint else "."))
+
+
+def legend(df: pd.DataFrame) -> list[str]:
+    """Short definitions of what the table shows: its columns (in the units printed) and its markers.
+
+    ``df`` as printed (:func:`for_display`, so the cost units are the table's)."""
+    shown = {c for c, _ in display_columns(df)}
+    measured = df[df["source"] == MEASURED]
+    parts = []
+    if any(t in shown for t in task_columns(df)):
+        parts.append(f"task columns: each task's primary lmms-eval metric (0-1 scores at {TASK_DECIMALS} decimals)")
+    modes = sorted({m for m in measured["budget_mode"] if m})
+    if "budget" in shown:
+        how = {"average": "averaged over the LLM layers", "final": "after the last pruning stage"}
+        text = "; ".join(f"{how.get(m, m)}" for m in modes)
+        parts.append(f"Budget: visual tokens kept per image{' (' + text + ')' if text else ''}; all (N): unpruned, N visual tokens")
+    if "relacc" in shown:
+        parts.append("RelAcc: mean over tasks of score / unpruned score, in %")
+    if "agreement" in shown:
+        parts.append("Agree.: answers identical to the unpruned model's, in %")
+    if "prefill_ms" in shown:
+        what = "time to first token" if latency_title(df).startswith("TTFT") else "LLM prefill time"
+        parts.append(f"{latency_title(df).split(' ')[0]}: median {what} of one input over the latency probe, in ms")
+    if "tflops" in shown:
+        parts.append(f"{column_title(df, 'tflops')}: floating-point operations of one input's prefill (counted)")
+    if "kv_mb" in shown:
+        unit = (df.attrs.get("units") or {}).get("kv_mb", "MB")
+        parts.append(f"KV: key/value cache after the prefill, in {unit} (1 MB = 2^20 bytes)")
+    if "status" in shown:
+        parts.append("infeasible: the method cannot meet that budget in this budget mode; failed: the cell raised"
+                     + ("; missing: planned, but no valid record (not run yet, interrupted or damaged)" if (df["status"] == MISSING).any() else ""))
+    if (df["source"] != MEASURED).any():
+        parts.append("published rows are quoted from the papers (their own conventions) and not ranked")
+    return [p[0].upper() + p[1:] + "." for p in parts]
+
+
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of the leaderboard (failed / infeasible cells shown as such)."""
+    """A GitHub-flavoured Markdown table of the leaderboard (failed / infeasible cells shown as such); below it a note
+    on random weights where a model has them, the footnotes of its marks and its legend."""
+    df = for_display(df)
+    table = _markdown_table(df)
+    head = random_weights_note(df)
+    notes = cost_notes(df)
+    out = table + "\n" + (f"\n**Note: {head}**\n" if head else "")
+    out += "".join(f"\n{n}\n" for n in notes)
+    out += "\nLegend: " + " ".join(legend(df)) + "\n"
+    return out
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
     cols = display_columns(df)
     numeric = set(value_columns(df))
     decimals = value_decimals(df)
@@ -572,7 +804,7 @@ def to_markdown(df: pd.DataFrame) -> str:
             elif col == "status":
                 text = status_text(row)
             elif col in numeric:
-                if row["status"] in ("failed", "infeasible"):
+                if row["status"] in ("failed", "infeasible", MISSING):
                     text = row["status"]
                 else:
                     text = cell_text(row, col, decimals[col], printed) + cost_mark(df, row, col)
@@ -580,8 +812,7 @@ def to_markdown(df: pd.DataFrame) -> str:
                 text = str(row[col])
             cells.append(text.replace("|", "\\|").replace("\n", " "))
         lines.append("| " + " | ".join(cells) + " |")
-    notes = cost_notes(df)
-    return "\n".join(lines) + "\n" + ("".join(f"\n{n}\n" for n in notes))
+    return "\n".join(lines)
 
 
 def to_csv(df: pd.DataFrame) -> str:

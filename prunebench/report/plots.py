@@ -2,12 +2,17 @@
 
 Every function takes the DataFrame of :func:`prunebench.report.leaderboard` and returns a matplotlib
 ``Figure`` (built without pyplot, so no display and no global state is needed). Widths follow a two-column
-paper: ``"single"`` = 3.3 in (one column), ``"double"`` = 6.3 in (the text width), or any number of inches;
-fonts are 7-8 pt. Colours come from seaborn's colour-blind palette and are fixed per method name
-(:data:`METHOD_STYLES`: every registered method and every method of the shipped published tables, chosen so that
-no two methods of one published table share a colour; other names get a colour and marker from a hash of the
-name), so a method looks the same in every figure and every invocation whatever else is shown. The star is
-the unpruned model's only. Each series is one leaderboard label (a method with its parameters, budget mode,
+paper: ``"single"`` = 3.5 in (one column), ``"double"`` = 7 in (the text width), or any number of inches;
+no text is smaller than 7 pt. Colours come from seaborn's colour-blind palette with its two lightest colours
+(light pink, yellow) replaced by darker colour-blind-safe ones from Paul Tol's palettes (wine, olive), so every
+colour keeps at least 2.3:1 contrast on white (:data:`PALETTE`). Colour, marker and line style are fixed per
+method name (:data:`METHOD_STYLES`: every registered method and every method of the shipped published tables,
+chosen so that no two methods of one published table share a colour; other names get a style from a hash of the
+name), so a method looks the same in every figure and every invocation whatever subset is shown, and curves
+that overlap stay apart by marker and dash. The star is the unpruned model's only. Costs are drawn in the unit
+the leaderboard prints them in (GFLOPs or TFLOPs, MB or GB); Pareto points carry their budget; latency is the
+median with a bar up to the p90, on limits that one outlier cannot stretch (it is drawn at the edge, with its
+value). Each series is one leaderboard label (a method with its parameters, budget mode,
 suite and run); with several runs, each run has its own line style and marker fill. Published numbers are
 hollow markers labelled with their source ("FastV (VisPruner T1)").
 """
@@ -24,21 +29,30 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
-from matplotlib.transforms import blended_transform_factory
+from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator, ScalarFormatter
+from matplotlib.transforms import Bbox, blended_transform_factory
 
-from prunebench.report.leaderboard import MEASURED, display_name, latency_title, series_columns, task_columns
+from prunebench.report.leaderboard import MEASURED, display_name, display_units, latency_title, series_columns, task_columns
 from prunebench.report.published import short_source
 from prunebench.store import BASELINE_METHOD
 
 log = logging.getLogger(__name__)
 
-SINGLE_COLUMN_IN = 3.3
-DOUBLE_COLUMN_IN = 6.3
+SINGLE_COLUMN_IN = 3.5
+DOUBLE_COLUMN_IN = 7.0
 MAX_HEIGHT_IN = 8.5  # a figure taller than this does not fit a page with its caption
-PALETTE = tuple(sns.color_palette("colorblind", 10))
+MIN_FONT_PT = 7.0
+# seaborn's colour-blind palette; light pink (6) and yellow (8) read poorly on white: Tol's wine and olive instead
+PALETTE = tuple(to_rgb(c) for c in (*sns.color_palette("colorblind", 10).as_hex()[:6], "#882255", "#949494", "#999933", "#56b4e9"))
+METHOD_LINESTYLES = ("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))  # solid, dashed, dash-dot, dash-dot-dot
+# method -> index into METHOD_LINESTYLES, for the registered methods: methods often shown together (the defaults
+# random / visionzip / vispruner; fastv / sparsevlm / visionzip of the papers' tables) get different dashes.
+# Other names: from their position in METHOD_STYLES, or a hash.
+METHOD_DASHES = {"visionzip": 0, "vispruner": 1, "random": 3, "fastv": 0, "sparsevlm": 1, "divprune": 2, "hiprune": 2,
+                 "learnpruner": 1, "fastervlm": 2}
 BASELINE_MARKER = "*"
 FALLBACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "d", "<", ">", "p", "H", "8")
 FALLBACK_COLOURS = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # not grey: it reads as the random baseline
@@ -79,16 +93,18 @@ def _width(width: str | float) -> float:
 
 
 def method_style(method: str) -> dict[str, object]:
-    """{color, marker} of one method name, the same in every figure (a hash of the name for unknown ones)."""
+    """{color, marker, linestyle} of one method name, the same in every figure (a hash of the name for unknown ones)."""
     if method == BASELINE_METHOD:
-        return dict(BASELINE_STYLE)
+        return dict(BASELINE_STYLE, linestyle=":")
+    digest = zlib.crc32(method.encode())
     if method in METHOD_STYLES:
         colour, marker = METHOD_STYLES[method]
+        dash = METHOD_DASHES.get(method, list(METHOD_STYLES).index(method))
     else:
-        digest = zlib.crc32(method.encode())
         colour = FALLBACK_COLOURS[digest % len(FALLBACK_COLOURS)]
         marker = FALLBACK_MARKERS[(digest // len(FALLBACK_COLOURS)) % len(FALLBACK_MARKERS)]
-    return {"color": PALETTE[colour], "marker": marker}
+        dash = digest // (len(FALLBACK_COLOURS) * len(FALLBACK_MARKERS))
+    return {"color": PALETTE[colour], "marker": marker, "linestyle": METHOD_LINESTYLES[dash % len(METHOD_LINESTYLES)]}
 
 
 def method_styles(methods: Iterable[str], extra: Iterable[str] = ()) -> dict[str, dict[str, object]]:
@@ -204,11 +220,14 @@ def _legend(fig: Figure, axes, ncol: int) -> None:
                    frameon=False, handlelength=2.2, columnspacing=1.0, handletextpad=0.4)
 
 
-def _series_kwargs(method: str, run_index: int, styles: dict, variant: int = 0) -> dict:
+def _series_kwargs(method: str, run_index: int, styles: dict, variant: int = 0, several_runs: bool = False) -> dict:
+    """A series' line: the method's colour (a shade per variant), marker and dash; with several runs the run sets
+    the dash and the marker fill instead (a method keeps its colour and marker across runs)."""
     st = styles.get(method) or method_style(method)
     colour = _shade(st["color"], VARIANT_SHADES[variant % len(VARIANT_SHADES)])
+    dash = RUN_LINESTYLES[run_index % len(RUN_LINESTYLES)] if several_runs else st.get("linestyle", "-")
     return {"color": colour, "marker": st["marker"], "markeredgecolor": _edge(colour), "markeredgewidth": 0.6,
-            "linestyle": RUN_LINESTYLES[run_index % len(RUN_LINESTYLES)], "fillstyle": RUN_FILLSTYLES[run_index % len(RUN_FILLSTYLES)]}
+            "linestyle": dash, "fillstyle": RUN_FILLSTYLES[run_index % len(RUN_FILLSTYLES)]}
 
 
 def _published_kwargs(method: str, styles: dict) -> dict:
@@ -221,6 +240,89 @@ def _legend_columns(width: float) -> int:
     return 4 if width >= DOUBLE_COLUMN_IN else 2
 
 
+def _panel_values(ax) -> np.ndarray:
+    """The finite y values of an axis' data lines (crosses drawn in axes coordinates excluded)."""
+    values = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines() if not line.get_label().startswith("_")]
+    values = np.concatenate(values) if values else np.array([])
+    return values[np.isfinite(values)]
+
+
+def _nbins(width: float) -> int:
+    return 4 if width < DOUBLE_COLUMN_IN else 6
+
+
+def _plain_ticks(axis, width: float) -> None:
+    """Few ticks with plain labels: no offset text, no scientific notation (the unit is in the axis label)."""
+    axis.set_major_locator(MaxNLocator(nbins=_nbins(width), steps=[1, 2, 2.5, 5, 10], min_n_ticks=3))
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
+def _sensible_y(ax, values: np.ndarray, width: float) -> None:
+    """Plain y ticks; a flat panel (every value the same) gets an axis from 0 to just above the value instead of
+    matplotlib's +-4 % around it, so it reads as "all equal" rather than as noise."""
+    _plain_ticks(ax.yaxis, width)
+    if not len(values):
+        return
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo <= 1e-9 * max(1.0, abs(hi)):
+        top = hi * 1.1 if hi > 0 else 1.0
+        ax.set_ylim(min(0.0, lo * 1.1), top)
+
+
+LABEL_OFFSETS = ((3, 2, "left", "bottom"), (-3, 2, "right", "bottom"), (3, -2, "left", "top"), (-3, -2, "right", "top"))
+
+
+def _place_labels(fig: Figure, ax, labels: list[tuple[float, float, str]]) -> None:
+    """Budget labels beside their points: up-right, else the first of the other corners where the label does not
+    cover one already placed (points that share a position, e.g. two methods at one budget, get labels apart)."""
+    if not labels:
+        return
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # the layout, so positions are final
+    renderer = canvas.get_renderer()
+    r = renderer.points_to_pixels(2.5)  # a marker's radius: a label does not cover another point either
+    placed = [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in ax.transData.transform([(x, y) for x, y, _ in labels])]
+    for x, y, text in labels:
+        chosen = None
+        for dx, dy, ha, va in LABEL_OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=MIN_FONT_PT,
+                              color="0.3", zorder=5)
+            box = ann.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                chosen = (ann, box)
+                break
+            ann.remove()
+        if chosen is None:  # every corner taken: up-right anyway
+            ann = ax.annotate(text, (x, y), xytext=(3, 2), textcoords="offset points", fontsize=MIN_FONT_PT, color="0.3", zorder=5)
+            chosen = (ann, ann.get_window_extent(renderer))
+        placed.append(chosen[1])
+
+
+def robust_limits(values: Sequence[float], k: float = 3.0) -> tuple[float, float, np.ndarray]:
+    """(low, high, outlier mask) of an axis showing ``values``: the data range, except that values beyond the
+    upper Tukey fence (q3 + k * IQR, on the log scale for positive data, where latencies spread) fall outside;
+    at least half of the values always stay inside."""
+    x = np.asarray(values, dtype=float)
+    finite = np.isfinite(x)
+    if finite.sum() < 3:
+        v = x[finite]
+        lo, hi = (float(v.min()), float(v.max())) if len(v) else (0.0, 1.0)
+        return lo, hi, np.zeros_like(x, dtype=bool)
+    v = x[finite]
+    positive = bool((v > 0).all())
+    t = np.log(v) if positive else v
+    q1, q3 = np.quantile(t, [0.25, 0.75])
+    fence = q3 + k * max(q3 - q1, 0.05 * max(abs(q3), 1e-9) if not positive else 0.05)
+    outlier = np.zeros_like(x, dtype=bool)
+    outlier[finite] = t > fence
+    if outlier.sum() > len(v) / 2:
+        outlier[:] = False
+    inside = x[finite & ~outlier]
+    return float(inside.min()), float(inside.max()), outlier
+
+
 def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: str | float = "double") -> Figure:
     """Score (one panel per task) and RelAcc versus budget, one line per series, the unpruned model as a dotted
     line (one style per run); a failed or infeasible budget is an × on the axis.
@@ -229,7 +331,7 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
     benchmark is a panel's task (see :mod:`prunebench.report.published`), are hollow markers.
     """
     tasks = task_columns(df)
-    measured = df[(df["source"] == MEASURED)]
+    measured = df[(df["source"] == MEASURED) & (df["status"] != "missing")]
     if panels is None:
         panels = [t for t in tasks if measured[t].notna().any()] + ["relacc"]
     styles = styles_for(df)
@@ -248,7 +350,7 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
             for method, run, variant, label, group in _series(pruned):
                 group = group.sort_values("budget")
                 done = group["status"] == "done"
-                kwargs = _series_kwargs(method, run, styles, variant)
+                kwargs = _series_kwargs(method, run, styles, variant, several_runs=len(runs) > 1)
                 ax.plot(group["budget"].astype(float), group[col].where(done).astype(float), label=label, **kwargs)
                 for budget in group.loc[~done, "budget"].astype(float):  # failed / infeasible: a cross on the axis
                     level = stacked.get(budget, 0)
@@ -271,6 +373,7 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
             if col in published.columns:
                 shown += list(published.loc[published[col].notna(), "budget"])
             _log2_budget_axis(ax, shown)
+            _sensible_y(ax, _panel_values(ax), w)
             ax.set_title("RelAcc (%)" if col == "relacc" else col)
             ax.set_xlabel("visual tokens (budget)")
             if col == "relacc":
@@ -298,16 +401,36 @@ def accuracy_column(df: pd.DataFrame) -> str:
     return "score"
 
 
-def cost_label(df: pd.DataFrame, cost: str) -> str:
+def cost_label(df: pd.DataFrame, cost: str, unit: str | None = None) -> str:
+    """The cost axis' label, in ``unit`` (default: the leaderboard's for this cost)."""
+    unit = unit or cost_scale(df, cost)[1]
     if cost == "prefill_ms":
-        return "Time to first token (ms)" if latency_title(df).startswith("TTFT") else COST_AXES[cost]
-    return COST_AXES[cost]
+        what = "Time to first token" if latency_title(df).startswith("TTFT") else "Prefill latency"
+        bar = "prefill_p90_ms" in df.columns and bool((df["prefill_p90_ms"] >= df["prefill_ms"]).any())
+        return f"{what} (ms, median{'; bar: p90' if bar else ''})"
+    if cost == "tflops":
+        return f"Prefill {unit}"
+    return f"KV cache ({unit})"
+
+
+COST_NAMES = {"prefill_ms": "Prefill latency", "tflops": "Prefill", "kv_mb": "KV cache"}
+
+
+def cost_scale(df: pd.DataFrame, cost: str) -> tuple[float, str]:
+    """(factor, unit) a cost is drawn in: the leaderboard's unit for FLOPs (GFLOPs / TFLOPs) and KV (MB / GB)."""
+    if cost == "prefill_ms":
+        return 1.0, "ms"
+    factor, unit = display_units(df)[cost]
+    return factor, unit
 
 
 def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None, width: str | float = "single") -> Figure:
-    """Accuracy versus a cost column, a marker per series (thin lines join a series' budgets), the Pareto front
-    of the measured points as a step line, the legend below the axes.
+    """Accuracy versus a cost column, a marker per series (thin lines join a series' budgets) labelled with its
+    budget, the Pareto front of the measured points as a step line, the legend below the axes.
 
+    The cost is drawn in the leaderboard's unit (GFLOPs or TFLOPs, MB or GB). Latency is the median with a bar up
+    to the p90; its axis ends where the bulk of the points ends (:func:`robust_limits`): a point beyond it (a
+    sample of a loaded machine) is drawn as a triangle at the edge with its value.
     ``y``: "relacc", "agreement" or "score" (mean over tasks); default :func:`accuracy_column`. Published rows
     are drawn where the paper prints that cost (in its own convention); the others are counted in a warning.
     """
@@ -317,7 +440,13 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
     if y not in Y_AXES:
         raise ValueError(f"y must be one of {sorted(Y_AXES)}, got {y!r}")
     styles = styles_for(df)
+    factor, unit = cost_scale(df, cost)
     rows = df[(df["status"].isin(["done", "published"]))].copy()
+    rows[cost] = rows[cost] * factor
+    if "prefill_p90_ms" in rows.columns and cost == "prefill_ms":
+        rows["_p90"] = rows["prefill_p90_ms"]
+    else:
+        rows["_p90"] = np.nan
     if y == "score":
         rows["score"] = rows[task_columns(df)].mean(axis=1)
     if y == "relacc":
@@ -329,28 +458,63 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
                     ", ".join(sorted({short_source(s) for s in missing["source"]})), cost, y, cost)
     rows = rows[rows[cost].notna() & rows[y].notna()]
     measured = rows[rows["source"] == MEASURED]
+    several_runs = measured["run"].nunique() > 1
     w = _width(width)
+    robust = cost == "prefill_ms"
+    lo, hi, outlier = robust_limits(rows[cost].astype(float).to_numpy()) if robust and len(rows) else (0.0, 1.0, None)
+    clipped = set(rows.index[outlier]) if outlier is not None and outlier.any() else set()
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=(w, 0.75 * w + 0.6), layout="constrained")
         ax = fig.subplots()
+        edge = blended_transform_factory(ax.transAxes, ax.transData)
+        budget_labels: list[tuple[float, float, str]] = []
         for method, run, variant, label, group in _series(measured):
             group = group.sort_values("budget", na_position="last")
-            kwargs = _series_kwargs(method, run, styles, variant)
+            kwargs = _series_kwargs(method, run, styles, variant, several_runs)
             kwargs["markersize"] = 8.0 if method == BASELINE_METHOD else 5.0
             if method == BASELINE_METHOD:
                 kwargs["markeredgecolor"] = "black"
+            shown = group[~group.index.isin(clipped)]
             line = dict(kwargs, linewidth=0.6, alpha=0.55) if len(group) > 1 else dict(kwargs, linestyle="none")
-            ax.plot(group[cost].astype(float), group[y].astype(float), label=label, zorder=3, **line)
+            ax.plot(shown[cost].astype(float), shown[y].astype(float), label=label, zorder=3, **line)
+            spread = shown[shown["_p90"].notna() & (shown["_p90"] >= shown[cost])]
+            if len(spread):  # median to p90: an upper bar only
+                ax.errorbar(spread[cost].astype(float), spread[y].astype(float),
+                            xerr=[np.zeros(len(spread)), (spread["_p90"] - spread[cost]).astype(float).to_numpy()],
+                            fmt="none", ecolor=kwargs["color"], elinewidth=0.7, capsize=1.5, alpha=0.8, zorder=2, label="_p90")
+            for _, row in group.iterrows():
+                if row.name in clipped:
+                    ax.plot([1.0], [float(row[y])], transform=edge, marker=">", color=kwargs["color"], markeredgecolor=_edge(kwargs["color"]),
+                            linestyle="none", markersize=5.0, clip_on=False, zorder=4, label="_clipped")
+                    ax.annotate(f"{row[cost]:.0f} {unit}", (1.0, float(row[y])), xycoords=edge, xytext=(-4, 4), textcoords="offset points",
+                                ha="right", va="bottom", fontsize=MIN_FONT_PT, color="0.25")
+                elif method != BASELINE_METHOD and not pd.isna(row["budget"]):
+                    budget_labels.append((float(row[cost]), float(row[y]), str(int(row["budget"]))))
         for method, name, group in _published_groups(rows[rows["source"] != MEASURED]):
+            group = group[~group.index.isin(clipped)]
             ax.plot(group[cost].astype(float), group[y].astype(float), label=name, **_published_kwargs(method, styles))
         points = list(zip(measured[cost].astype(float), measured[y].astype(float)))
         front = pareto_front(points)
         if front:
             xs = [points[i][0] for i in front]
             ys = [points[i][1] for i in front]
-            ax.plot(xs, ys, color="0.35", linewidth=0.9, drawstyle="steps-post", zorder=1, label="Pareto front")
-        ax.set_xlabel(cost_label(df, cost))
+            ax.plot(xs, ys, color="0.35", linewidth=0.9, linestyle=(0, (4, 1.5)), drawstyle="steps-post", zorder=1, label="Pareto front")
+        _plain_ticks(ax.xaxis, w)
+        _plain_ticks(ax.yaxis, w)
+        if robust and len(rows):
+            p90 = float(np.nanmax(rows.loc[~rows.index.isin(clipped), "_p90"].to_numpy(dtype=float), initial=hi))
+            top = max(hi, min(p90, hi + max(hi - lo, 0.1 * hi)))  # p90 bars fit, but may not stretch the axis much
+            pad = 0.08 * (top - lo) or 0.1 * max(abs(top), 1.0)
+            ax.set_xlim(max(0.0, lo - pad) if lo >= 0 else lo - pad, top + pad)
+        values = measured[y].astype(float).to_numpy()
+        if len(values) and np.nanmax(values) - np.nanmin(values) <= 1e-9 * max(1.0, abs(np.nanmax(values))):
+            _sensible_y(ax, values, w)
+        ax.margins(y=0.08)  # the unpruned star at the top stays whole
+        _place_labels(fig, ax, budget_labels)
+        ax.set_xlabel(cost_label(df, cost, unit))
         ax.set_ylabel(Y_AXES[y])
+        if clipped:
+            ax.plot([], [], linestyle="none", marker=">", color="0.3", label=f"beyond the axis ({len(clipped)})")
         _legend(fig, [ax], ncol=2 if w < DOUBLE_COLUMN_IN else 3)
     return fig
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.core import BUDGET_MODES, PruneBenchError
-from prunebench.runner.config import BUDGET_SCOPES, LAYOUTS, PREPROCESS
+from prunebench.runner.config import BUDGET_SCOPES, DEFAULTS, LAYOUTS, PREPROCESS
 from prunebench.store import ResultStore, atomic_write_text
 
 RUN_DESCRIPTION = """\
@@ -73,8 +73,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--tasks", help="comma-separated lmms-eval tasks replacing the suite's (e.g. shapes_count,shapes_exist)")
     what.add_argument("--include_path", "--include-path", dest="include_path", action="append", metavar="DIR",
                       help="extra folder of lmms-eval task YAMLs (repeatable)")
-    what.add_argument("--methods", help="comma-separated methods (see `prunebench list`); default random,fastv,visionzip")
-    what.add_argument("--budgets", help="comma-separated visual-token budgets; default 32,64,128")
+    what.add_argument("--methods", help=f"comma-separated methods (see `prunebench list`); default {','.join(DEFAULTS['methods'])}")
+    what.add_argument("--budgets", help=f"comma-separated visual-token budgets; default {','.join(map(str, DEFAULTS['budgets']))}")
     what.add_argument("--budget-mode", "--budget_mode", dest="budget_mode", choices=BUDGET_MODES,
                       help="budget = layer-average visual tokens (default) or tokens after the last stage")
     what.add_argument("--budget-scope", "--budget_scope", dest="budget_scope", choices=BUDGET_SCOPES,
@@ -171,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {sweep.store.root.resolve()}")
     for path in paths:
         print(f"leaderboard: {path.resolve()}")
+    print(f"figures: prunebench plot {sweep.store.root}")
     return 1 if counts["failed"] else 0
 
 

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "tasks": None,  # None: the suite's tasks
     "gen_kwargs": {},  # generation overrides for every task (over the suite's), e.g. {max_new_tokens: 8}
     "include_path": [],  # extra lmms-eval task folders
-    "methods": ["random", "fastv", "visionzip"],
+    "methods": ["random", "visionzip", "vispruner"],  # training-free, every family, feasible at any budget (vision-stage)
     "budgets": [32, 64, 128],
     "budget_mode": AVERAGE,
     "budget_scope": "image",

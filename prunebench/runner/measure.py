@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from prunebench.costs import kv_cache_bytes, measure_prefill_flops
-from prunebench.engine import Pruner
+from prunebench.costs import kv_cache_bytes
+from prunebench.engine import Pruner, measure_prefill_flops
 from prunebench.environment import cpu_count, git_commit, host, load_average, versions
 from prunebench.spec import CellSpec
 
@@ -30,7 +30,7 @@ LATENCY_PARTS = (
     "prefill = select_llm + llm_prefill (the engine's generate window up to the first token), select = select_vision + select_llm; "
     "decode_per_token = mean time per further token, total = ttft + decoding, generate = prefill + decoding. "
     "Each part: median, p90, min, max, q1, q3, iqr over the probe samples (n); the medians need not add up exactly. "
-    "latency_load (beside latency_ms): the 1-minute load average before and after the probe and the CPUs the process may use"
+    "load_average (beside latency_ms): the 1-minute load average before and after the probe; cpu_count: the CPUs the process may use"
 )
 
 
@@ -76,11 +76,12 @@ def sample_latency(timings: dict[str, float]) -> dict[str, float]:
 def latency_probe(adapter: Any, spec: CellSpec, samples: list[Any], warmup: int, new_tokens: int) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
     """Batch-1 timings over ``samples`` after ``warmup`` calls.
 
-    Returns (``latency_ms`` record, per-sample Stats, ``latency_load``: the 1-minute load average before and after
-    the probe and the CPUs this process may use, so a reader can tell a loaded machine's figures)."""
+    Returns (``latency_ms`` record, per-sample Stats, the conditions of the measurement: ``load_average`` (the
+    1-minute load average before and after the probe) and ``cpu_count`` (the CPUs this process may use), so a
+    reader can tell a loaded machine's figures)."""
     batches = [adapter.prepare([s]) for s in samples]
     stats, parts = [], []
-    load = {"load_before": load_average(), "cpus": cpu_count(), "threads": torch.get_num_threads()}
+    before = load_average()
     with Pruner(adapter, spec.method, spec.budget, **spec.pruner_options()) as pruner:
         for i in range(warmup):
             pruner.generate(batches[i % len(batches)], max_new_tokens=new_tokens, min_new_tokens=new_tokens)
@@ -88,15 +89,15 @@ def latency_probe(adapter: Any, spec: CellSpec, samples: list[Any], warmup: int,
             out = pruner.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
             stats.append(out.stats)
             parts.append(sample_latency(out.stats.timings_ms))
-    load["load_after"] = load_average()
+    conditions = {"load_average": {"before": before, "after": load_average()}, "cpu_count": cpu_count()}
     names = dict.fromkeys(k for p in parts for k in p)
     record = {name: spread([p.get(name, float("nan")) for p in parts]) for name in names}
-    return record, stats, load
+    return record, stats, conditions
 
 
 # -- FLOPs and KV ------------------------------------------------------------------------------------------------------
 def prefill_flops(adapter: Any, spec: CellSpec, batch: Any) -> Any:
-    """FLOPs of one pruned prefill of ``batch`` (one sample) for this cell (:func:`prunebench.costs.measure_prefill_flops`)."""
+    """FLOPs of one pruned prefill of ``batch`` (one sample) for this cell (:func:`prunebench.engine.measure_prefill_flops`)."""
     return measure_prefill_flops(adapter, spec.method, spec.budget, batch, **spec.pruner_options())
 
 

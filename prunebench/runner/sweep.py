@@ -266,7 +266,7 @@ class Sweep:
     def measure(self, cell: Cell) -> dict[str, Any]:
         """Latency probe, token contract, FLOPs and KV bytes of a cell (the ``costs`` part of its record)."""
         lat = self.config["latency"]
-        latency, probe_stats, load = latency_probe(self.adapter, cell.spec, self.probe, int(lat["warmup"]), int(lat["new_tokens"]))
+        latency, probe_stats, conditions = latency_probe(self.adapter, cell.spec, self.probe, int(lat["warmup"]), int(lat["new_tokens"]))
         first = probe_stats[0]
         warnings = []
         problems = [f"probe sample {i}: {s.contract_detail}" for i, s in enumerate(probe_stats) if not s.contract_ok]
@@ -280,7 +280,7 @@ class Sweep:
             warnings.append(message)
             log.warning("cell %s: %s", cell.label, message)
         return {
-            "latency_ms": latency, "latency_load": load,
+            "latency_ms": latency, **conditions,
             "latency_protocol": (f"batch 1, {len(self.probe)} fixed samples after {lat['warmup']} warm-up calls, {lat['new_tokens']} new "
                                  "tokens each; engine timings (perf_counter on CPU, synchronised on GPU)"),
             "latency_parts": LATENCY_PARTS,
