@@ -13,6 +13,7 @@ import sys
 
 from prunebench import __version__
 from prunebench.core import PruneBenchError
+from prunebench.store import os_error_fix
 
 # module -> the feature it adds; a module that is not present in this installation is skipped
 SUBCOMMAND_MODULES = (
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"prunebench {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error instead of its one-line summary")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
@@ -66,11 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PruneBenchError as exc:
+        if args.debug:
+            raise
         print(f"prunebench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError, MemoryError) as exc:  # a full disk, a read-only folder, a file in the way: one line
+        if args.debug:
+            raise
+        print(f"prunebench {args.command}: error: {_one_line(exc)} (the traceback: rerun with --debug)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished results are kept", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """An OSError as ``what: file; what to do``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}; {os_error_fix(exc)}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file that should be text holds binary data ({exc.reason} at byte {exc.start}); move it aside or delete it"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 if __name__ == "__main__":

@@ -91,6 +91,15 @@ def top_k_per_unit(scores: torch.Tensor, unit_of: torch.Tensor, units: int, quot
     return torch.cat([order[:, :quota] for order, quota in zip(per_unit, quotas)], dim=1).sort(dim=-1).values
 
 
+def _full_width_cls(cap: Captured) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, T) softmax of the [CLS] query against all keys with the heads concatenated into one head, scaled by
+    width**-0.5; (B, T, H * d) the concatenated keys), fp32, from one layer's captured q/k (no GQA in ViTs)."""
+    query = cap.query[:, :, 0].float().flatten(1)  # (B, H * d)
+    keys = cap.keys().float().transpose(1, 2).flatten(2)  # (B, T, H * d)
+    logits = (keys @ query[..., None]).squeeze(-1) * keys.shape[-1] ** -0.5
+    return torch.softmax(logits, dim=-1), keys
+
+
 @dataclass
 class _SeededView:
     generators: list[torch.Generator] = field(default_factory=list, repr=False)
@@ -198,6 +207,26 @@ class VisionView(_SeededView):
         received = self.received_attention(self.importance_layer)
         return received * self._capture(self.importance_layer).num_heads if heads == "sum" else received
 
+    def grid_coords(self) -> torch.Tensor:
+        """(B, N, 2) each candidate's (row, col) in its unit's ``grid`` (raster), or (-1, -1) for a candidate
+        that is not a grid patch. Units are contiguous runs of ``unit_of`` (one unit: the whole view)."""
+        num, cols = self.num_tokens, self.grid[1]
+        position = torch.arange(num, device=self.features.device).expand(self.batch_size, -1)
+        if self.unit_of is not None:
+            sizes = torch.bincount(self.unit_of[0], minlength=self.num_units)
+            starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+            position = position - starts[self.unit_of]
+        return torch.stack([position // cols, position % cols], dim=-1)
+
+    def full_width_cls(self, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[CLS] row of ViT layer ``layer``'s attention taken as **one head over the full width** (the heads'
+        queries and keys concatenated, scaled by width**-0.5; PruMerge's single-head attention), fp32, and the
+        full-width keys: ((B, N), (B, N, H * d_head)). Softmax over all keys of the unit, [CLS] included."""
+        if not self.has_cls:
+            raise ValueError("this vision tower has no [CLS] token; use importance() or received_attention() instead")
+        probs, keys = _full_width_cls(self._capture(layer))
+        return probs[:, 1:], keys[:, 1:]
+
 
 @dataclass
 class UnitVisionView(VisionView):
@@ -234,6 +263,20 @@ class UnitVisionView(VisionView):
         picked = keys.gather(1, self.token_map[..., None].expand(-1, -1, keys.shape[-1]))
         return torch.cat([keys[:, :1], picked], dim=1) if include_cls and self.has_cls else picked
 
+    def grid_coords(self) -> torch.Tensor:
+        tokens = self.token_map % self.unit_tokens - (1 if self.has_cls else 0)  # -1: the unit's [CLS]
+        cols = self.grid[1]
+        patch = tokens >= 0
+        return torch.stack([torch.where(patch, tokens // cols, -1), torch.where(patch, tokens % cols, -1)], dim=-1)
+
+    def full_width_cls(self, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.has_cls:
+            raise ValueError("this vision tower has no [CLS] token; use importance() or received_attention() instead")
+        probs, keys = _full_width_cls(self._capture(layer))  # per unit: (B*U, T), (B*U, T, W)
+        probs = probs.reshape(self.batch_size, -1).gather(1, self.token_map)
+        keys = keys.reshape(self.batch_size, -1, keys.shape[-1])
+        return probs, keys.gather(1, self.token_map[..., None].expand(-1, -1, keys.shape[-1]))
+
 
 @dataclass
 class LayerView(_SeededView):
@@ -257,6 +300,8 @@ class LayerView(_SeededView):
     # signals defined on the input embeddings (SparseVLM's text raters) stay fixed for the whole prefill
     input_embeds: torch.Tensor | None = field(default=None, repr=False)
     input_visual_index: torch.Tensor | None = field(default=None, repr=False)
+    # the LLM's final norm (RMSNorm), for methods that measure similarity in its output space (DART); None: not given
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def batch_size(self) -> int:

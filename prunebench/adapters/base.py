@@ -173,6 +173,11 @@ class ModelAdapter:
     def decoder_attention(self, layer: int) -> nn.Module:
         return self.decoder_layers()[layer].self_attn
 
+    def final_norm(self) -> nn.Module | None:
+        """The LLM's final norm (after its last decoder layer), or None where the adapter does not expose it; DART
+        measures duplication in its output space (``LayerView.final_norm``)."""
+        return None
+
     def vision_attention(self, layer: int) -> nn.Module:
         raise NotImplementedError
 

@@ -101,6 +101,9 @@ class LlavaAdapter(ModelAdapter):
     def decoder_layers(self) -> nn.ModuleList:
         return self._inner.language_model.layers
 
+    def final_norm(self) -> nn.Module:
+        return self._inner.language_model.norm
+
     def vision_attention(self, layer: int) -> nn.Module:
         return self._inner.vision_tower.encoder.layers[layer].self_attn
 

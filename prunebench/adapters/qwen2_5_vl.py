@@ -205,6 +205,9 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     def decoder_layers(self) -> nn.ModuleList:
         return self._inner.language_model.layers
 
+    def final_norm(self) -> nn.Module:
+        return self._inner.language_model.norm
+
     def vision_attention(self, layer: int) -> nn.Module:
         return self._inner.visual.blocks[layer].attn
 

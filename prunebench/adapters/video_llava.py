@@ -204,7 +204,9 @@ class VideoLlavaAdapter(LlavaAdapter):
         if layout is None:
             layout = VisualLayout(kept if kept is not None else torch.arange(n, device=device).expand(bsz, -1))
         keep = layout.keep
-        source = torch.cat([keep[:, :1].expand(-1, layout.prepend), keep, keep[:, -1:].expand(-1, layout.append)], dim=1)
+        # merged rows stand for the first / last kept slot; with nothing kept (pooling merges every token) for slot 0
+        first, last = (keep[:, :1], keep[:, -1:]) if keep.shape[1] else (keep.new_zeros(bsz, 1),) * 2
+        source = torch.cat([first.expand(-1, layout.prepend), keep, last.expand(-1, layout.append)], dim=1)
         embeds, new_mask, old_index, start = splice_span(self.model.get_input_embeddings(), input_ids, mask, input_ids == token, visual, source)
         if policy == "compact":
             positions = positions_from_mask(new_mask)

@@ -247,6 +247,7 @@ class LLMStages:
             position_embeddings=(cos, sin),
             input_embeds=self.input_embeds,
             input_visual_index=self.llm_inputs.visual_index,
+            final_norm=self.adapter.final_norm(),
         )
 
     def _cut_with_merged(self, keep_local: torch.Tensor, kept_visual: torch.Tensor, merged: torch.Tensor, length: int) -> Cut:

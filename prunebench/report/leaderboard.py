@@ -150,6 +150,7 @@ def load_records(source: Any, all_cells: bool = False) -> list[tuple[str, dict[s
                 log.info("%s: %d record(s) in cells/ are not in plan.json (an earlier sweep); shown with --all",
                          store.root, len(records) - len(kept))
             records = kept
+            store.report_missing()  # planned cells without a valid record (missing or damaged) are named, not silently dropped
         records += missing_records(store, records)
         items += [(label, rec) for rec in records]
     return items

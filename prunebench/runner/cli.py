@@ -29,7 +29,7 @@ retrained model or an edited method is never answered from old results.
 """
 
 RUN_EPILOG = """\
-budgets (DESIGN.md, "budget contract"):
+budgets (the budget contract):
   --budgets counts visual tokens. --budget-mode average (default): the mean over the LLM's decoder layers of
   the visual tokens each layer sees during prefill (equal prefill compute). --budget-mode final: the tokens
   left after the last pruning stage. Pre-LLM methods meet both alike; an in-LLM method (FastV at layer K)
@@ -51,6 +51,14 @@ outputs (RUN = --output):
   RUN/partial/<key>/          a cell in progress: its costs and each evaluated task (a rerun resumes from them)
   RUN/leaderboard.md|.csv     method x budget table (also printed at the end)
   RUN/../.baselines/          unpruned baselines shared by later runs (--baseline-cache)
+  RUN/damaged/                files found damaged (bad JSON, wrong schema, garbled samples), set aside with a reason in
+                              RUN/damaged/index.jsonl; their cells are recomputed by the next run
+  RUN/.lock, RUN/.lock.json   one writer per folder: a second run into RUN fails naming the holder (or waits: --wait);
+                              a different sweep (other methods, budgets, options) into RUN is refused: use another --output
+
+security: weights load from safetensors only. A --config file read from disk that names plugins, include_path
+task folders or a suite file would import their code: it is listed and refused unless --trust-config is given
+(the same values typed as flags need no such confirmation). Outputs follow the umask.
 
 a config file holds the same keys as the flags (underscored): model, suite, tasks, methods, budgets,
 budget_mode, budget_scope, preprocess, layout, method_args ({fastv: {layer: 3}}), limit, seed, batch_size,
@@ -107,10 +115,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     how.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bars (lmms-eval's own bars are shown only with -v)")
     how.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
+    how.add_argument("--wait", action="store_true",
+                     help="if another run holds RUN, wait for it to finish instead of failing at once (one writer per run folder)")
+    how.add_argument("--trust-config", dest="trust_config", action="store_true",
+                     help="allow a --config file that names plugins, task folders (include_path) or a suite file: their Python "
+                          "code is imported (lmms-eval runs a task's !function helpers); without it such a config is refused")
     p.set_defaults(func=cmd_run)
 
-    s = subparsers.add_parser("status", help="finished, failed, infeasible and pending cells of a run",
-                              description="Show the cells of a run folder: finished, failed (with the error), infeasible (with the reason) and pending.")
+    s = subparsers.add_parser("status", help="finished, failed, infeasible, damaged and pending cells of a run",
+                              description="Show the cells of a run folder: finished, failed (with the error), infeasible (with the reason), "
+                                          "damaged (with what is wrong; the next run sets the file aside and recomputes the cell) and pending.")
     s.add_argument("run", metavar="RUN", help="run folder (the --output of `prunebench run`)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
@@ -151,22 +165,33 @@ def _quiet_lmms_eval(verbose: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prunebench.runner.config import resolve_config, to_yaml
+    from prunebench.runner.config import config_code, resolve_config, to_yaml
     from prunebench.runner.sweep import Sweep
 
-    config = resolve_config(args.config, overrides_from_args(args))
+    overrides = overrides_from_args(args)
+    code = config_code(args.config, overrides)
+    if code and not getattr(args, "trust_config", False):
+        raise PruneBenchError(f"{args.config} would import code: {'; '.join(code)}. Read it, then rerun with --trust-config "
+                              "(or give these values as flags yourself)")
+    if code:
+        print(f"--trust-config: importing the code {args.config} names: {'; '.join(code)}", file=sys.stderr)
+    config = resolve_config(args.config, overrides)
     verbose = getattr(args, "verbose", 0) > 0
     sweep = Sweep(config, progress=args.progress, foreign_progress=verbose and args.progress)
     if args.dry_run:
         print(to_yaml(sweep.config))
         for cell in sweep.cells:
-            print(f"{cell.key}  {cell.label:24s} {'done' if sweep.store.is_done(cell.key) else 'pending'}  {cell.params}")
+            state, detail = sweep.store.state(cell.key)
+            state = "pending" if state == "missing" else state
+            print(f"{cell.key}  {cell.label:24s} {state}  {cell.params}" + (f"  ({detail})" if state == "damaged" else ""))
         return 0
     _quiet_lmms_eval(verbose)
-    result = sweep.run()
-    paths = write_leaderboard(sweep.store, echo=print) if config.get("leaderboard", True) else []
+    with sweep.store.lock(wait=getattr(args, "wait", False)):  # the leaderboard too is written under the run's lock
+        result = sweep.run()
+        paths = write_leaderboard(sweep.store, echo=print) if config.get("leaderboard", True) else []
     counts = status_counts(sweep.store)
-    print(f"\n{counts['done']} done, {counts['infeasible']} infeasible, {counts['failed']} failed, {counts['pending']} pending "
+    print(f"\n{counts['done']} done, {counts['infeasible']} infeasible, {counts['failed']} failed, {counts['pending']} pending"
+          + (f", {counts['damaged']} damaged" if counts.get("damaged") else "") + " "
           f"({len(result.computed)} computed now, {len(result.skipped)} finished earlier, {len(result.reused)} from the baseline cache)")
     print(f"results: {sweep.store.root.resolve()}")
     for path in paths:
@@ -236,13 +261,23 @@ def run_status(root: str | Path) -> dict[str, list[dict[str, Any]]]:
     plan_path = root / "plan.json"
     if not plan_path.exists() and not store.exists():
         raise PruneBenchError(f"{root} is not a prunebench run folder (no plan.json or cells/); run `prunebench run --output {root}` first")
-    plan = json.loads(plan_path.read_text()) if plan_path.exists() else []
-    records = {r["key"]: r for r in store.records()}
-    out: dict[str, list[dict[str, Any]]] = {"done": [], "failed": [], "infeasible": [], "pending": []}
-    for cell in plan or [{"key": k, "label": f"{r.get('method')}@{r.get('budget')}"} for k, r in records.items()]:
-        record = records.get(cell["key"])
-        status = record.get("status") if record else "pending"
-        out.setdefault(status, []).append({**cell, "error": (record or {}).get("error"), "finished": (record or {}).get("finished")})
+    store.on_damage = lambda _msg: None  # status reads only; damage shows as the cell's state
+    plan = store.plan()
+    if plan is None and plan_path.exists():
+        raise PruneBenchError(f"{plan_path} is damaged; rerun `prunebench run --output {root}` (it sets it aside and rewrites it)")
+    if not plan:
+        plan = [{"key": p.stem, "label": p.stem} for p in sorted(store.cells_dir.glob("*.json"))]
+        for cell in plan:
+            record = store.get(cell["key"])
+            if record is not None:
+                cell["label"] = f"{record.get('method')}@{record.get('budget')}"
+    out: dict[str, list[dict[str, Any]]] = {"done": [], "failed": [], "infeasible": [], "damaged": [], "pending": []}
+    for cell in plan:
+        status, detail = store.state(cell["key"])
+        record = store.get(cell["key"]) if status in ("done", "failed", "infeasible") else None
+        status = "pending" if status == "missing" else status
+        out.setdefault(status, []).append({**cell, "error": detail if status == "damaged" else (record or {}).get("error"),
+                                           "finished": (record or {}).get("finished")})
     return out
 
 
@@ -250,7 +285,7 @@ def status_lines(root: str | Path) -> list[str]:
     report = run_status(root)
     total = sum(len(v) for v in report.values())
     lines = [f"{root}: {total} cells - " + ", ".join(f"{len(v)} {k}" for k, v in report.items())]
-    for status in ("done", "infeasible", "failed", "pending"):
+    for status in ("done", "infeasible", "failed", "damaged", "pending"):
         for cell in report.get(status, []):
             detail = f"  ({cell['error']})" if cell.get("error") else ""
             lines.append(f"  {status:10s} {cell['label']:24s} {cell['key']}{detail}")

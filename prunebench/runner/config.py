@@ -11,16 +11,29 @@ Example ``sweep.yaml``::
     limit: null
     output: results/toy-shapes
 
-The resolved configuration is saved as ``RUN/config.yaml``.
+The resolved configuration is saved as ``RUN/config.yaml`` (interpolations such as ``${oc.env:USER,me}`` resolved,
+so a replay writes to the same place).
+
+Code from a config file: a config read from disk whose ``plugins``, ``include_path`` or suite file (a path, not a
+built-in suite name) survive into the resolved config names code that the run would import (a plugin module,
+the ``!function`` helpers of lmms-eval task YAMLs). :func:`config_code` lists it; ``prunebench run`` prints it and
+refuses unless ``--trust-config`` is given. Values typed on the command line (``--plugins``, ``--include_path``,
+``--suite path``) are the user's own and need no flag.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from pathlib import Path
 from typing import Any
 
 from prunebench.core import BUDGET_MODES, PruneBenchError
 from prunebench.spec import AVERAGE, BUDGET_SCOPES, LAYOUTS, PREPROCESS, parse_budget  # the option vocabularies, defined once
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# config keys that do not make a sweep different (a rerun may change them freely)
+NOT_THE_SWEEP = ("leaderboard", "output", "baseline_cache", "log_samples")
 
 DEFAULTS: dict[str, Any] = {
     "model": None,  # None: prunebench.models.DEFAULT_MODEL (toy-llava)
@@ -173,9 +186,21 @@ def resolve_config(yaml_path: str | None = None, overrides: dict[str, Any] | Non
             data["method_args"] = merged
         elif key == "latency":
             data["latency"].update({k: v for k, v in value.items() if v is not None})
+        elif key in ("output", "baseline_cache") and isinstance(value, str) and "${" in value:
+            data[key] = _resolve_interpolation(value, key)  # saved resolved: a replay must write to the same place
         else:
             data[key] = value
     return normalise(data)
+
+
+def _resolve_interpolation(value: str, name: str) -> str:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return str(OmegaConf.to_container(OmegaConf.create({"v": value}), resolve=True)["v"])
+    except OmegaConfBaseException as exc:
+        raise PruneBenchError(f"--{name} {value!r}: {str(exc).splitlines()[0]}; fix the ${{...}} interpolation or give a plain path") from None
 
 
 def normalise(data: dict[str, Any]) -> dict[str, Any]:
@@ -202,11 +227,11 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("layout") is not None and data["layout"] not in LAYOUTS:
         raise PruneBenchError(f"--layout must be one of {', '.join(LAYOUTS)} (LLaVA-NeXT), got {data['layout']!r}")
     if data["limit"] is not None:
-        limit = _number(data["limit"], "--limit", float)
-        if limit <= 0:
-            raise PruneBenchError(f"--limit must be a number of documents per task (>= 1) or a fraction in (0, 1), "
-                                  f"got {data['limit']}")
-        data["limit"] = int(limit) if limit.is_integer() and limit >= 1 else limit
+        data["limit"] = parse_limit(data["limit"])
+    if data["dtype"] not in DTYPES:
+        raise PruneBenchError(f"--dtype must be one of {', '.join(DTYPES)}, got {data['dtype']!r}")
+    data["device"] = str(data["device"])
+    check_device(data["device"])
     data["seed"] = parse_seed(data["seed"])
     data["batch_size"] = _number(data["batch_size"], "--batch_size", int)
     if data["batch_size"] < 1:
@@ -222,6 +247,124 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
     if stray:
         raise PruneBenchError(f"--method-args for {stray}, which are not among the swept methods {data['methods']}")
     return data
+
+
+def parse_limit(value: Any) -> int | float:
+    """``--limit``: a whole number of documents per task (>= 1) or a fraction in (0, 1), as lmms-eval reads it;
+    anything else (1.5, 0, -3, true) is an error (lmms-eval would evaluate int(1.5) = 1 document)."""
+    limit = None if isinstance(value, bool) else _number(value, "--limit", float)
+    if limit is None or not math.isfinite(limit) or limit <= 0 or (limit >= 1 and not limit.is_integer()):
+        raise PruneBenchError(f"--limit must be a number of documents per task (a whole number >= 1) or a fraction in (0, 1), got {value!r}; "
+                              "e.g. --limit 20 or --limit 0.1")
+    return int(limit) if limit >= 1 else limit
+
+
+def check_device(device: str) -> None:
+    """``--device``: a torch device this build and machine have (cuda on a CPU build is an error, not a traceback)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PruneBenchError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PruneBenchError(f"--device {device}: this torch build or machine has no CUDA GPU; use --device cpu "
+                                  "(or install a CUDA build of torch on a GPU machine)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PruneBenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise PruneBenchError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise PruneBenchError(f"--device {device!r}: prunebench runs on cpu, cuda or mps")
+
+
+def config_code(yaml_path: str | None, overrides: dict[str, Any] | None = None) -> list[str]:
+    """What a config file read from disk would have the run import: its plugin modules, its lmms-eval task
+    folders (their ``!function`` Python helpers) and a suite YAML given by path (its include paths), each as
+    one phrase; values overridden on the command line are not the file's and are not listed."""
+    if not yaml_path:
+        return []
+    from omegaconf import OmegaConf
+
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=False)
+    except Exception:  # noqa: BLE001 - resolve_config reports a broken file with its own message
+        return []
+    if not isinstance(loaded, dict):
+        return []
+    overrides = overrides or {}
+    found = []
+    if overrides.get("plugins") is None:
+        found += [f"plugin module {m}" for m in split_list(loaded.get("plugins"))]
+    if overrides.get("include_path") is None:
+        found += [f"task folder {p} (the Python of its !function entries)" for p in split_list(loaded.get("include_path"))]
+    suite = loaded.get("suite")
+    if overrides.get("suite") is None and isinstance(suite, str) and ("/" in suite or "." in suite or "$" in suite):
+        found.append(f"suite file {suite} (the task folders it includes)")
+    return found
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import ``--plugins`` (they register methods); one that does not import is a one-line error."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported with the module's name, not a traceback
+            raise PruneBenchError(f"--plugins {module}: cannot import it ({type(exc).__name__}: {exc}); install it, add its "
+                                  "folder to PYTHONPATH, or fix the module name") from None
+
+
+def check_same_sweep(root: Path, config: dict[str, Any], plan: list[dict[str, Any]] | None) -> None:
+    """Refuse to overwrite the ``config.yaml`` / ``plan.json`` of a different sweep in run folder ``root``.
+
+    The same sweep (the same resolved config, ``NOT_THE_SWEEP`` keys aside) may rerun there, also after a code or
+    weights change gave its cells new keys; any other is an error (plans are never merged: one folder, one
+    sweep). ``plan``: the folder's validated plan.json (None: none), consulted when config.yaml is missing."""
+    from omegaconf import OmegaConf
+
+    path = Path(root) / "config.yaml"
+    fix = (f"choose another --output for this sweep, or rerun {root} with its own settings "
+           f"(`prunebench run --config {path}`, or the same methods, budgets and options)")
+    if path.exists():
+        try:
+            old = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        except Exception:  # noqa: BLE001 - an unreadable config.yaml: the plan decides
+            old = None
+        if isinstance(old, dict):
+            old = {**old, "output": config.get("output")}
+            try:
+                old = normalise({**DEFAULTS, **old})
+            except PruneBenchError:
+                pass
+            diffs = sweep_differences(old, config)
+            if diffs:
+                raise PruneBenchError(f"{root} holds a different sweep ({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); {fix}")
+            return
+    if plan:
+        old_labels = sorted(str(c.get("label")) for c in plan)
+        new_labels = sorted(_labels(config))
+        if old_labels != new_labels:
+            raise PruneBenchError(f"{root} holds a different sweep (cells {', '.join(old_labels[:6])}); {fix}")
+
+
+def _labels(config: dict[str, Any]) -> list[str]:
+    return ["none (unpruned)"] + [f"{m}@{b}" for m in config["methods"] for b in config["budgets"]]
+
+
+def sweep_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings in which two resolved configs make different sweeps (``NOT_THE_SWEEP`` keys aside), as
+    ``key: old -> new`` phrases; a key one of them lacks counts with its default."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in NOT_THE_SWEEP:
+            continue
+        a, b = old.get(key, DEFAULTS.get(key)), new.get(key, DEFAULTS.get(key))
+        if a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
 
 
 def _number(value: Any, name: str, kind: type) -> Any:

@@ -42,7 +42,7 @@ from prunebench.core import BudgetError, InfeasibleBudget, PruneBenchError, chec
 from prunebench.models import DEFAULT_MODEL, load_model
 from prunebench.resolve import adapter_options, check_layout, family_of
 from prunebench.runner.cells import Cell, default_output, plan_cells
-from prunebench.runner.config import to_yaml
+from prunebench.runner.config import check_same_sweep, import_plugins, to_yaml
 from prunebench.runner.evaluate import evaluate, probe_samples, task_index
 from prunebench.runner.measure import (FLOPS_NOTE, LATENCY_PARTS, LLM_FLOPS_TOLERANCE, PeakMemory, environment, flops_record, kv_record,
                                        latency_probe, prefill_flops)
@@ -79,18 +79,17 @@ class Sweep:
         self.config = dict(config)
         self.model_name = config["model"] or DEFAULT_MODEL
         self.config["model"] = self.model_name
-        for module in config.get("plugins") or []:
-            __import__(module)
+        import_plugins(config.get("plugins") or [])
         self.suite = load_suite(config["suite"], config["tasks"])
         self.suite.generation_kwargs.update(config.get("gen_kwargs") or {})
         self.output = Path(config["output"]) if config["output"] else default_output(config, self.model_name)
         self.config["output"] = str(self.output)
-        self.store = ResultStore(self.output)
-        baseline_dir = config.get("baseline_cache") or (self.output.parent / ".baselines")
-        self.baselines = ResultStore(baseline_dir)
         self.progress = progress
         self.foreign_progress = foreign_progress
         self.echo = echo or tqdm.write  # tqdm.write keeps the progress bar intact
+        self.store = ResultStore(self.output, on_damage=self.echo)
+        baseline_dir = config.get("baseline_cache") or (self.output.parent / ".baselines")
+        self.baselines = ResultStore(baseline_dir, repair=True, on_damage=self.echo)  # shared: set aside what is damaged
         check_layout(family_of(self.model_name), config.get("layout"))
         self.cells = plan_cells(self.config, self.model_name, self.suite.tasks, self.suite.generation_kwargs, self.include_paths)
         self._flops_cache: dict[tuple, Any] = {}
@@ -174,23 +173,26 @@ class Sweep:
                     ) from None
 
     # -- running ---------------------------------------------------------------------------------------------------
-    def run(self) -> SweepResult:
+    def run(self, wait: bool | float = False) -> SweepResult:
+        """Run the pending cells holding the folder's lock (``wait``: see :class:`prunebench.store.RunLock`)."""
+        with self.store.lock(wait=wait):  # one writer; repair mode: damaged files are set aside, .tmp leftovers removed
+            return self._run()
+
+    def _run(self) -> SweepResult:
+        check_same_sweep(self.output, self.config, self.store.plan())
         pending = self.pending()
-        baseline_cell = self.cells[0]
-        if pending and not (pending == [baseline_cell] and self.baselines.is_done(baseline_cell.key)):
-            # shared resources first, before anything is written into the run folder: a missing model, an unknown
-            # task or a budget above the inputs' visual tokens stops the sweep here with its message, instead of
-            # leaving a plan behind or being recorded as a failure of every cell
-            _ = self.task_manager, self.adapter, self.lm, self.probe  # the task index first: an unknown task costs no model load
-            self.check_budgets()
-        self.write_plan()
-        for path in self.store.clean_stale_tmp():
-            log.info("removed %s (left by a killed writer)", path)
         result = SweepResult(self.store, self.cells)
         done = len(self.cells) - len(pending)
         self.echo(f"prunebench run: {self.model_name} on suite '{self.suite.name}' ({len(self.suite.tasks)} tasks), "
                   f"{len(self.cells)} cells ({done} already finished, {len(pending)} to run) -> {self.output}")
         result.skipped = [c.key for c in self.cells if c not in pending]
+        baseline_cell = self.cells[0]
+        if pending and not (pending == [baseline_cell] and self.baselines.is_done(baseline_cell.key)):
+            # shared resources first: a missing model, an unknown task or a budget above the inputs' visual tokens
+            # stops the sweep here with its message, before plan.json and config.yaml are written
+            _ = self.task_manager, self.adapter, self.lm, self.probe  # the task index first: an unknown task costs no model load
+            self.check_budgets()
+        self.write_plan()
         bar = tqdm(total=len(self.cells), initial=done, desc="cells", unit="cell", disable=not self.progress)
         for cell in self.cells:
             if cell not in pending:

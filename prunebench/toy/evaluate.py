@@ -23,9 +23,11 @@ def normalize(text: str) -> str:
 
 def load(model_dir: Path):
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    from .model import load_checkpoint
+
+    model = load_checkpoint(model_dir, dtype=torch.float32)  # safetensors only
     model.eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     return model, processor

@@ -2,8 +2,9 @@
 stock ``LlavaForConditionalGeneration`` (CLIP ViT with [CLS] + Llama decoder), all from scratch.
 
 The saved directory is an ordinary ``save_pretrained`` checkpoint, loaded with
-``LlavaForConditionalGeneration.from_pretrained(dir)`` and ``AutoProcessor.from_pretrained(dir)``,
-exactly like a hub model.
+``LlavaForConditionalGeneration.from_pretrained(dir, use_safetensors=True)`` and ``AutoProcessor.from_pretrained(dir)``,
+exactly like a hub model. :func:`load_checkpoint` is how the toy commands load one: safetensors only, never a
+pickled ``pytorch_model.bin``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+
+
+def load_checkpoint(model_dir, dtype=None):
+    """``LlavaForConditionalGeneration`` from a checkpoint folder, from its safetensors only (a pickled
+    ``pytorch_model.bin`` is never loaded: unpickling runs code); a folder without them is a one-line error."""
+    from pathlib import Path
+
+    from transformers import LlavaForConditionalGeneration
+
+    from prunebench.core import PruneBenchError
+
+    folder = Path(model_dir)
+    if not folder.is_dir() or not any(folder.glob("*.safetensors")):
+        raise PruneBenchError(f"{folder} holds no *.safetensors weights; prunebench loads safetensors only (a pickled "
+                              "pytorch_model.bin can run code): convert it with safetensors.torch.save_file, or pass another folder")
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    return LlavaForConditionalGeneration.from_pretrained(folder, use_safetensors=True, **kwargs)
 
 
 def format_prompt(question: str) -> str:

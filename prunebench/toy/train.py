@@ -442,9 +442,9 @@ def train(output: Path, seed: int = 0, vision_steps: int = 2000, vision_lr: floa
     processor = build_processor(tokenizer)
     model = build_model(tokenizer, arch, seed=seed)
     if init_from is not None:
-        from transformers import LlavaForConditionalGeneration
+        from .model import load_checkpoint
 
-        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(init_from).state_dict())
+        model.load_state_dict(load_checkpoint(init_from).state_dict())  # safetensors only
         log.info("initialised from %s", init_from)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())

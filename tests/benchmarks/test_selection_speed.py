@@ -17,7 +17,7 @@ Groups:
   * ``2880-global``: one row of 2880 tokens and 320 kept: methods whose signals do not need per-crop ViT
     attention (DivPrune's original selects globally over the NeXT image; random; LearnPruner's stage 1;
     FastV inside the LLM).
-LLM-stage selections (FastV, SparseVLM v2.0 and v1.5 with recycling, LearnPruner's stage 2) run on a
+LLM-stage selections (FastV, DART, SparseVLM v2.0 and v1.5 with recycling, LearnPruner's stage 2) run on a
 :class:`LayerView` of a Vicuna-7B layer in the ``576`` and ``2880-global`` groups: the hidden states, captured
 q/k and RoPE tables of a prompt with the visual tokens that reach the stage (all of them for FastV and
 SparseVLM's first pruning layer, its most expensive one; LearnPruner's R1 after stage 1), and the LLM input
@@ -158,13 +158,14 @@ LLM_METHODS = {
     "sparsevlm-2.0": ("sparsevlm v2.0 (select_llm)", {"version": "2.0"}),
     "sparsevlm-1.5": ("sparsevlm v1.5 recycle (select_llm)", {"version": "1.5"}),
     "learnpruner": ("learnpruner stage 2 (select_llm)", {"checkpoint": "random"}),
+    "dart": ("dart (select_llm)", {}),
 }
 
 
 def _llm_stage(name: str, tokens: int, keep: int):
     """(method, candidates at the timed stage, keep count there) from the method's own plan for the budget."""
     method = create_method(name.split("-")[0], **LLM_METHODS[name][1])
-    plan = method.plan(keep, PlanContext(tokens, LLM_LAYERS, "average" if name != "fastv" else "final"))
+    plan = method.plan(keep, PlanContext(tokens, LLM_LAYERS, "final" if name in ("fastv", "dart") else "average"))
     first = min(plan.llm)
     return method, plan.vision or tokens, plan.llm[first]
 
