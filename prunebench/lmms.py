@@ -15,14 +15,23 @@ Two routes, one class (:class:`PruneBenchLMM`):
   (``anyres`` | ``fivecrop`` | ``spatial``) picks LLaVA-NeXT's visual layout; every other key that is not an
   argument of the class is a parameter of the method (``layer=3`` or ``fastv.layer=3``).
 
+Every cell is one :class:`prunebench.spec.CellSpec` (method instance, budget, mode, scope, seed, batch size,
+layout, preprocessing, dtype, attention implementation, device type), validated once when it is built;
+:meth:`PruneBenchLMM.configure` takes it (or the arguments to build one on this model).
+
+This is the only prunebench module that imports lmms_eval at module level; model resolution lives in
+:mod:`prunebench.resolve`, request visuals become engine samples in :mod:`prunebench.models.inputs`.
+
 Model identity. lmms-eval's response cache keys every answer by ``str(model)`` + the model arguments. The
 identity here holds the model and its weights' fingerprint (:mod:`prunebench.fingerprint`), the method,
 **every** resolved method parameter (paper default, per-model table, overrides), the budget and its mode and
-scope, the preprocessing, the layout and the seed, and ``str(lm)`` is that identity, so two budgets (or two
+scope, the preprocessing, the layout, the seed, the batch size, the dtype, the attention implementation and the
+device type, and ``str(lm)`` is that identity, so two budgets (or two
 FastV layers, or a retrained checkpoint) can never share cached answers.
 
-Requests are answered in batches through :meth:`prunebench.engine.Pruner.generate` (left padding; the engine
-guarantees batched outputs equal batch-1 outputs). ``loglikelihood`` is not supported: pruning benchmarks are
+Requests are answered in batches through :meth:`prunebench.engine.Pruner.generate` (left padding). The batch
+size is part of the identity: kernels of a padded batch can round differently from batch 1, and on a trained
+model a near-tie can flip an answer. ``loglikelihood`` is not supported: pruning benchmarks are
 generative; a task that needs it fails with a message saying so.
 """
 
@@ -32,73 +41,35 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from lmms_eval.api.model import lmms
+from tqdm import tqdm
 
-from prunebench.core import PlanContext, PruneBenchError, PruningMethod
+from prunebench.core import PruneBenchError, PruningMethod
+from prunebench.engine import Pruner
+from prunebench.fingerprint import model_fingerprint
+from prunebench.models import DEFAULT_MODEL, load_model
+from prunebench.models.inputs import flatten_visuals, question_text, sample_from_visuals
+from prunebench.resolve import adapter_options, cell_spec, check_layout, family_of
+from prunebench.spec import AVERAGE, NO_METHOD, CellSpec, device_type
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "prunebench"
-NO_METHOD = "none"
+
+__all__ = ["MODEL_ID", "NO_METHOD", "PruneBenchLMM", "RequestLog", "manifests"]
 
 
 def manifests():
     """Entry point ``lmms_eval.models: prunebench`` (lmms-eval 0.7 ``ModelManifest``)."""
+    # imported here, not above: importing lmms_eval.models loads every entry point, this module's included, so a
+    # module-level import would run while this module is half-initialised (not a prunebench cycle)
     from lmms_eval.models.registry_v2 import ModelManifest
 
     return [ModelManifest(model_id=MODEL_ID, simple_class_path="prunebench.lmms.PruneBenchLMM", aliases=("prunebench_llava",))]
-
-
-class NoPruning(PruningMethod):
-    """The unpruned model (method ``none``): every stage keeps every token."""
-
-    name = NO_METHOD
-    stages = ()
-
-    def plan(self, budget: int, ctx: PlanContext):
-        return ctx.plan()
-
-
-def adapter_options(preprocess: str = "hf", layout: str | None = None) -> dict[str, Any]:
-    """``load_model`` options for the non-default preprocessing / layout (the defaults are the adapters' own)."""
-    options: dict[str, Any] = {}
-    if preprocess != "hf":
-        options["preprocess"] = preprocess
-    if layout is not None:
-        options["layout"] = layout
-    return options
-
-
-def check_layout(family: str, layout: str | None) -> None:
-    if layout is not None and family != "llava_next":
-        raise PruneBenchError(f"layout={layout!r} applies to LLaVA-NeXT models only; this model is {family or 'of an unknown family'}. "
-                              "Drop the layout option")
-
-
-def resolve(method: str, model: str, family: str, params: dict[str, Any] | None = None) -> PruningMethod:
-    """The method instance for ``method`` on ``model``: paper defaults, then the per-model table, then ``params``."""
-    if method == NO_METHOD:
-        if params:
-            raise PruneBenchError(f"method 'none' (the unpruned baseline) takes no parameters, got {sorted(params)}")
-        return NoPruning()
-    from prunebench.models.defaults import resolve_method
-
-    return resolve_method(method, model, family, **(params or {}))
-
-
-def _budget(value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null", "all")):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise PruneBenchError(f"budget must be a positive integer number of visual tokens or 'none', got {value!r}")
 
 
 @dataclass
@@ -119,18 +90,13 @@ class PruneBenchLMM(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str | None = None, method: str = NO_METHOD, budget: Any = None, budget_mode: str = "average",
+    def __init__(self, pretrained: str | None = None, method: str = NO_METHOD, budget: Any = None, budget_mode: str = AVERAGE,
                  budget_scope: str = "image", preprocess: str = "hf", seed: int = 0, batch_size: int | str = 1,
                  device: str | None = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
                  max_batch_size: int | None = None, trust_remote_code: bool = False, cache_mb: float = 1024, adapter: Any = None,
                  layout: str | None = None, **method_params: Any):
         super().__init__()
-        from prunebench.models import DEFAULT_MODEL
-
         if adapter is None:
-            from prunebench.models import load_model
-            from prunebench.runner.sweep import family_of
-
             check_layout(family_of(pretrained or DEFAULT_MODEL), layout)
             adapter = load_model(pretrained or DEFAULT_MODEL, dtype=dtype, device=device or "cpu", trust_remote_code=trust_remote_code,
                                  **adapter_options(preprocess, layout))
@@ -139,6 +105,7 @@ class PruneBenchLMM(lmms):
         self.adapter = adapter
         self.model_name = pretrained or adapter.name
         self.layout = getattr(adapter, "layout", None)
+        self.requested_dtype = dtype
         self._weights: dict[str, Any] | None = None
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 1
         self.max_new_tokens = max_new_tokens
@@ -160,23 +127,37 @@ class PruneBenchLMM(lmms):
         return cls(pretrained=kwargs.pop("pretrained", adapter.name), adapter=adapter, **kwargs)
 
     # -- identity ------------------------------------------------------------------------------------------
-    def configure(self, method: str | PruningMethod, budget: Any, budget_mode: str = "average", budget_scope: str = "image",
-                  seed: int = 0, params: dict[str, Any] | None = None) -> "PruneBenchLMM":
-        """Point this model at another (method, budget) cell; the loaded weights are kept."""
-        if budget_mode not in ("average", "final"):
-            raise PruneBenchError(f"budget_mode must be 'average' or 'final', got {budget_mode!r}")
-        if isinstance(method, PruningMethod):
-            if params:
-                raise PruneBenchError("pass either a method instance or a method name with params, not both")
-            self.method = method
-        else:
-            self.method = resolve(method, self.model_name, self.adapter.family, params)
-        self.budget = _budget(budget)
-        if self.budget is not None and isinstance(self.method, NoPruning):
-            raise PruneBenchError("method 'none' is the unpruned model; it takes no budget (use budget=none)")
-        self.budget_mode = budget_mode
-        self.budget_scope = budget_scope
-        self.seed = int(seed)
+    @property
+    def attn_implementation(self) -> str | None:
+        return self.adapter.describe().get("attn_implementation")
+
+    def spec_for(self, method: str | PruningMethod, budget: Any, params: dict[str, Any] | None = None, **options: Any) -> CellSpec:
+        """The spec of a cell on this model (its layout, preprocessing, dtype, attention and device; this batch size
+        unless ``batch_size`` is given)."""
+        defaults = {"batch_size": self.batch_size_per_gpu, "layout": self.layout, "preprocess": self.preprocess, "dtype": self.requested_dtype,
+                    "attn_implementation": self.attn_implementation, "device": self.adapter.device}
+        return cell_spec(method, budget, model=self.model_name, family=self.adapter.family, params=params, **{**defaults, **options})
+
+    def configure(self, spec: CellSpec | str | PruningMethod, budget: Any = None, **options: Any) -> "PruneBenchLMM":
+        """Point this model at another cell (a :class:`CellSpec`, or what :meth:`spec_for` builds one from); the
+        loaded weights are kept."""
+        if not isinstance(spec, CellSpec):
+            spec = self.spec_for(spec, budget, **options)
+        elif budget is not None or options:
+            raise PruneBenchError("pass either a CellSpec or a method with its budget and options, not both")
+        loaded = {"layout": self.layout, "preprocess": self.preprocess, "attn_implementation": self.attn_implementation,
+                  "device_type": device_type(self.adapter.device)}
+        wrong = {k: (getattr(spec, k), v) for k, v in loaded.items() if getattr(spec, k) is not None and getattr(spec, k) != v}
+        if wrong:
+            raise PruneBenchError("the cell spec does not match the loaded model: "
+                                  + ", ".join(f"{k} {asked!r} (loaded: {have!r})" for k, (asked, have) in wrong.items()))
+        self.spec = spec
+        self.method = spec.method
+        self.budget = spec.budget
+        self.budget_mode = spec.budget_mode
+        self.budget_scope = spec.budget_scope
+        self.seed = spec.seed
+        self.batch_size_per_gpu = spec.batch_size
         self.requests_log = []
         self.timing = dict.fromkeys(self.timing, 0)
         return self
@@ -185,8 +166,6 @@ class PruneBenchLMM(lmms):
     def weights(self) -> dict[str, Any]:
         """The fingerprint of the weights behind ``model_name`` (computed once; cached by file size and mtime)."""
         if self._weights is None:
-            from prunebench.fingerprint import model_fingerprint
-
             self._weights = model_fingerprint(self.model_name)
         return self._weights
 
@@ -205,12 +184,16 @@ class PruneBenchLMM(lmms):
             "preprocess": self.preprocess,
             "seed": self.seed,
             "dtype": str(self.adapter.dtype).replace("torch.", ""),
+            "batch_size": self.spec.batch_size,
+            "attn_implementation": self.attn_implementation,
+            "device_type": self.spec.device_type,
         }
 
     @property
     def model_args(self) -> str:
         """The identity as an lmms-eval ``--model_args`` string (what lmms-eval fingerprints and logs; the weights'
-        fingerprint is in ``str(lm)``, not here, so the string stays valid on lmms-eval's command line)."""
+        fingerprint, batch size, attention and device are in ``str(lm)``, not here, so the string stays valid on
+        lmms-eval's command line, which passes ``--batch_size`` and ``--device`` separately)."""
         ident = self.identity
         parts = [f"pretrained={ident['model']}", f"method={ident['method']}", f"budget={ident['budget'] if ident['budget'] is not None else 'none'}",
                  f"budget_mode={ident['budget_mode']}", f"budget_scope={ident['budget_scope']}", f"preprocess={ident['preprocess']}",
@@ -225,27 +208,9 @@ class PruneBenchLMM(lmms):
 
     __repr__ = __str__
 
-    def _sample(self, task: str, doc_id: int, question: str, visuals: list[Any]):
-        """One engine sample from a request's visuals: one image, or a video (a file path or a list of frames)."""
-        from PIL import Image
-
-        from prunebench.adapters.base import Sample
-
-        meta = {"task": task, "doc_id": doc_id}
-        sid = f"{task}/{doc_id}"
-        video_ok = "video" in getattr(self.adapter, "budget_scopes", ())
-        if len(visuals) == 1 and isinstance(visuals[0], Image.Image):
-            return Sample(id=sid, question=question, image=visuals[0], meta=meta)
-        if video_ok and len(visuals) == 1 and isinstance(visuals[0], str):
-            frames, fps = _video_frames(visuals[0])
-            return Sample(id=sid, question=question, video=frames, meta={**meta, "fps": fps})
-        if video_ok and len(visuals) > 1 and all(isinstance(v, Image.Image) for v in visuals):
-            return Sample(id=sid, question=question, video=list(visuals), meta=meta)
-        kinds = sorted({type(v).__name__ for v in visuals}) or ["nothing"]
-        raise PruneBenchError(
-            f"task {task} doc {doc_id} gives {len(visuals)} visual(s) ({', '.join(kinds)}); the {self.adapter.family} adapter takes "
-            + ("one image or one video per request" if video_ok else "exactly one image per request (use a video-capable model such as Video-LLaVA for video tasks)")
-        )
+    def make_sample(self, task: str, doc_id: int, question: str, visuals: list[Any]):
+        """One engine sample from a request's visuals (see :func:`prunebench.models.inputs.sample_from_visuals`)."""
+        return sample_from_visuals(self.adapter, task, doc_id, question, visuals)
 
     # -- lmms-eval interface -----------------------------------------------------------------------------------
     @property
@@ -265,18 +230,14 @@ class PruneBenchLMM(lmms):
         raise NotImplementedError("prunebench models do not support multi-round generation; use single-round generate_until tasks")
 
     def generate_until(self, requests) -> list[str]:
-        from tqdm import tqdm
-
-        from prunebench.engine import Pruner
-
         answers: list[str | None] = [None] * len(requests)
         order = _batch_order(requests)
-        bar = tqdm(total=len(requests), desc=f"{self.method.name}@{self.budget if self.budget is not None else 'all'}",
+        tasks = sorted({req.args[4] for req in requests})
+        bar = tqdm(total=len(requests), desc=f"{','.join(tasks) if len(tasks) <= 2 else f'{len(tasks)} tasks'} {self.spec.label}",
                    unit="sample", leave=False, mininterval=1.0, disable=not self.progress, file=self.progress_file)
         wall_start = time.perf_counter()
         # closing(bar): a method that raises must not leave the bar open, or every later bar is drawn one line lower
-        with contextlib.closing(bar), Pruner(self.adapter, self.method, self.budget, budget_mode=self.budget_mode, seed=self.seed,
-                                             budget_scope=self.budget_scope) as pruner:
+        with contextlib.closing(bar), Pruner(self.adapter, self.spec.method, self.spec.budget, **self.spec.pruner_options()) as pruner:
             for same_task in order:
                 for start in range(0, len(same_task), self.batch_size):
                     chunk = same_task[start:start + self.batch_size]
@@ -287,9 +248,8 @@ class PruneBenchLMM(lmms):
                         samples = []
                         for i in chunk:
                             context, _gen, doc_to_visual, doc_id, task, split = requests[i].args
-                            visuals = _flatten(doc_to_visual(self.task_dict[task][split][doc_id]))
-                            question = context.replace("<image>", "").replace("<video>", "").strip()
-                            samples.append(self._sample(task, doc_id, question, visuals))
+                            visuals = flatten_visuals(doc_to_visual(self.task_dict[task][split][doc_id]))
+                            samples.append(self.make_sample(task, doc_id, question_text(context), visuals))
                         t1 = time.perf_counter()
                         batch = self.adapter.prepare(samples)
                         self._batches.put(key, batch)
@@ -326,8 +286,6 @@ class _BatchCache:
     """Prepared batches by (task, doc id, context) of their requests, least recently used out beyond ``max_bytes``."""
 
     def __init__(self, max_bytes: int):
-        from collections import OrderedDict
-
         self.max_bytes = max_bytes
         self.items: "OrderedDict[tuple, Any]" = OrderedDict()
         self.sizes: dict[tuple, int] = {}
@@ -351,25 +309,6 @@ class _BatchCache:
             self.bytes -= self.sizes.pop(old)
 
 
-def _video_frames(path: str, count: int = 8) -> tuple[list[Any], float | None]:
-    """``count`` uniformly spaced RGB frames of a video file (PyAV) and the rate of those sampled frames
-    (``count`` / clip seconds, what qwen-vl-utils hands Qwen2.5-VL for its temporal M-RoPE positions; None
-    when the container gives no duration)."""
-    try:
-        import av
-    except ImportError:
-        raise PruneBenchError(f"video {path!r} needs PyAV to decode: pip install av") from None
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_image() for f in container.decode(video=0)]
-        rate = float(stream.average_rate) if stream.average_rate else None
-    if not frames:
-        raise PruneBenchError(f"no frames decoded from {path!r}")
-    step = len(frames) / count
-    picked = [frames[min(int(i * step), len(frames) - 1)].convert("RGB") for i in range(count)]
-    return picked, (count * rate / len(frames) if rate else None)
-
-
 def _batch_order(requests) -> list[list[int]]:
     """Request indices grouped by (task, generation kwargs), longest context first inside a group."""
     groups: dict[str, list[int]] = {}
@@ -377,17 +316,6 @@ def _batch_order(requests) -> list[list[int]]:
         context, gen_kwargs, _v, _d, task, _s = req.args
         groups.setdefault(f"{task}|{json.dumps(gen_kwargs, sort_keys=True, default=str)}", []).append(i)
     return [sorted(idx, key=lambda i: -len(requests[i].args[0])) for idx in groups.values()]
-
-
-def _flatten(visuals: Any) -> list[Any]:
-    if visuals is None:
-        return []
-    if not isinstance(visuals, (list, tuple)):
-        return [visuals]
-    flat: list[Any] = []
-    for v in visuals:
-        flat.extend(_flatten(v) if isinstance(v, (list, tuple)) else [v])
-    return flat
 
 
 def _truncate(text: str, until: Iterable[str]) -> str:

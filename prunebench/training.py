@@ -45,7 +45,6 @@ import argparse
 import itertools
 import logging
 import math
-import platform
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -72,6 +71,7 @@ from prunebench.lpm import (  # noqa: F401  (re-exported: the names prunebench.t
     vision_digest,
     weights_digest,
 )
+from prunebench.environment import versions  # the one version dict (also in cell keys and records)
 
 log = logging.getLogger("prunebench.training")
 
@@ -370,14 +370,6 @@ def eval_data_for(model: str, count: int) -> tuple[list[TrainSample], str] | Non
     per_family = max(1, count // len(FAMILIES))
     samples = [TrainSample(render(s), s["question"], s["answer"], s["id"]) for s in test_split("val", per_family)]
     return samples, f"prunebench.toy.world.test_split('val', {per_family}) ({len(samples)} samples, never trained on)"
-
-
-def versions() -> dict[str, str]:
-    import transformers
-
-    from prunebench import __version__
-
-    return {"prunebench": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
 TRAINABLE_FAMILIES = ("llava", "llava_next")  # the families _answer_batch can build answer batches for

@@ -8,7 +8,8 @@ from lmms_eval.caching.response_cache import ResponseCache  # noqa: E402
 from lmms_eval.evaluator import simple_evaluate  # noqa: E402
 
 from prunebench.lmms import NO_METHOD, PruneBenchLMM  # noqa: E402
-from prunebench.runner.sweep import cached_task_manager  # noqa: E402
+from prunebench.spec import CellSpec  # noqa: E402
+from prunebench.runner.evaluate import cached_task_manager  # noqa: E402
 from prunebench.suites.shapes import TASK_DIR  # noqa: E402
 
 TASKS = ["shapes_count"]
@@ -57,6 +58,7 @@ def test_identity_separates_budgets_and_parameters(lm, tmp_path):
     cells = [("random", 64, None), ("random", 128, None), ("fastv", 64, {"layer": 1}), ("fastv", 64, {"layer": 2}), (NO_METHOD, None, None)]
     for i, (method, budget, params) in enumerate(cells):
         lm.configure(method, budget, budget_mode="final", params=params)
+        assert isinstance(lm.spec, CellSpec) and lm.spec.budget == budget
         assert f"budget={budget if budget is not None else 'none'}" in lm.model_args
         cache = ResponseCache.create(str(tmp_path / f"c{i}"), model=lm, model_args=lm.model_args)  # what simple_evaluate builds
         fingerprints.add(cache._model_fingerprint_hash)
@@ -79,14 +81,15 @@ def test_response_cache_has_no_cross_talk_between_budgets(lm, task_manager, tmp_
     assert set(_answers(other)) == set(_answers(first))
 
 
-def test_batched_answers_equal_batch_one(lm, task_manager):
-    lm.configure("random", 64)
-    lm.batch_size_per_gpu = 3
-    batched = _answers(_evaluate(lm, task_manager))
-    lm.batch_size_per_gpu = 1
-    single = _answers(_evaluate(lm, task_manager))
-    lm.batch_size_per_gpu = 2
-    assert batched == single
+def test_batched_answers_equal_batch_one_and_the_batch_size_is_in_the_identity(lm, task_manager):
+    lm.configure("random", 64, batch_size=3)
+    batched, batched_id = _answers(_evaluate(lm, task_manager)), str(lm)
+    lm.configure("random", 64, batch_size=1)
+    single, single_id = _answers(_evaluate(lm, task_manager)), str(lm)
+    lm.configure("random", 64, batch_size=2)
+    assert batched == single  # on the tiny random model; the trained toy model can differ at near-ties
+    assert batched_id != single_id, "answers at another batch size must not come from the response cache"
+    assert lm.identity["batch_size"] == 2 and lm.identity["device_type"] == "cpu" and lm.identity["attn_implementation"] == "sdpa"
 
 
 def test_loglikelihood_is_refused_clearly(lm):
@@ -149,7 +152,7 @@ def test_video_frames_are_uniform_and_report_the_sampled_rate(monkeypatch):
 
     from PIL import Image
 
-    from prunebench.lmms import _video_frames
+    from prunebench.models.video import video_frames
 
     class Frame:
         def __init__(self, i):
@@ -171,6 +174,28 @@ def test_video_frames_are_uniform_and_report_the_sampled_rate(monkeypatch):
             return [Frame(i) for i in range(90)]
 
     monkeypatch.setitem(sys.modules, "av", types.SimpleNamespace(open=lambda path: Container()))
-    frames, fps = _video_frames("clip.mp4")
+    frames, fps = video_frames("clip.mp4")
     assert [f.getpixel((0, 0))[0] for f in frames] == [0, 11, 22, 33, 45, 56, 67, 78]
     assert all(f.mode == "RGB" for f in frames) and fps == pytest.approx(8 / 3)
+
+
+def test_one_spec_reaches_the_model_and_a_spec_for_another_model_is_refused(lm):
+    spec = lm.spec_for("fastv", 32, params={"layer": 1}, budget_mode="final")
+    assert lm.configure(spec).spec is spec and lm.budget == 32 and lm.method.layer == 1 and lm.budget_mode == "final"
+    with pytest.raises(Exception, match="does not match the loaded model"):
+        lm.configure(spec.replace(preprocess="paper"))
+    with pytest.raises(Exception, match="either a CellSpec"):
+        lm.configure(spec, 64)
+
+
+def test_the_progress_bar_names_the_task_and_the_cell(lm, task_manager):
+    import io
+
+    lm.configure("random", 64)
+    lm.progress, lm.progress_file = True, io.StringIO()
+    try:
+        _evaluate(lm, task_manager)
+        text = lm.progress_file.getvalue()
+    finally:
+        lm.progress, lm.progress_file = True, None
+    assert "shapes_count random@64" in text, text

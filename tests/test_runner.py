@@ -102,25 +102,26 @@ def test_an_unreachable_average_budget_is_stored_as_infeasible(finished):
 def test_flops_are_counted_once_per_method_and_token_pattern(finished, monkeypatch):
     import types
 
-    import prunebench.costs as costs
-    from prunebench.lmms import resolve
+    from prunebench.resolve import resolve
+    from prunebench.runner import measure
+    from prunebench.runner.cells import Cell
 
     sweep, _ = finished
     calls = []
-    real = costs.measure_prefill_flops
+    real = measure.measure_prefill_flops
 
     def counting(adapter, method, *args, **kwargs):
         calls.append(method.name)
         return real(adapter, method, *args, **kwargs)
 
-    monkeypatch.setattr(costs, "measure_prefill_flops", counting)
+    monkeypatch.setattr(measure, "measure_prefill_flops", counting)
     sweep._flops_cache.clear()
     random_cell = next(c for c in sweep.cells if c.method == "random")
     stats = types.SimpleNamespace(tokens_per_layer=[64] * 4, text_tokens=10, plan=types.SimpleNamespace(vision=64))
-    random, visionzip = resolve("random", "tiny-llava", "llava"), resolve("visionzip", "tiny-llava", "llava")
-    first = sweep._flops(random_cell, random, stats)
-    assert sweep._flops(random_cell, random, stats) == first and calls == ["random"], "same method and pattern: counted once"
-    sweep._flops(random_cell, visionzip, stats)
+    visionzip_cell = Cell(random_cell.spec.replace(method=resolve("visionzip", "tiny-llava", "llava")), "k", {})
+    first = sweep._flops(random_cell, stats)
+    assert sweep._flops(random_cell, stats) == first and calls == ["random"], "same method and pattern: counted once"
+    sweep._flops(visionzip_cell, stats)
     assert calls == ["random", "visionzip"], "another method with the same token pattern is counted with its own selection"
 
 
@@ -321,8 +322,10 @@ def test_tasks_run_one_by_one_a_failing_task_is_kept_and_a_rerun_resumes_at_task
     overrides = dict(methods="random", budgets="64", tasks="shapes_count,broken_count", include_path=[str(tasks_dir)],
                      baseline_cache=str(tmp_path / "bl"))
     evaluated = []
-    real = Sweep._evaluate
-    monkeypatch.setattr(Sweep, "_evaluate", lambda self, lm, tasks: (evaluated.append((lm.method.name, *tasks)), real(self, lm, tasks))[1])
+    import prunebench.runner.sweep as sweep_module
+
+    real = sweep_module.evaluate
+    monkeypatch.setattr(sweep_module, "evaluate", lambda lm, tasks, *a: (evaluated.append((lm.method.name, *tasks)), real(lm, tasks, *a))[1])
 
     sweep = _sweep(tmp_path, **overrides)
     sweep._adapter = tiny_llava
@@ -425,7 +428,7 @@ def test_layout_is_a_run_option_an_lmms_arg_and_part_of_the_key(tmp_path):
 def test_latency_entries_partition_the_time_to_first_token(tiny_llava, samples):
     from prunebench.engine import Pruner
     from prunebench.registry import create_method
-    from prunebench.runner.sweep import sample_latency
+    from prunebench.runner.measure import sample_latency
 
     # by hand: selection 5 of which 2 in the LLM (inside the prefill window of 30)
     parts = sample_latency({"vision_ms": 10, "select_ms": 5, "select_vision_ms": 3, "select_llm_ms": 2, "assemble_ms": 7,
@@ -446,7 +449,7 @@ def test_peak_memory_is_per_cell(tmp_path):
 
     import torch
 
-    from prunebench.runner.sweep import PeakMemory, _reset_peak_rss
+    from prunebench.runner.measure import PeakMemory, _reset_peak_rss
 
     if not _reset_peak_rss():
         pytest.skip("this platform cannot reset the peak RSS")
@@ -478,10 +481,10 @@ def test_lmms_eval_progress_redraws_are_dropped_and_other_output_kept():
 
     from tqdm import tqdm
 
-    from prunebench.runner.sweep import _DropRedraws
+    from prunebench.runner.evaluate import DropRedraws
 
     real = io.StringIO()
-    quiet = _DropRedraws(real)
+    quiet = DropRedraws(real)
     for _ in tqdm(range(3), file=quiet, desc="Postprocessing", mininterval=0):
         pass
     quiet.write("WARNING something lmms-eval says\n")
@@ -497,7 +500,7 @@ def test_lmms_eval_progress_redraws_are_dropped_and_other_output_kept():
 def test_task_scores_keep_every_metric_and_the_first_as_score():
     results = {"results": {"t": {"alias": "t", "exact_match,none": 0.5, "exact_match_stderr,none": "N/A", "anls,none": 0.25,
                                  "exact_match,flexible": 0.75}}, "n-samples": {"t": {"effective": 4}}}
-    from prunebench.runner.sweep import task_scores
+    from prunebench.runner.results import task_scores
 
     assert task_scores(results) == {"t": {"metric": "exact_match", "score": 0.5, "n": 4,
                                           "metrics": {"exact_match": 0.5, "anls": 0.25, "exact_match,flexible": 0.75}}}
@@ -541,3 +544,96 @@ def test_lmms_eval_command_line_runs_the_prunebench_model(tmp_path):
     data = json.loads(found[0].read_text())
     assert "exact_match,none" in data["results"]["shapes_count"]
     assert "method=random" in json.dumps(data.get("config", {})) and "budget=64" in json.dumps(data.get("config", {}))
+
+
+@pytest.mark.parametrize("change", [{"batch_size": 1}, {"dtype": "float32"}, {"device": "cuda"}, {"device": "mps"}, "attn_implementation"])
+def test_what_can_change_an_answer_is_in_the_cell_and_baseline_keys(tmp_path, monkeypatch, change):
+    """Batch size (padded batches round differently; the trained toy model answers differently at 1 and 8), dtype,
+    attention implementation and device type each change every key, the baseline's included; records state them."""
+    import prunebench.runner.cells as cells
+
+    plain = _sweep(tmp_path, name="a", methods="random", budgets="32")
+
+    def plan(**changes):  # the cells of the same sweep with other settings (devices this machine lacks included)
+        return cells.plan_cells({**plain.config, **changes}, plain.model_name, plain.suite.tasks, plain.suite.generation_kwargs,
+                                plain.include_paths)
+
+    assert [c.key for c in plan()] == [c.key for c in plain.cells], "the same settings give the same keys"
+    if change == "attn_implementation":
+        monkeypatch.setattr(cells, "ATTN_IMPLEMENTATION", "eager")
+        change = {}
+    other = plan(**change)
+    assert [c.label for c in plain.cells] == [c.label for c in other] == ["none (unpruned)", "random@32"]
+    for a, b in zip(plain.cells, other):
+        assert a.key != b.key, f"{change or 'attn_implementation'} must change the key of {a.label}"
+        assert {"batch_size", "dtype", "attn_implementation", "device_type"} <= set(a.fields)
+    assert plain.cells[1].fields["batch_size"] == 2 and plain.cells[1].fields["device_type"] == "cpu"
+    assert plain.cells[1].fields["attn_implementation"] == "sdpa"
+    if "device" in change:
+        assert [c.key for c in plan(device=change["device"] + ":1")] == [c.key for c in other], "the device index changes no answer"
+
+
+def test_dry_run_at_another_batch_size_lists_the_finished_cells_as_pending(finished, capsys):
+    from prunebench.cli import main
+
+    sweep, _ = finished
+    config = str(sweep.store.root / "config.yaml")
+    assert main(["run", "--config", config, "--dry-run"]) == 0
+    same = capsys.readouterr().out
+    assert same.count(" done ") + same.count("  done") >= 3 and "pending" not in same.replace("fastv@64", ""), same
+    assert main(["run", "--config", config, "--batch_size", "1", "--dry-run"]) == 0
+    other = capsys.readouterr().out
+    labels = [c.label for c in sweep.cells]
+    assert other.count("pending") == len(labels) and " done " not in other, other
+
+
+def test_unknown_model_or_task_is_refused_before_the_run_folder_is_written(tmp_path, capsys):
+    from prunebench.cli import main
+
+    for name, extra in (("model", ["--model", "no-such/model-anywhere"]), ("task", ["--tasks", "no_such_task"])):
+        out = tmp_path / name
+        args = ["run", "--methods", "random", "--budgets", "32", "--limit", "2", "--output", str(out), "--no-progress"]
+        assert main(args + (extra if name == "model" else ["--model", "tiny-llava", *extra])) == 2
+        assert ("cannot load model" if name == "model" else "does not know task") in capsys.readouterr().err
+        assert not (out / "plan.json").exists() and not (out / "config.yaml").exists(), f"unknown {name}: the run folder was written"
+
+
+def test_the_cell_spec_is_built_once_and_refuses_bad_options():
+    from prunebench.core import PruneBenchError
+    from prunebench.resolve import NoPruning, cell_spec
+    from prunebench.spec import BUDGET_SCOPES, CellSpec, parse_budget
+
+    spec = cell_spec("random", "64", model="tiny-llava", batch_size=4, device="cuda:1")
+    assert spec.budget == 64 and spec.device_type == "cuda" and spec.batch_size == 4 and spec.label == "random@64"
+    with pytest.raises(Exception):
+        spec.budget = 32  # frozen
+    assert spec.replace(budget=32).budget == 32 and spec.budget == 64
+    for bad in ({"budget_mode": "median"}, {"budget_scope": "tile"}, {"layout": "grid"}, {"batch_size": 0}, {"preprocess": "x"}):
+        with pytest.raises(PruneBenchError):
+            spec.replace(**bad)
+    for bad in (0, -1, 2.5, True, "x"):
+        with pytest.raises(PruneBenchError, match="positive integers"):
+            parse_budget(bad)
+    assert parse_budget("none") is None and parse_budget(8.0) == 8
+    with pytest.raises(PruneBenchError, match="no budget"):
+        CellSpec(NoPruning(), 64)
+    assert set(BUDGET_SCOPES) == {"image", "video", "crop", "frame"}
+
+
+def test_latency_records_its_spread_and_the_load_it_ran_under(finished):
+    from prunebench.runner.measure import spread
+
+    assert spread([4.0, 1.0, 3.0, 2.0, float("nan")]) == {"median": 2.5, "p90": 3.7, "min": 1.0, "max": 4.0, "q1": 1.75, "q3": 3.25,
+                                                          "iqr": 1.5, "n": 4}
+    sweep, _ = finished
+    record = next(r for r in sweep.store.records() if r["method"] == "random")
+    ttft = record["latency_ms"]["ttft"]
+    assert ttft["min"] <= ttft["q1"] <= ttft["median"] <= ttft["q3"] <= ttft["max"] and ttft["iqr"] == pytest.approx(ttft["q3"] - ttft["q1"])
+    load = record["load_average"]
+    assert record["cpu_count"] >= 1 and set(load) == {"before", "after"}
+    if hasattr(os, "getloadavg"):
+        from prunebench.report.leaderboard import load_per_core
+
+        assert load["before"] >= 0 and load["after"] >= 0
+        assert load_per_core(record) == pytest.approx(max(load.values()) / record["cpu_count"]), "the leaderboard reads the load"
+    assert record["batch_size"] == 2 and record["device_type"] == "cpu" and record["attn_implementation"] == "sdpa" and record["dtype"] == "auto"

@@ -306,15 +306,15 @@ def test_a_half_written_shared_baseline_is_set_aside_and_recomputed(swept, tmp_p
 
 
 def test_a_damaged_partial_task_of_a_real_run_recomputes_that_task(swept, monkeypatch):
-    from prunebench.runner import Sweep
+    import prunebench.runner.sweep as sweep_module
 
     sweep, rerun = swept
     cell = sweep.cells[1]
     sweep.store.path(cell.key).unlink()
     sweep.store.put_partial(cell.key, "costs", {"latency_ms": {}})  # a hand-damaged part: recomputed, not a KeyError
     evaluated = []
-    real = Sweep._evaluate
-    monkeypatch.setattr(Sweep, "_evaluate", lambda self, lm, tasks: (evaluated.append(tuple(tasks)), real(self, lm, tasks))[1])
+    real = sweep_module.evaluate
+    monkeypatch.setattr(sweep_module, "evaluate", lambda lm, tasks, *a: (evaluated.append(tuple(tasks)), real(lm, tasks, *a))[1])
     _, result = rerun()
     assert result.computed == [cell.key] and evaluated == [("shapes_count",)]
     record = sweep.store.get(cell.key)

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("lmms_eval.tasks")
 
 from prunebench.core import PruneBenchError  # noqa: E402
-from prunebench.runner.sweep import cached_task_manager  # noqa: E402
+from prunebench.runner.evaluate import cached_task_manager  # noqa: E402
 from prunebench.suites.registry import builtin_suites, load_suite  # noqa: E402
 
 
@@ -43,3 +43,17 @@ def test_suite_files_and_errors(tmp_path):
     path.write_text("tasks: [a]\nbogus: 1\n")
     with pytest.raises(PruneBenchError, match="unknown keys"):
         load_suite(str(path))
+
+
+def test_a_suite_of_its_own_tasks_indexes_only_its_folders(all_tasks):
+    """shapes comes from its include path alone: the index holds only that folder's tasks (milliseconds, not the
+    seconds of lmms-eval's ~2000 bundled tasks); a bundled task needs the full index; an unknown one is an error."""
+    from prunebench.runner.evaluate import task_index
+    from prunebench.suites.shapes import TASK_DIR
+
+    own = task_index(["shapes_count", "shapes_exist"], [str(TASK_DIR)])
+    assert "shapes_count" in own.all_tasks and "mme" not in own.all_tasks and len(own.all_tasks) < 50
+    mixed = task_index(["shapes_count", "mme"], [str(TASK_DIR)])
+    assert {"shapes_count", "mme"} <= set(mixed.all_tasks)
+    with pytest.raises(PruneBenchError, match="does not know task"):
+        task_index(["no_such_task"], [str(TASK_DIR)])

@@ -11,6 +11,7 @@ from typing import Any
 
 from prunebench.core import BUDGET_MODES, PruneBenchError
 from prunebench.runner.config import BUDGET_SCOPES, DEFAULTS, LAYOUTS, PREPROCESS
+from prunebench.store import ResultStore, atomic_write_text
 
 RUN_DESCRIPTION = """\
 Sweep pruning methods x token budgets over the tasks of a suite, evaluated by lmms-eval 0.7, and record one
@@ -201,10 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def write_leaderboard(store: Any, echo: Any = print) -> list[Path]:
     """leaderboard.md / leaderboard.csv in the run folder (the report package's tables when installed)."""
-    from prunebench.store import atomic_write_text
-
     try:
-        from prunebench.report import leaderboard, to_csv, to_markdown
+        from prunebench.report import leaderboard, to_csv, to_markdown  # lazy: optional (pandas/matplotlib), with a fallback table
 
         df = leaderboard(store)
         markdown, csv = to_markdown(df), to_csv(df)
@@ -257,8 +256,6 @@ def status_counts(store: Any) -> dict[str, int]:
 
 
 def run_status(root: str | Path) -> dict[str, list[dict[str, Any]]]:
-    from prunebench.store import ResultStore
-
     root = Path(root)
     store = ResultStore(root)
     plan_path = root / "plan.json"

@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.core import BUDGET_MODES, PruneBenchError
+from prunebench.spec import AVERAGE, BUDGET_SCOPES, LAYOUTS, PREPROCESS, parse_budget  # the option vocabularies, defined once
 
-BUDGET_SCOPES = ("image", "crop", "frame", "video")
-PREPROCESS = ("hf", "paper")
-LAYOUTS = ("anyres", "fivecrop", "spatial")  # LLaVA-NeXT visual layouts (prunebench.adapters.llava_next)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # config keys that do not make a sweep different (a rerun may change them freely)
 NOT_THE_SWEEP = ("leaderboard", "output", "baseline_cache", "log_samples")
@@ -45,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "include_path": [],  # extra lmms-eval task folders
     "methods": ["random", "visionzip", "vispruner"],  # training-free, every family, feasible at any budget (vision-stage)
     "budgets": [32, 64, 128],
-    "budget_mode": "average",
+    "budget_mode": AVERAGE,
     "budget_scope": "image",
     "preprocess": "hf",
     "layout": None,  # LLaVA-NeXT only: anyres (the adapter's default), fivecrop (papers' 5 x 576), spatial (HiPrune)
@@ -81,18 +79,7 @@ def parse_budgets(value: Any) -> list[int]:
     ``2.5`` or ``true`` must not quietly become 2 or 1)."""
     budgets = []
     for item in split_list(value):
-        if isinstance(item, bool):
-            budget = None
-        elif isinstance(item, int):
-            budget = item
-        elif isinstance(item, float) and item.is_integer():
-            budget = int(item)
-        elif isinstance(item, str) and re.fullmatch(r"\+?\d+", item.strip()):
-            budget = int(item)
-        else:
-            budget = None
-        if budget is None or budget <= 0:
-            raise PruneBenchError(f"budgets must be positive integers (visual tokens kept), got {item!r}; e.g. --budgets 32,64,128")
+        budget = parse_budget(item, allow_none=False)
         if budget not in budgets:
             budgets.append(budget)
     return budgets

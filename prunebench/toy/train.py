@@ -429,7 +429,8 @@ def train(output: Path, seed: int = 0, vision_steps: int = 2000, vision_lr: floa
     from, uniformly over the entries (a family named twice is drawn twice as often).
     """
     import torch
-    import transformers
+
+    from prunebench.environment import versions  # lazy like torch above: `prunebench toy --help` stays quick
 
     from .model import ToyArch, arch_dict, build_model, build_processor, build_tokenizer
 
@@ -497,8 +498,7 @@ def train(output: Path, seed: int = 0, vision_steps: int = 2000, vision_lr: floa
         "arch": arch_dict(arch), "parameters": n_params, "threads": threads,
         "wall_time_s": round(wall, 1), "vision_wall_time_s": round(vision_s, 1),
         "machine": f"{platform.machine()}, {threads} CPU threads",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
         "history": history,
     }
     if init_from is not None and (Path(init_from) / "training.json").exists():  # the run this one continues

@@ -27,7 +27,7 @@ import torch
 
 from prunebench.core import PruneBenchError, Selection, SingleCutLLMPruner
 from prunebench.engine import Pruner
-from prunebench.lmms import NoPruning
+from prunebench.resolve import NoPruning
 from prunebench.registry import create_method
 
 REPS = 15
@@ -177,7 +177,7 @@ def _llava_7b_width(decoder_layers: int = 1, vision_layers: int = 2):
 def _pre_llm_speedup(adapter, batch, reps: int = REPS) -> tuple[dict, str]:
     """random@64 against unpruned through the engine and through stock ``generate``: figures and a report line."""
     from prunebench.engine import measure_prefill_flops
-    from prunebench.runner.sweep import sample_latency
+    from prunebench.runner.measure import sample_latency
 
     random = create_method("random")
     full_in = _run(adapter, NoPruning(), None, batch).llm_inputs
@@ -279,7 +279,7 @@ def _wrapper_overhead_ms(adapter) -> float:
     from lmms_eval.evaluator import simple_evaluate
 
     from prunebench.lmms import PruneBenchLMM
-    from prunebench.runner.sweep import cached_task_manager
+    from prunebench.runner.evaluate import cached_task_manager
     from prunebench.suites.shapes import TASK_DIR
 
     lm = PruneBenchLMM.from_adapter(adapter, batch_size=1)
