@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import fnmatch
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +48,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("prunebench.bases", "prunebench.views", "prunebench.attention", "prunebench.core", "prunebench.store", "prunebench.environment"),
 )
 
-# Upward imports that exist on this branch and are being removed on another: LearnPruner's checkpoint loading moves
-# out of prunebench.training into prunebench/lpm.py (issue 12, point 3). Empty this set once that is merged; an entry
-# that no longer occurs is reported as a warning so the set cannot silently outlive its reason.
-KNOWN_UPWARD = {
-    ("prunebench.methods.learnpruner", "prunebench.training"),
-    ("prunebench.methods.learnpruner", "prunebench.models"),
-}
 
 
 def _module_files() -> dict[str, Path]:
@@ -131,19 +123,12 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_point_down():
-    upward, known = [], set()
+    upward = []
     for module, targets in _graph().items():
         for target, line in targets.items():
-            if _layer(target) >= _layer(module):
-                continue
-            if (module, target) in KNOWN_UPWARD:
-                known.add((module, target))
-            else:
+            if _layer(target) < _layer(module):
                 upward.append(f"{module}:{line} imports {target} (layer {_layer(module)} -> {_layer(target)})")
     assert not upward, "imports from a lower layer into a higher one:\n" + "\n".join(sorted(upward))
-    stale = KNOWN_UPWARD - known
-    if stale:
-        warnings.warn(f"remove {sorted(stale)} from KNOWN_UPWARD in tests/test_layers.py: those imports are gone", stacklevel=1)
 
 
 def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
