@@ -68,6 +68,7 @@ METHOD_STYLES: dict[str, tuple[int, str]] = {
     "visionzip-ft": (9, "^"), "mustdrop": (4, ">"), "prumerge": (5, "<"), "twigvlm": (9, "d"), "prumerge+": (17, "H"),
     "trim": (7, "p"), "globalcom2": (6, "<"), "no-visual-tokens": (9, "8"), "ficoco-v": (6, "H"), "visionzip*": (0, "p"),
     "cdpruner": (10, "p"), "vscan": (11, "8"), "downsample": (12, "1"), "pool": (13, "2"), "holov": (14, "3"), "scope": (15, "4"),
+    "evs": (18, "+"), "vidcom2": (19, "x"),
 }
 BASELINE_STYLE = {"color": "black", "marker": BASELINE_MARKER}
 RUN_LINESTYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run when several runs are combined
