@@ -54,6 +54,7 @@ def _builtin(name: str) -> bool:
 
 # methods that act before the processor (the downsampling control: preprocess) select nothing to time
 VISION_METHODS = [n for n in list_methods() if _builtin(n) and "vision" in get_method_class(n).stages and not hasattr(get_method_class(n), "preprocess")]
+VIDEO_METHODS = ("evs", "vidcom2")  # video-only methods: timed in the video groups below, not on images
 READS_VIT_ATTENTION = {n for n in VISION_METHODS if create_method(n, **OVERRIDES.get(n, {})).vision_layers(VIT_LAYERS, FEATURE_LAYER)}
 
 
@@ -140,6 +141,7 @@ CASES = [
     (group, name)
     for group in LAYOUTS
     for name in VISION_METHODS
+    if name not in VIDEO_METHODS
     if name == "random" or (group == "2880-global") != (name in READS_VIT_ATTENTION) or group == "576"
 ]
 
@@ -228,3 +230,48 @@ def test_llm_selection(benchmark, group, name):
     benchmark.extra_info.update(method=LLM_METHODS[name][0], tokens=candidates, kept=stage_keep, device=str(DEVICE))
     selection = benchmark(select)
     selection.validate(1, candidates, stage_keep, name)
+
+
+# -- video: LLaVA-OneVision-7B's layout (196 pooled, projected tokens per frame, Qwen2-7B width 3584) ----------------
+# at 8, 32 and 64 frames, 25 % kept (49 per frame on average); random runs in every group as the baseline.
+OV_PER_FRAME, OV_WIDTH, VIDEO_RETENTION = 196, 3584, 0.25
+VIDEO_FRAMES = (8, 32, 64)
+VIDEO_CASES = [(frames, name) for frames in VIDEO_FRAMES for name in ("random", *VIDEO_METHODS)]
+
+
+def _video_view(frames: int, seed: int) -> VisionView:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = frames * OV_PER_FRAME
+    # frames drift slowly (correlated like a real clip) so temporal dissimilarities and frame uniqueness vary
+    base = torch.randn(1, 1, OV_PER_FRAME, OV_WIDTH, generator=gen)
+    drift = torch.randn(1, frames, OV_PER_FRAME, OV_WIDTH, generator=gen).mul(0.3).cumsum(1)
+    features = (base + drift).flatten(1, 2).to(DEVICE)
+    view = VisionView(features=features, cls_feature=None, grid=(14, 14), feature_layer=FEATURE_LAYER, num_vision_layers=VIT_LAYERS,
+                      projector=lambda f: f, has_cls=False, num_units=frames, unit_kind="frame",
+                      unit_of=(torch.arange(tokens, device=DEVICE) // OV_PER_FRAME)[None])
+    view.generators = sample_generators(0, ["bench-0"])
+    assert view.projected is features
+    return view
+
+
+@pytest.fixture(scope="module")
+def video_views():
+    return {frames: _video_view(frames, seed=20 + frames) for frames in VIDEO_FRAMES}
+
+
+@pytest.mark.parametrize("frames,name", VIDEO_CASES, ids=[f"video-{f}f-{n}" for f, n in VIDEO_CASES])
+def test_video_selection(benchmark, video_views, frames, name):
+    tokens = frames * OV_PER_FRAME
+    keep = int(tokens * VIDEO_RETENTION)
+    method = create_method(name)
+    view = video_views[frames]
+
+    def select():
+        selection = method.select_vision(view, keep)
+        _sync()
+        return selection
+
+    benchmark.group = f"video-{frames}f"
+    benchmark.extra_info.update(method=name, tokens=tokens, kept=keep, device=str(DEVICE))
+    selection = benchmark(select)
+    selection.validate(1, tokens, keep, name)
