@@ -71,8 +71,10 @@ class EVS(VisionStagePruner):
 
     Budget: the engine's knob is the pruning rate q with n_keep = max(P, int(T * P * (1 - q)))
     (:func:`retained_tokens_count`); a prunebench budget B of N video tokens is q = 1 - B / N
-    (:func:`pruning_rate_for` gives a q the engine's count maps back to exactly B), and exactly B tokens are kept. Deviation: below one frame's worth (B < P) the
-    engine would still keep P tokens; here the budget is exact, so B < P keeps the first B tokens of frame 0.
+    (:func:`pruning_rate_for` gives a q the engine's count maps back to exactly B), and exactly B tokens are
+    kept. Deviation: below one frame's worth (B < P) the engine would still keep P tokens; here the budget is
+    exact, so B < P keeps the first B tokens of frame 0. The dissimilarity uses the engines' own op
+    (``F.cosine_similarity``, fp32 here), so near-ties break as they do there.
 
     Positions: the engines keep every retained video token's original M-RoPE coordinates (t, y, x). On
     Qwen2.5-VL the adapter slices the model's own ``get_rope_index`` ids of the unpruned prompt to the

@@ -8,17 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from prunebench.core import PruneBenchError, Selection, VisionStagePruner
+from prunebench.methods.evs import frames_of
 from prunebench.registry import register_method
 from prunebench.views import VisionView
-
-from prunebench.methods.evs import frames_of
 
 SCALES = (0.125, 0.25, 0.5, 1.0, 2.0)  # the released multi-bandwidth Gaussian kernel
 
 
-def gaussian_similarity(tokens: torch.Tensor, centre: torch.Tensor, scales: tuple[float, ...] = SCALES) -> torch.Tensor:
-    """sum_a exp(-||x - c||^2 / (2a)) of ``tokens`` (..., P, C) against ``centre`` (..., 1, C): (..., P)."""
-    squared = (tokens - centre).pow(2).sum(-1)
+def gaussian_similarity(squared: torch.Tensor, scales: tuple[float, ...] = SCALES) -> torch.Tensor:
+    """sum_a exp(-d / (2a)) of squared distances ``d``: VidCom²'s multi-bandwidth Gaussian kernel."""
     return sum(torch.exp(-squared / (2.0 * a)) for a in scales)
 
 
@@ -26,15 +24,18 @@ def uniqueness(embeddings: torch.Tensor, frames: int, channel_ratio: float = 0.5
     """VidCom²'s two similarities of ``embeddings`` (B, T * P, C), fp32: ``video`` (B, T, P) = G(token, video
     mean) and ``frame`` (B, T, P) = G(token, its frame's mean), on the unit-normalised lowest-variance
     ``channel_ratio`` of the channels (variance over all the video's tokens, biased; ties to the lower channel).
-    Lower = more unique."""
+    Lower = more unique. ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, so no (T, P, C) difference is materialised."""
     bsz, num, dim = embeddings.shape
     x = embeddings.float()
     variance = x.var(dim=1, unbiased=False)  # (B, C)
     channels = variance.sort(dim=-1, stable=True).indices[:, : max(int(dim * channel_ratio), 1)]
     x = F.normalize(x.gather(2, channels[:, None, :].expand(-1, num, -1)), dim=-1).view(bsz, frames, num // frames, -1)
-    video_mean = x.mean(dim=(1, 2))[:, None, None, :]
-    frame_mean = x.mean(dim=2, keepdim=True)
-    return gaussian_similarity(x, video_mean), gaussian_similarity(x, frame_mean)
+    norm = x.pow(2).sum(-1)  # 1, or 0 for an all-zero token
+    frame_mean = x.mean(dim=2)  # (B, T, C')
+    video_mean = frame_mean.mean(dim=1)  # (B, C'): frames are of equal size
+    to_video = norm - 2.0 * torch.einsum("btpc,bc->btp", x, video_mean) + video_mean.pow(2).sum(-1)[:, None, None]
+    to_frame = norm - 2.0 * torch.einsum("btpc,btc->btp", x, frame_mean) + frame_mean.pow(2).sum(-1)[..., None]
+    return gaussian_similarity(to_video.clamp(min=0)), gaussian_similarity(to_frame.clamp(min=0))
 
 
 def frame_quotas(video_similarity: torch.Tensor, keep: int, temperature: float = 0.01) -> torch.Tensor:

@@ -26,7 +26,7 @@ def e(i: int, dim: int = 32) -> torch.Tensor:
 def clip_view(*clips: torch.Tensor) -> VisionView:
     """A batch of videos, each (T, P, D), as the adapters hand them over: (B, T * P, D), frames contiguous."""
     video = torch.stack(clips)
-    bsz, frames, per_frame, dim = video.shape
+    bsz, frames, per_frame, _ = video.shape
     unit_of = (torch.arange(frames * per_frame) // per_frame).expand(bsz, -1)
     return VisionView(features=video.flatten(1, 2), grid=(2, per_frame // 2), projector=lambda f: f, has_cls=False,
                       num_units=frames, unit_kind="frame", unit_of=unit_of)
