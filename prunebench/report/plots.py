@@ -49,6 +49,8 @@ MIN_FONT_PT = 7.0
 PALETTE = tuple(to_rgb(c) for c in (*sns.color_palette("colorblind", 10).as_hex()[:6], "#882255", "#949494", "#999933", "#56b4e9"))
 # then seaborn's "dark" palette for methods beyond the first ten (indices 0-9 unchanged)
 PALETTE += tuple(to_rgb(c) for c in sns.color_palette("dark", 10).as_hex())
+# then Tol's muted palette's teal, rose and indigo for the video methods (indices 20-22)
+PALETTE += tuple(to_rgb(c) for c in ("#44aa99", "#cc6677", "#332288"))
 METHOD_LINESTYLES = ("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))  # solid, dashed, dash-dot, dash-dot-dot
 # method -> index into METHOD_LINESTYLES, for the registered methods: methods often shown together (the defaults
 # random / visionzip / vispruner; fastv / sparsevlm / visionzip of the papers' tables) get different dashes.
@@ -68,7 +70,7 @@ METHOD_STYLES: dict[str, tuple[int, str]] = {
     "visionzip-ft": (9, "^"), "mustdrop": (4, ">"), "prumerge": (5, "<"), "twigvlm": (9, "d"), "prumerge+": (17, "H"),
     "trim": (7, "p"), "globalcom2": (6, "<"), "no-visual-tokens": (9, "8"), "ficoco-v": (6, "H"), "visionzip*": (0, "p"),
     "cdpruner": (10, "p"), "vscan": (11, "8"), "downsample": (12, "1"), "pool": (13, "2"), "holov": (14, "3"), "scope": (15, "4"),
-    "evs": (18, "+"), "vidcom2": (19, "x"),
+    "evs": (18, "+"), "vidcom2": (19, "x"), "fastvid": (20, "|"),
 }
 BASELINE_STYLE = {"color": "black", "marker": BASELINE_MARKER}
 RUN_LINESTYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run when several runs are combined
