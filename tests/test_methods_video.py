@@ -1,4 +1,4 @@
-"""EVS and VidCom² on hand-built clips whose kept sets follow from the algorithms by hand.
+"""EVS, VidCom² and FastVID on hand-built clips whose kept sets follow from the algorithms by hand.
 
 Clips are hand-made :class:`VisionView` s with ``unit_kind="frame"`` (T frames of P tokens, frame-major raster
 order, identity projector): planted static frames, a planted scene cut and duplicated frames make the temporal
@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 from prunebench.core import UnsupportedModel
 from prunebench.methods.evs import pruning_rate_for, retained_tokens_count, temporal_dissimilarity
+from prunebench.methods.fastvid import segment_ids
 from prunebench.methods.vidcom2 import frame_quotas, uniqueness
 from prunebench.registry import create_method
-from prunebench.views import VisionView
+from prunebench.views import VisionView, sample_generators
 
 
 def e(i: int, dim: int = 32) -> torch.Tensor:
@@ -148,3 +149,82 @@ def test_vidcom2_quotas_sum_exactly_to_the_budget_and_batch_equals_single():
     # floor to 4, the first round gives frames 0, 1, 2 one more (23), the clamp's leftover token goes to frame 0
     video, _ = uniqueness(duplicated_clip()[None].flatten(1, 2), 4)
     assert frame_quotas(video, 24).tolist() == [[6, 5, 5, 8]]
+
+
+# -- FastVID -----------------------------------------------------------------------------------------------------
+class SalientView(VisionView):
+    """A hand-built view whose saliency (``importance()``) is planted instead of computed from captured attention."""
+
+    saliency: torch.Tensor | None = None
+
+    def importance(self, heads="mean"):
+        return self.saliency
+
+
+def fastvid_view(video: torch.Tensor, saliency: torch.Tensor, ids: list[str] | None = None) -> SalientView:
+    """``video`` (B, T, P, D) and ``saliency`` (B, T, P); T = 1 gives an image view."""
+    bsz, frames, per_frame, _ = video.shape
+    kind = dict(num_units=frames, unit_kind="frame", unit_of=(torch.arange(frames * per_frame) // per_frame).expand(bsz, -1)) if frames > 1 else {}
+    view = SalientView(features=video.flatten(1, 2), grid=(1, per_frame), projector=lambda f: f, has_cls=False,
+                       generators=sample_generators(0, ids or [f"s{b}" for b in range(bsz)]), **kind)
+    view.saliency = saliency.flatten(1)
+    return view
+
+
+def test_fastvid_segments_at_the_planted_scene_cut_and_below_tau():
+    scenes = torch.stack([e(0)] * 4 + [e(1)] * 2 + [e(1) + 0.1 * e(2)] * 2)[None]  # (1, 8, D) frame global features
+    # two segments: the single cut goes to the least similar transition (the scene cut after frame 3)
+    assert segment_ids(scenes, cuts=2, tau=0.0).tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]]
+    # no forced cut; tau = 0.999 also cuts after frame 5 (cos(e1, e1 + 0.1 e2) = 0.995)
+    assert segment_ids(scenes, cuts=1, tau=0.999).tolist() == [[0, 0, 0, 0, 1, 1, 2, 2]]
+    # 2 forced cuts: after 3, then the next least similar transition (after 5)
+    assert segment_ids(scenes, cuts=3, tau=0.0).tolist() == [[0, 0, 0, 0, 1, 1, 2, 2]]
+
+
+def test_fastvid_splits_salient_and_context_tokens_over_frames_and_anchors():
+    gen = torch.Generator().manual_seed(4)
+    video = torch.randn(1, 8, 16, 12, generator=gen) * 0.01 + torch.randn(1, 1, 16, 12, generator=gen)  # one scene
+    saliency = torch.rand(1, 8, 16, generator=gen)
+    view = fastvid_view(video, saliency)
+    # defaults (c = 8): 8 frames have 7 transitions, all 7 are forced cuts: every frame is its own segment and
+    # anchor, R = 4: C = int(1.6) = 1, S = 3
+    keep = create_method("fastvid", merge=False).select_vision(view, 32).keep[0]
+    assert torch.bincount(keep // 16, minlength=8).tolist() == [4] * 8
+    method = create_method("fastvid", merge=False, cuts=1, tau=0.0)
+    keep = method.select_vision(view, 32).keep[0]
+    # no cut: one segment, R = 32: C = int(32 * 0.4) = 12 context, S = 20 salient = 3, 3, 3, 3, 2, 2, 2, 2 per frame; anchors
+    # every 4th frame from the end (7 and 3) take 6 context tokens each
+    assert torch.bincount(keep // 16, minlength=8).tolist() == [3, 3, 3, 9, 2, 2, 2, 8]
+    top = saliency[0].argsort(dim=-1, descending=True)
+    for frame, count in enumerate([3, 3, 3, 3, 2, 2, 2, 2]):  # each frame's most salient tokens are among the kept
+        assert set((top[frame, :count] + 16 * frame).tolist()) <= set(keep.tolist())
+
+
+def test_fastvid_merges_the_pruned_tokens_into_the_density_peak():
+    # an image of 5 tokens: 0, 1 most salient; of the rest, 2 and 3 lie close together and 2 is nearer the far token
+    # 4, so 2 is the density peak; keep 3 = S 2 + C int(1.2) = 1
+    tokens = torch.stack([e(0, 8), e(1, 8), e(2, 8), e(2, 8) + 0.1 * e(3, 8), e(2, 8) - 2.0 * e(4, 8) - 0.3 * e(3, 8)])
+    saliency = torch.tensor([1.0, 0.9, 0.1, 0.1, 0.1])
+    out = create_method("fastvid").select_vision(fastvid_view(tokens[None, None], saliency[None, None]), 3)
+    assert out.keep.shape == (1, 0)
+    # 3 and 4 merge into 2: w = max(1 / 3, 0.6) = 0.6
+    expected = torch.stack([tokens[0], tokens[1], 0.6 * tokens[2] + 0.4 * (tokens[3] + tokens[4]) / 2])
+    assert torch.allclose(out.append[0], expected, atol=1e-6)
+    assert create_method("fastvid", merge=False).select_vision(fastvid_view(tokens[None, None], saliency[None, None]), 3).keep.tolist() == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_fastvid_keeps_exactly_the_budget_and_batch_equals_single(merge):
+    gen = torch.Generator().manual_seed(5)
+    video = torch.randn(2, 8, 16, 12, generator=gen)
+    video[0, 4:] += 3.0 * torch.randn(1, 1, 12, generator=gen)  # a scene cut in the first clip only
+    saliency = torch.rand(2, 8, 16, generator=gen)
+    method = create_method("fastvid", merge=merge, cuts=3)  # 3 segments of different lengths per clip; up to 2 anchors
+    for keep in (1, 7, 16, 40, 100, 128):
+        out = method.select_vision(fastvid_view(video, saliency, ["a", "b"]), keep)
+        out.validate(2, 128, keep, "fastvid")
+        for b, sid in enumerate(["a", "b"]):
+            single = method.select_vision(fastvid_view(video[b:b + 1], saliency[b:b + 1], [sid]), keep)
+            assert torch.equal(out.keep[b], single.keep[0])
+            if merge:
+                assert torch.allclose(out.append[b], single.append[0], atol=1e-6)
