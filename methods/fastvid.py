@@ -93,7 +93,8 @@ class FastVID(VisionStagePruner):
     original order, the context tokens with their merged values (the same sequence as the original's), with
     compact positions; M-RoPE models (Qwen2.5-VL) are refused then, as merged rows have no (t, y, x) position
     there. ``merge=False`` keeps the chosen tokens in place, unmerged, with each family's positions (original
-    M-RoPE ids on Qwen2.5-VL): FastVID's selection without its merge step.
+    M-RoPE ids on Qwen2.5-VL): FastVID's selection without its merge step; the per-model defaults table sets it
+    (with the authors' Qwen2.5-VL ``tau=0.84``) for the Qwen2.5-VL family.
 
     Exact count: the original's per-frame counts can exceed a frame at high retention (salient + context of an
     anchor); counts are capped per frame and any shortfall is filled with the most salient tokens not yet chosen,

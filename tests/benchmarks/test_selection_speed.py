@@ -54,7 +54,7 @@ def _builtin(name: str) -> bool:
 
 # methods that act before the processor (the downsampling control: preprocess) select nothing to time
 VISION_METHODS = [n for n in list_methods() if _builtin(n) and "vision" in get_method_class(n).stages and not hasattr(get_method_class(n), "preprocess")]
-VIDEO_METHODS = ("evs", "vidcom2")  # video-only methods: timed in the video groups below, not on images
+VIDEO_METHODS = ("evs", "vidcom2", "fastvid")  # video-only methods: timed in the video groups below, not on images
 READS_VIT_ATTENTION = {n for n in VISION_METHODS if create_method(n, **OVERRIDES.get(n, {})).vision_layers(VIT_LAYERS, FEATURE_LAYER)}
 
 
@@ -239,16 +239,20 @@ VIDEO_FRAMES = (8, 32, 64)
 VIDEO_CASES = [(frames, name) for frames in VIDEO_FRAMES for name in ("random", *VIDEO_METHODS)]
 
 
-def _video_view(frames: int, seed: int) -> VisionView:
+def _video_view(frames: int, seed: int) -> UnitVisionView:
     gen = torch.Generator().manual_seed(seed)
     tokens = frames * OV_PER_FRAME
     # frames drift slowly (correlated like a real clip) so temporal dissimilarities and frame uniqueness vary
     base = torch.randn(1, 1, OV_PER_FRAME, OV_WIDTH, generator=gen)
     drift = torch.randn(1, frames, OV_PER_FRAME, OV_WIDTH, generator=gen).mul(0.3).cumsum(1)
     features = (base + drift).flatten(1, 2).to(DEVICE)
-    view = VisionView(features=features, cls_feature=None, grid=(14, 14), feature_layer=FEATURE_LAYER, num_vision_layers=VIT_LAYERS,
-                      projector=lambda f: f, has_cls=False, num_units=frames, unit_kind="frame",
-                      unit_of=(torch.arange(tokens, device=DEVICE) // OV_PER_FRAME)[None])
+    # per-frame SigLIP-width q/k (16 heads x 72) at the importance layer, for methods that read received attention
+    q, k = (torch.randn(frames, 16, OV_PER_FRAME, 72, generator=gen).to(DEVICE) for _ in range(2))
+    token_map = torch.arange(tokens, device=DEVICE)[None]
+    view = UnitVisionView(features=features, cls_feature=None, grid=(14, 14), feature_layer=FEATURE_LAYER, num_vision_layers=VIT_LAYERS,
+                          projector=lambda f: f, captured={FEATURE_LAYER: Captured(q, k, None, 72**-0.5, False)}, has_cls=False,
+                          num_units=frames, unit_kind="frame", unit_of=token_map // OV_PER_FRAME, importance_layer=FEATURE_LAYER,
+                          token_map=token_map, unit_tokens=OV_PER_FRAME)
     view.generators = sample_generators(0, ["bench-0"])
     assert view.projected is features
     return view
