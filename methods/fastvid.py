@@ -99,8 +99,9 @@ class FastVID(VisionStagePruner):
     Exact count: the original's per-frame counts can exceed a frame at high retention (salient + context of an
     anchor); counts are capped per frame and any shortfall is filled with the most salient tokens not yet chosen,
     so exactly the budget is kept. Not implemented: the Qwen2.5-VL branch's ``DySeg_ignore`` (collapsing runs of
-    near-identical frames) and its per-frame caps (its tau 0.84 is ``tau=0.84``). Images: the per-image reading
-    T = 1 (one segment, the frame its own anchor).
+    near-identical frames) and its per-frame caps (its tau 0.84 is ``tau=0.84``). Images are refused
+    (``UnsupportedModel``): FastVID defines no single-image reading (a one-frame video is one segment whose frame
+    is its own anchor).
     """
 
     cuts: int = 8
@@ -127,12 +128,11 @@ class FastVID(VisionStagePruner):
         return (feature_layer,)  # importance(): [CLS] attention there; towers without [CLS] add their importance layer
 
     def select_vision(self, view: VisionView, keep: int) -> Selection:
-        video = getattr(view, "unit_kind", "image") == "frame"
-        frames, per_frame = frames_of(view) if video else (1, view.num_tokens)
+        frames, per_frame = frames_of(view)  # images: UnsupportedModel (FastVID defines no single-image reading)
         bsz, device = view.batch_size, view.features.device
         embeds = view.projected.float().view(bsz, frames, per_frame, -1)
         saliency = view.importance().float().view(bsz, frames, per_frame)
-        quota = torch.tensor(unit_quotas(view, keep) if video else [keep], device=device).expand(bsz, -1)  # (B, T)
+        quota = torch.tensor(unit_quotas(view, keep) or [keep], device=device).expand(bsz, -1)  # (B, T)
 
         # 1-2. segments and their salient / context totals
         segment = segment_ids(embeds.mean(2), self.cuts, self.tau)  # (B, T)

@@ -162,11 +162,11 @@ class SalientView(VisionView):
 
 
 def fastvid_view(video: torch.Tensor, saliency: torch.Tensor, ids: list[str] | None = None) -> SalientView:
-    """``video`` (B, T, P, D) and ``saliency`` (B, T, P); T = 1 gives an image view."""
+    """``video`` (B, T, P, D) and ``saliency`` (B, T, P): a clip of T frames (T = 1: a one-frame clip)."""
     bsz, frames, per_frame, _ = video.shape
-    kind = dict(num_units=frames, unit_kind="frame", unit_of=(torch.arange(frames * per_frame) // per_frame).expand(bsz, -1)) if frames > 1 else {}
     view = SalientView(features=video.flatten(1, 2), grid=(1, per_frame), projector=lambda f: f, has_cls=False,
-                       generators=sample_generators(0, ids or [f"s{b}" for b in range(bsz)]), **kind)
+                       generators=sample_generators(0, ids or [f"s{b}" for b in range(bsz)]), num_units=frames,
+                       unit_kind="frame", unit_of=(torch.arange(frames * per_frame) // per_frame).expand(bsz, -1))
     view.saliency = saliency.flatten(1)
     return view
 
@@ -201,7 +201,7 @@ def test_fastvid_splits_salient_and_context_tokens_over_frames_and_anchors():
 
 
 def test_fastvid_merges_the_pruned_tokens_into_the_density_peak():
-    # an image of 5 tokens: 0, 1 most salient; of the rest, 2 and 3 lie close together and 2 is nearer the far token
+    # a one-frame clip of 5 tokens: 0, 1 most salient; of the rest, 2 and 3 lie close together and 2 is nearer the far token
     # 4, so 2 is the density peak; keep 3 = S 2 + C int(1.2) = 1
     tokens = torch.stack([e(0, 8), e(1, 8), e(2, 8), e(2, 8) + 0.1 * e(3, 8), e(2, 8) - 2.0 * e(4, 8) - 0.3 * e(3, 8)])
     saliency = torch.tensor([1.0, 0.9, 0.1, 0.1, 0.1])
@@ -211,6 +211,9 @@ def test_fastvid_merges_the_pruned_tokens_into_the_density_peak():
     expected = torch.stack([tokens[0], tokens[1], 0.6 * tokens[2] + 0.4 * (tokens[3] + tokens[4]) / 2])
     assert torch.allclose(out.append[0], expected, atol=1e-6)
     assert create_method("fastvid", merge=False).select_vision(fastvid_view(tokens[None, None], saliency[None, None]), 3).keep.tolist() == [[0, 1, 2]]
+    image = SalientView(features=tokens[None], grid=(1, 5), projector=lambda f: f, has_cls=False)
+    with pytest.raises(UnsupportedModel):
+        create_method("fastvid").select_vision(image, 3)
 
 
 @pytest.mark.parametrize("merge", [True, False])
