@@ -78,7 +78,7 @@ class Captured:
                 total[b] += one.probabilities(rows).mean(1).sum(1)[0]
         return total / length
 
-    def sample(self, b: int) -> "Captured":
+    def sample(self, b: int) -> Captured:
         """The capture of sample ``b`` alone (a batch of one; a mask broadcast over the batch stays as it is)."""
         mask = self.mask
         if mask is not None and mask.shape[0] > 1:

@@ -14,8 +14,9 @@ the attention kernel's strided key view; at batch 1 torch folds the batch into t
 batch > 1 it copies first, and the two kernels round the 16-term dot products differently (|diff| ~1e-8 on
 probabilities ~1e-3). The ViT features and queries were bitwise equal. Now one matmul per sample: 0 / 0 for
 every method. ``Captured.received`` (Qwen's importance) had the same flaw another way: its query chunks were
-sized by the batch, so a sample's sums were grouped, hence rounded, differently; now chunked per sample. FastV/SparseVLM/LearnPruner select in the LLM, where left padding changes the sequence length;
-their selections and answers were equal anyway (the padding is masked and positions come from the mask).
+sized by the batch, so a sample's sums were grouped, hence rounded, differently; now chunked per sample.
+FastV/SparseVLM/LearnPruner select in the LLM, where left padding changes the sequence length; their selections
+and answers were equal anyway (the padding is masked and positions come from the mask).
 
 The questions below are the four attribute questions whose VisPruner kept set changed with the batch at budget
 64 before the fix, and the first four count questions.
