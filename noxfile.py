@@ -3,6 +3,7 @@
     nox -s demo     install, then sweep 3 methods x 3 budgets on the built-in toy model and shapes suite
     nox -s tests    install, then run the test suite (what CI runs, through .ci/run)
     nox -s bench    install, then run the pytest-benchmark micro-benchmarks
+    nox -s demo_small  regenerate results/reference/demo-small (the reduced demo tests/test_demo_reference.py checks)
     nox -s lint     ruff lint and format check (what CI runs first; `pre-commit install` runs the same per commit)
 
 CPU installs go through constraints-cpu.txt, which pins torch to the CPU build; torchvision is never
@@ -57,3 +58,11 @@ def lint(session: nox.Session) -> None:
     session.install(RUFF)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def demo_small(session: nox.Session) -> None:
+    """The reduced demo (learnpruner, vispruner, random at 64 + baseline, 10 questions per task) into
+    results/reference/demo-small/, the reference tests/test_demo_reference.py compares with."""
+    install(session, "eval")
+    session.run("python", "tests/demo_small.py", env=OFFLINE)
