@@ -33,7 +33,7 @@ from prunebench.adapters.base import Sample
 from prunebench.attention import attention_probe
 from prunebench.core import InfeasibleBudget
 from prunebench.engine import Pruner
-from prunebench.lmms import resolve
+from prunebench.resolve import resolve
 from prunebench.models import load_model
 from prunebench.suites.shapes import TASK_DIR
 from prunebench.toy.world import render
@@ -52,7 +52,7 @@ def toy():
 
 
 def lmms_samples() -> list[Sample]:
-    """The questions as ``PruneBenchLMM._sample`` builds them (id ``task/doc_id``: the random generators' seed)."""
+    """The questions as ``prunebench.models.inputs.sample_from_visuals`` builds them (id ``task/doc_id``: the random generators' seed)."""
     samples = []
     for task, doc_ids in QUESTIONS.items():
         lines = (TASK_DIR / f"test_{task.removeprefix('shapes_')}.jsonl").read_text().splitlines()
