@@ -3,6 +3,7 @@
     nox -s demo     install, then sweep 3 methods x 3 budgets on the built-in toy model and shapes suite
     nox -s tests    install, then run the test suite (what CI runs, through .ci/run)
     nox -s bench    install, then run the pytest-benchmark micro-benchmarks
+    nox -s demo_small  regenerate results/reference/demo-small (the reduced demo tests/test_demo_reference.py checks)
     nox -s lint     ruff lint and format check (what CI runs first; `pre-commit install` runs the same per commit)
     nox -s reference   install, run the demo afresh and copy it to results/reference/demo (a real run folder)
 
@@ -72,3 +73,11 @@ def reference(session: nox.Session) -> None:
     session.run("prunebench", "run", *DEMO_ARGS, "--output", fresh, "--baseline-cache", os.path.join(fresh, ".baselines"), env=OFFLINE)
     session.run("python", "-m", "prunebench.report.export", fresh, "results/reference/demo", env=OFFLINE)
     session.run("prunebench", "compare", "results/reference/demo", fresh, env=OFFLINE)
+
+
+@nox.session(python="3.11")
+def demo_small(session: nox.Session) -> None:
+    """The reduced demo (learnpruner, vispruner, random at 64 + baseline, 10 questions per task) into
+    results/reference/demo-small/, the reference tests/test_demo_reference.py compares with."""
+    install(session, "eval")
+    session.run("python", "tests/demo_small.py", env=OFFLINE)

@@ -50,8 +50,11 @@ class Captured:
         """Masked attention logits of query rows ``rows`` (B, r) over all keys, (B, H, r, Lk), fp32."""
         batch, heads, _, dim = self.query.shape
         index = rows[:, None, :, None].expand(batch, heads, rows.shape[1], dim)
-        query = self.query.gather(2, index).float()
-        logits = torch.matmul(query, self.keys().float().transpose(-1, -2)) * self.scaling
+        query, keys = self.query.gather(2, index).float(), self.keys().float()
+        # One matmul per sample, so a sample's scores are the same bits whatever else is in the batch: a batched
+        # matmul over the kernel's strided key view takes another CPU path at batch 1 than at batch > 1, and the
+        # last-bit differences flipped VisPruner's near-tied [CLS] ranks (tests/test_batch_invariance.py).
+        logits = torch.stack([torch.matmul(query[b], keys[b].transpose(-1, -2)) for b in range(batch)]) * self.scaling
         return logits + self._row_bias(rows, logits.shape[-1], logits.device)
 
     def probabilities(self, rows: torch.Tensor) -> torch.Tensor:
@@ -61,16 +64,26 @@ class Captured:
     def received(self, chunk_elements: int = 1 << 22) -> torch.Tensor:
         """Attention each key receives, averaged over heads and over all query rows: (B, Lk).
 
-        Computed in query chunks of at most ``chunk_elements`` probabilities (16 MB in fp32), sized by the
-        batch (crops, frames) and head count, so no (Lq, Lk) matrix of all heads is ever held at once.
+        Computed one sample at a time in query chunks of at most ``chunk_elements`` probabilities (16 MB in fp32),
+        sized by the head and key counts only, so no (Lq, Lk) matrix of all heads is ever held at once and a
+        sample's sums (their chunking, hence their rounding) do not depend on the other samples of the batch.
         """
         batch, heads, length, _ = self.query.shape
-        chunk = max(1, chunk_elements // (batch * heads * self.key.shape[2]))
+        chunk = max(1, chunk_elements // (heads * self.key.shape[2]))
         total = torch.zeros(batch, self.key.shape[2], device=self.query.device)
-        for start in range(0, length, chunk):
-            rows = torch.arange(start, min(start + chunk, length), device=self.query.device).expand(batch, -1)
-            total += self.probabilities(rows).mean(1).sum(1)
+        for b in range(batch):
+            one = self.sample(b)
+            for start in range(0, length, chunk):
+                rows = torch.arange(start, min(start + chunk, length), device=self.query.device)[None]
+                total[b] += one.probabilities(rows).mean(1).sum(1)[0]
         return total / length
+
+    def sample(self, b: int) -> Captured:
+        """The capture of sample ``b`` alone (a batch of one; a mask broadcast over the batch stays as it is)."""
+        mask = self.mask
+        if mask is not None and mask.shape[0] > 1:
+            mask = mask[b:b + 1]
+        return Captured(self.query[b:b + 1], self.key[b:b + 1], mask, self.scaling, self.causal)
 
     def _row_bias(self, rows: torch.Tensor, num_keys: int, device: torch.device) -> torch.Tensor:
         """Additive bias (B, 1, r, Lk) of query rows ``rows`` as the kernel masked them.

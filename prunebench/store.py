@@ -417,6 +417,7 @@ class ResultStore:
         """Write a cell (its per-sample log first, so a done record always has its samples; the record states
         their ``samples_sha256``). An invalid record is a ValueError, never written."""
         record = dict(record)
+        record.pop("samples_sha256", None)  # it describes the log written here, never one copied from another record
         if samples is not None:
             text = _samples_text(samples)
             record["samples_sha256"] = _sha256(text)

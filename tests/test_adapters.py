@@ -335,7 +335,7 @@ def test_fixed_layouts_pass_the_kit_properties_that_need_no_stock_reference(meth
 
 
 def test_next_spatial_is_the_native_grid_without_unpadding_or_newlines():
-    """HiPrune's layout (methods-2.md §2.4): the best-fitting pinpoint's crops, all 576 tokens each, no newlines."""
+    """HiPrune's layout on LLaVA-NeXT (mm_patch_merge_type='spatial'): the best-fitting pinpoint's crops, all 576 tokens each, no newlines."""
     ad = adapter("tiny-llava_next", layout="spatial")
     wide = ad.prepare([Sample("a", "what", image=_image(672, 336))])  # PIL size (w, h): best pinpoint 336 x 672
     from prunebench.attention import attention_probe

@@ -264,7 +264,7 @@ def test_published_data_is_sourced_and_conventions_are_separate():
 
 # Averages that the papers themselves print inconsistently (checked against the reference notes).
 INCONSISTENT_AVERAGES = {("VisionZip (arXiv 2412.04467v1)", "Table 1", "FastV", 128)}
-# Tables whose average leaves benchmarks out, as the reference notes say (methods-1.md §4.6, §6).
+# Tables whose average leaves benchmarks out, as the papers' own table notes say (VisionZip §4.6, Table notes).
 EXCLUDED_FROM_AVERAGE = {("VisionZip (arXiv 2412.04467v1)", "LLaVA-1.5-13B table"): {"MM-Vet", "LLaVA-Bench"}}
 
 

@@ -331,6 +331,9 @@ def test_report_names_missing_and_damaged_cells_instead_of_dropping_them(tmp_pat
     store.path(KEY).write_bytes(b"\x00\xff")
     with caplog.at_level("WARNING"):
         items = load_records(store.root)
-    assert [r["key"] for _, r in items] == [BASE]
+    rows = {r["key"]: r for _, r in items}
+    assert set(rows) == {BASE, KEY, "c" * 16}  # every planned cell has a row: the two without a valid record as "missing"
+    assert rows[BASE]["status"] == "done" and rows[KEY]["status"] == rows["c" * 16]["status"] == "missing"
+    assert "damaged" in rows[KEY]["error"] and "not UTF-8" in rows[KEY]["error"]
     text = caplog.text
     assert "cell random@64" in text and "is damaged" in text and "not UTF-8" in text and "cell fastv@64" in text and "is missing" in text

@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 
 def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, extra: tuple[str, ...] = ("USER", ":", "ASSISTANT", "?", ".", ","),
                    extra_specials: tuple[str, ...] = (), image_token: str = "<image>", video_token: str | None = None):
-    """A word-level fast tokenizer over ``words`` (transformers-notes §2.1).
+    """A word-level fast tokenizer over ``words`` (a ``tokenizers`` WordLevel model; no download).
 
     ``extra_specials`` (e.g. ``<video>``, Qwen's ``<|image_pad|>``) are added as special tokens; ``image_token`` /
     ``video_token`` set the tokenizer attributes processors read.
@@ -117,7 +117,7 @@ def tiny_llava_next(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, 
     """(model, processor) of a tiny LLaVA-NeXT: CLIP at a 336 px base crop, AnyRes grid pinpoints up to 672x672.
 
     A 336x336 image gives 1176 LLM tokens (576 base + 24 rows x (24 + newline)), a 672x672 one 2928, as the
-    7B model with the same pinpoints would (transformers-notes §2.2).
+    7B model with the same pinpoints would (transformers' ``get_anyres_image_grid_shape`` and unpadding).
     """
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
 
@@ -142,7 +142,7 @@ def tiny_llava_next(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, 
 def tiny_video_llava(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, hidden: int = 64, dtype=torch.float32):
     """(model, (image processor, tokenizer)) of a tiny Video-LLaVA: 224 px CLIP towers for images and video.
 
-    ``VideoLlavaProcessor`` cannot be built without torchvision (transformers-notes §1.2), so the adapter
+    ``VideoLlavaProcessor`` cannot be built without torchvision (transformers 5.x's video processors need it), so the adapter
     expands the ``<image>`` / ``<video>`` placeholders itself and preprocesses frames with the image processor.
     """
     from transformers import VideoLlavaConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
@@ -164,7 +164,7 @@ def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 4, h
     """(model, ManualProcessor) of a tiny Qwen2.5-VL: windowed ViT (112 px windows) with full
     attention at blocks 1 and 3, 2x2 merger, M-RoPE sections [2, 3, 3] (sum = head_dim / 2).
 
-    ``Qwen2_5_VLProcessor`` cannot be built without torchvision (transformers-notes §1.2); the adapter expands
+    ``Qwen2_5_VLProcessor`` cannot be built without torchvision (transformers 5.x's video processors need it); the adapter expands
     ``<|image_pad|>`` / ``<|video_pad|>`` and builds ``mm_token_type_ids`` and the video patches itself.
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil

@@ -627,11 +627,20 @@ def check_provenance(rows: list[dict], text: str | None) -> None:
         raise SystemExit(f"duplicate published cells: {sorted(dupes)[:10]}")
 
 
+def scrub(text: str) -> str:
+    """The shipped CSV names papers, tables and pages, not the maintainers' notes this builder reads: every mention
+    of a reference file (and its section) is removed from the text users see."""
+    text = re.sub(r"\s*\(methods-\d\.md[^()]*\)", "", text)
+    text = re.sub(r"[,;]?\s*methods-\d\.md(?:\s*§\s*[\w.]+(?:\s+[A-Z]\d?)?(?:,\s*§\s*[\w.]+(?:\s+[A-Z]\d?)?)*)?", "", text)
+    text = re.sub(r",?\s*as quoted in\s*$", "", text)  # "... as quoted in <the notes>" with the notes gone
+    return re.sub(r"\(\s*\)", "", text).strip()
+
+
 def write_csv(rows: list[dict], handle) -> None:
     writer = csv.DictWriter(handle, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow(r)
+        writer.writerow({k: scrub(v) if isinstance(v, str) else v for k, v in r.items()})
 
 
 def main(argv: list[str]) -> int:
