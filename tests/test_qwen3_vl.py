@@ -129,11 +129,55 @@ def test_kept_tokens_keep_their_unpruned_mrope_positions():
     assert len(set(full[1, 0, start:start + 70].tolist())) == 224 // 32 and len(set(full[2, 0, start:start + 70].tolist())) == 320 // 32
 
 
-def test_a_cut_between_deepstack_injections_is_refused_and_one_after_them_runs():
+@pytest.mark.parametrize("layer", [1, 2])
+def test_an_llm_cut_between_deepstack_injections_adds_the_later_levels_at_the_kept_tokens(layer):
+    """FastV cutting at layer 1 (between the injections after layers 0 and 1) or 2 (after both), against a
+    reference written out layer by layer from the stock modules: cut the rows, then add each later DeepStack
+    level (the stock tower's features) at the kept visual tokens only."""
     ad = adapter()
+    sample = [Sample("a", "what is this ?", image=_image(320, 224, 3))]
+    out = _generate(ad, create_method("fastv", layer=layer), 24, sample, new=1)
+    llm, kept = out.llm_inputs, out.stats.kept[f"layer{layer}"][0]
+    lm = ad.model.model.language_model
+    batch = ad.prepare(sample)
+    with torch.inference_mode():
+        stock = ad.model.model.get_image_features(batch.inputs["pixel_values"], batch.inputs["image_grid_thw"])
+        levels = [level[0][None] for level in stock.deepstack_features]  # (1, N, D)
+        hidden = llm.inputs_embeds
+        cos, sin = lm.rotary_emb(hidden, llm.position_ids)
+        visual = llm.visual_index[0]
+        rows, candidates = visual, torch.arange(visual.shape[0])
+        for index, decoder_layer in enumerate(lm.layers):
+            if index == layer:
+                dropped = torch.ones(hidden.shape[1], dtype=torch.bool)
+                dropped[visual] = False
+                dropped[visual[kept]] = True
+                keep_rows = dropped.nonzero()[:, 0]
+                hidden, cos, sin = hidden[:, keep_rows], cos[:, keep_rows], sin[:, keep_rows]
+                rows, candidates = torch.searchsorted(keep_rows, visual[kept]), kept
+            hidden = decoder_layer(hidden, position_embeddings=(cos, sin), attention_mask=None)
+            if index < len(levels):
+                hidden = hidden.clone()
+                hidden[:, rows] = hidden[:, rows] + levels[index][:, candidates]
+        reference = ad.model.lm_head(lm.norm(hidden)[:, -1])
+    assert out.stats.tokens_per_layer[layer:] == [24] * (4 - layer)
+    assert torch.allclose(out.logits[0], reference, atol=1e-5), (out.logits[0] - reference).abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cut_rows_are_matched_exactly_and_new_hidden_states_are_refused(dtype):
+    """How the adapter follows a cut: each row after it is a bitwise copy of one row before it. A row with new
+    hidden states (a recycled or merged token) cannot be followed and is refused, never guessed."""
+    from prunebench.adapters.qwen3_vl import _match_rows
+
+    before = torch.randn(2, 30, 16, generator=torch.Generator().manual_seed(0)).to(dtype)
+    keep = torch.stack([torch.tensor([0, 3, 4, 9, 29]), torch.tensor([1, 2, 5, 6, 7])])
+    after = before.gather(1, keep[..., None].expand(-1, -1, 16))
+    assert torch.equal(_match_rows(before, after), keep)
+    recycled = after.clone()
+    recycled[1, 2] = (recycled[1, 2] + recycled[1, 3]) / 2
     with pytest.raises(UnsupportedModel, match="DeepStack"):
-        _generate(ad, create_method("fastv", layer=1), 24, _samples())
-    assert _generate(ad, create_method("fastv", layer=2), 24, _samples()).stats.tokens_per_layer[2:] == [24, 24]
+        _match_rows(before, recycled)
 
 
 def test_video_is_refused_with_one_line():

@@ -29,17 +29,20 @@ merged tokens, ``<|image_pad|>`` spans, 3-D M-RoPE), so this adapter subclasses
   2. ``assemble`` gathers them with the **same kept indices** as the visual tokens (``VisualLayout.keep``);
      merged rows (a method's prepended/appended merged tokens, e.g. VisionZip's contextual tokens) have no single
      source token and get **no** DeepStack residual (zeros) — a choice, recorded by ``describe()``;
-  3. a forward pre-hook on the text model passes them as ``visual_pos_masks`` (the kept visual tokens'
-     positions in the shortened sequence) and ``deepstack_visual_embeds`` on every full pass over an assembled
-     prompt (the prefill, and ``Pruner.recompute``'s replays, whose sequence starts with that prompt; decode
-     steps get nothing, as in stock generation). The stock ``_deepstack_process`` then does the addition.
-     Which prompt a pass runs on is found by its leading ``inputs_embeds`` (held weakly, as long as the caller
-     keeps the ``LLMInputs``).
-
-  An LLM-stage cut before the last DeepStack layer (e.g. FastV at K=2 on the 8B model, whose injections follow
-  layers 0-2) would change the sequence between two injections; the adapter cannot see which tokens the cut
-  kept, so it raises :class:`~prunebench.core.UnsupportedModel` (never a silently wrong result). Cuts at
-  layer >= ``len(deepstack_visual_indexes)`` and every vision-stage method are exact.
+  3. on every full pass over an assembled prompt (the prefill, and ``Pruner.recompute``'s replays, whose
+     sequence starts with that prompt; found by its leading ``inputs_embeds``, held weakly as long as the caller
+     keeps the ``LLMInputs``) forward hooks on decoder layers 0 .. len-1 add level i to the output of layer i at
+     the visual tokens present — the stock ``_deepstack_process`` arithmetic (hidden + feature at the visual rows,
+     other rows untouched), so keeping every token is bitwise the stock model. Decode steps get nothing, as in
+     stock generation.
+  4. LLM-stage cuts between two injections (FastV at K=2 on the 8B model, whose injections follow layers 0-2):
+     the adapter does not see the engine's choice, so it recovers it. A pre-hook that runs before every other
+     pre-hook of the layer holds the sequence entering it; a pre-hook on the layer's first norm (which runs after
+     all of the layer's pre-hooks, the engine's cut included) sees the sequence the layer actually runs on. A cut
+     gathers rows, so each remaining row is a bitwise copy of one entering row: they are matched by exact integer
+     keys of their bit patterns and checked with ``torch.equal``; the later levels are then added at the kept
+     visual tokens only. A cut that gives tokens new hidden states (SparseVLM's recycled tokens) cannot be
+     followed and raises :class:`~prunebench.core.UnsupportedModel` (never a silently wrong result).
 
 Not supported yet: **video** (Qwen3-VL separates frames by ``<t seconds>`` timestamp text, so one video is many
 spans; the engine splices one span per sample) — ``prepare`` refuses it with a one-line error.
@@ -49,6 +52,7 @@ chat template's single-image user turn (Qwen3-VL has no default system prompt).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +76,40 @@ class Qwen3VisionView(QwenVisionView):
     deepstack: list[torch.Tensor] = field(default_factory=list, repr=False)
 
 
+@dataclass(eq=False)
+class _DeepStackPass:
+    """One full pass's DeepStack state: ``candidate`` (B, L) the DeepStack row of each input position (-1: not a
+    visual token), ``levels`` the rows per level (B, n, D), ``rows`` (B, L') the input position of each row of the
+    current sequence (after the LLM-stage cuts so far), ``entering`` the sequence entering the current layer."""
+
+    candidate: torch.Tensor
+    levels: list[torch.Tensor]
+    rows: torch.Tensor
+    entering: torch.Tensor | None = None
+
+
+def _fingerprint(hidden: torch.Tensor) -> torch.Tensor:
+    """(B, L) int64 keys of the rows' exact bit patterns (integer arithmetic: equal rows, equal keys)."""
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[hidden.element_size()]
+    words = hidden.contiguous().view(bits).long()
+    weights = torch.randint(1, 2**31 - 1, (words.shape[-1],), generator=torch.Generator().manual_seed(0)).to(words.device)
+    return (words * weights).sum(-1)
+
+
+def _match_rows(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(B, L') index into ``before`` (B, L, D) of each row of ``after``, which must be bitwise copies of its rows
+    (what an LLM-stage cut's gather makes); anything else (recycled or merged hidden states) is refused."""
+    keys, found = _fingerprint(before), _fingerprint(after)
+    ordered, order = keys.sort(dim=1)
+    slot = torch.searchsorted(ordered, found).clamp(max=keys.shape[1] - 1)
+    index = order.gather(1, slot)
+    same = ordered.gather(1, slot) == found
+    if not bool(same.all()) or not torch.equal(before.gather(1, index[..., None].expand(-1, -1, before.shape[-1])), after):
+        raise UnsupportedModel("an LLM-stage cut before Qwen3-VL's last DeepStack injection gave tokens new hidden states "
+                               "(recycled or merged tokens); DeepStack cannot follow them: cut after the DeepStack layers")
+    return index
+
+
 class Qwen3VLAdapter(Qwen2_5_VLAdapter):
     family = "qwen3_vl"
     budget_scopes = ("image",)
@@ -84,9 +122,15 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         self.deepstack_layers = len(model.config.vision_config.deepstack_visual_indexes or ())
         # (weak ref to an assembled prompt's inputs_embeds, its visual positions (B, n), DeepStack rows [(B, n, D)])
         self._deepstack_prompts: list[tuple[weakref.ref, torch.Tensor, list[torch.Tensor]]] = []
-        self._injected_len: int | None = None  # sequence length the current pass injected DeepStack at
-        self._hooks = [self._inner.language_model.register_forward_pre_hook(self._inject_deepstack, with_kwargs=True)]
-        self._hooks += [self.decoder_layers()[i].register_forward_hook(self._check_length) for i in range(self.deepstack_layers)]
+        self._pass: _DeepStackPass | None = None  # the full pass (prefill or replay) being tracked
+        text_model = self._inner.language_model
+        self._hooks = [text_model.register_forward_pre_hook(self._begin_pass, with_kwargs=True),
+                       text_model.register_forward_hook(self._end_pass)]
+        for level in range(self.deepstack_layers):
+            layer = self.decoder_layers()[level]
+            self._hooks += [layer.register_forward_pre_hook(self._before_layer, with_kwargs=True, prepend=True),
+                            layer.input_layernorm.register_forward_pre_hook(self._after_cuts),
+                            layer.register_forward_hook(functools.partial(self._add_deepstack, level))]
 
     def default_importance_layer(self) -> int:
         return self.model.config.vision_config.depth - 1
@@ -169,31 +213,52 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
                 return visual_index, rows
         return None
 
-    def _inject_deepstack(self, module: nn.Module, args: tuple, kwargs: dict):
-        self._injected_len = None
+    def _begin_pass(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Text-model pre-hook: a full pass over an assembled prompt starts DeepStack tracking (module docstring)."""
+        self._pass = None
         embeds, cache = kwargs.get("inputs_embeds"), kwargs.get("past_key_values")
         if kwargs.get("deepstack_visual_embeds") is not None or embeds is None or not self._deepstack_prompts:
-            return None  # the stock path (it ran the vision tower) or a text-only pass
+            return  # the stock path (it ran the vision tower itself) or a text-only pass
         if cache is not None and cache.get_seq_length() > 0:
-            return None  # a decode step: DeepStack touches the prompt's visual tokens only
+            return  # a decode step: DeepStack touches the prompt's visual tokens only
         found = self._prompt_of(embeds)
         if found is None:
-            return None
-        visual_index, rows = found
-        mask = torch.zeros(embeds.shape[:2], dtype=torch.bool, device=embeds.device).scatter_(1, visual_index, True)
-        kwargs["visual_pos_masks"] = mask
-        kwargs["deepstack_visual_embeds"] = [r.reshape(-1, r.shape[-1]) for r in rows]  # row-major = the mask's order
-        self._injected_len = embeds.shape[1]
-        return args, kwargs
+            return
+        visual_index, levels = found
+        bsz, length = embeds.shape[:2]
+        candidate = torch.full((bsz, length), -1, dtype=torch.long, device=embeds.device)
+        candidate.scatter_(1, visual_index, torch.arange(visual_index.shape[1], device=embeds.device).expand(bsz, -1))
+        self._pass = _DeepStackPass(candidate, levels, torch.arange(length, device=embeds.device).expand(bsz, -1))
 
-    def _check_length(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def _end_pass(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._pass = None  # decoder layers run outside a pass (a method's probe, a test) are left alone
+
+    def _before_layer(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Decoder-layer pre-hook, first of all: the sequence before any cut at this layer."""
+        if self._pass is not None:
+            self._pass.entering = args[0] if args else kwargs["hidden_states"]
+
+    def _after_cuts(self, module: nn.Module, args: tuple) -> None:
+        """Pre-hook of the layer's first norm, i.e. after every pre-hook of the layer (an LLM-stage cut included):
+        if the rows changed, find which rows of the sequence before the cut they are (bitwise copies)."""
+        state = self._pass
+        if state is None or state.entering is None or args[0] is state.entering:
+            return
+        state.rows = state.rows.gather(1, _match_rows(state.entering, args[0]))
+        state.entering = None
+
+    def _add_deepstack(self, level: int, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Decoder-layer forward hook of layer ``level``: add DeepStack level ``level`` at the visual tokens present,
+        exactly as the stock ``_deepstack_process`` (hidden + feature at visual rows; other rows untouched)."""
+        state = self._pass
+        if state is None:
+            return None
         hidden = output[0] if isinstance(output, tuple) else output
-        if self._injected_len is not None and hidden.shape[1] != self._injected_len:
-            self._injected_len = None
-            raise UnsupportedModel(
-                f"an LLM-stage cut before Qwen3-VL's last DeepStack injection (after layer {self.deepstack_layers - 1}) is not "
-                f"supported: cut at layer >= {self.deepstack_layers}"
-            )
+        candidate = state.candidate.gather(1, state.rows)
+        features = state.levels[level]
+        added = features.gather(1, candidate.clamp(min=0)[..., None].expand(-1, -1, features.shape[-1])).to(hidden.device, hidden.dtype)
+        hidden = torch.where((candidate >= 0)[..., None], hidden + added, hidden)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "prompt": PROMPT, "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
