@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.adapters.base import Batch, LLMInputs, VisualLayout
+from prunebench.adapters.base import Batch, LLMInputs, Sample, VisualLayout
 from prunebench.adapters.qwen2_5_vl import Qwen2_5_VLAdapter, QwenVisionView
 from prunebench.attention import Captured, capture
 from prunebench.core import PruneBenchError, UnsupportedModel
@@ -136,7 +136,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         return self.model.config.vision_config.depth - 1
 
     # -- data ----------------------------------------------------------------------------------------------
-    def prepare(self, samples: Sequence[Any]) -> Any:
+    def prepare(self, samples: Sequence[Sample]) -> Batch:
         videos = [s.id for s in samples if s.video is not None]
         if videos:
             raise PruneBenchError(f"samples {videos[:3]}: Qwen3-VL video (frames separated by timestamp text) is not supported yet; give images")
