@@ -261,6 +261,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "prompt": PROMPT, "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
+        described = {key: value for key, value in super().describe().items() if not key.startswith("video_")}  # images only
+        return {**described, "prompt": PROMPT, "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
                 "preprocessing": "Qwen2VLImageProcessor (16 px patches); hand-expanded pads; images only",
-                "deepstack": f"{self.deepstack_layers} levels, pruned with the kept indices; merged tokens get none"}
+                "deepstack": f"{self.deepstack_layers} levels, pruned with the kept indices, followed through LLM cuts; merged tokens get none"}
