@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="List every model `prunebench run --model` takes by name: the shipped toy model, the tiny test models "
         "(random weights) and the checkpoints each family loads, with family, LLM depth, visual tokens per image (from the "
         "config, nothing downloaded) and whether the weights are on this machine (the local Hugging Face cache, offline). "
-        "Any other hub id or folder of a supported family (llava, llava_next, video_llava, qwen2_5_vl, llava_onevision) loads too.",
+        "Any other hub id or folder of a supported family (llava, llava_next, video_llava, qwen2_5_vl, llava_onevision, qwen3_vl) loads too.",
     )
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(func=cmd_models)

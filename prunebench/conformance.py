@@ -93,7 +93,8 @@ FAMILY_INPUTS: dict[str, list[tuple]] = {
     "llava_next": [(336, 336), (448, 336), (336, 336)],  # 1152 / 1344 / 1152 candidates (AnyRes, unpadded; + newlines)
     "video_llava": [("video", 4, 224), (224, 224), ("video", 4, 224)],  # 4 x 257 / 256 / 4 x 257
     "qwen2_5_vl": [(252, 252), (308, 224), (252, 252), ("video", 4, 224)],  # 81 / 88 / 81 / 2 x 64 merged tokens
-    "llava_onevision": [(126, 126), (168, 126), ("video", 4, 126), (126, 126)],  # 162 / 189 (AnyRes, + newlines) / 4 x 25 pooled + 1
+    "llava_onevision": [(126, 126), (168, 126), ("video", 4, 126), (126, 126)],
+    "qwen3_vl": [(256, 256), (320, 224), (256, 256)],  # 64 / 70 / 64 merged tokens (no video yet)  # 162 / 189 (AnyRes, + newlines) / 4 x 25 pooled + 1
 }
 
 

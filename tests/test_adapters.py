@@ -36,7 +36,7 @@ def _run(ad, method, budget, samples, scope="image", mode="final", new=2):
 
 
 def test_every_family_has_a_tiny_model():
-    assert set(TINY_MODELS.values()) == {"llava", "llava_next", "video_llava", "qwen2_5_vl", "llava_onevision"}
+    assert set(TINY_MODELS.values()) == {"llava", "llava_next", "video_llava", "qwen2_5_vl", "llava_onevision", "qwen3_vl"}
     for name, family in TINY_MODELS.items():
         assert adapter(name).family == family
 

@@ -161,6 +161,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     family = "qwen2_5_vl"
     budget_scopes = ("video", "frame")
     mrope = True
+    prompt = PROMPT  # the chat template's single-image turn (subclasses: their model's template)
 
     model_class = "Qwen2_5_VLForConditionalGeneration"  # e.g. Qwen/Qwen2.5-VL-7B-Instruct
 
@@ -195,7 +196,11 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         self.merge = vision.spatial_merge_size
         self.patch = vision.patch_size
         self.temporal = vision.temporal_patch_size
-        self.importance_layer = max(vision.fullatt_block_indexes)
+        self.importance_layer = self.default_importance_layer()
+
+    def default_importance_layer(self) -> int:
+        """The ViT block whose received attention is ``VisionView.importance()``: the last full-attention block."""
+        return max(self.model.config.vision_config.fullatt_block_indexes)
 
     # -- structure -----------------------------------------------------------------------------------------
     @property
@@ -293,7 +298,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
                 placeholder = video_pad * (int(np.prod(grid)) // self.merge**2)
             else:
                 placeholder = image_pad * (int(np.prod(image_grids.pop(0))) // self.merge**2)
-            texts.append(PROMPT.format(placeholder=placeholder, question=s.question))
+            texts.append(self.prompt.format(placeholder=placeholder, question=s.question))
         if video_patches:
             inputs["pixel_values_videos"] = torch.cat(video_patches)
             inputs["video_grid_thw"] = torch.tensor(video_grids, dtype=torch.long)

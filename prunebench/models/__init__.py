@@ -1,7 +1,8 @@
 """Model names → adapters: tiny config-built models, the shipped toy model, and any hub id or folder.
 
 A hub id or folder is dispatched on its ``config.model_type``: ``llava`` (LLaVA-1.5), ``llava_next``
-(LLaVA-1.6), ``video_llava``, ``qwen2_5_vl`` and ``llava_onevision`` (LLaVA-OneVision, LLaVA-Video). ``options`` go to the adapter: ``preprocess="paper"|"hf"``
+(LLaVA-1.6), ``video_llava``, ``qwen2_5_vl``, ``llava_onevision`` (LLaVA-OneVision, LLaVA-Video) and ``qwen3_vl``.
+``options`` go to the adapter: ``preprocess="paper"|"hf"``
 (LLaVA-1.5), ``layout="anyres"|"fivecrop"|"spatial"`` (LLaVA-NeXT), and are recorded by ``adapter.describe()``.
 """
 
@@ -17,7 +18,7 @@ from prunebench.models.catalog import CATALOG, TINY, catalog_entry, catalog_rows
 # prunebench.models.tiny
 TINY_MODELS = {entry.name: entry.family for entry in CATALOG if entry.kind == TINY}
 DEFAULT_MODEL = "toy-llava"
-FAMILIES = ("llava", "llava_next", "video_llava", "qwen2_5_vl", "llava_onevision")
+FAMILIES = ("llava", "llava_next", "video_llava", "qwen2_5_vl", "llava_onevision", "qwen3_vl")
 
 
 def _family_of(name_or_path: str, trust_remote_code: bool) -> str:
@@ -49,6 +50,8 @@ def adapter_class(family: str) -> type[ModelAdapter]:
         from prunebench.adapters.qwen2_5_vl import Qwen2_5_VLAdapter as cls
     elif family == "llava_onevision":
         from prunebench.adapters.llava_onevision import LlavaOnevisionAdapter as cls
+    elif family == "qwen3_vl":
+        from prunebench.adapters.qwen3_vl import Qwen3VLAdapter as cls
     else:
         raise PruneBenchError(f"model type {family!r} has no adapter yet; supported: {', '.join(FAMILIES)}")
     return cls
@@ -65,7 +68,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cp
     """An adapter for ``name``: ``tiny-<family>``, ``toy-llava``, a hub id or a folder.
 
     Hub ids such as ``llava-hf/llava-1.5-7b-hf``, ``llava-hf/llava-v1.6-vicuna-7b-hf``,
-    ``LanguageBind/Video-LLaVA-7B-hf``, ``Qwen/Qwen2.5-VL-7B-Instruct`` and ``llava-hf/llava-onevision-qwen2-7b-ov-hf`` load through each adapter's
+    ``LanguageBind/Video-LLaVA-7B-hf``, ``Qwen/Qwen2.5-VL-7B-Instruct``, ``llava-hf/llava-onevision-qwen2-7b-ov-hf`` and
+    ``Qwen/Qwen3-VL-8B-Instruct`` load through each adapter's
     ``from_pretrained`` (the stock ``*ForConditionalGeneration.from_pretrained``); ``prunebench models`` lists
     the checkpoints of each family (:data:`prunebench.models.catalog.CATALOG`).
     """

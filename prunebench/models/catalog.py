@@ -52,6 +52,8 @@ _VIDEO = {"image_size": 224, "patch_size": 14, "frames": 8}
 # shrunk to at most 9 crops' area (anyres_max_9), newline per row; video: 2-D pooled to 14 x 14 = 196 per frame + 1 newline.
 _ONEVISION = {"image_size": 384, "patch_size": 14, "max_crops": 9, "frames": 32}
 _QWEN = {"patch_size": 14, "merge_size": 2, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}
+# Qwen3-VL: 16 px patches merged 2 x 2, one token per 32 x 32 pixels; the 8B processor's 65536 .. 16777216 pixels
+_QWEN3 = {"patch_size": 16, "merge_size": 2, "min_pixels": 65536, "max_pixels": 16777216}
 
 CATALOG: tuple[ModelEntry, ...] = (
     ModelEntry("toy-llava", "llava", TOY, 6, _LLAVA, "shipped 0.9 M-parameter LLaVA trained on the shapes suite"),
@@ -61,6 +63,7 @@ CATALOG: tuple[ModelEntry, ...] = (
     ModelEntry("tiny-qwen2_5_vl", "qwen2_5_vl", TINY, 4, {**_QWEN, "max_pixels": 448 * 448, "min_pixels": 28 * 28 * 4}, RANDOM_WEIGHTS_NOTE),
     ModelEntry("tiny-llava_onevision", "llava_onevision", TINY, 4, {**_ONEVISION, "image_size": 126, "max_crops": 4, "frames": 4},
                RANDOM_WEIGHTS_NOTE),
+    ModelEntry("tiny-qwen3_vl", "qwen3_vl", TINY, 4, {**_QWEN3, "max_pixels": 448 * 448, "min_pixels": 32 * 32 * 4}, RANDOM_WEIGHTS_NOTE),
     ModelEntry("llava-hf/llava-1.5-7b-hf", "llava", CHECKPOINT, 32, _LLAVA, "LLaVA-1.5 7B (Vicuna-7B)"),
     ModelEntry("llava-hf/llava-1.5-13b-hf", "llava", CHECKPOINT, 40, _LLAVA, "LLaVA-1.5 13B (Vicuna-13B)"),
     ModelEntry("llava-hf/llava-v1.6-vicuna-7b-hf", "llava_next", CHECKPOINT, 32, _NEXT, "LLaVA-NeXT 7B (Vicuna-7B)"),
@@ -74,6 +77,7 @@ CATALOG: tuple[ModelEntry, ...] = (
     ModelEntry("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", CHECKPOINT, 36, _QWEN, "Qwen2.5-VL 3B"),
     ModelEntry("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", CHECKPOINT, 28, _QWEN, "Qwen2.5-VL 7B"),
     ModelEntry("Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl", CHECKPOINT, 80, _QWEN, "Qwen2.5-VL 72B"),
+    ModelEntry("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", CHECKPOINT, 36, _QWEN3, "Qwen3-VL 8B (DeepStack from ViT blocks 8/16/24; images)"),
 )
 _BY_NAME = {entry.name: entry for entry in CATALOG}
 
@@ -115,7 +119,7 @@ def visual_tokens(entry: ModelEntry) -> tuple[int, int]:
         lo = base + side * (side + 1)  # one sub-crop, one newline per row
         rows = int(side * math.isqrt(g["max_crops"]))  # the largest grid kept at full size: max_crops crops' area
         return lo, base + rows * (rows + 1)
-    if entry.family == "qwen2_5_vl":
+    if entry.family in ("qwen2_5_vl", "qwen3_vl"):
         unit = (g["patch_size"] * g["merge_size"]) ** 2
         return max(1, g["min_pixels"] // unit), g["max_pixels"] // unit
     raise ValueError(f"no visual-token arithmetic for family {entry.family!r}")
@@ -126,7 +130,7 @@ def visual_tokens_text(entry: ModelEntry) -> str:
     lo, hi = visual_tokens(entry)
     if entry.family == "llava_next":
         return f"{lo}-{hi} (AnyRes)"
-    if entry.family == "qwen2_5_vl":
+    if entry.family in ("qwen2_5_vl", "qwen3_vl"):
         unit = entry.geometry["patch_size"] * entry.geometry["merge_size"]
         return f"{lo}-{hi} (H*W/{unit}^2)"
     if entry.family == "video_llava":

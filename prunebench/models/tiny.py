@@ -196,6 +196,40 @@ def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 4, h
     return model, ManualProcessor(image_processor, tokenizer, video_size={"shortest_edge": 28 * 28 * 4, "longest_edge": 448 * 448})
 
 
+def tiny_qwen3_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 3, hidden: int = 64, dtype=torch.float32):
+    """(model, ManualProcessor) of a tiny Qwen3-VL: windowless ViT with 16 px patches (one LLM token per 32 x 32
+    pixels), learned 8 x 8 position grid, 2x2 merger, DeepStack from ViT blocks 0 and 1 (added after LLM layers 0
+    and 1), interleaved M-RoPE sections [2, 3, 3] (sum = head_dim / 2) and a Qwen3 LLM with GQA (4 query / 2
+    key-value heads, q/k norms). The adapter expands ``<|image_pad|>`` and builds ``mm_token_type_ids`` itself.
+    """
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from prunebench.adapters.video_llava import ManualProcessor
+
+    tokenizer = word_tokenizer(extra_specials=tuple(QWEN_SPECIALS), image_token="<|image_pad|>", video_token="<|video_pad|>")
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=hidden, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+        ),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = _finish(Qwen3VLForConditionalGeneration(config), tokenizer, seed, dtype)
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=32 * 32 * 4, max_pixels=448 * 448, patch_size=16, merge_size=2, temporal_patch_size=2,
+                                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return model, ManualProcessor(image_processor, tokenizer)
+
+
 ONEVISION_PINPOINTS = [[126, 126], [126, 252], [252, 126], [252, 252]]
 
 
