@@ -399,3 +399,16 @@ def test_downsample_resizes_qwen_images_to_exactly_the_budget_and_refuses_fixed_
     assert out.contract_ok
     with pytest.raises(UnsupportedModel, match="fixed-size input"):
         method.preprocess(samples[0], 30, _adapter("tiny-llava"))
+
+
+def test_downsample_runs_on_every_dynamic_resolution_family():
+    """Qwen3-VL resizes like Qwen2.5-VL (32 px merge units): downsample keeps exactly the budget there too."""
+    from prunebench.conformance import synthetic_samples
+    from prunebench.engine import Pruner
+
+    adapter = _adapter("tiny-qwen3_vl")
+    assert adapter.dynamic_resolution
+    samples = [s for s in synthetic_samples(family=adapter.family) if s.image is not None][:2]
+    with Pruner(adapter, create_method("downsample"), 24, budget_mode="final") as pruner:
+        out = pruner.generate(adapter.prepare(samples), max_new_tokens=2)
+    assert out.contract_ok and all(out.sample_stats(i).tokens_per_layer == [24] * 4 for i in range(2))

@@ -121,6 +121,7 @@ class ModelAdapter:
     family: str = ""
     budget_scopes: tuple[str, ...] = ("image",)
     mrope: bool = False  # position ids are (3, B, L) M-RoPE rows (Qwen2.5-VL): per-layer renumbering is undefined
+    dynamic_resolution: bool = False  # the processor makes as many tokens as the image's size asks (Qwen-VL): resizing prunes
 
     model_class: str = ""  # the stock transformers class this adapter drives
 

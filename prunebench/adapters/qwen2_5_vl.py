@@ -161,6 +161,7 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     family = "qwen2_5_vl"
     budget_scopes = ("video", "frame")
     mrope = True
+    dynamic_resolution = True
     prompt = PROMPT  # the chat template's single-image turn (subclasses: their model's template)
 
     model_class = "Qwen2_5_VLForConditionalGeneration"  # e.g. Qwen/Qwen2.5-VL-7B-Instruct
