@@ -89,7 +89,9 @@ def test_check_fails_and_names_property_and_method(installed_plugin):
     # one line per failure: no traceback unless --debug
     assert "Traceback" not in result.stdout and 'File "' not in result.stdout
     fails = [line for line in result.stdout.splitlines() if line.startswith("FAIL ")]
-    assert len(fails) == 4 and all("token_contract" in line for line in fails)  # one per tiny family
+    from prunebench.models import TINY_MODELS
+
+    assert len(fails) == len(TINY_MODELS) and all("token_contract" in line for line in fails)  # one per tiny family
     assert "rerun with --debug" in result.stdout
     debug = _prunebench("check", "keepoutside", "--checks", "token_contract", "--model", "tiny-llava", "--debug")
     assert debug.returncode == 1 and 'File "' in debug.stdout  # the traceback, indented under its FAIL line
