@@ -24,6 +24,10 @@ from prunebench.views import Instruction, VisionView
 # --budget-scope values: the budget covers the whole visual input, or each of its units (crops / frames)
 WHOLE_SCOPES = ("image", "video")
 UNIT_SCOPES = ("crop", "frame")
+# how far the vision encoder runs: up to the layer the features are read from (and the deepest layer a method
+# captures), as serving engines do (vLLM builds LLaVA's CLIP with only the layers up to ``vision_feature_layer``),
+# or every layer, as the stock ``get_image_features`` does (same features; the unused last layers cost time)
+VISION_STOPS = ("feature", "full")
 
 
 @dataclass
@@ -153,10 +157,14 @@ class ModelAdapter:
 
         return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = ""):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", vision_stop: str = "feature"):
+        if vision_stop not in VISION_STOPS:
+            raise PruneBenchError(f"vision_stop must be one of {', '.join(VISION_STOPS)} (run the vision encoder up to the feature layer, "
+                                  f"or every layer as stock transformers does), got {vision_stop!r}")
         self.model = model
         self.processor = processor
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.vision_stop = vision_stop
 
     # -- structure -----------------------------------------------------------------------------------------
     @property
@@ -193,6 +201,15 @@ class ModelAdapter:
     def feature_layer(self) -> int:
         """0-based ViT encoder layer whose output feeds the projector."""
         raise NotImplementedError
+
+    def vision_layers_run(self, capture_layers: Sequence[int] = ()) -> int:
+        """How many ViT encoder layers :meth:`encode` runs: every layer under ``vision_stop="full"``; under
+        ``"feature"`` the layers up to the deepest of the feature layer and the ``capture_layers`` (a method that
+        reads a later layer's queries/keys, e.g. PruMerge+'s last layer, still gets it)."""
+        total = self.num_vision_layers
+        if self.vision_stop == "full":
+            return total
+        return min(total, 1 + max([self.feature_layer, *(layer % total for layer in capture_layers)]))
 
     # -- data ----------------------------------------------------------------------------------------------
     def prepare(self, samples: Sequence[Sample]) -> Batch:
@@ -274,7 +291,32 @@ class ModelAdapter:
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "attn_implementation": self.model.config._attn_implementation,
+            "vision_stop": self.vision_stop,
         }
+
+
+@contextlib.contextmanager
+def encoder_depth(encoder: nn.Module, count: int) -> Iterator[None]:
+    """Run ``encoder`` (a CLIP / SigLIP encoder with a ``layers`` ModuleList) with its first ``count`` layers only.
+
+    The stock forward runs unchanged over a shorter ``layers`` list, so ``hidden_states[i]`` for ``i <= count`` are
+    exactly the full run's; the original list is put back in ``finally`` (also on an exception). Nothing is
+    patched, no module is copied (the shorter ModuleList holds the same layer objects).
+    """
+    layers = encoder.layers
+    if count >= len(layers):
+        yield
+        return
+    encoder.layers = layers[:count]
+    try:
+        yield
+    finally:
+        encoder.layers = layers
+
+
+def hidden_index(index: int, num_layers: int) -> int:
+    """``hidden_states`` index ``index`` (negative counts from the full run's end) as a non-negative index."""
+    return index % (num_layers + 1)
 
 
 @contextlib.contextmanager
