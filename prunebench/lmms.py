@@ -12,11 +12,13 @@ Two routes, one class (:class:`PruneBenchLMM`):
           --tasks shapes --include_path $(python -c "import prunebench.suites.shapes as s; print(s.TASK_DIR)")
 
   ``pretrained`` is a prunebench model name (``toy-llava``, ``tiny-llava``), a hub id or a folder; ``layout``
-  (``anyres`` | ``fivecrop`` | ``spatial``) picks LLaVA-NeXT's visual layout; every other key that is not an
+  (``anyres`` | ``fivecrop`` | ``spatial``) picks LLaVA-NeXT's visual layout; ``vision_stop`` (``feature``, the
+  default: the vision encoder runs up to its feature layer | ``full``: every layer, as stock transformers; same
+  answers) how far the vision encoder runs; every other key that is not an
   argument of the class is a parameter of the method (``layer=3`` or ``fastv.layer=3``).
 
 Every cell is one :class:`prunebench.spec.CellSpec` (method instance, budget, mode, scope, seed, batch size,
-layout, preprocessing, dtype, attention implementation, device type), validated once when it is built;
+layout, preprocessing, dtype, attention implementation, device type, vision stop), validated once when it is built;
 :meth:`PruneBenchLMM.configure` takes it (or the arguments to build one on this model).
 
 This is the only prunebench module that imports lmms_eval at module level; model resolution lives in
