@@ -295,23 +295,25 @@ class ModelAdapter:
         }
 
 
-@contextlib.contextmanager
-def encoder_depth(encoder: nn.Module, count: int) -> Iterator[None]:
-    """Run ``encoder`` (a CLIP / SigLIP encoder with a ``layers`` ModuleList) with its first ``count`` layers only.
+def encoder_prefix(tower: nn.Module, pixel_values: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``hidden_states[0..count]`` of a CLIP / SigLIP vision tower, running only its first ``count`` encoder layers.
 
-    The stock forward runs unchanged over a shorter ``layers`` list, so ``hidden_states[i]`` for ``i <= count`` are
-    exactly the full run's; the original list is put back in ``finally`` (also on an exception). Nothing is
-    patched, no module is copied (the shorter ModuleList holds the same layer objects).
+    The tower's own modules are called in the order of its ``forward`` (``embeddings``, CLIP's ``pre_layrnorm``, then
+    each encoder layer with no attention mask, as the encoder calls them), so every state is bit-identical to the
+    full run's. Nothing is modified: no module list is shortened (transformers installs its output-recording hooks
+    once, on the layers present at the first call, so a temporarily shortened list would leave the later layers
+    unrecorded for good), no hook is added.
     """
-    layers = encoder.layers
-    if count >= len(layers):
-        yield
-        return
-    encoder.layers = layers[:count]
-    try:
-        yield
-    finally:
-        encoder.layers = layers
+    body = getattr(tower, "vision_model", tower)
+    hidden = body.embeddings(pixel_values)
+    pre_norm = getattr(body, "pre_layrnorm", None)
+    if pre_norm is not None:
+        hidden = pre_norm(hidden)
+    states = [hidden]
+    for layer in body.encoder.layers[:count]:
+        hidden = layer(hidden, None)
+        states.append(hidden)
+    return states
 
 
 def hidden_index(index: int, num_layers: int) -> int:

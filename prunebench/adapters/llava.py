@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from prunebench.adapters.base import Batch, LLMInputs, LLMShape, ModelAdapter, Sample, encoder_depth, hidden_index
+from prunebench.adapters.base import Batch, LLMInputs, LLMShape, ModelAdapter, Sample, encoder_prefix, hidden_index
 from prunebench.core import PruneBenchError
 from prunebench.attention import Captured, capture
 from prunebench.views import VisionView
@@ -144,10 +144,12 @@ class LlavaAdapter(ModelAdapter):
         """The tower's feature-layer hidden states (concatenated over ``vision_feature_layer`` when it is a list),
         from a run that stops where ``vision_stop`` says (:meth:`vision_layers_run`); the features are bit-identical
         to the full run's, ``hidden_states[vision_feature_layer]`` of ``get_image_features``."""
-        encoder = getattr(tower, "vision_model", tower).encoder
-        with encoder_depth(encoder, self.vision_layers_run(capture_layers)):
-            out = tower(pixels, output_hidden_states=True, return_dict=True)
-        return [out.hidden_states[hidden_index(i, self.num_vision_layers)] for i in self._feature_layers()]
+        count, total = self.vision_layers_run(capture_layers), self.num_vision_layers
+        if count < total:
+            states = encoder_prefix(tower, pixels, count)
+        else:  # every layer runs: the stock forward, as get_image_features calls it
+            states = tower(pixels, output_hidden_states=True, return_dict=True).hidden_states
+        return [states[hidden_index(i, total)] for i in self._feature_layers()]
 
     # -- data ----------------------------------------------------------------------------------------------
     def prompt(self, question: str) -> str:
