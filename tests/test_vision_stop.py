@@ -180,3 +180,20 @@ def test_bad_option_is_refused_and_lmms_model_args_carry_it():
     assert "vision_stop" not in PruneBenchLMM(pretrained="tiny-llava").model_args
     with pytest.raises(PruneBenchError, match="vision_stop"):
         PruneBenchLMM.from_adapter(load_model("tiny-llava"), vision_stop="full")
+
+
+def test_a_method_reading_the_last_layer_costs_the_same_both_ways():
+    # PruMerge+ reads the last ViT layer's q/k: under "feature" the tower still runs it, and the FLOPs say so
+    feature, full = _pair("toy-llava")
+    counts = [measure_prefill_flops(ad, create_method("prumerge+"), 32, ad.prepare(synthetic_samples(1)[:1])) for ad in (feature, full)]
+    assert counts[0].measured_vision == counts[1].measured_vision
+    assert counts[0].analytic_vision == counts[1].analytic_vision
+
+
+def test_the_run_command_line_takes_the_option():
+    from prunebench.cli import build_parser
+    from prunebench.runner.cli import overrides_from_args
+
+    args = build_parser().parse_args(["run", "--model", "tiny-llava", "--vision-stop", "full"])
+    assert overrides_from_args(args)["vision_stop"] == "full"
+    assert overrides_from_args(build_parser().parse_args(["run"]))["vision_stop"] is None  # the config default (feature) applies
