@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "prunebench.report.cli",  # report, plot
     "prunebench.toy.cli",  # toy train / eval
     "prunebench.training",  # train learnpruner
+    "prunebench.profile",  # profile (cost only: random weights from a shipped config)
 )
 
 EPILOG = """\

@@ -12,7 +12,8 @@ Analytic (FLOP = 2 x MAC, full n x n attention, causality ignored: the same conv
     which for hd = d/h is 2 * (2nd^2 + 2nd^2 * kv/h + 2n^2 d + 3ndm). ``n`` is each layer's *measured* token
     count (text + visual), so in-LLM methods (FastV) are costed per layer. ``lm_head``: 2*d*V per sequence
     (``generate`` computes logits at the last position only).
-    CLIP ViT: patch conv 2*P*(3*p^2)*D, every encoder layer 2*(4*N*D^2 + 2*N^2*D + 2*N*D*M) with N = P + 1,
+    CLIP ViT: patch conv 2*P*(3*p^2)*D, every encoder layer that runs 2*(4*N*D^2 + 2*N^2*D + 2*N*D*M) with N = P + 1
+    (the layers up to the feature layer under the default ``vision_stop="feature"``: 23 of CLIP-L's 24 for LLaVA),
     projector 2*T*(D*d + d*d) for the T projected tokens (LLaVA's 2-layer MLP).
     KV cache after prefill: sum over layers of cached tokens * 2 (K and V) * kv * hd * bytes per element.
 
@@ -101,12 +102,16 @@ class VisionShape:
         )
 
 
-def vision_flops(shape: VisionShape, projected_tokens: int | None = None) -> int:
-    """ViT (all encoder layers, as the tower runs them) + projector for ``projected_tokens`` tokens (one image)."""
+def vision_flops(shape: VisionShape, projected_tokens: int | None = None, layers_run: int | None = None) -> int:
+    """ViT + projector for ``projected_tokens`` tokens (one image). ``layers_run``: the encoder layers the tower runs
+    (``ModelAdapter.vision_layers_run``: up to the feature layer under ``vision_stop="feature"``); None: all."""
     p, d, m = shape.num_patches, shape.hidden_size, shape.intermediate_size
     n = p + int(shape.has_cls)
     conv = 2 * p * shape.num_channels * shape.patch_size**2 * d
-    layers = shape.num_layers * 2 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+    count = shape.num_layers if layers_run is None else layers_run
+    if not 0 <= count <= shape.num_layers:
+        raise ValueError(f"layers_run must be within 0..{shape.num_layers}, got {layers_run}")
+    layers = count * 2 * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
     tokens = p if projected_tokens is None else projected_tokens
     d_in, d_out = shape.projector_in or d, shape.projector_out
     projector = 2 * tokens * (d_in * d_out + d_out * d_out)

@@ -12,11 +12,13 @@ Two routes, one class (:class:`PruneBenchLMM`):
           --tasks shapes --include_path $(python -c "import prunebench.suites.shapes as s; print(s.TASK_DIR)")
 
   ``pretrained`` is a prunebench model name (``toy-llava``, ``tiny-llava``), a hub id or a folder; ``layout``
-  (``anyres`` | ``fivecrop`` | ``spatial``) picks LLaVA-NeXT's visual layout; every other key that is not an
+  (``anyres`` | ``fivecrop`` | ``spatial``) picks LLaVA-NeXT's visual layout; ``vision_stop`` (``feature``, the
+  default: the vision encoder runs up to its feature layer | ``full``: every layer, as stock transformers; same
+  answers) how far the vision encoder runs; every other key that is not an
   argument of the class is a parameter of the method (``layer=3`` or ``fastv.layer=3``).
 
 Every cell is one :class:`prunebench.spec.CellSpec` (method instance, budget, mode, scope, seed, batch size,
-layout, preprocessing, dtype, attention implementation, device type), validated once when it is built;
+layout, preprocessing, dtype, attention implementation, device type, vision stop), validated once when it is built;
 :meth:`PruneBenchLMM.configure` takes it (or the arguments to build one on this model).
 
 This is the only prunebench module that imports lmms_eval at module level; model resolution lives in
@@ -94,14 +96,16 @@ class PruneBenchLMM(lmms):
                  budget_scope: str = "image", preprocess: str = "hf", seed: int = 0, batch_size: int | str = 1,
                  device: str | None = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
                  max_batch_size: int | None = None, trust_remote_code: bool = False, cache_mb: float = 1024, adapter: Any = None,
-                 layout: str | None = None, **method_params: Any):
+                 layout: str | None = None, vision_stop: str = "feature", **method_params: Any):
         super().__init__()
         if adapter is None:
             check_layout(family_of(pretrained or DEFAULT_MODEL), layout)
             adapter = load_model(pretrained or DEFAULT_MODEL, dtype=dtype, device=device or "cpu", trust_remote_code=trust_remote_code,
-                                 **adapter_options(preprocess, layout))
+                                 **adapter_options(preprocess, layout, vision_stop))
         elif layout is not None and getattr(adapter, "layout", None) != layout:
             raise PruneBenchError(f"layout={layout!r} but the given adapter was loaded with layout {getattr(adapter, 'layout', None)!r}")
+        elif getattr(adapter, "vision_stop", "feature") != vision_stop:
+            raise PruneBenchError(f"vision_stop={vision_stop!r} but the given adapter was loaded with vision_stop {adapter.vision_stop!r}")
         self.adapter = adapter
         self.model_name = pretrained or adapter.name
         self.layout = getattr(adapter, "layout", None)
@@ -110,6 +114,7 @@ class PruneBenchLMM(lmms):
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 1
         self.max_new_tokens = max_new_tokens
         self.preprocess = getattr(adapter, "preprocess", preprocess)
+        self.vision_stop = getattr(adapter, "vision_stop", vision_stop)
         self.progress = True  # a progress bar over the samples of each generate_until call
         self.progress_file: Any = None  # its stream (None: sys.stderr at the time of the call)
         # Preprocessed batches are the same for every cell of a sweep (same documents, same processor): keep them
@@ -135,7 +140,7 @@ class PruneBenchLMM(lmms):
         """The spec of a cell on this model (its layout, preprocessing, dtype, attention and device; this batch size
         unless ``batch_size`` is given)."""
         defaults = {"batch_size": self.batch_size_per_gpu, "layout": self.layout, "preprocess": self.preprocess, "dtype": self.requested_dtype,
-                    "attn_implementation": self.attn_implementation, "device": self.adapter.device}
+                    "attn_implementation": self.attn_implementation, "device": self.adapter.device, "vision_stop": self.vision_stop}
         return cell_spec(method, budget, model=self.model_name, family=self.adapter.family, params=params, **{**defaults, **options})
 
     def configure(self, spec: CellSpec | str | PruningMethod, budget: Any = None, **options: Any) -> "PruneBenchLMM":
@@ -146,7 +151,7 @@ class PruneBenchLMM(lmms):
         elif budget is not None or options:
             raise PruneBenchError("pass either a CellSpec or a method with its budget and options, not both")
         loaded = {"layout": self.layout, "preprocess": self.preprocess, "attn_implementation": self.attn_implementation,
-                  "device_type": device_type(self.adapter.device)}
+                  "device_type": device_type(self.adapter.device), "vision_stop": self.vision_stop}
         wrong = {k: (getattr(spec, k), v) for k, v in loaded.items() if getattr(spec, k) is not None and getattr(spec, k) != v}
         if wrong:
             raise PruneBenchError("the cell spec does not match the loaded model: "
@@ -187,6 +192,7 @@ class PruneBenchLMM(lmms):
             "batch_size": self.spec.batch_size,
             "attn_implementation": self.attn_implementation,
             "device_type": self.spec.device_type,
+            "vision_stop": self.vision_stop,
         }
 
     @property
@@ -200,6 +206,8 @@ class PruneBenchLMM(lmms):
                  f"seed={ident['seed']}", f"dtype={ident['dtype']}"]
         if ident["layout"] is not None:
             parts.append(f"layout={ident['layout']}")
+        if ident["vision_stop"] != "feature":
+            parts.append(f"vision_stop={ident['vision_stop']}")
         parts += [f"{ident['method']}.{k}={v}" for k, v in sorted(ident["method_params"].items())]
         return ",".join(parts)
 

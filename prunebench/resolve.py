@@ -42,13 +42,15 @@ def family_of(model: str) -> str:
         return ""
 
 
-def adapter_options(preprocess: str = "hf", layout: str | None = None) -> dict[str, Any]:
-    """``load_model`` options for the non-default preprocessing / layout (the defaults are the adapters' own)."""
+def adapter_options(preprocess: str = "hf", layout: str | None = None, vision_stop: str = "feature") -> dict[str, Any]:
+    """``load_model`` options for the non-default preprocessing / layout / vision stop (the defaults are the adapters' own)."""
     options: dict[str, Any] = {}
     if preprocess != "hf":
         options["preprocess"] = preprocess
     if layout is not None:
         options["layout"] = layout
+    if vision_stop != "feature":
+        options["vision_stop"] = vision_stop
     return options
 
 
@@ -70,7 +72,7 @@ def resolve(method: str, model: str, family: str, params: dict[str, Any] | None 
 def cell_spec(method: str | PruningMethod, budget: Any, *, model: str = DEFAULT_MODEL, family: str | None = None,
               params: dict[str, Any] | None = None, budget_mode: str = AVERAGE, budget_scope: str = "image", seed: int = 0,
               batch_size: int = 1, layout: str | None = None, preprocess: str = "hf", dtype: str = "auto",
-              attn_implementation: str = ATTN_IMPLEMENTATION, device: Any = "cpu") -> CellSpec:
+              attn_implementation: str = ATTN_IMPLEMENTATION, device: Any = "cpu", vision_stop: str = "feature") -> CellSpec:
     """The validated spec of one cell; ``method`` is a name (resolved on ``model`` with ``params``) or an instance."""
     if isinstance(method, PruningMethod):
         if params:
@@ -79,4 +81,5 @@ def cell_spec(method: str | PruningMethod, budget: Any, *, model: str = DEFAULT_
     else:
         instance = resolve(method, model, family_of(model) if family is None else family, params)
     return CellSpec(instance, budget, budget_mode=budget_mode, budget_scope=budget_scope, seed=seed, batch_size=batch_size, layout=layout,
-                    preprocess=preprocess, dtype=dtype, attn_implementation=attn_implementation, device_type=device)
+                    preprocess=preprocess, dtype=dtype, attn_implementation=attn_implementation, device_type=device,
+                    vision_stop=vision_stop)

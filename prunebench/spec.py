@@ -2,9 +2,10 @@
 
 A cell is everything that decides its answers: the method instance with its resolved parameters, the budget,
 how the budget is counted (mode and scope), the seed, the evaluation batch size, the LLaVA-NeXT layout, the
-preprocessing, the dtype, the attention implementation and the device type. The spec is built and validated
-once per cell (:func:`prunebench.resolve.cell_spec`), then handed unchanged to the latency probe, the FLOP
-count and the lmms-eval model (:meth:`prunebench.lmms.PruneBenchLMM.configure`).
+preprocessing, the dtype, the attention implementation, the device type and how far the vision encoder runs
+(``vision_stop``: to the feature layer, the default, or every layer as stock transformers: the same answers, not the
+same vision time and FLOPs). The spec is built and validated once per cell (:func:`prunebench.resolve.cell_spec`),
+then handed unchanged to the latency probe, the FLOP count and the lmms-eval model (:meth:`prunebench.lmms.PruneBenchLMM.configure`).
 
 The option vocabularies are defined here once, from the layers that implement them, and imported everywhere
 else: budget modes (:data:`prunebench.core.BUDGET_MODES`), budget scopes (the adapters' whole-input and
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from prunebench.adapters.base import UNIT_SCOPES, WHOLE_SCOPES
+from prunebench.adapters.base import UNIT_SCOPES, VISION_STOPS, WHOLE_SCOPES
 from prunebench.adapters.llava import PREPROCESS_MODES
 from prunebench.adapters.llava_next import LAYOUTS
 from prunebench.core import BUDGET_MODES, PruneBenchError, PruningMethod
@@ -29,7 +30,7 @@ NO_METHOD = BASELINE_METHOD  # the unpruned model
 ATTN_IMPLEMENTATION = "sdpa"  # what prunebench loads every model with (ModelAdapter.from_pretrained)
 
 __all__ = ["ATTN_IMPLEMENTATION", "AVERAGE", "BUDGET_MODES", "BUDGET_SCOPES", "CellSpec", "FINAL", "LAYOUTS", "NO_METHOD",
-           "PREPROCESS", "SpecError", "UNIT_SCOPES", "WHOLE_SCOPES", "device_type", "parse_budget"]
+           "PREPROCESS", "SpecError", "UNIT_SCOPES", "VISION_STOPS", "WHOLE_SCOPES", "device_type", "parse_budget"]
 
 
 class SpecError(PruneBenchError):
@@ -81,6 +82,7 @@ class CellSpec:
     dtype: str = "auto"
     attn_implementation: str = ATTN_IMPLEMENTATION
     device_type: str = "cpu"
+    vision_stop: str = "feature"
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, PruningMethod):
@@ -91,6 +93,7 @@ class CellSpec:
         _choice(self.budget_mode, BUDGET_MODES, "budget_mode")
         _choice(self.budget_scope, BUDGET_SCOPES, "budget_scope")
         _choice(self.preprocess, PREPROCESS, "preprocess")
+        _choice(self.vision_stop, VISION_STOPS, "vision_stop")
         if self.layout is not None:
             _choice(self.layout, LAYOUTS, "layout (LLaVA-NeXT)")
         for name in ("seed", "batch_size"):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0. command lines: the top-level CLI, its subcommands, each package's cli module
-    ("prunebench.cli", "prunebench.__main__", "prunebench.commands", "prunebench.*.cli"),
+    ("prunebench.cli", "prunebench.__main__", "prunebench.commands", "prunebench.*.cli", "prunebench.profile"),
     # 1. sweeps: planning, measuring, running and recording cells
     ("prunebench.runner", "prunebench.runner.*"),
     # 2. the lmms-eval model (the only module, besides the sweep's evaluation step, that imports lmms_eval)

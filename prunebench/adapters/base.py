@@ -24,6 +24,10 @@ from prunebench.views import Instruction, VisionView
 # --budget-scope values: the budget covers the whole visual input, or each of its units (crops / frames)
 WHOLE_SCOPES = ("image", "video")
 UNIT_SCOPES = ("crop", "frame")
+# how far the vision encoder runs: up to the layer the features are read from (and the deepest layer a method
+# captures), as serving engines do (vLLM builds LLaVA's CLIP with only the layers up to ``vision_feature_layer``),
+# or every layer, as the stock ``get_image_features`` does (same features; the unused last layers cost time)
+VISION_STOPS = ("feature", "full")
 
 
 @dataclass
@@ -154,10 +158,14 @@ class ModelAdapter:
 
         return AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = ""):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", vision_stop: str = "feature"):
+        if vision_stop not in VISION_STOPS:
+            raise PruneBenchError(f"vision_stop must be one of {', '.join(VISION_STOPS)} (run the vision encoder up to the feature layer, "
+                                  f"or every layer as stock transformers does), got {vision_stop!r}")
         self.model = model
         self.processor = processor
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.vision_stop = vision_stop
 
     # -- structure -----------------------------------------------------------------------------------------
     @property
@@ -194,6 +202,15 @@ class ModelAdapter:
     def feature_layer(self) -> int:
         """0-based ViT encoder layer whose output feeds the projector."""
         raise NotImplementedError
+
+    def vision_layers_run(self, capture_layers: Sequence[int] = ()) -> int:
+        """How many ViT encoder layers :meth:`encode` runs: every layer under ``vision_stop="full"``; under
+        ``"feature"`` the layers up to the deepest of the feature layer and the ``capture_layers`` (a method that
+        reads a later layer's queries/keys, e.g. PruMerge+'s last layer, still gets it)."""
+        total = self.num_vision_layers
+        if self.vision_stop == "full":
+            return total
+        return min(total, 1 + max([self.feature_layer, *(layer % total for layer in capture_layers)]))
 
     # -- data ----------------------------------------------------------------------------------------------
     def prepare(self, samples: Sequence[Sample]) -> Batch:
@@ -275,7 +292,34 @@ class ModelAdapter:
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "attn_implementation": self.model.config._attn_implementation,
+            "vision_stop": self.vision_stop,
         }
+
+
+def encoder_prefix(tower: nn.Module, pixel_values: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """``hidden_states[0..count]`` of a CLIP / SigLIP vision tower, running only its first ``count`` encoder layers.
+
+    The tower's own modules are called in the order of its ``forward`` (``embeddings``, CLIP's ``pre_layrnorm``, then
+    each encoder layer with no attention mask, as the encoder calls them), so every state is bit-identical to the
+    full run's. Nothing is modified: no module list is shortened (transformers installs its output-recording hooks
+    once, on the layers present at the first call, so a temporarily shortened list would leave the later layers
+    unrecorded for good), no hook is added.
+    """
+    body = getattr(tower, "vision_model", tower)
+    hidden = body.embeddings(pixel_values)
+    pre_norm = getattr(body, "pre_layrnorm", None)
+    if pre_norm is not None:
+        hidden = pre_norm(hidden)
+    states = [hidden]
+    for layer in body.encoder.layers[:count]:
+        hidden = layer(hidden, None)
+        states.append(hidden)
+    return states
+
+
+def hidden_index(index: int, num_layers: int) -> int:
+    """``hidden_states`` index ``index`` (negative counts from the full run's end) as a non-negative index."""
+    return index % (num_layers + 1)
 
 
 @contextlib.contextmanager

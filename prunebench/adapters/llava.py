@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from prunebench.adapters.base import Batch, LLMInputs, LLMShape, ModelAdapter, Sample
+from prunebench.adapters.base import Batch, LLMInputs, LLMShape, ModelAdapter, Sample, encoder_prefix, hidden_index
 from prunebench.core import PruneBenchError
 from prunebench.attention import Captured, capture
 from prunebench.views import VisionView
@@ -82,8 +82,8 @@ class LlavaAdapter(ModelAdapter):
 
     model_class = "LlavaForConditionalGeneration"  # e.g. llava-hf/llava-1.5-7b-hf
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
-        super().__init__(model, processor, name)
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf", vision_stop: str = "feature"):
+        super().__init__(model, processor, name, vision_stop)
         if preprocess not in PREPROCESS_MODES:
             raise PruneBenchError(f"preprocess must be one of {', '.join(PREPROCESS_MODES)}, got {preprocess!r}")
         self.preprocess = preprocess
@@ -135,6 +135,22 @@ class LlavaAdapter(ModelAdapter):
         index = self._feature_layers()[-1] % (self.num_vision_layers + 1)
         return index - 1
 
+    def vision_layers_run(self, capture_layers: Sequence[int] = ()) -> int:
+        deepest = max(hidden_index(i, self.num_vision_layers) for i in self._feature_layers())  # several feature layers: the deepest
+        needed = super().vision_layers_run(capture_layers)
+        return needed if self.vision_stop == "full" else max(needed, deepest)
+
+    def run_tower(self, tower: nn.Module, pixels: torch.Tensor, capture_layers: Sequence[int] = ()) -> list[torch.Tensor]:
+        """The tower's feature-layer hidden states (concatenated over ``vision_feature_layer`` when it is a list),
+        from a run that stops where ``vision_stop`` says (:meth:`vision_layers_run`); the features are bit-identical
+        to the full run's, ``hidden_states[vision_feature_layer]`` of ``get_image_features``."""
+        count, total = self.vision_layers_run(capture_layers), self.num_vision_layers
+        if count < total:
+            states = encoder_prefix(tower, pixels, count)
+        else:  # every layer runs: the stock forward, as get_image_features calls it
+            states = tower(pixels, output_hidden_states=True, return_dict=True).hidden_states
+        return [states[hidden_index(i, total)] for i in self._feature_layers()]
+
     # -- data ----------------------------------------------------------------------------------------------
     def prompt(self, question: str) -> str:
         if self.preprocess == "paper":
@@ -180,9 +196,8 @@ class LlavaAdapter(ModelAdapter):
         captured: dict[int, Captured] = {}
         requests = {self.vision_attention(layer): _store(captured, layer) for layer in capture_layers}
         with capture(requests):
-            out = tower(batch.inputs["pixel_values"], output_hidden_states=True, return_dict=True)
+            selected = self.run_tower(tower, batch.inputs["pixel_values"], capture_layers)
         strategy = self.model.config.vision_feature_select_strategy
-        selected = [out.hidden_states[i] for i in self._feature_layers()]
         has_cls = strategy == "default"
         feats = torch.cat([h[:, 1:] if has_cls else h for h in selected], dim=-1)
         cls_feature = torch.cat([h[:, 0] for h in selected], dim=-1) if has_cls else None

@@ -60,12 +60,13 @@ class LlavaNextAdapter(LlavaAdapter):
 
     model_class = "LlavaNextForConditionalGeneration"  # e.g. llava-hf/llava-v1.6-vicuna-7b-hf
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", layout: str = "anyres", preprocess: str = "hf"):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", layout: str = "anyres", preprocess: str = "hf",
+                 vision_stop: str = "feature"):
         if preprocess != "hf":
             raise PruneBenchError("LLaVA-NeXT has one preprocessing (its AnyRes processor); use preprocess='hf'")
         if layout not in LAYOUTS:
             raise PruneBenchError(f"LLaVA-NeXT layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        super().__init__(model, processor, name, preprocess)
+        super().__init__(model, processor, name, preprocess, vision_stop)
         self.layout = layout
         config = model.config
         self.image_token_id = getattr(config, "image_token_id", None) or config.image_token_index
@@ -149,8 +150,7 @@ class LlavaNextAdapter(LlavaAdapter):
         captured: dict[int, Captured] = {}
         requests = {self.vision_attention(layer): _store(captured, layer) for layer in capture_layers}
         with capture(requests):
-            out = self._inner.vision_tower(pixels, output_hidden_states=True, return_dict=True)
-        selected = [out.hidden_states[i] for i in self._feature_layers()]
+            selected = self.run_tower(self._inner.vision_tower, pixels, capture_layers)
         hidden = torch.cat(selected, dim=-1)  # (B*crops, T, D)
         bsz, tokens = len(batch.samples), hidden.shape[1]
         slots = self.token_layout(batch.inputs["image_sizes"][0], crops, tokens).to(hidden.device)

@@ -124,7 +124,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
                                AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf", video_pooling: str = "bilinear",
-                 video_newline: str = "one_token"):
+                 video_newline: str = "one_token", vision_stop: str = "feature"):
         if video_pooling not in VIDEO_POOLINGS:
             raise PruneBenchError(f"video_pooling must be one of {', '.join(VIDEO_POOLINGS)}, got {video_pooling!r}")
         if video_newline not in VIDEO_NEWLINES:
@@ -133,7 +133,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
             processor = ManualProcessor(*processor)
         if preprocess != "hf":
             raise PruneBenchError("LLaVA-OneVision has one preprocessing (its AnyRes image processor); use preprocess='hf'")
-        super().__init__(model, processor, name, preprocess)
+        super().__init__(model, processor, name, preprocess, vision_stop)
         config = model.config
         self.image_token_id = config.image_token_id
         self.video_token_id = config.video_token_id
@@ -314,8 +314,7 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         captured: dict[int, Captured] = {}
         requests = {self.vision_attention(layer): _store(captured, layer) for layer in sorted(layers)}
         with capture(requests):
-            out = self._inner.vision_tower(pixels, output_hidden_states=True, return_dict=True)
-        hidden = torch.cat([out.hidden_states[i] for i in self._feature_layers()], dim=-1)  # (B*U, T, D)
+            hidden = torch.cat(self.run_tower(self._inner.vision_tower, pixels, sorted(layers)), dim=-1)  # (B*U, T, D)
         tokens = hidden.shape[1]
         common = dict(feature_layer=self.feature_layer, num_vision_layers=self.num_vision_layers, projector=self.project,
                       captured=captured, has_cls=False, num_units=units, importance_layer=self.importance_layer,

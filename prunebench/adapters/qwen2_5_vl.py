@@ -176,12 +176,12 @@ class Qwen2_5_VLAdapter(ModelAdapter):
                                video_size=video_size_from_checkpoint(name_or_path))
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf",
-                 video_min_pixels: int | None = None, video_max_pixels: int | None = None):
+                 video_min_pixels: int | None = None, video_max_pixels: int | None = None, vision_stop: str = "feature"):
         if isinstance(processor, tuple):
             processor = ManualProcessor(*processor)
         if preprocess != "hf":
             raise PruneBenchError("Qwen2.5-VL has one preprocessing (its image processor); use preprocess='hf'")
-        super().__init__(model, processor, name)
+        super().__init__(model, processor, name, vision_stop)  # the features are the last block's: both stops run every block
         size = getattr(processor, "video_size", None) or {}
         self.video_pixels = (int(video_min_pixels or size.get("shortest_edge", VIDEO_MIN_PIXELS)),
                              int(video_max_pixels or size.get("longest_edge", VIDEO_MAX_PIXELS)))

@@ -75,7 +75,7 @@ class VideoLlavaAdapter(LlavaAdapter):
         return ManualProcessor(VideoLlavaImageProcessor.from_pretrained(name_or_path),
                                AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf", vision_stop: str = "feature"):
         if isinstance(processor, tuple):
             processor = ManualProcessor(*processor)
         if preprocess != "hf":
@@ -83,7 +83,7 @@ class VideoLlavaAdapter(LlavaAdapter):
         config = model.config
         if not hasattr(config, "image_token_id"):
             config.image_token_id = config.image_token_index
-        super().__init__(model, processor, name, preprocess)
+        super().__init__(model, processor, name, preprocess, vision_stop)
         self.image_token_id = config.image_token_index
         self.video_token_id = config.video_token_index
         side = config.vision_config.image_size // config.vision_config.patch_size
@@ -168,8 +168,7 @@ class VideoLlavaAdapter(LlavaAdapter):
         captured: dict[int, Captured] = {}
         requests = {self.vision_attention(layer, modality): _store(captured, layer) for layer in capture_layers}
         with capture(requests):
-            out = self._tower(modality)(pixels, output_hidden_states=True, return_dict=True)
-        hidden = torch.cat([out.hidden_states[i] for i in self._feature_layers()], dim=-1)  # (B*U, T, D)
+            hidden = torch.cat(self.run_tower(self._tower(modality), pixels, capture_layers), dim=-1)  # (B*U, T, D)
         units, tokens = hidden.shape[0] // bsz, hidden.shape[1]
         flat = hidden.reshape(bsz, units * tokens, -1)
         if modality == "video":  # every token of every frame, [CLS] included, enters the LLM

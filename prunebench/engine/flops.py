@@ -26,6 +26,7 @@ def measure_prefill_flops(
     with Pruner(adapter, method, budget, budget_mode=budget_mode, seed=seed, budget_scope=budget_scope, count_select_flops=True) as pruner:
         with FlopCounterMode(display=False, depth=None) as counter:
             out = pruner.generate(batch, max_new_tokens=1)
+        layers_run = adapter.vision_layers_run(pruner._vision_capture_layers())  # the ViT layers encode() ran
     counts = counter.get_flop_counts()
     total = int(sum(counts.get("Global", {}).values()))
     # the adapter calls the vision tower and projector directly, so only the LLM runs inside the model's own module
@@ -39,7 +40,7 @@ def measure_prefill_flops(
     analytic_vision = None
     if getattr(adapter, "family", "") == "llava":
         try:
-            analytic_vision = vision_flops(VisionShape.from_llava_config(adapter.model.config), projected)
+            analytic_vision = vision_flops(VisionShape.from_llava_config(adapter.model.config), projected, layers_run)
         except (AttributeError, TypeError):
             pass
     return FlopCount(

@@ -2,8 +2,9 @@
 
 A hub id or folder is dispatched on its ``config.model_type``: ``llava`` (LLaVA-1.5), ``llava_next``
 (LLaVA-1.6), ``video_llava``, ``qwen2_5_vl``, ``llava_onevision`` (LLaVA-OneVision, LLaVA-Video) and ``qwen3_vl``.
-``options`` go to the adapter: ``preprocess="paper"|"hf"``
-(LLaVA-1.5), ``layout="anyres"|"fivecrop"|"spatial"`` (LLaVA-NeXT), and are recorded by ``adapter.describe()``.
+``options`` go to the adapter: ``preprocess="paper"|"hf"`` (LLaVA-1.5), ``layout="anyres"|"fivecrop"|"spatial"``
+(LLaVA-NeXT), ``vision_stop="feature"|"full"`` (every family: run the vision encoder up to the feature layer, the
+default, or every layer as stock transformers), and are recorded by ``adapter.describe()``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str], gener
     """The baseline and every method x budget cell, each with its spec (built and validated once) and key.
 
     The key covers everything that changes a cell's numbers: model and the fingerprint of its weights, the
-    LLaVA-NeXT layout, suite tasks, their generation overrides and the fingerprint of the task folders read
+    LLaVA-NeXT layout, how far the vision encoder runs (``vision_stop``), suite tasks, their generation overrides and the fingerprint of the task folders read
     besides lmms-eval's own, limit, seed, preprocessing, dtype, attention implementation, device type, the
     evaluation batch size (padded batches can round differently from batch 1, and a near-tie on a trained
     model then flips an answer), the latency protocol, method, every method parameter, budget, budget mode and
@@ -73,7 +73,7 @@ def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str], gener
     family = family_of(model)
     options = {"model": model, "family": family, "seed": config["seed"], "batch_size": config["batch_size"], "layout": config.get("layout"),
                "preprocess": config["preprocess"], "dtype": config["dtype"], "attn_implementation": ATTN_IMPLEMENTATION,
-               "device": device_type(config["device"])}
+               "device": device_type(config["device"]), "vision_stop": config.get("vision_stop", "feature")}
     common = {
         "model": model, "weights": model_fingerprint(model), "suite": config["suite"], "task_names": sorted(suite_tasks),
         "task_files": task_fingerprint(include_paths or []), "limit": config["limit"], "generation_kwargs": dict(generation_kwargs or {}),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.core import BUDGET_MODES, PruneBenchError
-from prunebench.runner.config import BUDGET_SCOPES, DEFAULTS, LAYOUTS, PREPROCESS
+from prunebench.runner.config import BUDGET_SCOPES, DEFAULTS, LAYOUTS, PREPROCESS, VISION_STOPS
 from prunebench.store import ResultStore, atomic_write_text
 
 RUN_DESCRIPTION = """\
@@ -91,6 +91,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     what.add_argument("--layout", choices=LAYOUTS,
                       help="LLaVA-NeXT visual layout: anyres (stock, default), fivecrop (the papers' fixed 5 x 576 tokens) or "
                            "spatial (HiPrune's: the native AnyRes grid, no unpadding, no newlines)")
+    what.add_argument("--vision-stop", "--vision_stop", dest="vision_stop", choices=VISION_STOPS,
+                      help="run the vision encoder up to the feature layer (default, as serving engines do) or every layer "
+                           "(full: stock transformers); same answers, different vision time and FLOPs (recorded, in the key)")
     what.add_argument("--method-args", "--method_args", dest="method_args", action="append", metavar="M.P=V",
                       help="method parameter, e.g. fastv.layer=3 (repeatable or comma-separated)")
     what.add_argument("--plugins", help="comma-separated Python modules to import first (they register extra methods)")
@@ -135,7 +138,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model, "suite": args.suite, "tasks": args.tasks, "include_path": args.include_path, "methods": args.methods,
         "budgets": args.budgets, "budget_mode": args.budget_mode, "budget_scope": args.budget_scope, "preprocess": args.preprocess,
-        "layout": args.layout,
+        "layout": args.layout, "vision_stop": args.vision_stop,
         "method_args": args.method_args, "plugins": args.plugins, "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
         "device": args.device, "dtype": args.dtype, "output": args.output, "log_samples": args.log_samples,
         "leaderboard": args.leaderboard, "baseline_cache": args.baseline_cache, "gen_kwargs": args.gen_kwargs, "latency": latency if any(v is not None for v in latency.values()) else None,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.core import BUDGET_MODES, PruneBenchError
-from prunebench.spec import AVERAGE, BUDGET_SCOPES, LAYOUTS, PREPROCESS, parse_budget  # the option vocabularies, defined once
+from prunebench.spec import AVERAGE, BUDGET_SCOPES, LAYOUTS, PREPROCESS, VISION_STOPS, parse_budget  # the option vocabularies, defined once
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # config keys that do not make a sweep different (a rerun may change them freely)
@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "budget_mode": AVERAGE,
     "budget_scope": "image",
     "preprocess": "hf",
+    "vision_stop": "feature",  # run the ViT up to the feature layer ("full": every layer, as stock transformers)
     "layout": None,  # LLaVA-NeXT only: anyres (the adapter's default), fivecrop (papers' 5 x 576), spatial (HiPrune)
     "method_args": {},
     "limit": None,
@@ -224,6 +225,8 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
         raise PruneBenchError(f"--budget-scope must be one of {', '.join(BUDGET_SCOPES)}, got {data['budget_scope']!r}")
     if data["preprocess"] not in PREPROCESS:
         raise PruneBenchError(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {data['preprocess']!r}")
+    if data.get("vision_stop", "feature") not in VISION_STOPS:
+        raise PruneBenchError(f"--vision-stop must be one of {', '.join(VISION_STOPS)}, got {data['vision_stop']!r}")
     if data.get("layout") is not None and data["layout"] not in LAYOUTS:
         raise PruneBenchError(f"--layout must be one of {', '.join(LAYOUTS)} (LLaVA-NeXT), got {data['layout']!r}")
     if data["limit"] is not None:

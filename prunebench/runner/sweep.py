@@ -116,7 +116,7 @@ class Sweep:
     @property
     def adapter(self):
         if self._adapter is None:
-            options = adapter_options(self.config["preprocess"], self.config.get("layout"))
+            options = adapter_options(self.config["preprocess"], self.config.get("layout"), self.config.get("vision_stop", "feature"))
             self._adapter = load_model(self.model_name, dtype=self.config["dtype"], device=self.config["device"], seed=self.config["seed"], **options)
             log.info("loaded %s (%s)", self.model_name, self._adapter.describe())
         return self._adapter
@@ -134,7 +134,7 @@ class Sweep:
 
             self._lm = PruneBenchLMM.from_adapter(self.adapter, pretrained=self.model_name, batch_size=self.config["batch_size"],
                                                   preprocess=self.config["preprocess"], seed=self.config["seed"], dtype=self.config["dtype"],
-                                                  layout=self.config.get("layout"))
+                                                  layout=self.config.get("layout"), vision_stop=self.config.get("vision_stop", "feature"))
             self._lm.progress = self.progress
             self._lm.progress_file = sys.stderr  # the real one, also while lmms-eval's bars are filtered
         return self._lm
