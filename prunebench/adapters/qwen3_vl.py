@@ -117,8 +117,8 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
 
     model_class = "Qwen3VLForConditionalGeneration"  # e.g. Qwen/Qwen3-VL-8B-Instruct
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf"):
-        super().__init__(model, processor, name, preprocess)
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf", vision_stop: str = "feature"):
+        super().__init__(model, processor, name, preprocess, vision_stop=vision_stop)  # DeepStack reads several blocks: all run
         self.deepstack_layers = len(model.config.vision_config.deepstack_visual_indexes or ())
         # (weak ref to an assembled prompt's inputs_embeds, its visual positions (B, n), DeepStack rows [(B, n, D)])
         self._deepstack_prompts: list[tuple[weakref.ref, torch.Tensor, list[torch.Tensor]]] = []
