@@ -39,7 +39,8 @@ def install(session: nox.Session, extras: str) -> None:
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     install(session, "eval,test")
-    session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
+    # the conformance kit is ~1000 independent (method, family, property) cases: one worker per core
+    session.run("pytest", *(session.posargs or ["-q", "-n", "auto"]), env=OFFLINE)
 
 
 @nox.session(python="3.11")
@@ -52,8 +53,14 @@ def demo(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     install(session, "eval,test")
-    session.run("pytest", "tests/benchmarks", "--benchmark-only", "--benchmark-columns=min,median,max,rounds", *session.posargs,
-                env={**OFFLINE, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    session.run(
+        "pytest",
+        "tests/benchmarks",
+        "--benchmark-only",
+        "--benchmark-columns=min,median,max,rounds",
+        *session.posargs,
+        env={**OFFLINE, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+    )
 
 
 @nox.session(python="3.11")

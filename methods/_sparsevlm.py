@@ -6,6 +6,7 @@ routine, not the method's score; the method module re-exports every name.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -74,7 +75,7 @@ def schedule_shape(version: str, budget_576: float, stages: int = len(PAPER_LAYE
     budgets = sorted(table)
     b = min(max(budget_576, budgets[0]), budgets[-1])
     shape = [x / REFERENCE_TOKENS for x in table[budgets[0]]]
-    for lo, hi in zip(budgets, budgets[1:]):
+    for lo, hi in itertools.pairwise(budgets):
         if lo <= b <= hi:
             t = (b - lo) / (hi - lo)
             shape = [((1 - t) * x + t * y) / REFERENCE_TOKENS for x, y in zip(table[lo], table[hi])]
@@ -105,17 +106,20 @@ def served_budgets(version: str, ctx: PlanContext, cuts: list[int], name: str = 
 def no_paper_schedule(version: str, budget: int, ctx: PlanContext, layers: tuple[int, ...], served: dict[int, int | None]) -> str:
     """The message of an infeasible ``schedule="paper"`` cell: which budgets the published schedules serve."""
     if not served:
-        return (f"sparsevlm schedule='paper': the authors published schedules only for {REFERENCE_TOKENS} visual tokens, "
-                f"{REFERENCE_DEPTH} layers and pruning layers {PAPER_LAYERS}; this input has {ctx.num_visual} tokens and "
-                f"{ctx.num_layers} layers (layers {layers}); use schedule='scaled'")
+        return (
+            f"sparsevlm schedule='paper': the authors published schedules only for {REFERENCE_TOKENS} visual tokens, "
+            f"{REFERENCE_DEPTH} layers and pruning layers {PAPER_LAYERS}; this input has {ctx.num_visual} tokens and "
+            f"{ctx.num_layers} layers (layers {layers}); use schedule='scaled'"
+        )
     measured = paper_budgets(version, ctx.mode)
     listed = "; ".join(
-        f"\"{label}\" measures {measured[label]:g}: " + (f"budget {b}" if b is not None else "no integer budget in this mode")
-        for label, b in served.items()
+        f'"{label}" measures {measured[label]:g}: ' + (f"budget {b}" if b is not None else "no integer budget in this mode") for label, b in served.items()
     )
-    return (f"sparsevlm v{version} schedule='paper': no published schedule meets budget {budget} in {ctx.mode} mode "
-            f"(prunebench counts the visual tokens each layer sees, the authors each layer's output): {listed}. "
-            f"Use one of those budgets (the other budget mode for the rest), or schedule='scaled' for {budget}")
+    return (
+        f"sparsevlm v{version} schedule='paper': no published schedule meets budget {budget} in {ctx.mode} mode "
+        f"(prunebench counts the visual tokens each layer sees, the authors each layer's output): {listed}. "
+        f"Use one of those budgets (the other budget mode for the rest), or schedule='scaled' for {budget}"
+    )
 
 
 def dpc_knn(x: torch.Tensor, clusters: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,5 +159,6 @@ def in_slot(hidden: torch.Tensor, kept: torch.Tensor, centres: torch.Tensor, mer
     order = indices.argsort(dim=1)
     values = torch.cat([hidden.gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1])), merged], dim=1)
     replace = torch.cat([torch.zeros_like(kept, dtype=torch.bool), torch.ones_like(centres, dtype=torch.bool)], dim=1)
-    return RecycledSelection(indices.gather(1, order), values=values.gather(1, order[..., None].expand(-1, -1, values.shape[-1])),
-                             replace=replace.gather(1, order))
+    return RecycledSelection(
+        indices.gather(1, order), values=values.gather(1, order[..., None].expand(-1, -1, values.shape[-1])), replace=replace.gather(1, order)
+    )

@@ -68,7 +68,9 @@ class Downsample(VisionStagePruner):
     def preprocess(self, sample: Sample, budget: int, adapter: ModelAdapter) -> Sample:
         """The sample with its image resized to exactly ``budget`` merged tokens (unchanged at or above its count)."""
         if not getattr(adapter, "dynamic_resolution", False):
-            raise UnsupportedModel(f"downsample needs a dynamic-resolution model (Qwen2.5-VL, Qwen3-VL); {adapter.family or 'this model'} takes a fixed-size input")
+            raise UnsupportedModel(
+                f"downsample needs a dynamic-resolution model (Qwen2.5-VL, Qwen3-VL); {adapter.family or 'this model'} takes a fixed-size input"
+            )
         if sample.modality != "image":
             raise UnsupportedModel("downsample resizes images only (VTC-Bench does not downsample videos)")
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize

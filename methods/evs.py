@@ -21,8 +21,9 @@ def frames_of(view: VisionView) -> tuple[int, int]:
     frames, tokens = view.num_units, view.num_tokens
     expected = torch.arange(tokens, device=view.unit_of.device) // max(tokens // max(frames, 1), 1)
     if tokens % frames or not bool((view.unit_of == expected).all()):
-        raise PruneBenchError(f"the video view's {tokens} tokens are not {frames} contiguous frames of equal size; "
-                              "build unit_of as arange(N) // tokens_per_frame")
+        raise PruneBenchError(
+            f"the video view's {tokens} tokens are not {frames} contiguous frames of equal size; build unit_of as arange(N) // tokens_per_frame"
+        )
     return frames, tokens // frames
 
 

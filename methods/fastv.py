@@ -34,7 +34,8 @@ class FastV(ScoredLLMPruner):
 
     On Qwen2.5-VL: FastV reads LLM attention, not the ViT's, so nothing replaces [CLS] attention; the same
     last-token rule runs on the ``<|image_pad|>``/``<|video_pad|>`` span and kept tokens keep their original
-    3-D M-RoPE positions (the authors' Qwen-VL port, branch ``qwenvl-dev`` @dcd30ce, keeps the same rule). On LLaVA-NeXT, AnyRes newline tokens are never candidates.
+    3-D M-RoPE positions (the authors' Qwen-VL port, branch ``qwenvl-dev`` @dcd30ce, keeps the same rule).
+    On LLaVA-NeXT, AnyRes newline tokens are never candidates.
     """
 
     layer: int = 2

@@ -112,8 +112,11 @@ class FastVID(VisionStagePruner):
     knn: int = 4
     merge: bool = True
 
-    signals = ("frame global feature (mean projected token)", "saliency (importance(): [CLS] or received attention)",
-               "projected tokens (cosine, DPC-KNN density)")
+    signals = (
+        "frame global feature (mean projected token)",
+        "saliency (importance(): [CLS] or received attention)",
+        "projected tokens (cosine, DPC-KNN density)",
+    )
     paper = "Shen et al., NeurIPS 2025 (arXiv 2503.11187)"
     citation = "shen2025fastvid"
     display_name = "FastVID"

@@ -126,7 +126,8 @@ class HiPrune(ScoredVisionPruner):
         per_unit = torch.zeros(view.batch_size, units, dtype=torch.long, device=anchored.device).scatter_add_(1, unit_of, anchored.long())
         for u, (_, quota) in enumerate(ranking):
             if bool((per_unit[:, u] > quota).any()):
-                raise PruneBenchError(f"hiprune: anchors and buffers hold {int(per_unit[:, u].max())} tokens, more than the "
-                                      f"budget {quota}; lower alpha ({self.alpha})")
+                raise PruneBenchError(
+                    f"hiprune: anchors and buffers hold {int(per_unit[:, u].max())} tokens, more than the budget {quota}; lower alpha ({self.alpha})"
+                )
         # anchors and buffers first (they always fit), then the best register-layer tokens for the rest
         return Selection(self.keep_top(view, self.score(view).masked_fill(anchored, float("inf")), keep))

@@ -112,8 +112,11 @@ class LearnPruner(PruningMethod):
     verify: bool = True
 
     stages = ("vision", "llm")
-    signals = ("LPM keep probability (ViT feature layer)", "feature cosine similarity (diversity)",
-               "LLM attention post-image text -> visual at the middle layer")
+    signals = (
+        "LPM keep probability (ViT feature layer)",
+        "feature cosine similarity (diversity)",
+        "LLM attention post-image text -> visual at the middle layer",
+    )
     position_policy = "compact"
     paper = "Takezoe et al., ICLR 2026 (arXiv 2604.23950), re-implemented from description"
     citation = "takezoe2026learnpruner"
@@ -202,8 +205,9 @@ class LearnPruner(PruningMethod):
             key = (self.checkpoint, view.model_name, width)
             if key not in cache:
                 base = view.adapter.model if view.adapter is not None else None
-                cache[key] = resolve_lpm(self.checkpoint, view.model_name, width, seed=self.seed, hidden=self.lpm_hidden or None,
-                                         input=self.lpm_input, base=base, verify=self.verify)
+                cache[key] = resolve_lpm(
+                    self.checkpoint, view.model_name, width, seed=self.seed, hidden=self.lpm_hidden or None, input=self.lpm_input, base=base, verify=self.verify
+                )
             module = cache[key]
         return check_lpm(module, width, self.lpm_input, self.lpm_hidden, view.model_name)
 

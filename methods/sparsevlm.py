@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
 from prunebench.core import InfeasibleBudget, Plan, PlanContext, PruneBenchError, PruningMethod, Selection, ranked, solve_cuts, top_k
-from prunebench.methods._sparsevlm import (PAPER_LAYERS, REFERENCE_DEPTH, REFERENCE_TOKENS, SCHEDULE_MODES, SCHEDULES, cluster_means, dpc_knn,
-                                           in_slot, no_paper_schedule, paper_budgets, paper_counts, recycled_clusters, schedule_shape, served_budgets)
+from prunebench.methods._sparsevlm import (
+    PAPER_LAYERS,
+    REFERENCE_DEPTH,
+    REFERENCE_TOKENS,
+    SCHEDULE_MODES,
+    SCHEDULES,
+    cluster_means,
+    dpc_knn,
+    in_slot,
+    no_paper_schedule,
+    paper_budgets,
+    paper_counts,
+    recycled_clusters,
+    schedule_shape,
+    served_budgets,
+)
 from prunebench.registry import register_method
 from prunebench.views import LayerView
 
@@ -96,8 +110,9 @@ class SparseVLM(PruningMethod):
         if self.positions not in ("auto", "renumber", "original"):
             raise PruneBenchError(f"sparsevlm positions must be 'auto', 'renumber' or 'original', got {self.positions!r}")
         if self.recycle == "append" and self.llm_position_policy != "renumber":
-            raise PruneBenchError("sparsevlm recycle='append' places merged tokens by renumbering; use positions='renumber' "
-                                  "(or recycle='inplace' with original positions)")
+            raise PruneBenchError(
+                "sparsevlm recycle='append' places merged tokens by renumbering; use positions='renumber' (or recycle='inplace' with original positions)"
+            )
         if self.schedule not in SCHEDULE_MODES:
             raise PruneBenchError(f"sparsevlm schedule must be one of {', '.join(SCHEDULE_MODES)}, got {self.schedule!r}")
         if self.rope_correction not in ("divide", "clamp", "none"):
@@ -112,7 +127,7 @@ class SparseVLM(PruningMethod):
     # -- budget -------------------------------------------------------------------------------------------
     @property
     def recycling(self) -> str:
-        """"append" (v1.5 as published), "inplace" (merged token in its centre's slot) or "none" (v2.0)."""
+        """ "append" (v1.5 as published), "inplace" (merged token in its centre's slot) or "none" (v2.0)."""
         if self.recycle == "auto":
             if self.version != "1.5":
                 return "none"

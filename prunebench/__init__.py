@@ -10,8 +10,8 @@ Public API::
 
 __version__ = "0.1.0"
 
-from prunebench.bases import ScoredLLMPruner, ScoredVisionPruner  # noqa: E402
-from prunebench.core import (  # noqa: E402
+from prunebench.bases import ScoredLLMPruner, ScoredVisionPruner
+from prunebench.core import (
     BudgetError,
     InfeasibleBudget,
     Plan,
@@ -27,12 +27,30 @@ from prunebench.core import (  # noqa: E402
     solve_single_cut,
     top_k,
 )
-from prunebench.engine import Pruner  # noqa: E402
-from prunebench.models import load_model  # noqa: E402
-from prunebench.registry import create_method, list_methods, register_method  # noqa: E402
+from prunebench.engine import Pruner
+from prunebench.models import load_model
+from prunebench.registry import create_method, list_methods, register_method
 
 __all__ = [
-    "BudgetError", "InfeasibleBudget", "Plan", "PlanContext", "PruneBenchError", "PruningMethod", "Pruner",
-    "ScoredLLMPruner", "ScoredVisionPruner", "Selection", "SelectionError", "SingleCutLLMPruner", "UnsupportedModel",
-    "VisionStagePruner", "create_method", "list_methods", "load_model", "register_method", "solve_cuts", "solve_single_cut", "top_k",
+    "BudgetError",
+    "InfeasibleBudget",
+    "Plan",
+    "PlanContext",
+    "PruneBenchError",
+    "Pruner",
+    "PruningMethod",
+    "ScoredLLMPruner",
+    "ScoredVisionPruner",
+    "Selection",
+    "SelectionError",
+    "SingleCutLLMPruner",
+    "UnsupportedModel",
+    "VisionStagePruner",
+    "create_method",
+    "list_methods",
+    "load_model",
+    "register_method",
+    "solve_cuts",
+    "solve_single_cut",
+    "top_k",
 ]

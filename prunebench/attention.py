@@ -16,15 +16,15 @@ from __future__ import annotations
 import contextlib
 import sys
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 _PREFIX = "prunebench_"
 # module -> callback receiving a Captured; consulted by the wrapper on every call (weak: no leaks)
-_REQUESTS: "weakref.WeakKeyDictionary[nn.Module, Callable[[Captured], None]]" = weakref.WeakKeyDictionary()
+_REQUESTS: weakref.WeakKeyDictionary[nn.Module, Callable[[Captured], None]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -82,8 +82,8 @@ class Captured:
         """The capture of sample ``b`` alone (a batch of one; a mask broadcast over the batch stays as it is)."""
         mask = self.mask
         if mask is not None and mask.shape[0] > 1:
-            mask = mask[b:b + 1]
-        return Captured(self.query[b:b + 1], self.key[b:b + 1], mask, self.scaling, self.causal)
+            mask = mask[b : b + 1]
+        return Captured(self.query[b : b + 1], self.key[b : b + 1], mask, self.scaling, self.causal)
 
     def _row_bias(self, rows: torch.Tensor, num_keys: int, device: torch.device) -> torch.Tensor:
         """Additive bias (B, 1, r, Lk) of query rows ``rows`` as the kernel masked them.

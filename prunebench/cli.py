@@ -38,8 +38,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunebench",
-        description="Benchmark vision-token pruning methods for vision-language models: one hook interface, "
-        "one budget contract, one cost model.",
+        description="Benchmark vision-token pruning methods for vision-language models: one hook interface, one budget contract, one cost model.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -9,14 +9,18 @@ from prunebench.core import PruneBenchError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("list", help="list pruning methods (built-in and plugins)",
-                              description="List the registered pruning methods with their stages, signals, defaults and paper.")
+    p = subparsers.add_parser(
+        "list",
+        help="list pruning methods (built-in and plugins)",
+        description="List the registered pruning methods with their stages, signals, defaults and paper.",
+    )
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'fast*'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
     c = subparsers.add_parser(
-        "check", help="run the conformance kit on methods",
+        "check",
+        help="run the conformance kit on methods",
         description="Run the conformance kit (no-op = stock generate, token contract, cache consistency, batch = single, "
         "signals = eager, hygiene, determinism) on tiny models. Exits 1 and names the failed property and method "
         "if any check fails.",
@@ -29,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_check)
 
     m = subparsers.add_parser(
-        "models", help="list the runnable models",
+        "models",
+        help="list the runnable models",
         description="List every model `prunebench run --model` takes by name: the shipped toy model, the tiny test models "
         "(random weights) and the checkpoints each family loads, with family, LLM depth, visual tokens per image (from the "
         "config, nothing downloaded) and whether the weights are on this machine (the local Hugging Face cache, offline). "
@@ -82,9 +87,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 1
     for info in infos:
         defaults = ", ".join(f"{k}={v!r}" for k, v in info["defaults"].items()) or MISSING
-        print(f"{info['name']}\n  stages:    {_text(info['stages'])} (positions: {info['positions']})\n"
-              f"  signals:   {_text(info['signals'])}\n  defaults:  {defaults}\n"
-              f"  paper:     {_text(info['paper'])}\n  citation:  {_text(info['citation'])}\n  from:      {info['origin']}")
+        print(
+            f"{info['name']}\n  stages:    {_text(info['stages'])} (positions: {info['positions']})\n"
+            f"  signals:   {_text(info['signals'])}\n  defaults:  {defaults}\n"
+            f"  paper:     {_text(info['paper'])}\n  citation:  {_text(info['citation'])}\n  from:      {info['origin']}"
+        )
     return 0
 
 
@@ -95,17 +102,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    columns = [("name", "model"), ("family", "family"), ("llm_layers", "LLM layers"), ("visual_tokens", "visual tokens / image"),
-               ("weights", "weights"), ("note", "note")]
-    cells = [[title for _, title in columns]] + [[str(r[key]) + (" (default)" if key == "name" and r["name"] == DEFAULT_MODEL else "")
-                                                 for key, _ in columns] for r in rows]
+    columns = [
+        ("name", "model"),
+        ("family", "family"),
+        ("llm_layers", "LLM layers"),
+        ("visual_tokens", "visual tokens / image"),
+        ("weights", "weights"),
+        ("note", "note"),
+    ]
+    cells = [[title for _, title in columns]] + [
+        [str(r[key]) + (" (default)" if key == "name" and r["name"] == DEFAULT_MODEL else "") for key, _ in columns] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns) - 1)]
     for k, row in enumerate(cells):
         print("  ".join(text.ljust(w) for text, w in zip(row, widths)) + "  " + row[-1])
         if k == 0:
             print("  ".join("-" * w for w in widths) + "  " + "-" * max(len(r[-1]) for r in cells))
-    print("\nrun one with `prunebench run --model NAME`; any other hub id or local folder of these families loads too. "
-          "Tiny models have random weights: their scores are meaningless (they exist for the tests and `prunebench check`).")
+    print(
+        "\nrun one with `prunebench run --model NAME`; any other hub id or local folder of these families loads too. "
+        "Tiny models have random weights: their scores are meaningless (they exist for the tests and `prunebench check`)."
+    )
     return 0
 
 

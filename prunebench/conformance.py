@@ -29,10 +29,11 @@ for cache and batch logits (:func:`logit_tolerance`), :data:`SIGNAL_TOL` for att
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -126,7 +127,9 @@ def _groups(adapter: ModelAdapter, samples: Sequence[Sample]) -> list[list[Sampl
     return list(groups.values())
 
 
-def _generate(adapter: ModelAdapter, method: PruningMethod, budget: int | None, samples: Sequence[Sample], mode: str = "final", seed: int = 0, logits: bool = False):
+def _generate(
+    adapter: ModelAdapter, method: PruningMethod, budget: int | None, samples: Sequence[Sample], mode: str = "final", seed: int = 0, logits: bool = False
+):
     batch = adapter.prepare(samples)
     with Pruner(adapter, method, budget, budget_mode=mode, seed=seed) as pruner:
         return pruner.generate(batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, output_logits=logits)
@@ -167,9 +170,10 @@ def check_noop(adapter, method, samples, budget):
     for group in _groups(adapter, samples):  # a keep-all budget is per visual layout
         batch = adapter.prepare(group)
         with torch.inference_mode():
-            stock = adapter.model.generate(**batch.inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                           return_dict_in_generate=True, output_logits=True)
-        stock_tokens = stock.sequences[:, batch.input_ids.shape[1]:]
+            stock = adapter.model.generate(
+                **batch.inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True
+            )
+        stock_tokens = stock.sequences[:, batch.input_ids.shape[1] :]
         out = _generate(adapter, method, _num_visual(adapter, group), group, logits=True)
         if not torch.equal(out.tokens, stock_tokens):
             return False, f"tokens differ from stock generate: {out.tokens.tolist()} vs {stock_tokens.tolist()}"
@@ -220,8 +224,9 @@ def check_cache(adapter, method, samples, budget):
     diff = _max_diff(out.logits, again)
     tolerance, scale = logit_tolerance(again)
     sizes = [len(group.indices) for group in out.groups]
-    return diff <= tolerance, (f"max |Δlogit| cached vs recomputed = {diff:.2e} over groups of {sizes} samples "
-                               f"(tolerance {tolerance:.1e} at max |logit| {scale:.3g})")
+    return diff <= tolerance, (
+        f"max |Δlogit| cached vs recomputed = {diff:.2e} over groups of {sizes} samples (tolerance {tolerance:.1e} at max |logit| {scale:.3g})"
+    )
 
 
 def check_batch(adapter, method, samples, budget):
@@ -243,8 +248,9 @@ def check_batch(adapter, method, samples, budget):
         if diff / tolerance >= worst / worst_tolerance:
             worst, worst_tolerance, worst_scale = diff, tolerance, scale
     lengths = [len(s.question.split()) for s in samples]
-    return worst <= worst_tolerance, (f"max |Δlogit| batch vs single = {worst:.2e} (prompt lengths {lengths}; "
-                                      f"tolerance {worst_tolerance:.1e} at max |logit| {worst_scale:.3g})")
+    return worst <= worst_tolerance, (
+        f"max |Δlogit| batch vs single = {worst:.2e} (prompt lengths {lengths}; tolerance {worst_tolerance:.1e} at max |logit| {worst_scale:.3g})"
+    )
 
 
 def check_signals(adapter, method, samples, budget):
@@ -354,9 +360,16 @@ def _layer_view_scores(adapter, method, batch, budget) -> dict[str, tuple[torch.
         if not seen:
             rows, valid = view.text_queries()
             last = view.last_index
-            seen.update(layer=view.layer, visual=view.visual_index, rows=rows, valid=valid, last=last,
-                        attention=view.attention(last), to_visual=view.attention_to_visual(rows),
-                        to_visual_heads=view.attention_to_visual(last, heads="none"))
+            seen.update(
+                layer=view.layer,
+                visual=view.visual_index,
+                rows=rows,
+                valid=valid,
+                last=last,
+                attention=view.attention(last),
+                to_visual=view.attention_to_visual(rows),
+                to_visual_heads=view.attention_to_visual(last, heads="none"),
+            )
         return method.select_llm(view, keep)
 
     with Pruner(adapter, method, budget, budget_mode="final") as pruner:
@@ -366,8 +379,11 @@ def _layer_view_scores(adapter, method, batch, budget) -> dict[str, tuple[torch.
         return {}
     llm = out.llm_inputs
     with torch.inference_mode(), _eager(adapter.model):
-        probs = adapter.model(inputs_embeds=llm.inputs_embeds, attention_mask=llm.attention_mask, position_ids=llm.position_ids,
-                              output_attentions=True).attentions[seen["layer"] - 1].float()  # (B, H, L, L)
+        probs = (
+            adapter.model(inputs_embeds=llm.inputs_embeds, attention_mask=llm.attention_mask, position_ids=llm.position_ids, output_attentions=True)
+            .attentions[seen["layer"] - 1]
+            .float()
+        )  # (B, H, L, L)
 
     def rows_of(rows):  # (B, H, r, L)
         return probs.gather(2, rows[:, None, :, None].expand(-1, probs.shape[1], -1, probs.shape[-1]))
@@ -400,7 +416,7 @@ def check_hygiene(adapter, method, samples, budget):
     counts = [num_visual, *plan.tokens_per_layer()]  # a stage that keeps everything never calls its select
     # a method that prunes in preprocessing (downsample) reaches the vision stage with the budget already met
     vision_target = "preprocess" if callable(getattr(method, "preprocess", None)) else "select_vision"
-    targets = ["plan"] + [vision_target] * (counts[1] < num_visual) + ["select_llm"] * any(b < a for a, b in zip(counts[1:], counts[2:]))
+    targets = ["plan"] + [vision_target] * (counts[1] < num_visual) + ["select_llm"] * any(b < a for a, b in itertools.pairwise(counts[1:]))
     problems = []
     for target in targets:
         try:
@@ -510,9 +526,14 @@ def run_check(check: str, adapter: ModelAdapter, method: PruningMethod, budget: 
         parts = [_run_check(check, adapter, method, budget, [s for s in samples if s.modality == m]) for m in modalities]
         if all(p.refused for p in parts):
             return result
-        result = CheckResult(check, method.name, adapter.name, passed=all(p.passed for p in parts),
-                             detail="; ".join(f"{m}: {'refused: ' if p.refused else ''}{p.detail}" for m, p in zip(modalities, parts)),
-                             traceback="\n".join(p.traceback for p in parts if p.traceback))
+        result = CheckResult(
+            check,
+            method.name,
+            adapter.name,
+            passed=all(p.passed for p in parts),
+            detail="; ".join(f"{m}: {'refused: ' if p.refused else ''}{p.detail}" for m, p in zip(modalities, parts)),
+            traceback="\n".join(p.traceback for p in parts if p.traceback),
+        )
     return result
 
 
@@ -529,8 +550,13 @@ def _run_check(check: str, adapter: ModelAdapter, method: PruningMethod, budget:
     return result
 
 
-def run_conformance(methods: Sequence[PruningMethod], adapter: ModelAdapter, checks: Sequence[str] = CHECKS, budget: int = 64,
-                    on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+def run_conformance(
+    methods: Sequence[PruningMethod],
+    adapter: ModelAdapter,
+    checks: Sequence[str] = CHECKS,
+    budget: int = 64,
+    on_result: Callable[[CheckResult], None] | None = None,
+) -> list[CheckResult]:
     samples = synthetic_samples(family=adapter.family)
     results = []
     for method in methods:

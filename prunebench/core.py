@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -278,8 +279,9 @@ def solve_single_cut(budget: int, ctx: PlanContext, cut: int, name: str = "metho
     return solve_cuts(budget, ctx, (cut,), name=name, before=before)[0]
 
 
-def solve_cuts(budget: int, ctx: PlanContext, cuts: Sequence[int], shape: Sequence[float] | None = None, name: str = "method",
-               before: int | None = None) -> list[int]:
+def solve_cuts(
+    budget: int, ctx: PlanContext, cuts: Sequence[int], shape: Sequence[float] | None = None, name: str = "method", before: int | None = None
+) -> list[int]:
     """Keep counts after LLM cuts at layers ``cuts`` (ascending) so that the plan meets ``budget`` under ``ctx.mode``.
 
     ``shape``: the stages' relative sizes (e.g. a published schedule's fractions; default: one stage per cut,
@@ -327,15 +329,13 @@ def solve_cuts(budget: int, ctx: PlanContext, cuts: Sequence[int], shape: Sequen
 
 def check_budget(budget: Any, num_visual: int) -> int:
     """Validate a user-supplied budget against the input's visual tokens."""
-    if isinstance(budget, bool) or not isinstance(budget, (int,)) and not (isinstance(budget, float) and budget.is_integer()):
+    if isinstance(budget, bool) or (not isinstance(budget, (int,)) and not (isinstance(budget, float) and budget.is_integer())):
         raise BudgetError(f"budget must be a positive integer number of visual tokens, got {budget!r}")
     budget = int(budget)
     if budget <= 0:
         raise BudgetError(f"budget must be a positive integer number of visual tokens, got {budget}")
     if budget > num_visual:
-        raise BudgetError(
-            f"budget {budget} exceeds the {num_visual} visual tokens of this input; choose a budget <= {num_visual}"
-        )
+        raise BudgetError(f"budget {budget} exceeds the {num_visual} visual tokens of this input; choose a budget <= {num_visual}")
     return budget
 
 

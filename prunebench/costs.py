@@ -23,8 +23,9 @@ checked against the analytic formula for LLaVA-1.5-7B in ``tests/test_costs.py``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
@@ -40,7 +41,7 @@ def _register_cpu_sdpa_formula() -> None:
         return
 
     @register_flop_formula(op)
-    def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):  # noqa: ARG001
+    def _cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs):
         return sdpa_flop_count(query, key, value)
 
 
@@ -86,7 +87,7 @@ class VisionShape:
     projector_in: int = 0  # 0 = hidden_size
 
     @classmethod
-    def from_llava_config(cls, config: Any) -> "VisionShape":
+    def from_llava_config(cls, config: Any) -> VisionShape:
         vc = config.vision_config
         layers = config.vision_feature_layer
         proj_in = vc.hidden_size * (len(layers) if isinstance(layers, (list, tuple)) else 1)
@@ -179,7 +180,7 @@ def meta_prefill_flops(config: Any, num_tokens: int, model_cls: type | None = No
     Returns the FLOPs of ``language_model`` (decoder layers; no lm_head) for one sequence of ``num_tokens``.
     """
     if model_cls is None:
-        from transformers import LlavaForConditionalGeneration as model_cls  # noqa: N813
+        from transformers import LlavaForConditionalGeneration as model_cls
     with torch.device("meta"):
         model = model_cls(config)
     llm = model.model.language_model
@@ -195,17 +196,33 @@ def llava_7b_config() -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     return LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
-                                       num_hidden_layers=24, num_attention_heads=16, projection_dim=768),
-        text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
-        image_token_id=32000, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        vision_config=CLIPVisionConfig(
+            image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, projection_dim=768
+        ),
+        text_config=LlamaConfig(
+            vocab_size=32064,
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=4096,
+        ),
+        image_token_id=32000,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
     )
 
 
 def llm_shape_of(config: Any) -> LLMShape:
     cfg = getattr(config, "text_config", config)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return LLMShape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
-                    cfg.num_key_value_heads or cfg.num_attention_heads, head_dim, cfg.vocab_size)
-
+    return LLMShape(
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads or cfg.num_attention_heads,
+        head_dim,
+        cfg.vocab_size,
+    )

@@ -23,8 +23,13 @@ from prunebench import __version__
 def versions() -> dict[str, str | None]:
     """Versions of the code that computes a result: prunebench, lmms-eval (None when not installed), transformers,
     torch and Python."""
-    return {"prunebench": __version__, "lmms_eval": package_version("lmms_eval"), "transformers": transformers.__version__,
-            "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "prunebench": __version__,
+        "lmms_eval": package_version("lmms_eval"),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def package_version(name: str) -> str | None:
@@ -40,8 +45,9 @@ def git_commit() -> str | None:
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("-dirty" if dirty else "")) if commit else None

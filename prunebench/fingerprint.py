@@ -23,8 +23,9 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 _SKIP_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints"}
 _memory: dict[tuple[str, int, int], str] = {}
@@ -120,8 +121,7 @@ def code_fingerprint() -> str:
     pkg = Path(prunebench.__file__).resolve().parent
     from prunebench.toy import TOY_MODEL_DIR
 
-    return tree_sha256([pkg, Path(prunebench.methods.__file__).parent, Path(prunebench.suites.__file__).parent],
-                       exclude=[pkg / "report", TOY_MODEL_DIR])
+    return tree_sha256([pkg, Path(prunebench.methods.__file__).parent, Path(prunebench.suites.__file__).parent], exclude=[pkg / "report", TOY_MODEL_DIR])
 
 
 def task_fingerprint(include_paths: Iterable[str]) -> str | None:
@@ -158,7 +158,7 @@ def hub_revision(repo_id: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # noqa: BLE001 - an odd id is reported by the model load
+    except Exception:
         found = None
     if isinstance(found, str):
         parts = Path(found).parts
@@ -168,7 +168,7 @@ def hub_revision(repo_id: str) -> str | None:
         from transformers import AutoConfig
 
         return getattr(AutoConfig.from_pretrained(repo_id), "_commit_hash", None)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 

@@ -44,8 +44,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
@@ -92,16 +93,37 @@ class PruneBenchLMM(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str | None = None, method: str = NO_METHOD, budget: Any = None, budget_mode: str = AVERAGE,
-                 budget_scope: str = "image", preprocess: str = "hf", seed: int = 0, batch_size: int | str = 1,
-                 device: str | None = "cpu", dtype: str = "auto", max_new_tokens: int | None = None,
-                 max_batch_size: int | None = None, trust_remote_code: bool = False, cache_mb: float = 1024, adapter: Any = None,
-                 layout: str | None = None, vision_stop: str = "feature", **method_params: Any):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        method: str = NO_METHOD,
+        budget: Any = None,
+        budget_mode: str = AVERAGE,
+        budget_scope: str = "image",
+        preprocess: str = "hf",
+        seed: int = 0,
+        batch_size: int | str = 1,
+        device: str | None = "cpu",
+        dtype: str = "auto",
+        max_new_tokens: int | None = None,
+        max_batch_size: int | None = None,
+        trust_remote_code: bool = False,
+        cache_mb: float = 1024,
+        adapter: Any = None,
+        layout: str | None = None,
+        vision_stop: str = "feature",
+        **method_params: Any,
+    ):
         super().__init__()
         if adapter is None:
             check_layout(family_of(pretrained or DEFAULT_MODEL), layout)
-            adapter = load_model(pretrained or DEFAULT_MODEL, dtype=dtype, device=device or "cpu", trust_remote_code=trust_remote_code,
-                                 **adapter_options(preprocess, layout, vision_stop))
+            adapter = load_model(
+                pretrained or DEFAULT_MODEL,
+                dtype=dtype,
+                device=device or "cpu",
+                trust_remote_code=trust_remote_code,
+                **adapter_options(preprocess, layout, vision_stop),
+            )
         elif layout is not None and getattr(adapter, "layout", None) != layout:
             raise PruneBenchError(f"layout={layout!r} but the given adapter was loaded with layout {getattr(adapter, 'layout', None)!r}")
         elif getattr(adapter, "vision_stop", "feature") != vision_stop:
@@ -123,11 +145,11 @@ class PruneBenchLMM(lmms):
         self.requests_log: list[RequestLog] = []
         self.timing = {"requests": 0, "wall_s": 0.0, "visual_s": 0.0, "prepare_s": 0.0, "generate_s": 0.0}
         prefix = f"{method}."
-        params = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in method_params.items()}
+        params = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in method_params.items()}
         self.configure(method, budget, budget_mode=budget_mode, budget_scope=budget_scope, seed=seed, params=params)
 
     @classmethod
-    def from_adapter(cls, adapter: Any, **kwargs: Any) -> "PruneBenchLMM":
+    def from_adapter(cls, adapter: Any, **kwargs: Any) -> PruneBenchLMM:
         """Wrap an already loaded adapter (the sweep loads the model once)."""
         return cls(pretrained=kwargs.pop("pretrained", adapter.name), adapter=adapter, **kwargs)
 
@@ -139,23 +161,36 @@ class PruneBenchLMM(lmms):
     def spec_for(self, method: str | PruningMethod, budget: Any, params: dict[str, Any] | None = None, **options: Any) -> CellSpec:
         """The spec of a cell on this model (its layout, preprocessing, dtype, attention and device; this batch size
         unless ``batch_size`` is given)."""
-        defaults = {"batch_size": self.batch_size_per_gpu, "layout": self.layout, "preprocess": self.preprocess, "dtype": self.requested_dtype,
-                    "attn_implementation": self.attn_implementation, "device": self.adapter.device, "vision_stop": self.vision_stop}
+        defaults = {
+            "batch_size": self.batch_size_per_gpu,
+            "layout": self.layout,
+            "preprocess": self.preprocess,
+            "dtype": self.requested_dtype,
+            "attn_implementation": self.attn_implementation,
+            "device": self.adapter.device,
+            "vision_stop": self.vision_stop,
+        }
         return cell_spec(method, budget, model=self.model_name, family=self.adapter.family, params=params, **{**defaults, **options})
 
-    def configure(self, spec: CellSpec | str | PruningMethod, budget: Any = None, **options: Any) -> "PruneBenchLMM":
+    def configure(self, spec: CellSpec | str | PruningMethod, budget: Any = None, **options: Any) -> PruneBenchLMM:
         """Point this model at another cell (a :class:`CellSpec`, or what :meth:`spec_for` builds one from); the
         loaded weights are kept."""
         if not isinstance(spec, CellSpec):
             spec = self.spec_for(spec, budget, **options)
         elif budget is not None or options:
             raise PruneBenchError("pass either a CellSpec or a method with its budget and options, not both")
-        loaded = {"layout": self.layout, "preprocess": self.preprocess, "attn_implementation": self.attn_implementation,
-                  "device_type": device_type(self.adapter.device), "vision_stop": self.vision_stop}
+        loaded = {
+            "layout": self.layout,
+            "preprocess": self.preprocess,
+            "attn_implementation": self.attn_implementation,
+            "device_type": device_type(self.adapter.device),
+            "vision_stop": self.vision_stop,
+        }
         wrong = {k: (getattr(spec, k), v) for k, v in loaded.items() if getattr(spec, k) is not None and getattr(spec, k) != v}
         if wrong:
-            raise PruneBenchError("the cell spec does not match the loaded model: "
-                                  + ", ".join(f"{k} {asked!r} (loaded: {have!r})" for k, (asked, have) in wrong.items()))
+            raise PruneBenchError(
+                "the cell spec does not match the loaded model: " + ", ".join(f"{k} {asked!r} (loaded: {have!r})" for k, (asked, have) in wrong.items())
+            )
         self.spec = spec
         self.method = spec.method
         self.budget = spec.budget
@@ -201,9 +236,16 @@ class PruneBenchLMM(lmms):
         fingerprint, batch size, attention and device are in ``str(lm)``, not here, so the string stays valid on
         lmms-eval's command line, which passes ``--batch_size`` and ``--device`` separately)."""
         ident = self.identity
-        parts = [f"pretrained={ident['model']}", f"method={ident['method']}", f"budget={ident['budget'] if ident['budget'] is not None else 'none'}",
-                 f"budget_mode={ident['budget_mode']}", f"budget_scope={ident['budget_scope']}", f"preprocess={ident['preprocess']}",
-                 f"seed={ident['seed']}", f"dtype={ident['dtype']}"]
+        parts = [
+            f"pretrained={ident['model']}",
+            f"method={ident['method']}",
+            f"budget={ident['budget'] if ident['budget'] is not None else 'none'}",
+            f"budget_mode={ident['budget_mode']}",
+            f"budget_scope={ident['budget_scope']}",
+            f"preprocess={ident['preprocess']}",
+            f"seed={ident['seed']}",
+            f"dtype={ident['dtype']}",
+        ]
         if ident["layout"] is not None:
             parts.append(f"layout={ident['layout']}")
         if ident["vision_stop"] != "feature":
@@ -241,14 +283,21 @@ class PruneBenchLMM(lmms):
         answers: list[str | None] = [None] * len(requests)
         order = _batch_order(requests)
         tasks = sorted({req.args[4] for req in requests})
-        bar = tqdm(total=len(requests), desc=f"{','.join(tasks) if len(tasks) <= 2 else f'{len(tasks)} tasks'} {self.spec.label}",
-                   unit="sample", leave=False, mininterval=1.0, disable=not self.progress, file=self.progress_file)
+        bar = tqdm(
+            total=len(requests),
+            desc=f"{','.join(tasks) if len(tasks) <= 2 else f'{len(tasks)} tasks'} {self.spec.label}",
+            unit="sample",
+            leave=False,
+            mininterval=1.0,
+            disable=not self.progress,
+            file=self.progress_file,
+        )
         wall_start = time.perf_counter()
         # closing(bar): a method that raises must not leave the bar open, or every later bar is drawn one line lower
         with contextlib.closing(bar), Pruner(self.adapter, self.spec.method, self.spec.budget, **self.spec.pruner_options()) as pruner:
             for same_task in order:
                 for start in range(0, len(same_task), self.batch_size):
-                    chunk = same_task[start:start + self.batch_size]
+                    chunk = same_task[start : start + self.batch_size]
                     t0 = time.perf_counter()
                     key = tuple((requests[i].args[4], requests[i].args[3], requests[i].args[0]) for i in chunk)
                     batch = self._batches.get(key)
@@ -279,8 +328,11 @@ class PruneBenchLMM(lmms):
                     for i, sample, text, (stats, size) in zip(chunk, samples, out.texts, group_of):
                         text = _truncate(text, until)
                         answers[i] = text
-                        self.requests_log.append(RequestLog(sample.meta["task"], sample.meta["doc_id"], text, stats.final_tokens,
-                                                            stats.average_tokens, stats.kv_bytes // size, len(chunk)))
+                        self.requests_log.append(
+                            RequestLog(
+                                sample.meta["task"], sample.meta["doc_id"], text, stats.final_tokens, stats.average_tokens, stats.kv_bytes // size, len(chunk)
+                            )
+                        )
                     self.timing["visual_s"] += t1 - t0
                     self.timing["prepare_s"] += t2 - t1
                     self.timing["generate_s"] += t3 - t2
@@ -295,7 +347,7 @@ class _BatchCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self.items: "OrderedDict[tuple, Any]" = OrderedDict()
+        self.items: OrderedDict[tuple, Any] = OrderedDict()
         self.sizes: dict[tuple, int] = {}
         self.bytes = 0
 
@@ -321,7 +373,7 @@ def _batch_order(requests) -> list[list[int]]:
     """Request indices grouped by (task, generation kwargs), longest context first inside a group."""
     groups: dict[str, list[int]] = {}
     for i, req in enumerate(requests):
-        context, gen_kwargs, _v, _d, task, _s = req.args
+        _context, gen_kwargs, _v, _d, task, _s = req.args
         groups.setdefault(f"{task}|{json.dumps(gen_kwargs, sort_keys=True, default=str)}", []).append(i)
     return [sorted(idx, key=lambda i: -len(requests[i].args[0])) for idx in groups.values()]
 

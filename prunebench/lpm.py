@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -159,8 +160,17 @@ def check_base(recipe: dict[str, Any], model: nn.Module, model_name: str, path: 
 TINY_PREFIX = "tiny-"  # the config-built test models (random weights): no LPM can learn anything from them
 
 
-def resolve_lpm(checkpoint: str, model: str, width: int, *, seed: int = 0, hidden: int | None = None, input: str = "vision",
-                base: nn.Module | None = None, verify: bool = True) -> LearnedPruningModule:
+def resolve_lpm(
+    checkpoint: str,
+    model: str,
+    width: int,
+    *,
+    seed: int = 0,
+    hidden: int | None = None,
+    input: str = "vision",
+    base: nn.Module | None = None,
+    verify: bool = True,
+) -> LearnedPruningModule:
     """The LPM that ``checkpoint`` names for ``model``.
 
     ``"auto"``: ``assets/learnpruner/<model>.safetensors``; for a tiny test model (``tiny-*``) without one, a
@@ -199,6 +209,8 @@ def check_lpm(module: LearnedPruningModule, width: int, input: str, hidden: int,
     if module.width != width:
         raise PruneBenchError(f"learnpruner: the LPM expects {module.width}-d features but this model's {input} features are {width}-d; {fix}")
     if hidden and module.hidden != hidden:
-        raise PruneBenchError(f"learnpruner: lpm_hidden={hidden} but the LPM's hidden width is {module.hidden}; "
-                              f"set lpm_hidden=0 (take the checkpoint's) or {fix} --hidden {hidden}")
+        raise PruneBenchError(
+            f"learnpruner: lpm_hidden={hidden} but the LPM's hidden width is {module.hidden}; "
+            f"set lpm_hidden=0 (take the checkpoint's) or {fix} --hidden {hidden}"
+        )
     return module

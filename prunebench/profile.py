@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from prunebench.adapters.base import ModelAdapter, Sample
+from prunebench.adapters.base import ModelAdapter
 from prunebench.conformance import synthetic_samples
 from prunebench.core import PruneBenchError
 from prunebench.engine import Pruner
@@ -56,8 +57,9 @@ def shipped_config(model: str) -> Any:
     return AutoConfig.for_model(data.pop("model_type"), **data)
 
 
-def build_random_model(model: str, layers: int | None = None, device: str = "cpu", dtype: str = "auto", seed: int = 0,
-                       vision_layers: int | None = None) -> ModelAdapter:
+def build_random_model(
+    model: str, layers: int | None = None, device: str = "cpu", dtype: str = "auto", seed: int = 0, vision_layers: int | None = None
+) -> ModelAdapter:
     """The adapter of ``model``'s architecture with random weights, built on ``device`` without the per-module
     initialisation (parameters are allocated empty, then filled with N(0, 0.02) in place; norms at 1, biases at 0).
 
@@ -100,17 +102,31 @@ def build_random_model(model: str, layers: int | None = None, device: str = "cpu
     net.generation_config.pad_token_id, net.generation_config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     side = config.vision_config.image_size
     cut = f", {layers} of {json.loads((CONFIG_DIR / SHIPPED_CONFIGS[model]).read_text())['text_config']['num_hidden_layers']} decoder layers" if layers else ""
-    return adapter_class(family)(net, llava_processor(tokenizer, image_size=side, patch_size=config.vision_config.patch_size),
-                                 name=f"{model} (random weights{cut})")
+    return adapter_class(family)(
+        net, llava_processor(tokenizer, image_size=side, patch_size=config.vision_config.patch_size), name=f"{model} (random weights{cut})"
+    )
 
 
 def _cells(methods: Sequence[str], budgets: Sequence[int]) -> list[tuple[str, int | None]]:
     return [(NO_METHOD, None)] + [(m, b) for m in methods if m != NO_METHOD for b in budgets]
 
 
-def profile(model: str, methods: Sequence[str], budgets: Sequence[int], output: str | Path, layers: int | None = None,
-            batch_sizes: Sequence[int] = (1,), device: str = "cpu", dtype: str = "auto", reps: int = 3, warmup: int = 1,
-            new_tokens: int = 4, seed: int = 0, vision_layers: int | None = None, echo: Any = print) -> list[dict[str, Any]]:
+def profile(
+    model: str,
+    methods: Sequence[str],
+    budgets: Sequence[int],
+    output: str | Path,
+    layers: int | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    device: str = "cpu",
+    dtype: str = "auto",
+    reps: int = 3,
+    warmup: int = 1,
+    new_tokens: int = 4,
+    seed: int = 0,
+    vision_layers: int | None = None,
+    echo: Any = print,
+) -> list[dict[str, Any]]:
     """Profile every (method, budget) and the unpruned model at each batch size; returns the records written."""
     budgets = [parse_budget(b, allow_none=False) for b in budgets]
     if reps < 1 or new_tokens < 2:
@@ -122,10 +138,29 @@ def profile(model: str, methods: Sequence[str], budgets: Sequence[int], output: 
     records = []
     for method, budget in _cells(methods, budgets):
         for batch_size in batch_sizes:
-            spec = cell_spec(method, budget, model=model, family=adapter.family, batch_size=batch_size, dtype=str(adapter.dtype).replace("torch.", ""),
-                             device=device, vision_stop=adapter.vision_stop)
-            fields = {"profile": True, "model": model, "config_sha256": _sha256(config_text), "layers": layers, "vision_layers": vision_layers, "random_weights": True,
-                      "seed": seed, "reps": reps, "new_tokens": new_tokens, "versions": key_versions(), **spec.record()}
+            spec = cell_spec(
+                method,
+                budget,
+                model=model,
+                family=adapter.family,
+                batch_size=batch_size,
+                dtype=str(adapter.dtype).replace("torch.", ""),
+                device=device,
+                vision_stop=adapter.vision_stop,
+            )
+            fields = {
+                "profile": True,
+                "model": model,
+                "config_sha256": _sha256(config_text),
+                "layers": layers,
+                "vision_layers": vision_layers,
+                "random_weights": True,
+                "seed": seed,
+                "reps": reps,
+                "new_tokens": new_tokens,
+                "versions": key_versions(),
+                **spec.record(),
+            }
             batch = adapter.prepare([samples[i % len(samples)] for i in range(batch_size)])
             parts: list[dict[str, float]] = []
             with PeakMemory(adapter.device) as peak, torch.inference_mode():
@@ -142,19 +177,30 @@ def profile(model: str, methods: Sequence[str], budgets: Sequence[int], output: 
             peak_mb, growth_mb, kind = peak.result()
             latency = {name: statistics.median(p[name] for p in parts if name in p) for name in dict.fromkeys(k for p in parts for k in p)}
             record = {
-                **fields, "key": cell_key(fields), "status": "done", "label": COST_ONLY, "cost_only": True,
-                "tasks": {}, "relacc": None, "agreement": None,
+                **fields,
+                "key": cell_key(fields),
+                "status": "done",
+                "label": COST_ONLY,
+                "cost_only": True,
+                "tasks": {},
+                "relacc": None,
+                "agreement": None,
                 "tokens": {"per_layer": list(stats.tokens_per_layer), "text": stats.text_tokens},
-                "latency_ms": latency, "flops": flops, "kv_cache": kv_record(adapter, stats),
-                "peak_memory": {"peak_mb": peak_mb, "growth_mb": growth_mb, "kind": kind}, "adapter": adapter.describe(),
+                "latency_ms": latency,
+                "flops": flops,
+                "kv_cache": kv_record(adapter, stats),
+                "peak_memory": {"peak_mb": peak_mb, "growth_mb": growth_mb, "kind": kind},
+                "adapter": adapter.describe(),
             }
             store.put(record)
             records.append(record)
-            echo(f"[{COST_ONLY}] {spec.label} batch {batch_size}: ttft {latency.get('ttft', float('nan')):.1f} ms "
-                 f"(vision {latency.get('vision', float('nan')):.1f}, select {latency.get('select', 0.0):.1f}, "
-                 f"llm prefill {latency.get('llm_prefill', latency.get('prefill', float('nan'))):.1f}), "
-                 f"decode {latency.get('decode_per_token', float('nan')):.1f} ms/token, {flops['measured_tflops']:.3f} TFLOPs, "
-                 f"KV {record['kv_cache']['measured_mb']:.1f} MB")
+            echo(
+                f"[{COST_ONLY}] {spec.label} batch {batch_size}: ttft {latency.get('ttft', float('nan')):.1f} ms "
+                f"(vision {latency.get('vision', float('nan')):.1f}, select {latency.get('select', 0.0):.1f}, "
+                f"llm prefill {latency.get('llm_prefill', latency.get('prefill', float('nan'))):.1f}), "
+                f"decode {latency.get('decode_per_token', float('nan')):.1f} ms/token, {flops['measured_tflops']:.3f} TFLOPs, "
+                f"KV {record['kv_cache']['measured_mb']:.1f} MB"
+            )
     return records
 
 
@@ -176,22 +222,42 @@ def _ints(value: str, what: str) -> list[int]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
-    profile(args.model, methods, _ints(args.budgets, "--budgets") if methods else [], args.output, layers=args.layers,
-            batch_sizes=_ints(args.batch_sizes, "--batch-sizes"), device=args.device, dtype=args.dtype, reps=args.reps,
-            new_tokens=args.new_tokens, seed=args.seed, vision_layers=args.vision_layers)
+    profile(
+        args.model,
+        methods,
+        _ints(args.budgets, "--budgets") if methods else [],
+        args.output,
+        layers=args.layers,
+        batch_sizes=_ints(args.batch_sizes, "--batch-sizes"),
+        device=args.device,
+        dtype=args.dtype,
+        reps=args.reps,
+        new_tokens=args.new_tokens,
+        seed=args.seed,
+        vision_layers=args.vision_layers,
+    )
     print(f"{COST_ONLY}; records in {args.output}")
     return 0
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("profile", help=f"cost profile of a full-size architecture from its shipped config ({COST_ONLY})",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "profile",
+        help=f"cost profile of a full-size architecture from its shipped config ({COST_ONLY})",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="llava-hf/llava-1.5-7b-hf", help=f"one of: {', '.join(sorted(SHIPPED_CONFIGS))}")
     p.add_argument("--methods", default="", help="comma-separated methods (the unpruned model is always profiled)")
     p.add_argument("--budgets", default="64,128,192", help="comma-separated visual-token budgets")
     p.add_argument("--layers", type=int, help="keep the first N decoder layers (for a CPU)")
-    p.add_argument("--vision-layers", "--vision_layers", dest="vision_layers", type=int,
-                   help="keep the first N ViT layers (quick CPU checks; the profile of the real model keeps them all)")
+    p.add_argument(
+        "--vision-layers",
+        "--vision_layers",
+        dest="vision_layers",
+        type=int,
+        help="keep the first N ViT layers (quick CPU checks; the profile of the real model keeps them all)",
+    )
     p.add_argument("--batch-sizes", "--batch_sizes", dest="batch_sizes", default="1", help="comma-separated batch sizes, e.g. 1,8")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))

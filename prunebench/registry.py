@@ -15,8 +15,9 @@ import fnmatch
 import importlib
 import logging
 import pkgutil
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from prunebench.core import PruneBenchError, PruningMethod
 
@@ -73,8 +74,13 @@ def _load_plugins() -> None:
             try:
                 register_method(ep.name)(obj)
             except (ValueError, TypeError) as exc:  # e.g. a name a built-in already has: the built-in stays
-                log.warning("skipping prunebench plugin %s (%s): %s; rename its entry point in the plugin's "
-                            "[project.entry-points.\"%s\"] table", ep.name, ep.value, exc, ENTRY_POINT_GROUP)
+                log.warning(
+                    'skipping prunebench plugin %s (%s): %s; rename its entry point in the plugin\'s [project.entry-points."%s"] table',
+                    ep.name,
+                    ep.value,
+                    exc,
+                    ENTRY_POINT_GROUP,
+                )
                 continue
         origin = f"plugin {ep.dist.name if ep.dist else ep.value}"
         if isinstance(obj, type):
@@ -107,7 +113,9 @@ def get_method_class(name: str) -> type[PruningMethod]:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(list_methods())
-        raise UnknownMethodError(f"unknown method {name!r}; known methods: {known} (plugins register through the '{ENTRY_POINT_GROUP}' entry-point group)") from None
+        raise UnknownMethodError(
+            f"unknown method {name!r}; known methods: {known} (plugins register through the '{ENTRY_POINT_GROUP}' entry-point group)"
+        ) from None
 
 
 def create_method(name: str, **overrides: Any) -> PruningMethod:
@@ -143,7 +151,7 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
             return type(default)(_parse_scalar(item, element) for item in _split_list(value))
         if isinstance(default, str):
             text = value.strip()
-            if any(h in hint for h in _SEQUENCE_HINTS) and (text[:1] in "[(" and text or "," in text):
+            if any(h in hint for h in _SEQUENCE_HINTS) and ((text[:1] in "[(" and text) or "," in text):
                 return tuple(_parse_scalar(item, _element_type(hint)) for item in _split_list(text))
             if "int" in hint.replace("[int", "") and _is_int(text):
                 return int(text)
@@ -152,8 +160,9 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     except ValueError:
         if isinstance(default, (list, tuple)) or any(h in hint for h in _SEQUENCE_HINTS):
             element = type(default[0]) if isinstance(default, (list, tuple)) and default else _element_type(hint)
-            raise PruneBenchError(f"parameter {field.name}={value!r} should be a comma-separated list of {element.__name__}s, "
-                                  f"e.g. {field.name}=2,6,12 or {field.name}=[2,6,12]") from None
+            raise PruneBenchError(
+                f"parameter {field.name}={value!r} should be a comma-separated list of {element.__name__}s, e.g. {field.name}=2,6,12 or {field.name}=[2,6,12]"
+            ) from None
         raise PruneBenchError(f"parameter {field.name}={value!r} should be {_ARTICLE.get(type(default), 'a')} {type(default).__name__}") from None
 
 

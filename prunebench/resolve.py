@@ -38,7 +38,7 @@ def family_of(model: str) -> str:
         return "llava"
     try:
         return AutoConfig.from_pretrained(model).model_type
-    except Exception:  # noqa: BLE001 - any failure to read a config: the load itself names the problem
+    except Exception:
         return ""
 
 
@@ -56,8 +56,7 @@ def adapter_options(preprocess: str = "hf", layout: str | None = None, vision_st
 
 def check_layout(family: str, layout: str | None) -> None:
     if layout is not None and family != "llava_next":
-        raise PruneBenchError(f"layout={layout!r} applies to LLaVA-NeXT models only; this model is {family or 'of an unknown family'}. "
-                              "Drop the layout option")
+        raise PruneBenchError(f"layout={layout!r} applies to LLaVA-NeXT models only; this model is {family or 'of an unknown family'}. Drop the layout option")
 
 
 def resolve(method: str, model: str, family: str, params: dict[str, Any] | None = None) -> PruningMethod:
@@ -69,10 +68,24 @@ def resolve(method: str, model: str, family: str, params: dict[str, Any] | None 
     return resolve_method(method, model, family, **(params or {}))
 
 
-def cell_spec(method: str | PruningMethod, budget: Any, *, model: str = DEFAULT_MODEL, family: str | None = None,
-              params: dict[str, Any] | None = None, budget_mode: str = AVERAGE, budget_scope: str = "image", seed: int = 0,
-              batch_size: int = 1, layout: str | None = None, preprocess: str = "hf", dtype: str = "auto",
-              attn_implementation: str = ATTN_IMPLEMENTATION, device: Any = "cpu", vision_stop: str = "feature") -> CellSpec:
+def cell_spec(
+    method: str | PruningMethod,
+    budget: Any,
+    *,
+    model: str = DEFAULT_MODEL,
+    family: str | None = None,
+    params: dict[str, Any] | None = None,
+    budget_mode: str = AVERAGE,
+    budget_scope: str = "image",
+    seed: int = 0,
+    batch_size: int = 1,
+    layout: str | None = None,
+    preprocess: str = "hf",
+    dtype: str = "auto",
+    attn_implementation: str = ATTN_IMPLEMENTATION,
+    device: Any = "cpu",
+    vision_stop: str = "feature",
+) -> CellSpec:
     """The validated spec of one cell; ``method`` is a name (resolved on ``model`` with ``params``) or an instance."""
     if isinstance(method, PruningMethod):
         if params:
@@ -80,6 +93,17 @@ def cell_spec(method: str | PruningMethod, budget: Any, *, model: str = DEFAULT_
         instance = method
     else:
         instance = resolve(method, model, family_of(model) if family is None else family, params)
-    return CellSpec(instance, budget, budget_mode=budget_mode, budget_scope=budget_scope, seed=seed, batch_size=batch_size, layout=layout,
-                    preprocess=preprocess, dtype=dtype, attn_implementation=attn_implementation, device_type=device,
-                    vision_stop=vision_stop)
+    return CellSpec(
+        instance,
+        budget,
+        budget_mode=budget_mode,
+        budget_scope=budget_scope,
+        seed=seed,
+        batch_size=batch_size,
+        layout=layout,
+        preprocess=preprocess,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        device_type=device,
+        vision_stop=vision_stop,
+    )

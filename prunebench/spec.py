@@ -29,8 +29,23 @@ PREPROCESS = PREPROCESS_MODES
 NO_METHOD = BASELINE_METHOD  # the unpruned model
 ATTN_IMPLEMENTATION = "sdpa"  # what prunebench loads every model with (ModelAdapter.from_pretrained)
 
-__all__ = ["ATTN_IMPLEMENTATION", "AVERAGE", "BUDGET_MODES", "BUDGET_SCOPES", "CellSpec", "FINAL", "LAYOUTS", "NO_METHOD",
-           "PREPROCESS", "SpecError", "UNIT_SCOPES", "VISION_STOPS", "WHOLE_SCOPES", "device_type", "parse_budget"]
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "AVERAGE",
+    "BUDGET_MODES",
+    "BUDGET_SCOPES",
+    "FINAL",
+    "LAYOUTS",
+    "NO_METHOD",
+    "PREPROCESS",
+    "UNIT_SCOPES",
+    "VISION_STOPS",
+    "WHOLE_SCOPES",
+    "CellSpec",
+    "SpecError",
+    "device_type",
+    "parse_budget",
+]
 
 
 class SpecError(PruneBenchError):
@@ -52,8 +67,10 @@ def parse_budget(value: Any, allow_none: bool = True) -> int | None:
     elif isinstance(value, str) and value.strip().lstrip("+").isdigit():
         budget = int(value)
     if budget is None or budget <= 0:
-        raise SpecError(f"budgets must be positive integers (visual tokens kept){', or none for the unpruned model' if allow_none else ''}, "
-                        f"got {value!r}; e.g. --budgets 32,64,128")
+        raise SpecError(
+            f"budgets must be positive integers (visual tokens kept){', or none for the unpruned model' if allow_none else ''}, "
+            f"got {value!r}; e.g. --budgets 32,64,128"
+        )
     return budget
 
 
@@ -126,7 +143,7 @@ class CellSpec:
         """Keyword arguments of :class:`prunebench.engine.Pruner` (and of the FLOP count) besides adapter, method, budget."""
         return {"budget_mode": self.budget_mode, "seed": self.seed, "budget_scope": self.budget_scope}
 
-    def replace(self, **changes: Any) -> "CellSpec":
+    def replace(self, **changes: Any) -> CellSpec:
         """A new spec with ``changes`` (validated again)."""
         return CellSpec(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
@@ -134,4 +151,3 @@ class CellSpec:
 def _choice(value: Any, allowed: tuple[str, ...], name: str) -> None:
     if value not in allowed:
         raise SpecError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-

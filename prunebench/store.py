@@ -72,8 +72,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from prunebench.core import PruneBenchError
 
@@ -375,8 +376,9 @@ class ResultStore:
         gaps = self.missing_or_damaged(plan)
         for gap in gaps:
             detail = f": {gap['reason']}" if gap["reason"] else ""
-            log.warning("%s: cell %s (%s) is %s%s; `prunebench run` with the same settings computes it", self.root, gap["label"],
-                        gap["key"], gap["state"], detail)
+            log.warning(
+                "%s: cell %s (%s) is %s%s; `prunebench run` with the same settings computes it", self.root, gap["label"], gap["key"], gap["state"], detail
+            )
         return gaps
 
     def plan(self) -> list[dict[str, Any]] | None:
@@ -495,13 +497,15 @@ class ResultStore:
                 moved.append(target)
         if not moved:
             return  # another process moved it first
-        entry = {"file": self._rel(main), "moved_to": self._rel(moved[0]), "reason": reason,
-                 "key": key, "time": _now(), "files": [self._rel(m) for m in moved]}
+        entry = {"file": self._rel(main), "moved_to": self._rel(moved[0]), "reason": reason, "key": key, "time": _now(), "files": [self._rel(m) for m in moved]}
         index = self.root / DAMAGED_DIR / "index.jsonl"
         with open(index, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
-        self._say(f"damaged: {where}: {reason}; moved to {moved[0]}" + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else "")
-                  + ("; it will be recomputed" if key else ""))
+        self._say(
+            f"damaged: {where}: {reason}; moved to {moved[0]}"
+            + (f" (and {len(moved) - 1} more)" if len(moved) > 1 else "")
+            + ("; it will be recomputed" if key else "")
+        )
 
     def _quarantine(self, path: Path) -> Path | None:
         folder = self.root / DAMAGED_DIR
@@ -540,7 +544,7 @@ class ResultStore:
         return out
 
     # -- one writer ------------------------------------------------------------------------------------------------
-    def lock(self, wait: bool | float = False, command: str | None = None) -> "RunLock":
+    def lock(self, wait: bool | float = False, command: str | None = None) -> RunLock:
         """The folder's writer lock (a context manager); see :class:`RunLock`."""
         return RunLock(self, wait=wait, command=command)
 
@@ -566,7 +570,7 @@ class RunLock:
             return "another process (no holder recorded)"
         return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: {info.get('command')}"
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         from filelock import FileLock, Timeout
 
         root = self.store.root
@@ -589,8 +593,9 @@ class RunLock:
         try:
             self._lock.acquire()
         except Timeout:
-            raise RunLocked(f"{root} is in use by another prunebench run ({self.holder()}); wait for it, queue behind it with "
-                            "--wait, or choose another --output") from None
+            raise RunLocked(
+                f"{root} is in use by another prunebench run ({self.holder()}); wait for it, queue behind it with --wait, or choose another --output"
+            ) from None
         except OSError as exc:
             raise PruneBenchError(f"cannot lock the run folder {root}: {exc.strerror or exc}; {os_error_fix(exc)}") from None
         _HELD[held] = 1
@@ -625,7 +630,7 @@ class RunLock:
                 if leftovers <= {LOCK_NAME, LOCK_INFO_NAME}:
                     shutil.rmtree(self.store.root)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, exc_type, *exc: Any) -> None:

@@ -6,7 +6,8 @@ The LPM itself, its checkpoints and their loading live in :mod:`prunebench.lpm` 
 and writes ``prunebench/assets/learnpruner/<M>.safetensors`` plus ``<M>.json`` (the recipe: seed, steps, data,
 loss weights, target ratio, versions). Weights are stored as safetensors only; nothing is ever unpickled.
 
-Training forward (the paper's recipe, following Dynamic-LLaVA, ``Osilly/dynamic_llava`` @e1469bc): p = softmax(LPM(x)) per visual token, a hard keep mask m_h, and the
+Training forward (the paper's recipe, following Dynamic-LLaVA, ``Osilly/dynamic_llava`` @e1469bc): p = softmax(LPM(x))
+per visual token, a hard keep mask m_h, and the
 straight-through m = m_h + p_keep − stopgrad(p_keep). Tokens are dropped by **key-masking** in every LLM
 layer, never by physical removal: the 4-D additive attention mask carries log(m + eps) on every visual key
 column (DynamicViT: attention to key j multiplied by m_j and renormalised), so the loss is differentiable with
@@ -47,13 +48,15 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from prunebench.core import PruneBenchError, ranked
+from prunebench.environment import versions  # the one version dict (also in cell keys and records)
 from prunebench.lpm import (  # noqa: F401  (re-exported: the names prunebench.training has always offered)
     ASSETS,
     FULL_DIGEST_KEY,
@@ -71,7 +74,6 @@ from prunebench.lpm import (  # noqa: F401  (re-exported: the names prunebench.t
     vision_digest,
     weights_digest,
 )
-from prunebench.environment import versions  # the one version dict (also in cell keys and records)
 
 log = logging.getLogger("prunebench.training")
 
@@ -119,8 +121,7 @@ class TrainConfig:
         if not 0 < self.keep_min <= self.keep_max <= 1:
             raise PruneBenchError(f"keep ratios need 0 < --keep-min <= --keep-max <= 1, got {self.keep_min}, {self.keep_max}")
         if self.steps < 1 or self.batch_size < 1:
-            raise PruneBenchError(f"--steps and --batch-size must be at least 1, got {self.steps} and "
-                                  f"{self.batch_size}")
+            raise PruneBenchError(f"--steps and --batch-size must be at least 1, got {self.steps} and {self.batch_size}")
 
 
 @dataclass
@@ -190,8 +191,9 @@ def _answer_loss(adapter, llm, batch, answer_len: list[int], keep: torch.Tensor,
     return F.cross_entropy(logits, targets, reduction=reduction), logits, targets, rows
 
 
-def lpm_loss(adapter, lpm: LearnedPruningModule, batch, answer_len: list[int], cfg: TrainConfig,
-             keep_ratio: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def lpm_loss(
+    adapter, lpm: LearnedPruningModule, batch, answer_len: list[int], cfg: TrainConfig, keep_ratio: float | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One differentiable forward: STE mask → key-masked LLM → CE on answers (+ the ratio loss for argmax).
 
     ``keep_ratio``: the share the ``topk`` selection keeps this step (default: the middle of the range).
@@ -215,8 +217,7 @@ def lpm_loss(adapter, lpm: LearnedPruningModule, batch, answer_len: list[int], c
         task = F.kl_div(answer_logits.log_softmax(-1), full.log_softmax(-1), log_target=True, reduction="batchmean")
     kept = m.mean()
     loss = task if cfg.selection == "topk" else task + cfg.mask_weight * (cfg.target_ratio - kept) ** 2
-    return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "keep_ratio": float(p_keep.detach().mean()),
-                  "hard_ratio": float(hard.mean())}
+    return loss, {"loss": float(loss.detach()), "ce": float(ce.detach()), "keep_ratio": float(p_keep.detach().mean()), "hard_ratio": float(hard.mean())}
 
 
 def train_lpm(adapter, data: Iterator[TrainSample], cfg: TrainConfig, on_log=None) -> tuple[LearnedPruningModule, list[dict[str, float]]]:
@@ -277,14 +278,15 @@ RANDOM_SEEDS = (1, 2)  # random LPMs compared with, besides the trained LPM's ow
 
 
 @torch.no_grad()
-def evaluate_lpms(adapter, scorers: dict[str, Any], samples: Sequence[TrainSample], keep_ratios: Sequence[float] = EVAL_KEEP,
-                  space: str = "vision", batch_size: int = 20) -> dict[str, dict[str, float]]:
+def evaluate_lpms(
+    adapter, scorers: dict[str, Any], samples: Sequence[TrainSample], keep_ratios: Sequence[float] = EVAL_KEEP, space: str = "vision", batch_size: int = 20
+) -> dict[str, dict[str, float]]:
     """{scorer: {keep ratio: answer accuracy}} of the frozen model, teacher-forced, keeping only each scorer's
     top-k visual tokens (exact removal: hard key-masking with eps 0). A scorer maps (B, N, D) features to (B, N)
     scores; every scorer sees the same batches."""
     correct = {name: {r: 0 for r in keep_ratios} for name in scorers}
     for i in range(0, len(samples), batch_size):
-        chunk = list(samples[i: i + batch_size])
+        chunk = list(samples[i : i + batch_size])
         batch, answer_len = _answer_batch(adapter, chunk)
         features, llm = _lpm_inputs(adapter, batch, space)
         first = torch.tensor([sum(answer_len[:b]) for b in range(len(chunk))], device=features.device)  # the answer word
@@ -300,8 +302,10 @@ def evaluate_lpms(adapter, scorers: dict[str, Any], samples: Sequence[TrainSampl
 def compare_with_random(adapter, lpm: LearnedPruningModule, samples: Sequence[TrainSample], seed: int = 0) -> dict[str, Any]:
     """The trained LPM against seeded random LPMs (mean and best) and uniformly random tokens."""
     generator = torch.Generator().manual_seed(seed)
-    scorers: dict[str, Any] = {"trained": lpm.keep_probability,
-                               "untrained_init": random_lpm(lpm.width, seed, lpm.hidden, lpm.input).to(adapter.device).keep_probability}
+    scorers: dict[str, Any] = {
+        "trained": lpm.keep_probability,
+        "untrained_init": random_lpm(lpm.width, seed, lpm.hidden, lpm.input).to(adapter.device).keep_probability,
+    }
     for s in RANDOM_SEEDS:
         scorers[f"random_lpm_{s}"] = random_lpm(lpm.width, s, lpm.hidden, lpm.input).to(adapter.device).keep_probability
     scorers["random_tokens"] = lambda f: torch.rand(f.shape[:2], generator=generator).to(f.device)
@@ -383,13 +387,14 @@ def train_learnpruner(model: str, cfg: TrainConfig, output: Path | None = None, 
         raise PruneBenchError(
             f"LPM training builds prompt + answer batches for LLaVA-1.5 and LLaVA-NeXT only "
             f"({', '.join(TRAINABLE_FAMILIES)}); {model} is {adapter.family}. Train on a LLaVA model, or load an LPM trained elsewhere with "
-            "--method-args learnpruner.checkpoint=PATH")
+            "--method-args learnpruner.checkpoint=PATH"
+        )
     data, description = data_for(model, cfg.seed)
     start = time.time()
     lpm, history = train_lpm(adapter, data, cfg, on_log=on_log)
     seconds = round(time.time() - start, 1)
     path = Path(output) if output else default_checkpoint(model)
-    tail = history[-min(10, len(history)):]
+    tail = history[-min(10, len(history)) :]
     held_out = eval_data_for(model, cfg.eval_samples)
     evaluation: dict[str, Any] = {"skipped": "no held-out data that means anything for this model (or --eval-samples 0)"}
     if held_out is not None:
@@ -397,12 +402,22 @@ def train_learnpruner(model: str, cfg: TrainConfig, output: Path | None = None, 
         if on_log:
             on_log({"eval": evaluation})
     inputs = {"vision": "ViT feature layer, [CLS] dropped, before the projector", "projected": "after the projector (LLM layer-0 input)"}
-    loss = ("CE(answer + EOS); m = STE(top round(rho N) of softmax keep, softmax), rho ~ U[keep_min, keep_max] per step"
-            if cfg.selection == "topk" else "CE(answer + EOS) + mask_weight * (target_ratio - mean m)^2; m = STE(argmax, softmax)")
+    loss = (
+        "CE(answer + EOS); m = STE(top round(rho N) of softmax keep, softmax), rho ~ U[keep_min, keep_max] per step"
+        if cfg.selection == "topk"
+        else "CE(answer + EOS) + mask_weight * (target_ratio - mean m)^2; m = STE(argmax, softmax)"
+    )
     recipe = {
         "method": "learnpruner",
-        "module": {"class": "LearnedPruningModule", "width": lpm.width, "hidden": lpm.hidden, "keep_class": KEEP,
-                   "parameters": sum(p.numel() for p in lpm.parameters()), "input": inputs[lpm.input], "input_space": lpm.input},
+        "module": {
+            "class": "LearnedPruningModule",
+            "width": lpm.width,
+            "hidden": lpm.hidden,
+            "keep_class": KEEP,
+            "parameters": sum(p.numel() for p in lpm.parameters()),
+            "input": inputs[lpm.input],
+            "input_space": lpm.input,
+        },
         "model": model,
         VISION_DIGEST_KEY: vision_digest(adapter.model),
         "vision_weights_scope": "every weight outside the language model and LM head (vision tower, projector)",
@@ -423,11 +438,15 @@ def train_learnpruner(model: str, cfg: TrainConfig, output: Path | None = None, 
 
 # -- command line ----------------------------------------------------------------------------------------------
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a trainable pruner (learnpruner)",
-                              description="Train a trainable pruning method with the base model frozen and save its checkpoint + recipe.")
+    p = subparsers.add_parser(
+        "train",
+        help="train a trainable pruner (learnpruner)",
+        description="Train a trainable pruning method with the base model frozen and save its checkpoint + recipe.",
+    )
     sub = p.add_subparsers(dest="trainee", metavar="METHOD")
-    lp = sub.add_parser("learnpruner", help="train LearnPruner's learned pruning module (LPM)",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lp = sub.add_parser(
+        "learnpruner", help="train LearnPruner's learned pruning module (LPM)", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     lp.add_argument("--model", required=True, help="model name (toy-llava, tiny-llava)")
     lp.add_argument("--output", type=Path, default=None, help="checkpoint path (default prunebench/assets/learnpruner/MODEL.safetensors)")
     defaults = TrainConfig()
@@ -444,11 +463,17 @@ def cmd_train_learnpruner(args: argparse.Namespace) -> int:
         if "eval" in stats:
             ev = stats["eval"]
             for ratio in ev["trained"]:
-                print(f"held-out accuracy at keep {ratio}: trained {ev['trained'][ratio]:.3f}, its init {ev['untrained_init'][ratio]:.3f}, random LPMs mean "
-                      f"{ev['random_lpm_mean'][ratio]:.3f} (best {ev['random_lpm_best'][ratio]:.3f}), random tokens "
-                      f"{ev['random_tokens'][ratio]:.3f}", flush=True)
+                print(
+                    f"held-out accuracy at keep {ratio}: trained {ev['trained'][ratio]:.3f}, its init {ev['untrained_init'][ratio]:.3f}, random LPMs mean "
+                    f"{ev['random_lpm_mean'][ratio]:.3f} (best {ev['random_lpm_best'][ratio]:.3f}), random tokens "
+                    f"{ev['random_tokens'][ratio]:.3f}",
+                    flush=True,
+                )
             return
-        print(f"step {int(stats['step']):5d}  loss {stats['loss']:.4f}  ce {stats['ce']:.4f}  keep {stats['keep_ratio']:.3f} (hard {stats['hard_ratio']:.3f})", flush=True)
+        print(
+            f"step {int(stats['step']):5d}  loss {stats['loss']:.4f}  ce {stats['ce']:.4f}  keep {stats['keep_ratio']:.3f} (hard {stats['hard_ratio']:.3f})",
+            flush=True,
+        )
 
     path = train_learnpruner(args.model, cfg, args.output, on_log=show)
     print(f"wrote {path} and {path.with_suffix('.json')}")

@@ -11,9 +11,10 @@ imported them from this module.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -21,8 +22,21 @@ from prunebench.attention import Captured
 from prunebench.core import PruneBenchError, Selection, ranked, stable_top_k
 
 HeadReduce = Literal["mean", "sum", "none"]
-__all__ = ["HeadReduce", "LayerView", "RecycledSelection", "UnitVisionView", "VisionView", "grid_positions", "mark_neighbours", "ranked",
-           "ranked_per_unit", "sample_generators", "stable_top_k", "top_k_per_unit", "unit_quotas"]
+__all__ = [
+    "HeadReduce",
+    "LayerView",
+    "RecycledSelection",
+    "UnitVisionView",
+    "VisionView",
+    "grid_positions",
+    "mark_neighbours",
+    "ranked",
+    "ranked_per_unit",
+    "sample_generators",
+    "stable_top_k",
+    "top_k_per_unit",
+    "unit_quotas",
+]
 
 
 def _reduce_heads(attn: torch.Tensor, heads: HeadReduce) -> torch.Tensor:
@@ -89,6 +103,8 @@ def _full_width_cls(cap: Captured) -> tuple[torch.Tensor, torch.Tensor]:
     keys = cap.keys().float().transpose(1, 2).flatten(2)  # (B, T, H * d)
     logits = (keys @ query[..., None]).squeeze(-1) * keys.shape[-1] ** -0.5
     return torch.softmax(logits, dim=-1), keys
+
+
 def grid_positions(view: VisionView) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(patch (B, N), inverse (B, U * cells), cells) of a multi-unit view: each candidate's cell on its own
     unit's ``view.grid``, and the candidate at each (unit, cell).
@@ -116,8 +132,9 @@ def grid_positions(view: VisionView) -> tuple[torch.Tensor, torch.Tensor, int]:
     return patch, inverse[:, :-1], cells
 
 
-def mark_neighbours(anchors: torch.Tensor, patch: torch.Tensor, inverse: torch.Tensor, unit_of: torch.Tensor, cells: int,
-                    offsets: Sequence[int], clamp: bool = True) -> torch.Tensor:
+def mark_neighbours(
+    anchors: torch.Tensor, patch: torch.Tensor, inverse: torch.Tensor, unit_of: torch.Tensor, cells: int, offsets: Sequence[int], clamp: bool = True
+) -> torch.Tensor:
     """(B, N) bool: ``anchors`` (B, a) plus their neighbours at raster ``offsets`` on their unit's grid (HiPrune's
     buffers). ``patch`` (B, N): each candidate's cell on its unit's grid of ``cells`` cells (-1: none, e.g. a
     video frame's [CLS]); ``inverse`` (B, U * cells): the candidate at each (unit, cell) (-1: none, e.g. removed
@@ -247,9 +264,7 @@ class VisionView(_SeededView):
     def _capture(self, layer: int | None) -> Captured:
         layer = self.feature_layer if layer is None else (layer % self.num_vision_layers)
         if layer not in self.captured:
-            raise KeyError(
-                f"ViT layer {layer} was not captured; the method must list it in vision_layers() (captured: {sorted(self.captured)})"
-            )
+            raise KeyError(f"ViT layer {layer} was not captured; the method must list it in vision_layers() (captured: {sorted(self.captured)})")
         return self.captured[layer]
 
     def cls_attention(self, layer: int | None = None, heads: HeadReduce = "mean") -> torch.Tensor:
@@ -460,8 +475,10 @@ class LayerView(_SeededView):
         """
         layer = self.decoder_layer
         if layer is None or self.position_embeddings is None:
-            raise PruneBenchError("layer_attention needs the decoder layer about to run and the RoPE tables in the LayerView "
-                                  "(prunebench.engine provides them); a hand-built view must pass decoder_layer= and position_embeddings=")
+            raise PruneBenchError(
+                "layer_attention needs the decoder layer about to run and the RoPE tables in the LayerView "
+                "(prunebench.engine provides them); a hand-built view must pass decoder_layer= and position_embeddings="
+            )
         attn = layer.self_attn
         bsz, length, width = self.hidden_states.shape
         x = layer.input_layernorm(self.hidden_states)

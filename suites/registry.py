@@ -37,8 +37,13 @@ class Suite:
         return ",".join(f"{k}={v}" for k, v in self.generation_kwargs.items())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "tasks": list(self.tasks), "description": self.description,
-                "include_path": list(self.include_path), "generation_kwargs": dict(self.generation_kwargs)}
+        return {
+            "name": self.name,
+            "tasks": list(self.tasks),
+            "description": self.description,
+            "include_path": list(self.include_path),
+            "generation_kwargs": dict(self.generation_kwargs),
+        }
 
 
 def shapes_suite() -> Suite:
@@ -85,5 +90,10 @@ def _from_yaml(path: Path) -> Suite:
     include = data.get("include_path") or []
     include = [include] if isinstance(include, str) else list(include)
     include = [str((path.parent / p).resolve()) if not Path(p).is_absolute() else p for p in include]
-    return Suite(name=data.get("name") or path.stem, tasks=list(data.get("tasks") or []), description=data.get("description") or "",
-                 include_path=include, generation_kwargs=dict(data.get("generation_kwargs") or {}))
+    return Suite(
+        name=data.get("name") or path.stem,
+        tasks=list(data.get("tasks") or []),
+        description=data.get("description") or "",
+        include_path=include,
+        generation_kwargs=dict(data.get("generation_kwargs") or {}),
+    )

@@ -21,8 +21,7 @@ import torch
 from prunebench.cli import main
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "demo-small"
-ARGS = ["--methods", "learnpruner,vispruner,random", "--budgets", "64", "--limit", "10", "--no-progress",
-        "--latency-samples", "1", "--latency-warmup", "0"]
+ARGS = ["--methods", "learnpruner,vispruner,random", "--budgets", "64", "--limit", "10", "--no-progress", "--latency-samples", "1", "--latency-warmup", "0"]
 # the accuracy columns of leaderboard.csv: each task's score, RelAcc and agreement with the unpruned answers
 ACCURACY = ("shapes_attribute", "shapes_count", "shapes_exist", "shapes_relation", "shapes_small", "shapes_background", "relacc", "agreement")
 
@@ -32,8 +31,11 @@ def kernels() -> dict[str, str | None]:
     environment override; by default MKL picks by CPU) and the CPU. VisPruner's kept sets depend on them (see
     tests/test_demo_reference.py), so its reference cells reproduce exactly only where these are equal."""
     model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.processor())
-    return {"aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
-            "cpu": model or None}
+    return {
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS"),
+        "cpu": model or None,
+    }
 
 
 def _cpuinfo() -> list[str]:

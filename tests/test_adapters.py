@@ -19,7 +19,7 @@ from prunebench.models import TINY_MODELS, load_model
 from prunebench.registry import create_method
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adapter(name, **options):
     return load_model(name, **dict(options))
 
@@ -63,7 +63,7 @@ def test_next_anyres_layout_matches_the_stock_token_count_and_keeps_newlines():
     assert out.stats.kv_lengths == [out.stats.text_tokens + 32] * 4 and out.stats.text_tokens >= rows
     newline = ad._inner.image_newline
     start = int(llm.visual_index[0, 0])
-    span_embeds = llm.inputs_embeds[0, start:start + 32 + rows]
+    span_embeds = llm.inputs_embeds[0, start : start + 32 + rows]
     is_newline = (span_embeds == newline).all(-1)
     assert int(is_newline.sum()) == rows  # every row's newline survives, none is counted as visual
     assert not bool(is_newline[llm.visual_index[0] - start].any())
@@ -108,7 +108,7 @@ def test_mixed_batch_runs_in_groups_and_restores_order():
     out = _run(ad, "fastv", 64, samples)
     assert [g.indices for g in out.groups] == [[0, 2], [1]]
     with pytest.raises(PruneBenchError, match="read out.groups"):
-        out.stats.plan
+        _ = out.stats.plan
     assert out.sample_stats(1).plan.num_visual != out.sample_stats(0).plan.num_visual
     alone = _run(ad, "fastv", 64, [samples[1]])
     assert torch.equal(out.tokens[1], alone.tokens[0]) and torch.equal(out.kept("layer2", 1), alone.stats.kept["layer2"][0])
@@ -187,7 +187,7 @@ def test_qwen_kept_tokens_keep_their_unpruned_mrope_positions(kind):
     assert torch.equal(llm.position_ids[:, 0, llm.visual_index[0]], full[:, 0, start + kept[0]])
     assert torch.equal(llm.position_ids[:, 0, -1], full[:, 0, -1])  # text after the image: unchanged
     if kind == "video":
-        assert out.stats.units == 2 and len(set(full[0, 0, start:start + 128].tolist())) == 2  # 2 temporal units
+        assert out.stats.units == 2 and len(set(full[0, 0, start : start + 128].tolist())) == 2  # 2 temporal units
 
 
 def test_qwen_video_uses_the_video_pixel_range_and_the_given_frame_rate():
@@ -270,8 +270,9 @@ def _sentencepiece_like_tokenizer(texts):
     core = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(SPECIALS + sorted(pieces))}, unk_token="<unk>"))
     core.pre_tokenizer = pre
     core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", SPECIALS.index("<s>"))])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                        pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_special_tokens={"image_token": "<image>"}
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     return tokenizer
 
@@ -291,7 +292,7 @@ def test_llava_paper_input_ids_follow_the_original_chunked_tokenization():
     for row, prompt in enumerate(prompts):
         expected = _original_tokenizer_image_token(prompt, tokenizer, image)
         at = expected.index(image)
-        expected[at:at + 1] = [image] * 576
+        expected[at : at + 1] = [image] * 576
         ids = batch.input_ids[row][batch.attention_mask[row].bool()].tolist()
         assert ids == expected and ids.count(bos) == 1 and ids[0] == bos  # the chunk after <image> lost its BOS
         # the text after the image starts with the dummy prefix, as LLaVA's "▁" (29871) before "\n" (13);

@@ -33,8 +33,8 @@ from prunebench.adapters.base import Sample
 from prunebench.attention import attention_probe
 from prunebench.core import InfeasibleBudget
 from prunebench.engine import Pruner
-from prunebench.resolve import resolve
 from prunebench.models import load_model
+from prunebench.resolve import resolve
 from prunebench.suites.shapes import TASK_DIR
 from prunebench.toy.world import render
 
@@ -77,7 +77,7 @@ def run(adapter, method, samples, batch_size: int) -> dict[str, tuple[str, dict[
     out: dict[str, tuple[str, dict[str, list[int]]]] = {}
     with Pruner(adapter, method, BUDGET, budget_mode=budget_mode(adapter, method), seed=0) as pruner:
         for start in range(0, len(samples), batch_size):
-            chunk = samples[start:start + batch_size]
+            chunk = samples[start : start + batch_size]
             result = pruner.generate(adapter.prepare(chunk), max_new_tokens=4)
             for row, sample in enumerate(chunk):
                 out[sample.id] = (result.texts[row], {stage: kept[row].tolist() for stage, kept in result.stats.kept.items()})

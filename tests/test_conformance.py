@@ -11,16 +11,16 @@ import pytest
 from prunebench.conformance import CHECKS, run_check, synthetic_samples
 from prunebench.core import Selection, UnsupportedModel, VisionStagePruner, top_k
 from prunebench.models import TINY_MODELS, load_model
-from prunebench.registry import list_methods
 from prunebench.models.defaults import resolve_method
+from prunebench.registry import list_methods
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(name):
     return load_model(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _samples(name):
     return synthetic_samples(family=_adapter(name).family)
 
@@ -36,8 +36,9 @@ def test_conformance(model, method, check):
 
 
 def test_logit_tolerance_scales_with_the_logits_magnitude():
-    from prunebench.conformance import LOGIT_TOL, logit_tolerance
     import torch
+
+    from prunebench.conformance import LOGIT_TOL, logit_tolerance
 
     small = [torch.tensor([[0.3, -0.5]]), torch.tensor([[0.1, 0.2]])]
     assert logit_tolerance(small) == (LOGIT_TOL, 0.5)  # never below the absolute bound of the tiny models
@@ -51,8 +52,7 @@ def test_cache_and_batch_hold_on_the_trained_toy_model(check):
     """The shipped toy-llava's logits reach |16|: fp32 reordering errors of a few 1e-6 are under 4e-7 relative and
     must not fail the kit on the project's own model (they did under an absolute 1e-6)."""
     adapter = _adapter("toy-llava")
-    result = run_check(check, adapter, resolve_method("random", "toy-llava", adapter.family), budget=64,
-                       samples=synthetic_samples(family=adapter.family))
+    result = run_check(check, adapter, resolve_method("random", "toy-llava", adapter.family), budget=64, samples=synthetic_samples(family=adapter.family))
     assert result.passed, result.detail
     assert "at max |logit|" in result.detail
 

@@ -1,7 +1,7 @@
 """The hook interface, budget contract, selection checks and registry (issue 2)."""
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ from prunebench.core import (
     solve_single_cut,
 )
 from prunebench.engine import Pruner
-from prunebench.registry import UnknownMethodError, create_method, list_methods, method_info, register_method, _REGISTRY
+from prunebench.registry import _REGISTRY, UnknownMethodError, create_method, list_methods, method_info, register_method
 
 
 # -- budget contract -----------------------------------------------------------------------------------------
@@ -85,8 +85,7 @@ def test_average_mode_accepts_only_the_nearest_integer_count_after_the_last_cut(
 
 
 # (model, family, LLM depth): the tiny models, the shipped toy model, 7B LLaVA and Qwen2.5-VL (per-model defaults apply)
-DEPTHS = [("tiny-llava", "llava", 4), ("toy-llava", "llava", 6), ("llava-hf/llava-1.5-7b-hf", "llava", 32),
-          ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", 28)]
+DEPTHS = [("tiny-llava", "llava", 4), ("toy-llava", "llava", 6), ("llava-hf/llava-1.5-7b-hf", "llava", 32), ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", 28)]
 
 
 def _builtin_plan_cells():
@@ -171,12 +170,15 @@ class _LLMOutOfRange(SingleCutLLMPruner):
         return Selection(view.visual_index[:, -keep:] + 3)
 
 
-@pytest.mark.parametrize("cls, message", [
-    (_WrongCount, r"vision stage: the plan keeps 16 tokens but the selection holds 17 \(17 kept \+ 0 merged\); return exactly"),
-    (_OutOfRange, r"vision stage: indices must lie in \[0, 576\), got .* candidate visual tokens"),
-    (_LLMWrongCount, r"layer 2: the plan keeps 16 tokens but the selection holds 17 \(17 kept \+ 0 merged\); return exactly"),
-    (_LLMOutOfRange, r"layer 2: indices must lie in \[0, 576\), got .* candidate visual tokens"),
-])
+@pytest.mark.parametrize(
+    "cls, message",
+    [
+        (_WrongCount, r"vision stage: the plan keeps 16 tokens but the selection holds 17 \(17 kept \+ 0 merged\); return exactly"),
+        (_OutOfRange, r"vision stage: indices must lie in \[0, 576\), got .* candidate visual tokens"),
+        (_LLMWrongCount, r"layer 2: the plan keeps 16 tokens but the selection holds 17 \(17 kept \+ 0 merged\); return exactly"),
+        (_LLMOutOfRange, r"layer 2: indices must lie in \[0, 576\), got .* candidate visual tokens"),
+    ],
+)
 def test_engine_checks_every_selection(tiny_llava, samples, cls, message):
     """Both stages, on a padded batch of two: the harness refuses a wrong count or out-of-range indices."""
     method = register_method(f"test-{cls.__name__.lower()}")(cls)()
@@ -232,7 +234,7 @@ def test_fastv_keeps_original_positions_and_random_renumbers(tiny_llava, samples
         out = pruner.generate(batch, max_new_tokens=1)
     original = out.llm_inputs.position_ids[0]
     kept = out.stats.kept["vision"][0]
-    assert torch.equal(original[start:start + 16], start + kept)  # gaps where tokens were dropped
+    assert torch.equal(original[start : start + 16], start + kept)  # gaps where tokens were dropped
     assert int(original[-1]) == length - 1  # decoding continues at the unpruned length
 
 
@@ -243,9 +245,12 @@ def _transformers_functions():
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     return {
-        "LlamaAttention.forward": llama.LlamaAttention.forward, "LlamaDecoderLayer.forward": llama.LlamaDecoderLayer.forward,
-        "CLIPAttention.forward": clip.CLIPAttention.forward, "CLIPEncoderLayer.forward": clip.CLIPEncoderLayer.forward,
-        "llama eager_attention_forward": llama.eager_attention_forward, "clip eager_attention_forward": clip.eager_attention_forward,
+        "LlamaAttention.forward": llama.LlamaAttention.forward,
+        "LlamaDecoderLayer.forward": llama.LlamaDecoderLayer.forward,
+        "CLIPAttention.forward": clip.CLIPAttention.forward,
+        "CLIPEncoderLayer.forward": clip.CLIPEncoderLayer.forward,
+        "llama eager_attention_forward": llama.eager_attention_forward,
+        "clip eager_attention_forward": clip.eager_attention_forward,
         "ALL_ATTENTION_FUNCTIONS['sdpa']": ALL_ATTENTION_FUNCTIONS["sdpa"],
         "F.scaled_dot_product_attention": torch.nn.functional.scaled_dot_product_attention,
     }
@@ -277,6 +282,7 @@ def test_eager_attention_never_runs_during_a_pruned_run(tiny_llava, samples, mon
         def wrapper(*args, **kwargs):
             calls[kind] += 1
             return function(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(llama, "eager_attention_forward", counting("eager", llama.eager_attention_forward))
@@ -523,8 +529,15 @@ def _unit_view(units: int, per_unit: int, batch: int = 1):
 
     n = units * per_unit
     unit_of = torch.arange(units).repeat_interleave(per_unit).expand(batch, -1) if units > 1 else None
-    return VisionView(features=torch.zeros(batch, n, 4), grid=(1, per_unit), feature_layer=1, num_vision_layers=3,
-                      num_units=units, unit_kind="crop" if units > 1 else "image", unit_of=unit_of)
+    return VisionView(
+        features=torch.zeros(batch, n, 4),
+        grid=(1, per_unit),
+        feature_layer=1,
+        num_vision_layers=3,
+        num_units=units,
+        unit_kind="crop" if units > 1 else "image",
+        unit_of=unit_of,
+    )
 
 
 def test_scored_vision_pruner_captures_declared_layers_and_keeps_the_top_with_ties_to_the_lower_index():

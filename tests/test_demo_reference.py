@@ -27,8 +27,9 @@ def rows(tmp_path_factory):
 
 
 def differing(expected, got, cells):
-    return {cell: {c: (expected[cell][c], got[cell][c]) for c in got[cell] if got[cell][c] != expected[cell][c]}
-            for cell in cells if got[cell] != expected[cell]}
+    return {
+        cell: {c: (expected[cell][c], got[cell][c]) for c in got[cell] if got[cell][c] != expected[cell][c]} for cell in cells if got[cell] != expected[cell]
+    }
 
 
 def test_reduced_demo_has_the_reference_cells(rows):

@@ -14,7 +14,7 @@ from prunebench.models.defaults import resolve_method
 from prunebench.registry import create_method
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adapter(name):
     return load_model(name)
 

@@ -36,9 +36,21 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("prunebench.lmms",),
     # 3. what the lmms-eval model and the runner build on: resolution and the cell spec, model loading and inputs,
     #    the conformance kit, training, the toy model, reports, suites, fingerprints
-    ("prunebench.resolve", "prunebench.spec", "prunebench.models", "prunebench.models.*", "prunebench.conformance",
-     "prunebench.training", "prunebench.toy", "prunebench.toy.*", "prunebench.report", "prunebench.report.*",
-     "prunebench.suites", "prunebench.suites.*", "prunebench.fingerprint"),
+    (
+        "prunebench.resolve",
+        "prunebench.spec",
+        "prunebench.models",
+        "prunebench.models.*",
+        "prunebench.conformance",
+        "prunebench.training",
+        "prunebench.toy",
+        "prunebench.toy.*",
+        "prunebench.report",
+        "prunebench.report.*",
+        "prunebench.suites",
+        "prunebench.suites.*",
+        "prunebench.fingerprint",
+    ),
     # 4. the pruning engine, and cost accounting (which runs the engine under a FLOP counter)
     ("prunebench.engine", "prunebench.engine.*", "prunebench.costs"),
     # 5. model adapters, methods (and LearnPruner's learned module, which a method loads) and the registry that finds them
@@ -47,7 +59,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     #    the versions of the code and the state of the machine
     ("prunebench.bases", "prunebench.views", "prunebench.attention", "prunebench.core", "prunebench.store", "prunebench.environment"),
 )
-
 
 
 def _module_files() -> dict[str, Path]:
@@ -93,7 +104,7 @@ def _imports(module: str, path: Path, known: set[str]) -> dict[str, int]:
                 base = child.module or ""
                 if child.level:
                     anchor = module.split(".") if is_package else module.split(".")[:-1]
-                    anchor = anchor[:len(anchor) - (child.level - 1)]
+                    anchor = anchor[: len(anchor) - (child.level - 1)]
                     base = ".".join([*anchor, base] if base else anchor)
                 for alias in child.names:
                     full = f"{base}.{alias.name}"
@@ -180,13 +191,15 @@ def test_the_checker_sees_cycles_and_upward_imports(tmp_path):
     assert _layer("prunebench.core") > _layer("prunebench.runner.sweep") > _layer("prunebench.cli")
     assert _layer("prunebench.engine.lifecycle") == _layer("prunebench.engine") and _layer("prunebench.methods.anything") == _layer("prunebench.adapters.base")
     source = tmp_path / "m.py"
-    source.write_text("import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from prunebench.runner import sweep\n"
-                      "def f():\n    from prunebench.lmms import PruneBenchLMM\n    from . import store\n")
+    source.write_text(
+        "import os\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from prunebench.runner import sweep\n"
+        "def f():\n    from prunebench.lmms import PruneBenchLMM\n    from . import store\n"
+    )
     known = {"prunebench.lmms", "prunebench.runner", "prunebench.runner.sweep", "prunebench.store", "prunebench.core"}
     assert _imports("prunebench.core", source, known) == {"prunebench.lmms": 6, "prunebench.store": 7}
 
 
-HIDDEN_LMMS_EVAL = r'''
+HIDDEN_LMMS_EVAL = r"""
 import importlib.abc, json, sys
 
 class HideLmmsEval(importlib.abc.MetaPathFinder):
@@ -210,7 +223,7 @@ commands = {
 }
 codes = {name: main(argv) for name, argv in commands.items()}
 print("RESULT " + json.dumps({"codes": codes, "lmms_eval_loaded": sorted(m for m in sys.modules if m.startswith("lmms_eval"))}))
-'''
+"""
 
 
 def test_commands_that_do_not_evaluate_work_without_lmms_eval(tmp_path):
@@ -221,11 +234,17 @@ def test_commands_that_do_not_evaluate_work_without_lmms_eval(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", HIDDEN_LMMS_EVAL, str(tmp_path / "run"), str(tmp_path / "dry")], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    proc = subprocess.run(
+        [sys.executable, "-c", HIDDEN_LMMS_EVAL, str(tmp_path / "run"), str(tmp_path / "dry")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"},
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     assert result["codes"] == {"run": 0, "status": 0, "report": 0, "plot": 0, "list": 0}, proc.stderr[-3000:]
     assert result["lmms_eval_loaded"] == []
     assert "random@32" in proc.stdout and not (tmp_path / "dry").exists(), "the dry run lists the cells and writes nothing"

@@ -172,10 +172,18 @@ def onevision_7b_config():
     """LLaVA-OneVision-7B's architecture (SigLIP-so400m, 26 layers kept; Qwen2-7B, 28 q / 4 kv heads), built locally."""
     from transformers import LlavaOnevisionConfig
 
-    return LlavaOnevisionConfig(text_config=dict(
-        model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-    ))
+    return LlavaOnevisionConfig(
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=32768,
+        )
+    )
 
 
 def test_full_size_qwen2_llm_on_meta_matches_the_gqa_formula():
@@ -267,8 +275,9 @@ def test_7b_image_token_counts_match_the_stock_processor_formula(height, width, 
     size = torch.tensor([height, width])
     slots, got_shrunk = ad.token_layout(size, ad._num_crops(size))
     # the processor's own count (its methods on a stand-in holding the attributes they read)
-    stock = SimpleNamespace(image_processor=SimpleNamespace(image_grid_pinpoints=model.config.image_grid_pinpoints), num_image_tokens=729,
-                            vision_aspect_ratio="anyres_max_9")
+    stock = SimpleNamespace(
+        image_processor=SimpleNamespace(image_grid_pinpoints=model.config.image_grid_pinpoints), num_image_tokens=729, vision_aspect_ratio="anyres_max_9"
+    )
     stock._get_unpadded_features = LlavaOnevisionProcessor._get_unpadded_features.__get__(stock)
     assert slots.numel() == LlavaOnevisionProcessor._get_number_of_features(stock, height, width, 384, 384)
     assert got_shrunk == shrunk

@@ -4,13 +4,13 @@ import pytest
 
 pytest.importorskip("lmms_eval.evaluator")
 
-from lmms_eval.caching.response_cache import ResponseCache  # noqa: E402
-from lmms_eval.evaluator import simple_evaluate  # noqa: E402
+from lmms_eval.caching.response_cache import ResponseCache
+from lmms_eval.evaluator import simple_evaluate
 
-from prunebench.lmms import NO_METHOD, PruneBenchLMM  # noqa: E402
-from prunebench.spec import CellSpec  # noqa: E402
-from prunebench.runner.evaluate import cached_task_manager  # noqa: E402
-from prunebench.suites.shapes import TASK_DIR  # noqa: E402
+from prunebench.lmms import NO_METHOD, PruneBenchLMM
+from prunebench.runner.evaluate import cached_task_manager
+from prunebench.spec import CellSpec
+from prunebench.suites.shapes import TASK_DIR
 
 TASKS = ["shapes_count"]
 
@@ -26,8 +26,18 @@ def lm(tiny_llava):
 
 
 def _evaluate(lm, task_manager, **kwargs):
-    return simple_evaluate(model=lm, model_args=lm.model_args, tasks=TASKS, task_manager=task_manager, limit=3,
-                           batch_size=lm.batch_size, log_samples=True, bootstrap_iters=0, verbosity="WARNING", **kwargs)
+    return simple_evaluate(
+        model=lm,
+        model_args=lm.model_args,
+        tasks=TASKS,
+        task_manager=task_manager,
+        limit=3,
+        batch_size=lm.batch_size,
+        log_samples=True,
+        bootstrap_iters=0,
+        verbosity="WARNING",
+        **kwargs,
+    )
 
 
 def _answers(results):
@@ -43,8 +53,9 @@ def test_entry_point_resolves_the_model_class():
 
 def test_model_args_from_the_cli_build_the_identity(tiny_llava):
     # what `lmms-eval --model prunebench --model_args pretrained=tiny-llava,method=fastv,budget=300,fastv.layer=1` builds
-    lm = PruneBenchLMM.create_from_arg_string("pretrained=tiny-llava,method=fastv,budget=300,budget_mode=final,fastv.layer=1",
-                                              {"batch_size": 2, "device": "cpu"})
+    lm = PruneBenchLMM.create_from_arg_string(
+        "pretrained=tiny-llava,method=fastv,budget=300,budget_mode=final,fastv.layer=1", {"batch_size": 2, "device": "cpu"}
+    )
     ident = lm.identity
     assert ident["method"] == "fastv" and ident["budget"] == 300 and ident["budget_mode"] == "final"
     assert ident["method_params"]["layer"] == 1 and ident["method_params"]["query"] == "last"  # every parameter, defaults included

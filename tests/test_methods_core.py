@@ -48,8 +48,14 @@ def fastv_view(strength: float = 1e4) -> LayerView:
         valid[b, :pad] = False
     mask = torch.ones(L, L, dtype=torch.bool).tril()[None, None] & valid[:, None, None, :]  # causal, no padding keys
     captured = Captured(query=torch.log(weights), key=torch.eye(L).expand(2, 2, L, L).contiguous(), mask=mask, scaling=1.0, causal=True)
-    return LayerView(layer=2, hidden_states=torch.zeros(2, L, 8), visual_index=torch.tensor(SPANS), valid=valid,
-                     captured=captured, generators=sample_generators(0, ["s0", "s1"]))
+    return LayerView(
+        layer=2,
+        hidden_states=torch.zeros(2, L, 8),
+        visual_index=torch.tensor(SPANS),
+        valid=valid,
+        captured=captured,
+        generators=sample_generators(0, ["s0", "s1"]),
+    )
 
 
 def locals_of(letters: str) -> list[list[int]]:
@@ -126,9 +132,17 @@ def planted_vit(cls_logits: torch.Tensor, geometry: torch.Tensor) -> Captured:
 
 
 def vit_view(features, captured, has_cls=True, cls_feature=None, importance_layer=None) -> VisionView:
-    return VisionView(features=features, cls_feature=cls_feature, grid=(1, features.shape[1]), feature_layer=1,
-                      num_vision_layers=2, projector=lambda x: x, captured={1: captured}, has_cls=has_cls,
-                      importance_layer=importance_layer)
+    return VisionView(
+        features=features,
+        cls_feature=cls_feature,
+        grid=(1, features.shape[1]),
+        feature_layer=1,
+        num_vision_layers=2,
+        projector=lambda x: x,
+        captured={1: captured},
+        has_cls=has_cls,
+        importance_layer=importance_layer,
+    )
 
 
 def test_visionzip_splits_the_budget_as_the_paper():

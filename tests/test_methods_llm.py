@@ -147,7 +147,7 @@ def test_sparsevlm_v2_zero_rope_attention_on_a_non_rater_row_does_not_poison_the
     planted_rows(weights, [8, 10], [2])
     view = layer_view(weights, rater_embeds())
     method = create_method("sparsevlm", heads=1)
-    rows, is_rater = method.raters(view)
+    _rows, is_rater = method.raters(view)
     plain = method.relevance(view)
     real = method.rope_attention
 
@@ -507,10 +507,17 @@ def test_learnpruner_checks_the_lpm_against_the_models_vision_weights(tiny_llava
     width = view.features.shape[-1]
     lpm = LearnedPruningModule(width)
     right = vision_digest(tiny_llava.model)
-    for name, recipe in (("right", {VISION_DIGEST_KEY: right}), ("wrong", {VISION_DIGEST_KEY: "0" * 64}),
-                         ("legacy", {"base_weights_sha256": "1" * 64}), ("none", {})):
+    for name, recipe in (
+        ("right", {VISION_DIGEST_KEY: right}),
+        ("wrong", {VISION_DIGEST_KEY: "0" * 64}),
+        ("legacy", {"base_weights_sha256": "1" * 64}),
+        ("none", {}),
+    ):
         save_lpm(lpm, tmp_path / f"{name}.safetensors", recipe)
-    pick = lambda name, **kw: create_method("learnpruner", checkpoint=str(tmp_path / f"{name}.safetensors"), **kw).select_vision(view, 8)
+
+    def pick(name, **kw):
+        return create_method("learnpruner", checkpoint=str(tmp_path / f"{name}.safetensors"), **kw).select_vision(view, 8)
+
     assert pick("right").keep.shape == (1, 8) and pick("none").keep.shape == (1, 8)
     for name in ("wrong", "legacy"):
         with pytest.raises(PruneBenchError, match="prunebench train learnpruner --model tiny-llava"):
@@ -519,8 +526,11 @@ def test_learnpruner_checks_the_lpm_against_the_models_vision_weights(tiny_llava
     # the digest covers the vision tower and projector only: changing an LLM weight keeps it, a ViT weight does not
     with torch.no_grad():
         llm_weight = tiny_llava.model.model.language_model.layers[0].mlp.up_proj.weight
-        vit_weight = tiny_llava.model.model.vision_tower.vision_model.post_layernorm.weight if hasattr(
-            tiny_llava.model.model.vision_tower, "vision_model") else next(tiny_llava.model.model.vision_tower.parameters())
+        vit_weight = (
+            tiny_llava.model.model.vision_tower.vision_model.post_layernorm.weight
+            if hasattr(tiny_llava.model.model.vision_tower, "vision_model")
+            else next(tiny_llava.model.model.vision_tower.parameters())
+        )
         llm_weight.add_(1.0)
         try:
             assert vision_digest(tiny_llava.model) == right
@@ -580,8 +590,10 @@ def test_engine_renumbers_positions_per_layer_for_v15(tiny_llava, samples):
     layers = tiny_llava.decoder_layers()
     method = create_method("sparsevlm", version="1.5")
     with Pruner(tiny_llava, method, 64, budget_mode="final") as pruner:
-        handles = [layers[i].register_forward_pre_hook(
-            lambda m, a, kw, i=i: seen.setdefault(i, []).append(kw["position_ids"].clone()), with_kwargs=True) for i in (0, 2, 3)]
+        handles = [
+            layers[i].register_forward_pre_hook(lambda m, a, kw, i=i: seen.setdefault(i, []).append(kw["position_ids"].clone()), with_kwargs=True)
+            for i in (0, 2, 3)
+        ]
         try:
             out = pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=2, min_new_tokens=2)
         finally:
@@ -599,9 +611,14 @@ def test_text_queries_from_input_keep_image_newlines_out_after_the_image_tail_wa
     """Input: BOS, text, visual 2 3, newline 4, visual 5 6, newline 7, text 8-11. A stage pruned 5 and 6, so the
     current sequence is visual 2 3, newlines 4 5, text 6-9: counted from the last *remaining* visual token the
     newline at 4 would be text; SparseVLM's raters are read from the input's image end (rows 5-9)."""
-    view = LayerView(layer=3, hidden_states=torch.zeros(1, 10, 4), visual_index=torch.tensor([[2, 3]]),
-                     valid=torch.ones(1, 10, dtype=torch.bool), input_embeds=torch.zeros(1, 12, 4),
-                     input_visual_index=torch.tensor([[2, 3, 5, 6]]))
+    view = LayerView(
+        layer=3,
+        hidden_states=torch.zeros(1, 10, 4),
+        visual_index=torch.tensor([[2, 3]]),
+        valid=torch.ones(1, 10, dtype=torch.bool),
+        input_embeds=torch.zeros(1, 12, 4),
+        input_visual_index=torch.tensor([[2, 3, 5, 6]]),
+    )
     assert view.text_queries()[0][0].tolist() == [4, 5, 6, 7, 8, 9]
     rows, valid = view.text_queries(from_input=True)
     assert rows[0].tolist() == [5, 6, 7, 8, 9] and bool(valid.all())

@@ -8,11 +8,10 @@ import math
 
 import pytest
 import torch
-
-from prunebench.models import TINY_MODELS
 from torch import nn
 
 from prunebench.core import InfeasibleBudget, PlanContext, check_plan_meets_budget
+from prunebench.models import TINY_MODELS
 from prunebench.registry import create_method
 from prunebench.views import Instruction, LayerView, VisionView, sample_generators
 

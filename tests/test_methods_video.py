@@ -29,8 +29,9 @@ def clip_view(*clips: torch.Tensor) -> VisionView:
     video = torch.stack(clips)
     bsz, frames, per_frame, _ = video.shape
     unit_of = (torch.arange(frames * per_frame) // per_frame).expand(bsz, -1)
-    return VisionView(features=video.flatten(1, 2), grid=(2, per_frame // 2), projector=lambda f: f, has_cls=False,
-                      num_units=frames, unit_kind="frame", unit_of=unit_of)
+    return VisionView(
+        features=video.flatten(1, 2), grid=(2, per_frame // 2), projector=lambda f: f, has_cls=False, num_units=frames, unit_kind="frame", unit_of=unit_of
+    )
 
 
 # -- EVS ---------------------------------------------------------------------------------------------------------
@@ -164,9 +165,16 @@ class SalientView(VisionView):
 def fastvid_view(video: torch.Tensor, saliency: torch.Tensor, ids: list[str] | None = None) -> SalientView:
     """``video`` (B, T, P, D) and ``saliency`` (B, T, P): a clip of T frames (T = 1: a one-frame clip)."""
     bsz, frames, per_frame, _ = video.shape
-    view = SalientView(features=video.flatten(1, 2), grid=(1, per_frame), projector=lambda f: f, has_cls=False,
-                       generators=sample_generators(0, ids or [f"s{b}" for b in range(bsz)]), num_units=frames,
-                       unit_kind="frame", unit_of=(torch.arange(frames * per_frame) // per_frame).expand(bsz, -1))
+    view = SalientView(
+        features=video.flatten(1, 2),
+        grid=(1, per_frame),
+        projector=lambda f: f,
+        has_cls=False,
+        generators=sample_generators(0, ids or [f"s{b}" for b in range(bsz)]),
+        num_units=frames,
+        unit_kind="frame",
+        unit_of=(torch.arange(frames * per_frame) // per_frame).expand(bsz, -1),
+    )
     view.saliency = saliency.flatten(1)
     return view
 
@@ -227,7 +235,7 @@ def test_fastvid_keeps_exactly_the_budget_and_batch_equals_single(merge):
         out = method.select_vision(fastvid_view(video, saliency, ["a", "b"]), keep)
         out.validate(2, 128, keep, "fastvid")
         for b, sid in enumerate(["a", "b"]):
-            single = method.select_vision(fastvid_view(video[b:b + 1], saliency[b:b + 1], [sid]), keep)
+            single = method.select_vision(fastvid_view(video[b : b + 1], saliency[b : b + 1], [sid]), keep)
             assert torch.equal(out.keep[b], single.keep[0])
             if merge:
                 assert torch.allclose(out.append[b], single.append[0], atol=1e-6)

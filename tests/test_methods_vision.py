@@ -35,8 +35,14 @@ def view_of(features, grid, captured=None, projected=None, feature_layer=1, num_
         features = features[None]
     proj = (lambda x: projected) if projected is not None else (lambda x: x)
     return VisionView(
-        features=features, cls_feature=features[:, 0], grid=grid, feature_layer=feature_layer,
-        num_vision_layers=num_vision_layers, projector=proj, captured=captured or {}, has_cls=has_cls,
+        features=features,
+        cls_feature=features[:, 0],
+        grid=grid,
+        feature_layer=feature_layer,
+        num_vision_layers=num_vision_layers,
+        projector=proj,
+        captured=captured or {},
+        has_cls=has_cls,
     )
 
 
@@ -399,9 +405,20 @@ def test_hiprune_video_frame_cls_is_never_an_anchor():
     register_logits = torch.zeros(1, 2 * tokens)
     register_logits[0, [0, tokens]] = 3.0
     captured = {0: planted(object_logits.view(2, tokens)), 1: planted(register_logits.view(2, tokens))}
-    view = UnitVisionView(features=torch.randn(1, 2 * tokens, 8), grid=(4, 4), feature_layer=1, num_vision_layers=2,
-                          projector=lambda x: x, captured=captured, has_cls=True, num_units=2, unit_kind="frame",
-                          unit_of=(token_map // tokens), token_map=token_map, unit_tokens=tokens)
+    view = UnitVisionView(
+        features=torch.randn(1, 2 * tokens, 8),
+        grid=(4, 4),
+        feature_layer=1,
+        num_vision_layers=2,
+        projector=lambda x: x,
+        captured=captured,
+        has_cls=True,
+        num_units=2,
+        unit_kind="frame",
+        unit_of=(token_map // tokens),
+        token_map=token_map,
+        unit_tokens=tokens,
+    )
     method = create_method("hiprune", object_layer=0, alpha=0.5)  # round(8 * 0.5 / 5) = 1 anchor per frame
     got = kept(method, view, 16)
     cross = [1, 4, 5, 6, 9]  # cell 5 and its neighbours 4, 6, 1, 9 on the 4x4 grid (candidate = cell + 1)

@@ -8,8 +8,8 @@ import huggingface_hub
 import pytest
 from PIL import Image
 
-from prunebench.cli import main
 from prunebench.adapters.base import Sample
+from prunebench.cli import main
 from prunebench.core import PlanContext, check_plan_meets_budget
 from prunebench.models import DEFAULT_MODEL, TINY_MODELS, is_random_weights
 from prunebench.models.catalog import CATALOG, RANDOM_WEIGHTS_NOTE, catalog_entry, toy_geometry, visual_tokens
@@ -20,8 +20,16 @@ from prunebench.runner.config import DEFAULTS
 def test_models_lists_every_runnable_model(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for name in [DEFAULT_MODEL, *TINY_MODELS, "llava-hf/llava-1.5-7b-hf", "llava-hf/llava-1.5-13b-hf", "llava-hf/llava-v1.6-vicuna-7b-hf",
-                 "llava-hf/llava-v1.6-mistral-7b-hf", "LanguageBind/Video-LLaVA-7B-hf", "Qwen/Qwen2.5-VL-7B-Instruct"]:
+    for name in [
+        DEFAULT_MODEL,
+        *TINY_MODELS,
+        "llava-hf/llava-1.5-7b-hf",
+        "llava-hf/llava-1.5-13b-hf",
+        "llava-hf/llava-v1.6-vicuna-7b-hf",
+        "llava-hf/llava-v1.6-mistral-7b-hf",
+        "LanguageBind/Video-LLaVA-7B-hf",
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+    ]:
         assert name in out, name
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     for tiny in TINY_MODELS:

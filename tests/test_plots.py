@@ -20,7 +20,6 @@ from prunebench.cli import main
 from prunebench.registry import list_methods
 from prunebench.report import leaderboard
 from prunebench.report.example import example_records, write_example_store
-from prunebench.report.published import published_table
 from prunebench.report.plots import (
     DOUBLE_COLUMN_IN,
     METHOD_STYLES,
@@ -35,6 +34,7 @@ from prunebench.report.plots import (
     save_figure,
     styles_for,
 )
+from prunebench.report.published import published_table
 from prunebench.store import ResultStore
 
 PRUNED = ["fastv", "my_plugin", "random", "visionzip"]
@@ -122,8 +122,7 @@ def test_budget_curves_mark_failed_and_infeasible_budgets(df):
     assert sorted(float(c.get_xdata()[0]) for c in crosses) == [8.0, 8.0]
     assert len({float(c.get_ydata()[0]) for c in crosses}) == 2
     styles = styles_for(df)
-    assert {tuple(np.round(to_rgba(c.get_color()), 3)) for c in crosses} == {
-        tuple(np.round(to_rgba(styles[m]["color"]), 3)) for m in ("fastv", "visionzip")}
+    assert {tuple(np.round(to_rgba(c.get_color()), 3)) for c in crosses} == {tuple(np.round(to_rgba(styles[m]["color"]), 3)) for m in ("fastv", "visionzip")}
     assert all(c.get_marker() == "x" for c in crosses)
 
 
@@ -156,8 +155,14 @@ def test_published_points_are_hollow_and_name_their_source(tmp_path):
     fig = budget_curves(df, panels=["relacc"])
     ax = fig.axes[0]
     pubs = {name: line for name, line in series(ax).items() if name.endswith("(VisPruner T1)")}
-    assert set(pubs) == {"FastV (VisPruner T1)", "SparseVLM (VisPruner T1)", "VisionZip (VisPruner T1)",
-                         "VisPruner (VisPruner T1)", "ToMe (VisPruner T1)", "PruMerge+ (VisPruner T1)"}
+    assert set(pubs) == {
+        "FastV (VisPruner T1)",
+        "SparseVLM (VisPruner T1)",
+        "VisionZip (VisPruner T1)",
+        "VisPruner (VisPruner T1)",
+        "ToMe (VisPruner T1)",
+        "PruMerge+ (VisPruner T1)",
+    }
     assert all(line.get_fillstyle() == "none" and line.get_linestyle() == "None" for line in pubs.values())
     styles = styles_for(df)
     fastv = pubs["FastV (VisPruner T1)"]
@@ -180,7 +185,9 @@ def test_figures_show_one_published_source_unless_asked(tmp_path, caplog):
     assert one["source"].eq("measured").sum() == 10
     assert choose_published(df, "all")["source"].nunique() == df["source"].nunique()
     assert set(choose_published(df, "DART (arXiv 2502.11494, EMNLP version) Table 1")["source"]) == {
-        "measured", "published: DART (arXiv 2502.11494, EMNLP version) Table 1"}
+        "measured",
+        "published: DART (arXiv 2502.11494, EMNLP version) Table 1",
+    }
     with pytest.raises(ValueError, match="available"):
         choose_published(df, "no such paper")
 
@@ -338,8 +345,7 @@ def test_figures_have_readable_ticks_and_fonts_at_both_widths(tmp_path, width):
             for axis in ("x", "y"):
                 ticks = ax.get_xticklabels() if axis == "x" else ax.get_yticklabels()
                 if axis == "y":  # stacked vertically: compare heights
-                    boxes = sorted(((t.get_window_extent(), t.get_text()) for t in ticks if t.get_visible() and t.get_text()),
-                                   key=lambda b: b[0].y0)
+                    boxes = sorted(((t.get_window_extent(), t.get_text()) for t in ticks if t.get_visible() and t.get_text()), key=lambda b: b[0].y0)
                     bad = [(a[1], b[1]) for a, b in itertools.pairwise(boxes) if a[0].overlaps(b[0])]
                 else:
                     bad = _overlaps(ticks)
@@ -348,8 +354,7 @@ def test_figures_have_readable_ticks_and_fonts_at_both_widths(tmp_path, width):
                 assert all(len(t) <= 5 for t in numbers), (name, numbers)  # scaled units: no "0.00060"
             assert not ax.xaxis.get_offset_text().get_text() and not ax.yaxis.get_offset_text().get_text(), name
         if width == "single":
-            small = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_visible()
-                     and t.get_fontsize() < 7]
+            small = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_visible() and t.get_fontsize() < 7]
             assert not small, (name, small)
 
 

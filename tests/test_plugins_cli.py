@@ -22,7 +22,8 @@ def installed_plugin(tmp_path_factory):
     """Build and pip-install a throw-away plugin package into this very environment; uninstall afterwards."""
     root: Path = tmp_path_factory.mktemp("plugin")
     (root / PLUGIN).mkdir()
-    (root / PLUGIN / "__init__.py").write_text(textwrap.dedent('''
+    (root / PLUGIN / "__init__.py").write_text(
+        textwrap.dedent('''
         from dataclasses import dataclass
         from prunebench.core import Selection, VisionStagePruner
 
@@ -41,8 +42,10 @@ def installed_plugin(tmp_path_factory):
         class KeepOutside(KeepFirst):
             """A broken plugin: its indices run past the last visual token."""
             offset: int = 600
-    '''))
-    (root / "pyproject.toml").write_text(textwrap.dedent(f'''
+    ''')
+    )
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent(f'''
         [build-system]
         requires = ["setuptools"]
         build-backend = "setuptools.build_meta"
@@ -54,7 +57,8 @@ def installed_plugin(tmp_path_factory):
         keepoutside = "{PLUGIN}:KeepOutside"
         [tool.setuptools]
         packages = ["{PLUGIN}"]
-    '''))
+    ''')
+    )
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(root)]
     subprocess.run(pip, check=True, capture_output=True, timeout=300)
     yield "keepfirst"
@@ -136,14 +140,14 @@ def test_check_lines_are_one_line_and_refusals_pass():
 
     from prunebench.commands import check_line
 
-    failed = SimpleNamespace(check="cache", method="m", model="tiny-llava", passed=False,
-                             detail="raised ValueError: bad\nTraceback (most recent call last):\n  File \"x.py\", line 1")
+    failed = SimpleNamespace(
+        check="cache", method="m", model="tiny-llava", passed=False, detail='raised ValueError: bad\nTraceback (most recent call last):\n  File "x.py", line 1'
+    )
     assert check_line(failed) == "FAIL cache           m            tiny-llava     raised ValueError: bad"
     assert 'File "x.py"' in check_line(failed, debug=True)
     own = SimpleNamespace(check="cache", method="m", model="tiny-llava", passed=False, detail="bad", traceback="Traceback: deep")
     assert check_line(own).endswith("bad") and "Traceback: deep" in check_line(own, debug=True)
-    refused = SimpleNamespace(check="noop", method="m", model="tiny-qwen2_5_vl", passed=False, refused=True,
-                              detail="m needs a [CLS] token", traceback=None)
+    refused = SimpleNamespace(check="noop", method="m", model="tiny-qwen2_5_vl", passed=False, refused=True, detail="m needs a [CLS] token", traceback=None)
     line = check_line(refused)
     assert line.startswith("PASS ") and line.endswith("refused: m needs a [CLS] token")
 

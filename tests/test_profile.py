@@ -37,8 +37,9 @@ def test_random_model_has_full_width_cut_layers_and_random_weights():
 
 def test_profile_writes_cost_only_records_per_method_budget_and_batch_size(tmp_path):
     lines: list[str] = []
-    records = profile(MODEL, ["random"], [64], tmp_path / "prof", layers=1, vision_layers=2, batch_sizes=(1, 2), reps=1, warmup=0,
-                      new_tokens=2, echo=lines.append)
+    records = profile(
+        MODEL, ["random"], [64], tmp_path / "prof", layers=1, vision_layers=2, batch_sizes=(1, 2), reps=1, warmup=0, new_tokens=2, echo=lines.append
+    )
     assert [(r["method"], r["budget"], r["batch_size"]) for r in records] == [("none", None, 1), ("none", None, 2), ("random", 64, 1), ("random", 64, 2)]
     assert len({r["key"] for r in records}) == 4
     stored = list(ResultStore(tmp_path / "prof").records())

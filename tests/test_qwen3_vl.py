@@ -36,8 +36,14 @@ def _samples():
 
 def _stock_llm_logits(ad, llm, mask, rows):
     """Last-position logits of the stock text model given DeepStack rows at ``mask`` (no cache)."""
-    hidden = ad.model.model.language_model(inputs_embeds=llm.inputs_embeds, attention_mask=llm.attention_mask, position_ids=llm.position_ids,
-                                           visual_pos_masks=mask, deepstack_visual_embeds=rows, use_cache=False).last_hidden_state
+    hidden = ad.model.model.language_model(
+        inputs_embeds=llm.inputs_embeds,
+        attention_mask=llm.attention_mask,
+        position_ids=llm.position_ids,
+        visual_pos_masks=mask,
+        deepstack_visual_embeds=rows,
+        use_cache=False,
+    ).last_hidden_state
     return ad.model.lm_head(hidden[:, -1])
 
 
@@ -57,8 +63,9 @@ def test_the_family_is_registered():
 def test_keep_all_equals_stock_generate_and_needs_deepstack(monkeypatch):
     ad = adapter()
     samples = _samples()
-    stock = ad.model.generate(**ad.prepare(samples).inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                              output_logits=True, return_dict_in_generate=True)
+    stock = ad.model.generate(
+        **ad.prepare(samples).inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
     kept_all = _generate(ad, create_method("random"), None, samples, new=4)
     assert torch.allclose(torch.stack(kept_all.logits), torch.stack(stock.logits), atol=1e-5)
     # the same run with the DeepStack features zeroed: the injection is what makes it equal
@@ -95,7 +102,7 @@ def test_deepstack_rows_are_the_stock_features_of_the_kept_tokens(method):
         for level, row in zip(levels, rows):
             expected = level.gather(1, kept[..., None].expand(-1, -1, level.shape[-1]))
             assert torch.allclose(row[:, : kept.shape[1]], expected, atol=1e-6)
-            assert not row[:, kept.shape[1]:].any() and (merged > 0) == (method == "visionzip")
+            assert not row[:, kept.shape[1] :].any() and (merged > 0) == (method == "visionzip")
         # and the pruned prefill is the stock text model given those rows at those positions
         mask = torch.zeros(llm.attention_mask.shape, dtype=torch.bool).scatter_(1, llm.visual_index, True)
         if method != "fastv":
@@ -126,7 +133,7 @@ def test_kept_tokens_keep_their_unpruned_mrope_positions():
     assert llm.position_ids.shape[0] == 3
     assert torch.equal(llm.position_ids[:, 0, llm.visual_index[0]], full[:, 0, start + kept[0]])
     assert torch.equal(llm.position_ids[:, 0, -1], full[:, 0, -1])  # text after the image: unchanged
-    assert len(set(full[1, 0, start:start + 70].tolist())) == 224 // 32 and len(set(full[2, 0, start:start + 70].tolist())) == 320 // 32
+    assert len(set(full[1, 0, start : start + 70].tolist())) == 224 // 32 and len(set(full[2, 0, start : start + 70].tolist())) == 320 // 32
 
 
 @pytest.mark.parametrize("layer", [1, 2])
@@ -198,11 +205,27 @@ def qwen3_vl_8b_config():
     from transformers import Qwen3VLConfig
 
     return Qwen3VLConfig(
-        text_config=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
-                         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
-        vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096, patch_size=16,
-                           num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=262144,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+        ),
+        vision_config=dict(
+            depth=27,
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_heads=16,
+            out_hidden_size=4096,
+            patch_size=16,
+            num_position_embeddings=2304,
+            deepstack_visual_indexes=[8, 16, 24],
+        ),
     )
 
 

@@ -15,10 +15,9 @@ import pandas as pd
 import pytest
 
 from prunebench.cli import main
-from prunebench.report import leaderboard, ranks, to_csv, to_latex, to_markdown
-from prunebench.report.example import example_records, write_example_store
 from prunebench.registry import get_method_class, list_methods
-from prunebench.report import published
+from prunebench.report import leaderboard, published, ranks, to_csv, to_latex, to_markdown
+from prunebench.report.example import example_records, write_example_store
 from prunebench.report.latex import bibtex, cited_keys, escape
 from prunebench.report.published import published_rows, published_table
 from prunebench.store import ResultStore
@@ -166,8 +165,7 @@ def test_latex_compiles(run, tmp_path):
     (tmp_path / "t.tex").write_text(to_latex(df, standalone=True))
 
     def pdflatex():
-        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout[-3000:]
         return proc.stdout
 
@@ -232,10 +230,10 @@ def test_published_rows_beside_measured(run):
 
 def test_published_filters_and_errors(run, capsys):
     rows = published_rows("llava-next-7b", source="VisionZip")
-    assert set(rows["source"]) == {"published: VisionZip (arXiv 2412.04467v1) Table 2",
-                                   "published: VisionZip (arXiv 2412.04467v1) appendix (LLaVA-NeXT-7B)"}
+    assert set(rows["source"]) == {"published: VisionZip (arXiv 2412.04467v1) Table 2", "published: VisionZip (arXiv 2412.04467v1) appendix (LLaVA-NeXT-7B)"}
     assert set(published_rows("llava-next-7b", source="VisionZip (arXiv 2412.04467v1) Table 2")["source"]) == {
-        "published: VisionZip (arXiv 2412.04467v1) Table 2"}
+        "published: VisionZip (arXiv 2412.04467v1) Table 2"
+    }
     assert main(["report", str(run.root), "--with-published", "--published-model", "gpt-9"]) == 2
     assert "--published-model" in capsys.readouterr().err
 
@@ -273,11 +271,11 @@ def test_published_averages_recompute_from_the_transcribed_scores():
     t = published_table()
     t = t[~t["benchmark"].str.contains(" acc| score", regex=True) & ~t["paper"].str.startswith("TOPS")]
     checked = 0
-    for (paper, table, model), g in t.groupby(["paper", "table", "model"]):
+    for (paper, table, _model), g in t.groupby(["paper", "table", "model"]):
         vanilla = g[g["method_key"] == "none"].set_index("benchmark")["value"]
         if vanilla.empty:
             continue
-        for (method, budget, setting), r in g[g["method_key"] != "none"].groupby(["method", "budget", "setting"], dropna=False):
+        for (method, budget, _setting), r in g[g["method_key"] != "none"].groupby(["method", "budget", "setting"], dropna=False):
             values = r.set_index("benchmark")["value"]
             excluded = {"RelAcc", "Acc"} | EXCLUDED_FROM_AVERAGE.get((paper, table), set())
             benches = [b for b in values.index if b in vanilla.index and b not in excluded]
@@ -448,8 +446,10 @@ def test_published_benchmarks_sit_in_the_matching_lmms_eval_columns(tmp_path):
     for record in example_records(model="llava-hf/llava-1.5-7b-hf"):
         record["task_names"] = ["gqa", "mme"]
         if record["status"] == "done":
-            record["tasks"] = {"gqa": {"metric": "exact_match", "score": 0.61, "baseline": 0.62, "n": 20},
-                               "mme": {"metric": "mme_perception_score", "score": 1500.0, "baseline": 1510.0, "n": 20}}
+            record["tasks"] = {
+                "gqa": {"metric": "exact_match", "score": 0.61, "baseline": 0.62, "n": 20},
+                "mme": {"metric": "mme_perception_score", "score": 1500.0, "baseline": 1510.0, "n": 20},
+            }
         store.put(record)
     df = leaderboard(store, with_published=True, published_source="FastV (arXiv 2403.06764) README (lmms-eval)")
     pub = df[df["source"] != "measured"].set_index("label")
@@ -590,13 +590,17 @@ def test_unreliable_latency_is_flagged_and_explained(tmp_path):
     assert "§ unreliable latency" in md and "p90/median above 1.5" in md
     assert "\\textsuperscript{\\S}" in to_latex(df)
     # load: 8 on 2 cores (read from latency.load_average / latency.cpu_count), with a quiet spread
-    store = _records_with(tmp_path / "load", latency_ms=lambda r: {"ttft": {"median": 10.0, "p90": 11.0, "n": 8}},
-                          latency=lambda r: {"samples": 8, "load_average": [8.0, 6.0, 4.0], "cpu_count": 2})
+    store = _records_with(
+        tmp_path / "load",
+        latency_ms=lambda r: {"ttft": {"median": 10.0, "p90": 11.0, "n": 8}},
+        latency=lambda r: {"samples": 8, "load_average": [8.0, 6.0, 4.0], "cpu_count": 2},
+    )
     df = leaderboard(store)
     assert set(df.loc[(df["status"] == "done") & (df["method"] != "none"), "latency_flag"]) == {"load 4.0/core"}
     # quiet: no flag, no footnote
-    store = _records_with(tmp_path / "quiet", latency_ms=lambda r: {"ttft": {"median": 10.0, "p90": 11.0, "n": 8}},
-                          latency=lambda r: {"load_average": 0.5, "cpu_count": 2})
+    store = _records_with(
+        tmp_path / "quiet", latency_ms=lambda r: {"ttft": {"median": 10.0, "p90": 11.0, "n": 8}}, latency=lambda r: {"load_average": 0.5, "cpu_count": 2}
+    )
     md = to_markdown(leaderboard(store))
     assert "§" not in md
 

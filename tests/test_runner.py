@@ -1,5 +1,6 @@
 """Sweeps: records per the store schema, baseline reuse, resume, failing and infeasible cells, SIGKILL, config, status."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,11 +13,11 @@ import pytest
 
 pytest.importorskip("lmms_eval.evaluator")
 
-from prunebench.core import SelectionError, VisionStagePruner  # noqa: E402
-from prunebench.registry import _ORIGIN, _REGISTRY, register_method  # noqa: E402
-from prunebench.runner import Sweep, resolve_config  # noqa: E402
-from prunebench.runner.cli import status_lines, run_status  # noqa: E402
-from prunebench.store import ResultStore  # noqa: E402
+from prunebench.core import SelectionError, VisionStagePruner
+from prunebench.registry import _ORIGIN, _REGISTRY, register_method
+from prunebench.runner import Sweep, resolve_config
+from prunebench.runner.cli import run_status, status_lines
+from prunebench.store import ResultStore
 
 SMALL = dict(model="tiny-llava", tasks="shapes_count", limit=2, batch_size=2, latency={"samples": 2, "warmup": 1, "new_tokens": 2})
 
@@ -53,7 +54,7 @@ def done_flops(record):
 
 
 def test_records_follow_the_store_schema(finished):
-    sweep, result = finished
+    sweep, _result = finished
     records = {(r["method"], r["budget"]): r for r in sweep.store.records()}
     assert set(records) == {("none", None), ("random", 64), ("fastv", 64), ("visionzip", 64)}
     # random@64 and visionzip@64 share a token pattern, hence the analytic count, but each is measured with its own selection
@@ -61,9 +62,33 @@ def test_records_follow_the_store_schema(finished):
     assert records[("visionzip", 64)]["flops"]["analytic_tflops"] == done_flops(records[("random", 64)])
     assert records[("visionzip", 64)]["flops"]["vision_measured_tflops"] > records[("random", 64)]["flops"]["vision_measured_tflops"]
     done = records[("random", 64)]
-    for field in ("key", "status", "model", "suite", "task_names", "method", "method_params", "budget", "budget_mode", "budget_scope",
-                  "limit", "seed", "preprocess", "tasks", "relacc", "agreement", "tokens", "latency_ms", "flops", "kv_cache",
-                  "peak_memory_mb", "env", "error", "started", "finished"):
+    for field in (
+        "key",
+        "status",
+        "model",
+        "suite",
+        "task_names",
+        "method",
+        "method_params",
+        "budget",
+        "budget_mode",
+        "budget_scope",
+        "limit",
+        "seed",
+        "preprocess",
+        "tasks",
+        "relacc",
+        "agreement",
+        "tokens",
+        "latency_ms",
+        "flops",
+        "kv_cache",
+        "peak_memory_mb",
+        "env",
+        "error",
+        "started",
+        "finished",
+    ):
         assert field in done, field
     assert done["status"] == "done" and done["budget_scope"] == "image" and done["preprocess"] == "hf"
     assert done["tokens"]["final"] == 64 and done["tokens"]["layer_average"] == 64 and done["tokens"]["per_layer"] == [64] * 4
@@ -169,16 +194,19 @@ def test_config_yaml_and_command_line(tmp_path):
         resolve_config(str(tmp_path / "bad.yaml"))
 
 
-@pytest.mark.parametrize("text,message", [
-    ("methods: [random\nbudgets: 32\n", r"not valid YAML at line 2, column 8: did not find expected ',' or '\]'"),
-    ("- random\n- fastv\n", "must be a mapping of sweep keys"),
-    ("latency: 5\n", "latency must be a mapping with keys samples, warmup, new_tokens"),
-    ("latency: {samples: 0}\n", "latency needs samples >= 1"),
-    ("batch_size: many\n", "--batch_size must be a number, got 'many'"),
-    ("methods: ${nope}\n", "Interpolation key 'nope' not found"),
-    ("methods: {random: 1}\n", "each key takes what its flag takes"),
-    ("limit: -3\n", "--limit must be a number of documents per task"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("methods: [random\nbudgets: 32\n", r"not valid YAML at line 2, column 8: did not find expected ',' or '\]'"),
+        ("- random\n- fastv\n", "must be a mapping of sweep keys"),
+        ("latency: 5\n", "latency must be a mapping with keys samples, warmup, new_tokens"),
+        ("latency: {samples: 0}\n", "latency needs samples >= 1"),
+        ("batch_size: many\n", "--batch_size must be a number, got 'many'"),
+        ("methods: ${nope}\n", "Interpolation key 'nope' not found"),
+        ("methods: {random: 1}\n", "each key takes what its flag takes"),
+        ("limit: -3\n", "--limit must be a number of documents per task"),
+    ],
+)
 def test_a_malformed_config_is_a_clear_error(tmp_path, text, message):
     from prunebench.core import PruneBenchError
 
@@ -188,7 +216,7 @@ def test_a_malformed_config_is_a_clear_error(tmp_path, text, message):
         resolve_config(str(path))
 
 
-PLUGIN = '''
+PLUGIN = """
 import time
 from dataclasses import dataclass
 from prunebench.core import Selection, VisionStagePruner, top_k
@@ -201,16 +229,38 @@ class Slow(VisionStagePruner):
     def select_vision(self, view, keep):
         time.sleep(self.pause)
         return Selection(top_k(view.features.norm(dim=-1), keep))
-'''
+"""
 
 
 @pytest.mark.slow
 def test_sigkill_loses_at_most_the_cell_in_flight(tmp_path, tiny_llava):
     (tmp_path / "slowplug.py").write_text(PLUGIN)
     out = tmp_path / "killed"
-    args = ["--model", "tiny-llava", "--tasks", "shapes_count", "--limit", "2", "--batch_size", "1", "--methods", "slow_test",
-            "--budgets", "8,16,24,32,40", "--plugins", "slowplug", "--latency-samples", "2", "--latency-warmup", "1", "--latency-new-tokens", "2",
-            "--output", str(out), "--no-progress"]
+    args = [
+        "--model",
+        "tiny-llava",
+        "--tasks",
+        "shapes_count",
+        "--limit",
+        "2",
+        "--batch_size",
+        "1",
+        "--methods",
+        "slow_test",
+        "--budgets",
+        "8,16,24,32,40",
+        "--plugins",
+        "slowplug",
+        "--latency-samples",
+        "2",
+        "--latency-warmup",
+        "1",
+        "--latency-new-tokens",
+        "2",
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "prunebench.cli", "run", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 400  # generous for a loaded machine; the loop ends as soon as two cells are stored
@@ -230,8 +280,7 @@ def test_sigkill_loses_at_most_the_cell_in_flight(tmp_path, tiny_llava):
         import importlib
 
         importlib.import_module("slowplug")
-        config = resolve_config(None, {**SMALL, "batch_size": 1, "methods": "slow_test", "budgets": "8,16,24,32,40",
-                                       "plugins": "slowplug", "output": str(out)})
+        config = resolve_config(None, {**SMALL, "batch_size": 1, "methods": "slow_test", "budgets": "8,16,24,32,40", "plugins": "slowplug", "output": str(out)})
         sweep = Sweep(config, progress=False, echo=lambda _m: None)
         sweep._adapter = tiny_llava
         result = sweep.run()
@@ -249,8 +298,26 @@ def test_command_line_dry_run_and_status(tmp_path, capsys):
     from prunebench.cli import main
 
     out = tmp_path / "dry"
-    code = main(["run", "--model", "tiny-llava", "--tasks", "shapes_count", "--methods", "random,fastv", "--budgets", "8,16",
-                 "--method-args", "fastv.layer=1", "--budget-mode", "final", "--output_path", str(out), "--dry-run"])
+    code = main(
+        [
+            "run",
+            "--model",
+            "tiny-llava",
+            "--tasks",
+            "shapes_count",
+            "--methods",
+            "random,fastv",
+            "--budgets",
+            "8,16",
+            "--method-args",
+            "fastv.layer=1",
+            "--budget-mode",
+            "final",
+            "--output_path",
+            str(out),
+            "--dry-run",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and "budget_mode: final" in text and text.count("pending") == 5 and "'layer': 1" in text
     assert main(["run", "--model", "tiny-llava", "--methods", "random", "--budgets", "x", "--dry-run"]) == 2
@@ -298,7 +365,7 @@ metric_list:
     higher_is_better: true
 """
 
-BROKEN_UTILS = '''
+BROKEN_UTILS = """
 import os
 from prunebench.suites.shapes.utils import doc_to_text, doc_to_visual, process_results as _score
 
@@ -306,7 +373,7 @@ def process_results(doc, results):
     if os.path.exists(os.environ.get("PRUNEBENCH_TEST_BROKEN", "")):
         raise ValueError("broken_count: scoring fails while the marker file exists")
     return _score(doc, results)
-'''
+"""
 
 
 def test_tasks_run_one_by_one_a_failing_task_is_kept_and_a_rerun_resumes_at_task_level(tmp_path, tiny_llava, monkeypatch):
@@ -319,8 +386,7 @@ def test_tasks_run_one_by_one_a_failing_task_is_kept_and_a_rerun_resumes_at_task
     marker = tmp_path / "BROKEN"  # outside the task folder, whose files are part of the cell key
     marker.write_text("")
     monkeypatch.setenv("PRUNEBENCH_TEST_BROKEN", str(marker))
-    overrides = dict(methods="random", budgets="64", tasks="shapes_count,broken_count", include_path=[str(tasks_dir)],
-                     baseline_cache=str(tmp_path / "bl"))
+    overrides = dict(methods="random", budgets="64", tasks="shapes_count,broken_count", include_path=[str(tasks_dir)], baseline_cache=str(tmp_path / "bl"))
     evaluated = []
     import prunebench.runner.sweep as sweep_module
 
@@ -431,8 +497,20 @@ def test_latency_entries_partition_the_time_to_first_token(tiny_llava, samples):
     from prunebench.runner.measure import sample_latency
 
     # by hand: selection 5 of which 2 in the LLM (inside the prefill window of 30)
-    parts = sample_latency({"vision_ms": 10, "select_ms": 5, "select_vision_ms": 3, "select_llm_ms": 2, "assemble_ms": 7,
-                            "prefill_ms": 30, "ttft_ms": 50, "generate_ms": 50, "total_ms": 70, "decode_ms_per_token": 5})
+    parts = sample_latency(
+        {
+            "vision_ms": 10,
+            "select_ms": 5,
+            "select_vision_ms": 3,
+            "select_llm_ms": 2,
+            "assemble_ms": 7,
+            "prefill_ms": 30,
+            "ttft_ms": 50,
+            "generate_ms": 50,
+            "total_ms": 70,
+            "decode_ms_per_token": 5,
+        }
+    )
     assert parts["ttft"] == 50 and parts["select_vision"] == 3 and parts["llm_prefill"] == 28 and parts["assemble"] == 7
     with Pruner(tiny_llava, create_method("fastv", layer=1), 64, budget_mode="final") as pruner:
         out = pruner.generate(tiny_llava.prepare(samples[:1]), max_new_tokens=3, min_new_tokens=3)
@@ -498,12 +576,15 @@ def test_lmms_eval_progress_redraws_are_dropped_and_other_output_kept():
 
 
 def test_task_scores_keep_every_metric_and_the_first_as_score():
-    results = {"results": {"t": {"alias": "t", "exact_match,none": 0.5, "exact_match_stderr,none": "N/A", "anls,none": 0.25,
-                                 "exact_match,flexible": 0.75}}, "n-samples": {"t": {"effective": 4}}}
+    results = {
+        "results": {"t": {"alias": "t", "exact_match,none": 0.5, "exact_match_stderr,none": "N/A", "anls,none": 0.25, "exact_match,flexible": 0.75}},
+        "n-samples": {"t": {"effective": 4}},
+    }
     from prunebench.runner.results import task_scores
 
-    assert task_scores(results) == {"t": {"metric": "exact_match", "score": 0.5, "n": 4,
-                                          "metrics": {"exact_match": 0.5, "anls": 0.25, "exact_match,flexible": 0.75}}}
+    assert task_scores(results) == {
+        "t": {"metric": "exact_match", "score": 0.5, "n": 4, "metrics": {"exact_match": 0.5, "anls": 0.25, "exact_match,flexible": 0.75}}
+    }
 
 
 @pytest.mark.slow
@@ -513,8 +594,17 @@ def test_relacc_and_agreement_against_a_nonzero_baseline(tmp_path):
 
     if not (TOY_MODEL_DIR / "config.json").exists():
         pytest.skip("the toy checkpoint is not there")
-    sweep = _sweep(tmp_path, model="toy-llava", tasks="shapes_count,shapes_exist", methods="random", budgets="8", limit=6,
-                   batch_size=6, latency={"samples": 1, "warmup": 0, "new_tokens": 1}, baseline_cache=str(tmp_path / "bl"))
+    sweep = _sweep(
+        tmp_path,
+        model="toy-llava",
+        tasks="shapes_count,shapes_exist",
+        methods="random",
+        budgets="8",
+        limit=6,
+        batch_size=6,
+        latency={"samples": 1, "warmup": 0, "new_tokens": 1},
+        baseline_cache=str(tmp_path / "bl"),
+    )
     sweep.run()
     records = {r["method"]: r for r in sweep.store.records()}
     base, pruned = records["none"], records["random"]
@@ -534,10 +624,30 @@ def test_lmms_eval_command_line_runs_the_prunebench_model(tmp_path):
     from prunebench.suites.shapes import TASK_DIR
 
     out = tmp_path / "lmms"
-    proc = subprocess.run(["lmms-eval", "--model", "prunebench", "--model_args", "pretrained=tiny-llava,method=random,budget=64",
-                           "--tasks", "shapes_count", "--limit", "2", "--batch_size", "2", "--include_path", str(TASK_DIR),
-                           "--output_path", str(out), "--log_samples"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            "lmms-eval",
+            "--model",
+            "prunebench",
+            "--model_args",
+            "pretrained=tiny-llava,method=random,budget=64",
+            "--tasks",
+            "shapes_count",
+            "--limit",
+            "2",
+            "--batch_size",
+            "2",
+            "--include_path",
+            str(TASK_DIR),
+            "--output_path",
+            str(out),
+            "--log_samples",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = list(out.rglob("*results*.json"))
     assert found, f"no results file under {out}: {list(out.rglob('*'))}"
@@ -555,8 +665,7 @@ def test_what_can_change_an_answer_is_in_the_cell_and_baseline_keys(tmp_path, mo
     plain = _sweep(tmp_path, name="a", methods="random", budgets="32")
 
     def plan(**changes):  # the cells of the same sweep with other settings (devices this machine lacks included)
-        return cells.plan_cells({**plain.config, **changes}, plain.model_name, plain.suite.tasks, plain.suite.generation_kwargs,
-                                plain.include_paths)
+        return cells.plan_cells({**plain.config, **changes}, plain.model_name, plain.suite.tasks, plain.suite.generation_kwargs, plain.include_paths)
 
     assert [c.key for c in plan()] == [c.key for c in plain.cells], "the same settings give the same keys"
     if change == "attn_implementation":
@@ -605,7 +714,7 @@ def test_the_cell_spec_is_built_once_and_refuses_bad_options():
 
     spec = cell_spec("random", "64", model="tiny-llava", batch_size=4, device="cuda:1")
     assert spec.budget == 64 and spec.device_type == "cuda" and spec.batch_size == 4 and spec.label == "random@64"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.budget = 32  # frozen
     assert spec.replace(budget=32).budget == 32 and spec.budget == 64
     for bad in ({"budget_mode": "median"}, {"budget_scope": "tile"}, {"layout": "grid"}, {"batch_size": 0}, {"preprocess": "x"}):
@@ -623,8 +732,7 @@ def test_the_cell_spec_is_built_once_and_refuses_bad_options():
 def test_latency_records_its_spread_and_the_load_it_ran_under(finished):
     from prunebench.runner.measure import spread
 
-    assert spread([4.0, 1.0, 3.0, 2.0, float("nan")]) == {"median": 2.5, "p90": 3.7, "min": 1.0, "max": 4.0, "q1": 1.75, "q3": 3.25,
-                                                          "iqr": 1.5, "n": 4}
+    assert spread([4.0, 1.0, 3.0, 2.0, float("nan")]) == {"median": 2.5, "p90": 3.7, "min": 1.0, "max": 4.0, "q1": 1.75, "q3": 3.25, "iqr": 1.5, "n": 4}
     sweep, _ = finished
     record = next(r for r in sweep.store.records() if r["method"] == "random")
     ttft = record["latency_ms"]["ttft"]

@@ -20,8 +20,17 @@ KEY, BASE = "a" * 16, "b" * 16
 
 
 def done(key=KEY, method="random", budget=64, **extra):
-    return {"key": key, "status": "done", "method": method, "budget": budget, "tasks": {"shapes_count": {"metric": "exact_match", "score": 0.5}},
-            "relacc": 1.0, "agreement": 0.9, "tokens": {"final": 64}, **extra}
+    return {
+        "key": key,
+        "status": "done",
+        "method": method,
+        "budget": budget,
+        "tasks": {"shapes_count": {"metric": "exact_match", "score": 0.5}},
+        "relacc": 1.0,
+        "agreement": 0.9,
+        "tokens": {"final": 64},
+        **extra,
+    }
 
 
 ROWS = [{"task": "shapes_count", "doc_id": i, "target": "two", "answer": "two", "score": 1.0} for i in range(3)]
@@ -36,16 +45,19 @@ def _store(tmp_path, repair=True):
 
 
 # -- 13.4: damage found, named, set aside, missing -------------------------------------------------------------------
-@pytest.mark.parametrize("damage, reason", [
-    (lambda p: p.write_text(p.read_text()[: len(p.read_text()) // 2]), "truncated JSON"),
-    (lambda p: p.write_text("not json at all, a text editor's garbage\n"), "invalid JSON"),
-    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary"), "not UTF-8"),
-    (lambda p: p.write_text(json.dumps({"status": "done"})), "no 'key' string"),
-    (lambda p: p.write_text(json.dumps({**done(), "tasks": {"shapes_count": {"score": "high"}}})), "no numeric 'score'"),
-    (lambda p: p.write_text(json.dumps({**done(), "relacc": "1.0"})), "'relacc' is '1.0'"),
-    (lambda p: p.write_text(json.dumps({"key": KEY, "status": "failed", "method": "random", "budget": 64})), "without its 'error' text"),
-    (lambda p: p.write_text(json.dumps([1, 2, 3])), "a cell record is a JSON object"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda p: p.write_text(p.read_text()[: len(p.read_text()) // 2]), "truncated JSON"),
+        (lambda p: p.write_text("not json at all, a text editor's garbage\n"), "invalid JSON"),
+        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary"), "not UTF-8"),
+        (lambda p: p.write_text(json.dumps({"status": "done"})), "no 'key' string"),
+        (lambda p: p.write_text(json.dumps({**done(), "tasks": {"shapes_count": {"score": "high"}}})), "no numeric 'score'"),
+        (lambda p: p.write_text(json.dumps({**done(), "relacc": "1.0"})), "'relacc' is '1.0'"),
+        (lambda p: p.write_text(json.dumps({"key": KEY, "status": "failed", "method": "random", "budget": 64})), "without its 'error' text"),
+        (lambda p: p.write_text(json.dumps([1, 2, 3])), "a cell record is a JSON object"),
+    ],
+)
 def test_a_damaged_cell_record_is_set_aside_named_and_counts_as_missing(tmp_path, damage, reason):
     store, messages = _store(tmp_path)
     path = store.path(KEY)
@@ -53,7 +65,7 @@ def test_a_damaged_cell_record_is_set_aside_named_and_counts_as_missing(tmp_path
     original = path.read_bytes()
     assert store.get(KEY) is None and not store.is_done(KEY)
     assert not path.exists(), "set aside, so the next run recomputes the cell"
-    entry, = store.damaged()
+    (entry,) = store.damaged()
     assert entry["key"] == KEY and entry["file"] == f"cells/{KEY}.json" and reason in entry["reason"]
     assert (store.root / entry["moved_to"]).read_bytes() == original, "moved, never deleted or rewritten"
     assert len(messages) == 1 and str(path) in messages[0] and reason in messages[0] and "\n" not in messages[0]
@@ -74,18 +86,21 @@ def test_a_record_whose_key_is_not_its_file_name_is_damaged(tmp_path):
     assert store.get(KEY) is None and "is not its file name's" in store.damaged()[0]["reason"]
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda p: p.unlink(), "is missing"),
-    (lambda p: p.write_text(p.read_text()[:-20]), "does not match the samples_sha256"),
-    (lambda p: p.write_text(""), "does not match the samples_sha256"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda p: p.unlink(), "is missing"),
+        (lambda p: p.write_text(p.read_text()[:-20]), "does not match the samples_sha256"),
+        (lambda p: p.write_text(""), "does not match the samples_sha256"),
+    ],
+)
 def test_a_deleted_or_garbled_baseline_samples_file_damages_the_baseline(tmp_path, damage, reason):
     store, _ = _store(tmp_path)
     samples = store.samples_path(BASE)
     damage(samples)
     assert store.get(BASE) is None, "agreement must not silently become '-': the baseline is recomputed"
     assert not store.path(BASE).exists() and not samples.exists()
-    entry, = store.damaged()
+    (entry,) = store.damaged()
     assert entry["key"] == BASE and reason in entry["reason"] and f"samples/{BASE}.jsonl" in entry["reason"]
     assert store.get(KEY) is not None
 
@@ -105,10 +120,10 @@ def test_a_reader_without_the_lock_reports_damage_but_moves_nothing(tmp_path):
     assert [r["key"] for r in reader.records()] == [BASE], "no UnicodeDecodeError, the damaged record is not yielded"
     assert store.path(KEY).exists() and not reader.damaged()
     assert reader.state(KEY)[0] == "damaged" and "not UTF-8" in messages[0]
-    assert reader.missing_or_damaged([{"key": KEY, "label": "random@64"}, {"key": BASE, "label": "none"},
-                                       {"key": "c" * 16, "label": "fastv@64"}]) == [
+    assert reader.missing_or_damaged([{"key": KEY, "label": "random@64"}, {"key": BASE, "label": "none"}, {"key": "c" * 16, "label": "fastv@64"}]) == [
         {"key": KEY, "label": "random@64", "state": "damaged", "reason": reader.state(KEY)[1]},
-        {"key": "c" * 16, "label": "fastv@64", "state": "missing", "reason": None}]
+        {"key": "c" * 16, "label": "fastv@64", "state": "missing", "reason": None},
+    ]
 
 
 def test_a_damaged_partial_task_file_is_set_aside_and_recomputed(tmp_path):
@@ -140,7 +155,7 @@ def test_status_shows_a_damaged_cell_as_damaged(tmp_path):
 
     store, _ = _store(tmp_path)
     (store.root / "plan.json").write_text(json.dumps([{"key": BASE, "label": "none (unpruned)"}, {"key": KEY, "label": "random@64"}]))
-    store.path(KEY).write_text("{\"key\": ")
+    store.path(KEY).write_text('{"key": ')
     status = run_status(store.root)
     assert [c["label"] for c in status["damaged"]] == ["random@64"] and "truncated JSON" in status["damaged"][0]["error"]
     assert not status["pending"] and store.path(KEY).exists(), "status reads only"
@@ -201,9 +216,31 @@ def test_prunebench_run_into_a_held_folder_is_a_one_line_error(tmp_path):
     root = tmp_path / "run"
     holder = _hold(root, 120)
     try:
-        out = subprocess.run([sys.executable, "-m", "prunebench.cli", "run", "--model", "tiny-llava", "--tasks", "shapes_count",
-                              "--methods", "random", "--budgets", "8", "--limit", "1", "--output", str(root), "--no-progress"],
-                             capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prunebench.cli",
+                "run",
+                "--model",
+                "tiny-llava",
+                "--tasks",
+                "shapes_count",
+                "--methods",
+                "random",
+                "--budgets",
+                "8",
+                "--limit",
+                "1",
+                "--output",
+                str(root),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -241,8 +278,9 @@ def test_a_bad_input_found_under_the_lock_leaves_no_folder_behind(tmp_path):
 
 
 # -- a real sweep: damage is recomputed, nothing else ------------------------------------------------------------------
-SMALL = dict(model="tiny-llava", tasks="shapes_count", limit=2, batch_size=2, latency={"samples": 1, "warmup": 0, "new_tokens": 1},
-             methods="random", budgets="64")
+SMALL = dict(
+    model="tiny-llava", tasks="shapes_count", limit=2, batch_size=2, latency={"samples": 1, "warmup": 0, "new_tokens": 1}, methods="random", budgets="64"
+)
 
 
 def _sweep(root, **overrides):
@@ -326,8 +364,9 @@ def test_report_names_missing_and_damaged_cells_instead_of_dropping_them(tmp_pat
     from prunebench.report.leaderboard import load_records
 
     store, _ = _store(tmp_path)
-    (store.root / "plan.json").write_text(json.dumps([{"key": BASE, "label": "none (unpruned)"}, {"key": KEY, "label": "random@64"},
-                                                      {"key": "c" * 16, "label": "fastv@64"}]))
+    (store.root / "plan.json").write_text(
+        json.dumps([{"key": BASE, "label": "none (unpruned)"}, {"key": KEY, "label": "random@64"}, {"key": "c" * 16, "label": "fastv@64"}])
+    )
     store.path(KEY).write_bytes(b"\x00\xff")
     with caplog.at_level("WARNING"):
         items = load_records(store.root)

@@ -4,9 +4,9 @@ import pytest
 
 pytest.importorskip("lmms_eval.tasks")
 
-from prunebench.core import PruneBenchError  # noqa: E402
-from prunebench.runner.evaluate import cached_task_manager  # noqa: E402
-from prunebench.suites.registry import builtin_suites, load_suite  # noqa: E402
+from prunebench.core import PruneBenchError
+from prunebench.runner.evaluate import cached_task_manager
+from prunebench.suites.registry import builtin_suites, load_suite
 
 
 @pytest.fixture(scope="module")

@@ -259,8 +259,7 @@ def test_lmms_eval_loads_the_suite_offline_from_another_cwd(tmp_path):
         "    print(name, len(d), img.size, render(d[0]).tobytes() == img.tobytes())\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [x for x in out.stdout.splitlines() if x.startswith("shapes_")]
     assert len(lines) == len(FAMILIES)
@@ -281,15 +280,13 @@ def test_training_pixels_equal_the_processor_output():
 
 
 def test_training_targets_match_the_scene_and_the_question(tokenizer):
-    from prunebench.toy.train import (AUX_COLORS, AUX_SHAPES, QUESTION_FAMILIES, Conversation, object_patches,
-                                      patch_labels, question_labels, relation_columns)
+    from prunebench.toy.train import AUX_COLORS, AUX_SHAPES, QUESTION_FAMILIES, Conversation, object_patches, patch_labels, question_labels, relation_columns
 
     sample = next(s for s in test_split() if s["family"] == "small")
     labels = patch_labels([sample])[0]
     for o in sample["objects"]:
         patch = o["y"] * GRID + o["x"]
-        assert labels[patch].tolist() == [AUX_COLORS.index(o["color"]), AUX_SHAPES.index(o["shape"]),
-                                          1 if o["size"] == 2 else 2, o["x"]]
+        assert labels[patch].tolist() == [AUX_COLORS.index(o["color"]), AUX_SHAPES.index(o["shape"]), 1 if o["size"] == 2 else 2, o["x"]]
     assert len(object_patches(sample)) == sum(o["size"] ** 2 for o in sample["objects"])
     assert (labels[:, 2] > 0).nonzero().flatten().tolist() == object_patches(sample)
     assert question_labels("is the circle left or right of the square ?") == [QUESTION_FAMILIES.index("relation"), 1, 2, 0]
@@ -353,9 +350,7 @@ def test_checkpoint_loads_like_a_hub_model(model_and_processor):
     assert cfg.vision_feature_layer == -2 and cfg.vision_feature_select_strategy == "default"
     assert 6 <= cfg.text_config.num_hidden_layers <= 8
     question = test_split()[0]["question"]
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-        add_generation_prompt=True)
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True)
     assert prompt == format_prompt(question)
     inputs = processor(text=prompt, images=render(test_split()[0]), return_tensors="pt")
     assert int((inputs["input_ids"] == cfg.image_token_id).sum()) == 576

@@ -34,8 +34,9 @@ def test_output_that_is_a_file(tmp_path, capsys):
     assert target.read_text() == "mine"
 
 
-@pytest.mark.parametrize("code, fix", [(errno.ENOSPC, "free disk space"), (errno.EROFS, "choose a writable --output"),
-                                       (errno.EACCES, "choose a writable --output")])
+@pytest.mark.parametrize(
+    "code, fix", [(errno.ENOSPC, "free disk space"), (errno.EROFS, "choose a writable --output"), (errno.EACCES, "choose a writable --output")]
+)
 def test_a_full_disk_or_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch, code, fix):
     import prunebench.store
 
@@ -75,8 +76,7 @@ def test_cuda_on_a_cpu_build(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("value, expected", [(1.5, None), (0, None), (-2, None), ("nan", None), (True, None), (3.0, 3), ("20", 20),
-                                             (0.25, 0.25)])
+@pytest.mark.parametrize("value, expected", [(1.5, None), (0, None), (-2, None), ("nan", None), (True, None), (3.0, 3), ("20", 20), (0.25, 0.25)])
 def test_limit_is_a_count_or_a_fraction(value, expected):
     if expected is None:
         with pytest.raises(PruneBenchError, match=r"a whole number >= 1\) or a fraction in \(0, 1\)"):
@@ -90,8 +90,9 @@ def test_an_interpolated_output_is_resolved_once_and_saved_resolved(tmp_path, mo
     from prunebench.runner import Sweep
 
     monkeypatch.setenv("PB_TEST_WHO", "alice")
-    config = resolve_config(None, {"model": "tiny-llava", "tasks": "shapes_count", "methods": "random", "budgets": "8",
-                                   "output": str(tmp_path / "${oc.env:PB_TEST_WHO,nobody}")})
+    config = resolve_config(
+        None, {"model": "tiny-llava", "tasks": "shapes_count", "methods": "random", "budgets": "8", "output": str(tmp_path / "${oc.env:PB_TEST_WHO,nobody}")}
+    )
     assert config["output"] == str(tmp_path / "alice")
     sweep = Sweep(config, progress=False, echo=lambda _m: None)
     sweep.write_plan()
@@ -103,8 +104,9 @@ def test_an_interpolated_output_is_resolved_once_and_saved_resolved(tmp_path, mo
 def test_an_unknown_task_is_refused_before_plan_and_config_are_written(tmp_path, tiny_llava):
     from prunebench.runner import Sweep
 
-    config = resolve_config(None, {"model": "tiny-llava", "tasks": "no_such_task_anywhere", "methods": "random", "budgets": "8",
-                                   "limit": 1, "output": str(tmp_path / "run")})
+    config = resolve_config(
+        None, {"model": "tiny-llava", "tasks": "no_such_task_anywhere", "methods": "random", "budgets": "8", "limit": 1, "output": str(tmp_path / "run")}
+    )
     sweep = Sweep(config, progress=False, echo=lambda _m: None)
     sweep._adapter = tiny_llava
     with pytest.raises(PruneBenchError, match="does not know task"):
@@ -131,8 +133,10 @@ def test_a_different_sweep_into_a_run_folder_is_refused(tmp_path, capsys):
 def _config_with_code(tmp_path, plugin="prunebench_trust_probe"):
     (tmp_path / f"{plugin}.py").write_text("import os\nopen(os.environ['PB_TRUST_MARKER'], 'w').write('imported')\n")
     path = tmp_path / "config.yaml"
-    path.write_text(f"model: tiny-llava\ntasks: [shapes_count]\nmethods: [random]\nbudgets: [8]\nlimit: 1\nplugins: [{plugin}]\n"
-                    f"include_path: [{tmp_path / 'tasks'}]\noutput: {tmp_path / 'run'}\n")
+    path.write_text(
+        f"model: tiny-llava\ntasks: [shapes_count]\nmethods: [random]\nbudgets: [8]\nlimit: 1\nplugins: [{plugin}]\n"
+        f"include_path: [{tmp_path / 'tasks'}]\noutput: {tmp_path / 'run'}\n"
+    )
     return path
 
 
@@ -143,8 +147,7 @@ def test_replaying_a_config_that_names_code_needs_trust_config(tmp_path, capsys,
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "tasks").mkdir()
     assert main(["run", "--config", str(path), "--dry-run"]) == 2
-    _one_line_error(capsys, "would import code", "plugin module prunebench_trust_probe", f"task folder {tmp_path / 'tasks'}",
-                    "--trust-config")
+    _one_line_error(capsys, "would import code", "plugin module prunebench_trust_probe", f"task folder {tmp_path / 'tasks'}", "--trust-config")
     assert not marker.exists(), "nothing was imported"
     assert main(["run", "--config", str(path), "--dry-run", "--trust-config"]) == 0
     assert marker.read_text() == "imported" and "importing the code" in capsys.readouterr().err
@@ -154,8 +157,7 @@ def test_values_typed_on_the_command_line_need_no_trust(tmp_path):
     path = _config_with_code(tmp_path)
     assert config_code(None, {"plugins": "x"}) == []
     assert config_code(str(path), {"plugins": "mine", "include_path": ["mine"]}) == []
-    assert config_code(str(path), {}) == ["plugin module prunebench_trust_probe",
-                                          f"task folder {tmp_path / 'tasks'} (the Python of its !function entries)"]
+    assert config_code(str(path), {}) == ["plugin module prunebench_trust_probe", f"task folder {tmp_path / 'tasks'} (the Python of its !function entries)"]
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"suite: {tmp_path / 'my_suite.yaml'}\n")
     assert config_code(str(suite)) == [f"suite file {tmp_path / 'my_suite.yaml'} (the task folders it includes)"]
@@ -208,8 +210,8 @@ def test_no_pickle_loading_in_the_package():
     for path in root.rglob("*.py"):
         text = path.read_text()
         for match in re.finditer(r"torch\.load\((?![^)]*weights_only=True)|pickle\.loads?\(", text):
-            offenders.append(f"{path.relative_to(root)}:{text[:match.start()].count(chr(10)) + 1}")
+            offenders.append(f"{path.relative_to(root)}:{text[: match.start()].count(chr(10)) + 1}")
         for match in re.finditer(r"ForConditionalGeneration\.from_pretrained\(([^)]*)\)", text):
             if "use_safetensors=True" not in match.group(1) and "README" not in path.name:
-                offenders.append(f"{path.relative_to(root)}:{text[:match.start()].count(chr(10)) + 1}")
+                offenders.append(f"{path.relative_to(root)}:{text[: match.start()].count(chr(10)) + 1}")
     assert not offenders, offenders

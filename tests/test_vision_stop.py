@@ -113,8 +113,9 @@ def test_a_feature_stop_run_leaves_the_stock_model_unchanged(name):
         batch = first.prepare(samples)
         assert torch.equal(first.model(**batch.inputs).logits, reference.model(**reference.prepare(samples).inputs).logits)
         tower = first.model.model.vision_tower
-        stock = tower(batch.inputs["pixel_values"].flatten(0, 1) if batch.inputs["pixel_values"].dim() == 5 else batch.inputs["pixel_values"],
-                      output_hidden_states=True).hidden_states
+        stock = tower(
+            batch.inputs["pixel_values"].flatten(0, 1) if batch.inputs["pixel_values"].dim() == 5 else batch.inputs["pixel_values"], output_hidden_states=True
+        ).hidden_states
         assert len(stock) == first.num_vision_layers + 1
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -138,17 +139,24 @@ class ModelAdapter:
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
         **options: Any,
-    ) -> "ModelAdapter":
+    ) -> ModelAdapter:
         """Load a checkpoint (hub id or local folder) into the stock class with its own processor.
 
         Weights load only from safetensors (nothing is unpickled); ``trust_remote_code`` stays off unless asked.
         """
         import transformers
 
-        model = getattr(transformers, cls.model_class).from_pretrained(
-            name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, use_safetensors=True,
-        ).to(device)
+        model = (
+            getattr(transformers, cls.model_class)
+            .from_pretrained(
+                name_or_path,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+            )
+            .to(device)
+        )
         model.eval()
         return cls(model, cls.load_processor(name_or_path, trust_remote_code), name=str(name_or_path), **options)
 
@@ -160,8 +168,10 @@ class ModelAdapter:
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", vision_stop: str = "feature"):
         if vision_stop not in VISION_STOPS:
-            raise PruneBenchError(f"vision_stop must be one of {', '.join(VISION_STOPS)} (run the vision encoder up to the feature layer, "
-                                  f"or every layer as stock transformers does), got {vision_stop!r}")
+            raise PruneBenchError(
+                f"vision_stop must be one of {', '.join(VISION_STOPS)} (run the vision encoder up to the feature layer, "
+                f"or every layer as stock transformers does), got {vision_stop!r}"
+            )
         self.model = model
         self.processor = processor
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
@@ -337,7 +347,10 @@ def _eager_recorder(model: nn.Module, wanted: dict[nn.Module, int], found: dict[
 
     AttentionInterface.register("prunebench_eager_reference", recording)
     AttentionMaskInterface.register("prunebench_eager_reference", eager_mask)
-    configs = {"": model.config, **{k: getattr(model.config, k) for k in getattr(model.config, "sub_configs", {}) if getattr(model.config, k, None) is not None}}
+    configs = {
+        "": model.config,
+        **{k: getattr(model.config, k) for k in getattr(model.config, "sub_configs", {}) if getattr(model.config, k, None) is not None},
+    }
     original = {k: cfg._attn_implementation for k, cfg in configs.items()}
     model.set_attn_implementation({k: "prunebench_eager_reference" for k in configs})
     try:

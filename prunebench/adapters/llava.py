@@ -24,15 +24,16 @@ Preprocessing (``preprocess=``, recorded by :meth:`describe`):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from prunebench.adapters.base import Batch, LLMInputs, LLMShape, ModelAdapter, Sample, encoder_prefix, hidden_index
-from prunebench.core import PruneBenchError
 from prunebench.attention import Captured, capture
+from prunebench.core import PruneBenchError
 from prunebench.views import VisionView
 
 DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
@@ -186,8 +187,7 @@ class LlavaAdapter(ModelAdapter):
         side = vision.image_size // vision.patch_size
         count = side * side + (0 if self.model.config.vision_feature_select_strategy == "default" else 1)
         token = tokenizer.convert_ids_to_tokens(self.image_token_id)
-        ids = [tokenizer_image_token(tokenizer, self.prompt(s.question).replace("<image>", token), token, self.image_token_id, count)
-               for s in samples]
+        ids = [tokenizer_image_token(tokenizer, self.prompt(s.question).replace("<image>", token), token, self.image_token_id, count) for s in samples]
         encoded = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "pixel_values": pixels}
 
@@ -201,7 +201,7 @@ class LlavaAdapter(ModelAdapter):
         has_cls = strategy == "default"
         feats = torch.cat([h[:, 1:] if has_cls else h for h in selected], dim=-1)
         cls_feature = torch.cat([h[:, 0] for h in selected], dim=-1) if has_cls else None
-        side = int(round(feats.shape[1] ** 0.5))
+        side = round(feats.shape[1] ** 0.5)
         return VisionView(
             features=feats,
             cls_feature=cls_feature,
@@ -257,7 +257,7 @@ class LlavaAdapter(ModelAdapter):
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         out = self.model.generate(**batch.inputs, **generate_kwargs)
-        return out[:, batch.input_ids.shape[1]:]
+        return out[:, batch.input_ids.shape[1] :]
 
 
 def _store(target: dict[int, Captured], layer: int):

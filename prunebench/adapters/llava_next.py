@@ -39,7 +39,8 @@ keep the crop they were cut from).
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,8 +61,7 @@ class LlavaNextAdapter(LlavaAdapter):
 
     model_class = "LlavaNextForConditionalGeneration"  # e.g. llava-hf/llava-v1.6-vicuna-7b-hf
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", layout: str = "anyres", preprocess: str = "hf",
-                 vision_stop: str = "feature"):
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", layout: str = "anyres", preprocess: str = "hf", vision_stop: str = "feature"):
         if preprocess != "hf":
             raise PruneBenchError("LLaVA-NeXT has one preprocessing (its AnyRes processor); use preprocess='hf'")
         if layout not in LAYOUTS:
@@ -89,8 +89,7 @@ class LlavaNextAdapter(LlavaAdapter):
             # The processor's token count assumes the stock layout; expand the placeholder by hand (crops x 576).
             image = self.processor.image_processor(images, image_grid_pinpoints=self._pinpoints(), return_tensors="pt")
             token = self.processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
-            text = [p.replace(token, token * (self._num_crops(size) * self._side**2), 1)
-                    for p, size in zip(prompts, image["image_sizes"])]
+            text = [p.replace(token, token * (self._num_crops(size) * self._side**2), 1) for p, size in zip(prompts, image["image_sizes"])]
             inputs = {**self.processor.tokenizer(text, padding=True, return_tensors="pt"), **image}
         inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -156,8 +155,10 @@ class LlavaNextAdapter(LlavaAdapter):
         slots = self.token_layout(batch.inputs["image_sizes"][0], crops, tokens).to(hidden.device)
         newline = slots < 0
         if int((batch.input_ids[0] == self.image_token_id).sum()) != slots.numel():
-            raise PruneBenchError(f"the prompt holds {int((batch.input_ids[0] == self.image_token_id).sum())} image tokens "
-                                  f"but the {self.layout} layout has {slots.numel()}; prepare the batch with this adapter")
+            raise PruneBenchError(
+                f"the prompt holds {int((batch.input_ids[0] == self.image_token_id).sum())} image tokens "
+                f"but the {self.layout} layout has {slots.numel()}; prepare the batch with this adapter"
+            )
         token_map = slots[~newline].expand(bsz, -1)
         flat = hidden.reshape(bsz, crops * tokens, -1)
         has_cls = self.model.config.vision_feature_select_strategy == "default"
@@ -179,8 +180,7 @@ class LlavaNextAdapter(LlavaAdapter):
             instruction=self.instruction(batch),
         )
 
-    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,
-                 layout: VisualLayout | None = None) -> LLMInputs:
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None) -> LLMInputs:
         input_ids, mask = batch.input_ids, batch.attention_mask
         bsz, device = input_ids.shape[0], input_ids.device
         newline = batch.meta.get("newline")
@@ -203,8 +203,11 @@ class LlavaNextAdapter(LlavaAdapter):
         offsets = is_patch.nonzero()[:, 1].view(bsz, -1) + first
         span = torch.cat([visual[:, :first], values, visual[:, last:]], dim=1)
         span_source = torch.cat([source[:, :1].expand(-1, first), source, source[:, -1:].expand(-1, layout.append)], dim=1)
-        merged_offsets = [torch.arange(first, device=device).expand(bsz, -1), offsets,
-                          torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1)]
+        merged_offsets = [
+            torch.arange(first, device=device).expand(bsz, -1),
+            offsets,
+            torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1),
+        ]
         visual_offsets = torch.cat(merged_offsets, dim=1)
         placeholder = input_ids == self.image_token_id
         embeds, new_mask, old_index, start = splice_span(self.model.get_input_embeddings(), input_ids, mask, placeholder, span, span_source)
@@ -220,9 +223,12 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         if self.layout != "anyres":
-            raise PruneBenchError(f"stock generate only knows the AnyRes layout; the {self.layout} baseline is a keep-all "
-                                  "budget")
+            raise PruneBenchError(f"stock generate only knows the AnyRes layout; the {self.layout} baseline is a keep-all budget")
         return super().stock_generate(batch, **generate_kwargs)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "layout": self.layout, "newline_tokens": "one per row, always kept, outside the budget (Stats.extra_visual_tokens)" if self.layout == "anyres" else "none"}
+        return {
+            **super().describe(),
+            "layout": self.layout,
+            "newline_tokens": "one per row, always kept, outside the budget (Stats.extra_visual_tokens)" if self.layout == "anyres" else "none",
+        }

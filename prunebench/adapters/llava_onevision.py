@@ -120,11 +120,20 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         """The image processor and tokenizer (the processor object needs torchvision for its video processor)."""
         from transformers import AutoTokenizer, LlavaOnevisionImageProcessorPil
 
-        return ManualProcessor(LlavaOnevisionImageProcessorPil.from_pretrained(name_or_path),
-                               AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
+        return ManualProcessor(
+            LlavaOnevisionImageProcessorPil.from_pretrained(name_or_path), AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        )
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf", video_pooling: str = "bilinear",
-                 video_newline: str = "one_token", vision_stop: str = "feature"):
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        name: str = "",
+        preprocess: str = "hf",
+        video_pooling: str = "bilinear",
+        video_newline: str = "one_token",
+        vision_stop: str = "feature",
+    ):
         if video_pooling not in VIDEO_POOLINGS:
             raise PruneBenchError(f"video_pooling must be one of {', '.join(VIDEO_POOLINGS)}, got {video_pooling!r}")
         if video_newline not in VIDEO_NEWLINES:
@@ -215,11 +224,12 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         rows = (tiled // cols * side + cell // side).double()  # position in the tiled grid of sub-crops
         columns = (tiled % cols * side + cell % side).double()
         channels = torch.stack([(crop * tokens + self._first + cell).double(), rows, columns], dim=-1)  # (crops, 729, 3)
-        packed, _ = self._inner.pack_image_features([channels], image_size[None].cpu(), image_newline=torch.full((3,), -1.0, dtype=torch.double),
-                                                    vision_aspect_ratio=config.vision_aspect_ratio)
+        packed, _ = self._inner.pack_image_features(
+            [channels], image_size[None].cpu(), image_newline=torch.full((3,), -1.0, dtype=torch.double), vision_aspect_ratio=config.vision_aspect_ratio
+        )
         packed = packed[0]
         newline = packed[:, 0] < -0.5
-        sub = packed[side**2:]
+        sub = packed[side**2 :]
         shrunk = not torch.equal(sub, sub.round())
         r = sub[:, 1].round().long().clamp(0, None)
         c = sub[:, 2].round().long().clamp(0, None)
@@ -316,9 +326,16 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         with capture(requests):
             hidden = torch.cat(self.run_tower(self._inner.vision_tower, pixels, sorted(layers)), dim=-1)  # (B*U, T, D)
         tokens = hidden.shape[1]
-        common = dict(feature_layer=self.feature_layer, num_vision_layers=self.num_vision_layers, projector=self.project,
-                      captured=captured, has_cls=False, num_units=units, importance_layer=self.importance_layer,
-                      instruction=self.instruction(batch))
+        common = dict(
+            feature_layer=self.feature_layer,
+            num_vision_layers=self.num_vision_layers,
+            projector=self.project,
+            captured=captured,
+            has_cls=False,
+            num_units=units,
+            importance_layer=self.importance_layer,
+            instruction=self.instruction(batch),
+        )
         if modality == "video":
             first, pool = self._first, self._pool
             pooled = pool(self._inner.multi_modal_projector(hidden[:, first:]))  # (B*F, 196, D_llm), as get_video_features
@@ -332,8 +349,15 @@ class LlavaOnevisionAdapter(LlavaAdapter):
                 return pool(signal[:, first:]).reshape(bsz, -1, signal.shape[-1])
 
             return ResampledVisionView(
-                features=pooled.reshape(bsz, units * per_frame, -1), cls_feature=None, grid=(self._pooled_side, self._pooled_side),
-                unit_kind="frame", unit_of=token_map // per_frame, token_map=token_map, unit_tokens=per_frame, resample=resample, **common,
+                features=pooled.reshape(bsz, units * per_frame, -1),
+                cls_feature=None,
+                grid=(self._pooled_side, self._pooled_side),
+                unit_kind="frame",
+                unit_of=token_map // per_frame,
+                token_map=token_map,
+                unit_tokens=per_frame,
+                resample=resample,
+                **common,
             )
         sizes = batch.inputs["image_sizes"]
         slots, shrunk = self.token_layout(sizes[0], units)
@@ -341,8 +365,9 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         newline = slots < 0
         placeholders = int((batch.input_ids[0] == self.image_token_id).sum())
         if placeholders != slots.numel():
-            raise PruneBenchError(f"the prompt holds {placeholders} image tokens but the AnyRes layout has {slots.numel()}; "
-                                  "prepare the batch with this adapter")
+            raise PruneBenchError(
+                f"the prompt holds {placeholders} image tokens but the AnyRes layout has {slots.numel()}; prepare the batch with this adapter"
+            )
         token_map = slots[~newline].expand(bsz, -1)
         flat = hidden.reshape(bsz, units * tokens, -1)
         batch.meta.update(newline=newline, placeholder=self.image_token_id)
@@ -358,12 +383,18 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
             features = resample(self._inner.multi_modal_projector(hidden))
         return ResampledVisionView(
-            features=features, cls_feature=None, grid=(self._side, self._side), unit_kind="crop", unit_of=token_map // tokens,
-            token_map=token_map, unit_tokens=tokens, resample=resample, **common,
+            features=features,
+            cls_feature=None,
+            grid=(self._side, self._side),
+            unit_kind="crop",
+            unit_of=token_map // tokens,
+            token_map=token_map,
+            unit_tokens=tokens,
+            resample=resample,
+            **common,
         )
 
-    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,
-                 layout: VisualLayout | None = None) -> LLMInputs:
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None) -> LLMInputs:
         """The visual span with the kept candidates in their original slots and every newline kept (images: one per
         row; video: the one after the last frame), as :class:`~prunebench.adapters.llava_next.LlavaNextAdapter`."""
         input_ids, mask = batch.input_ids, batch.attention_mask
@@ -385,8 +416,14 @@ class LlavaOnevisionAdapter(LlavaAdapter):
         offsets = (order < rows.shape[1]).nonzero()[:, 1].view(bsz, -1) + first
         span = torch.cat([visual[:, :first], values, visual[:, last:]], dim=1)
         span_source = torch.cat([source[:, :1].expand(-1, first), source, source[:, -1:].expand(-1, layout.append)], dim=1)
-        visual_offsets = torch.cat([torch.arange(first, device=device).expand(bsz, -1), offsets,
-                                    torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1)], dim=1)
+        visual_offsets = torch.cat(
+            [
+                torch.arange(first, device=device).expand(bsz, -1),
+                offsets,
+                torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1),
+            ],
+            dim=1,
+        )
         placeholder = input_ids == batch.meta.get("placeholder", self.image_token_id)
         embeds, new_mask, old_index, start = splice_span(self.model.get_input_embeddings(), input_ids, mask, placeholder, span, span_source)
         if policy == "compact":
@@ -405,16 +442,22 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         if "pixel_values_videos" in batch.inputs and not self.stock_video:
-            raise PruneBenchError(f"stock generate pools video bilinearly with one newline; the {self.video_pooling}/{self.video_newline} "
-                                  "video layout's baseline is a keep-all budget")
+            raise PruneBenchError(
+                f"stock generate pools video bilinearly with one newline; the {self.video_pooling}/{self.video_newline} "
+                "video layout's baseline is a keep-all budget"
+            )
         return super().stock_generate(batch, **generate_kwargs)
 
     def describe(self) -> dict[str, Any]:
         video_newlines = "one after every pooled row of every frame (grid)" if self.video_newline == "grid" else "one after the last frame (one_token)"
-        return {**super().describe(), "prompt": PROMPT, "video_tokens_per_frame": self.tokens_per_frame(),
-                "video_pooling": f"{self.video_pooling} {self._side}x{self._side} -> {self._pooled_side}x{self._pooled_side} after the projector"
-                                 + (" (stock apply_pooling)" if self.video_pooling == "bilinear" else " (LLaVA-Video's get_2dPool, not the stock class)"),
-                "video_newline": self.video_newline,
-                "newline_tokens": f"images: one per row; video: {video_newlines}; always kept, outside the budget",
-                "importance": f"received attention at SigLIP layer {self.importance_layer} (no [CLS]); pooled like the features for video",
-                "preprocessing": "LlavaOnevisionImageProcessor AnyRes crops; frames: its base-crop resize; hand-expanded placeholders"}
+        return {
+            **super().describe(),
+            "prompt": PROMPT,
+            "video_tokens_per_frame": self.tokens_per_frame(),
+            "video_pooling": f"{self.video_pooling} {self._side}x{self._side} -> {self._pooled_side}x{self._pooled_side} after the projector"
+            + (" (stock apply_pooling)" if self.video_pooling == "bilinear" else " (LLaVA-Video's get_2dPool, not the stock class)"),
+            "video_newline": self.video_newline,
+            "newline_tokens": f"images: one per row; video: {video_newlines}; always kept, outside the budget",
+            "importance": f"received attention at SigLIP layer {self.importance_layer} (no [CLS]); pooled like the features for video",
+            "preprocessing": "LlavaOnevisionImageProcessor AnyRes crops; frames: its base-crop resize; hand-expanded placeholders",
+        }

@@ -58,8 +58,9 @@ what the video processor (``Qwen2VLVideoProcessor``, which needs torchvision) wo
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,8 +140,10 @@ class QwenVisionView(VisionView):
         return merged.view(self.batch_size, -1, *values.shape[1:])
 
     def cls_attention(self, layer: int | None = None, heads: HeadReduce = "mean") -> torch.Tensor:
-        raise ValueError("Qwen2.5-VL's vision tower has no [CLS] token; use view.importance() (received attention at "
-                         f"the last full-attention block, {self.importance_layer}) or received_attention(layer)")
+        raise ValueError(
+            "Qwen2.5-VL's vision tower has no [CLS] token; use view.importance() (received attention at "
+            f"the last full-attention block, {self.importance_layer}) or received_attention(layer)"
+        )
 
     def received_attention(self, layer: int | None = None) -> torch.Tensor:
         """(B, N): attention received per merged token at ViT block ``layer`` (default: ``importance_layer``),
@@ -171,20 +174,32 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         """The image processor and tokenizer (the processor object needs torchvision for its video processor)."""
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        return ManualProcessor(AutoImageProcessor.from_pretrained(name_or_path),
-                               AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
-                               video_size=video_size_from_checkpoint(name_or_path))
+        return ManualProcessor(
+            AutoImageProcessor.from_pretrained(name_or_path),
+            AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code),
+            video_size=video_size_from_checkpoint(name_or_path),
+        )
 
-    def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf",
-                 video_min_pixels: int | None = None, video_max_pixels: int | None = None, vision_stop: str = "feature"):
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        name: str = "",
+        preprocess: str = "hf",
+        video_min_pixels: int | None = None,
+        video_max_pixels: int | None = None,
+        vision_stop: str = "feature",
+    ):
         if isinstance(processor, tuple):
             processor = ManualProcessor(*processor)
         if preprocess != "hf":
             raise PruneBenchError("Qwen2.5-VL has one preprocessing (its image processor); use preprocess='hf'")
         super().__init__(model, processor, name, vision_stop)  # the features are the last block's: both stops run every block
         size = getattr(processor, "video_size", None) or {}
-        self.video_pixels = (int(video_min_pixels or size.get("shortest_edge", VIDEO_MIN_PIXELS)),
-                             int(video_max_pixels or size.get("longest_edge", VIDEO_MAX_PIXELS)))
+        self.video_pixels = (
+            int(video_min_pixels or size.get("shortest_edge", VIDEO_MIN_PIXELS)),
+            int(video_max_pixels or size.get("longest_edge", VIDEO_MAX_PIXELS)),
+        )
         if not 0 < self.video_pixels[0] <= self.video_pixels[1]:
             raise PruneBenchError(f"video pixel range must satisfy 0 < min <= max, got {self.video_pixels}")
         tokenizer = processor.tokenizer
@@ -221,8 +236,15 @@ class Qwen2_5_VLAdapter(ModelAdapter):
     def llm_shape(self) -> LLMShape:
         cfg = self.model.config.text_config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return LLMShape(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
-                        cfg.num_key_value_heads or cfg.num_attention_heads, head_dim, cfg.vocab_size)
+        return LLMShape(
+            cfg.num_hidden_layers,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads or cfg.num_attention_heads,
+            head_dim,
+            cfg.vocab_size,
+        )
 
     @property
     def num_vision_layers(self) -> int:
@@ -393,14 +415,16 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         """(3, B, L) M-RoPE positions of the **unpruned** prompt, from the model's own ``get_rope_index``."""
         inputs = batch.inputs
         positions, _ = self._inner.get_rope_index(
-            inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs.get("image_grid_thw"),
-            video_grid_thw=inputs.get("video_grid_thw"), second_per_grid_ts=inputs.get("second_per_grid_ts"),
+            inputs["input_ids"],
+            inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            second_per_grid_ts=inputs.get("second_per_grid_ts"),
             attention_mask=inputs["attention_mask"],
         )
         return positions
 
-    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,
-                 layout: VisualLayout | None = None) -> LLMInputs:
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None) -> LLMInputs:
         """Kept tokens keep their 3-D positions under every policy (module docstring)."""
         if policy not in ("compact", "original"):
             raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
@@ -412,8 +436,9 @@ class Qwen2_5_VLAdapter(ModelAdapter):
         if layout is None:
             layout = VisualLayout(kept if kept is not None else torch.arange(n, device=device).expand(bsz, -1))
         keep = layout.keep
-        source = torch.cat([torch.zeros_like(keep[:, :1]).expand(-1, layout.prepend), keep,
-                            torch.full_like(keep[:, :1], size - 1).expand(-1, layout.append)], dim=1)
+        source = torch.cat(
+            [torch.zeros_like(keep[:, :1]).expand(-1, layout.prepend), keep, torch.full_like(keep[:, :1], size - 1).expand(-1, layout.append)], dim=1
+        )
         embeds, new_mask, old_index, start = splice_span(self.model.get_input_embeddings(), input_ids, mask, placeholder, visual, source)
         positions = self.rope_positions(batch)
         positions = positions.gather(2, old_index[None].expand(positions.shape[0], -1, -1))
@@ -421,10 +446,16 @@ class Qwen2_5_VLAdapter(ModelAdapter):
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         out = self.model.generate(**batch.inputs, **generate_kwargs)
-        return out[:, batch.input_ids.shape[1]:]
+        return out[:, batch.input_ids.shape[1] :]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "preprocess": "hf", "prompt": PROMPT, "positions": "original 3-D M-RoPE (all methods)",
-                "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
-                "preprocessing": "Qwen2VLImageProcessor for images; hand-written video patchifier; hand-expanded pads",
-                "video_pixels": list(self.video_pixels), "video_fps_default": DEFAULT_FPS}
+        return {
+            **super().describe(),
+            "preprocess": "hf",
+            "prompt": PROMPT,
+            "positions": "original 3-D M-RoPE (all methods)",
+            "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
+            "preprocessing": "Qwen2VLImageProcessor for images; hand-written video patchifier; hand-expanded pads",
+            "video_pixels": list(self.video_pixels),
+            "video_fps_default": DEFAULT_FPS,
+        }

@@ -105,8 +105,10 @@ def _match_rows(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     index = order.gather(1, slot)
     same = ordered.gather(1, slot) == found
     if not bool(same.all()) or not torch.equal(before.gather(1, index[..., None].expand(-1, -1, before.shape[-1])), after):
-        raise UnsupportedModel("an LLM-stage cut before Qwen3-VL's last DeepStack injection gave tokens new hidden states "
-                               "(recycled or merged tokens); DeepStack cannot follow them: cut after the DeepStack layers")
+        raise UnsupportedModel(
+            "an LLM-stage cut before Qwen3-VL's last DeepStack injection gave tokens new hidden states "
+            "(recycled or merged tokens); DeepStack cannot follow them: cut after the DeepStack layers"
+        )
     return index
 
 
@@ -124,13 +126,14 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         self._deepstack_prompts: list[tuple[weakref.ref, torch.Tensor, list[torch.Tensor]]] = []
         self._pass: _DeepStackPass | None = None  # the full pass (prefill or replay) being tracked
         text_model = self._inner.language_model
-        self._hooks = [text_model.register_forward_pre_hook(self._begin_pass, with_kwargs=True),
-                       text_model.register_forward_hook(self._end_pass)]
+        self._hooks = [text_model.register_forward_pre_hook(self._begin_pass, with_kwargs=True), text_model.register_forward_hook(self._end_pass)]
         for level in range(self.deepstack_layers):
             layer = self.decoder_layers()[level]
-            self._hooks += [layer.register_forward_pre_hook(self._before_layer, with_kwargs=True, prepend=True),
-                            layer.input_layernorm.register_forward_pre_hook(self._after_cuts),
-                            layer.register_forward_hook(functools.partial(self._add_deepstack, level))]
+            self._hooks += [
+                layer.register_forward_pre_hook(self._before_layer, with_kwargs=True, prepend=True),
+                layer.input_layernorm.register_forward_pre_hook(self._after_cuts),
+                layer.register_forward_hook(functools.partial(self._add_deepstack, level)),
+            ]
 
     def default_importance_layer(self) -> int:
         return self.model.config.vision_config.depth - 1
@@ -168,12 +171,23 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         _, h, w = (int(v) for v in grid[0])
         rows, cols = h // self.merge, w // self.merge
         return Qwen3VisionView(
-            features=features, cls_feature=None, grid=(rows, cols), feature_layer=self.feature_layer,
-            num_vision_layers=self.num_vision_layers, projector=self.project, captured=captured, has_cls=False,
-            num_units=1, unit_kind="image", unit_of=torch.zeros(bsz, features.shape[1], dtype=torch.long, device=features.device),
-            importance_layer=self.importance_layer, chunk_lengths={layer: self._chunk_lengths(grid, layer) for layer in layers},
-            reverse=torch.arange(features.shape[1] * bsz, device=features.device), unit=unit,
-            instruction=self.instruction(batch), deepstack=deepstack,
+            features=features,
+            cls_feature=None,
+            grid=(rows, cols),
+            feature_layer=self.feature_layer,
+            num_vision_layers=self.num_vision_layers,
+            projector=self.project,
+            captured=captured,
+            has_cls=False,
+            num_units=1,
+            unit_kind="image",
+            unit_of=torch.zeros(bsz, features.shape[1], dtype=torch.long, device=features.device),
+            importance_layer=self.importance_layer,
+            chunk_lengths={layer: self._chunk_lengths(grid, layer) for layer in layers},
+            reverse=torch.arange(features.shape[1] * bsz, device=features.device),
+            unit=unit,
+            instruction=self.instruction(batch),
+            deepstack=deepstack,
         )
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
@@ -181,8 +195,7 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         return merger.linear_fc2(merger.act_fn(merger.linear_fc1(features)))
 
     # -- DeepStack ------------------------------------------------------------------------------------------
-    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,
-                 layout: VisualLayout | None = None) -> LLMInputs:
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None) -> LLMInputs:
         """The Qwen2.5-VL assembly, plus the DeepStack rows of the tokens kept (module docstring)."""
         llm = super().assemble(batch, visual, kept, policy, layout=layout)
         levels = batch.meta.get("deepstack")
@@ -197,8 +210,9 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         for level in levels:
             gathered = level.gather(1, keep[..., None].expand(-1, -1, level.shape[-1]))
             zeros = gathered.new_zeros
-            rows.append(torch.cat([zeros(keep.shape[0], layout.prepend, level.shape[-1]), gathered,
-                                   zeros(keep.shape[0], layout.append, level.shape[-1])], dim=1))
+            rows.append(
+                torch.cat([zeros(keep.shape[0], layout.prepend, level.shape[-1]), gathered, zeros(keep.shape[0], layout.append, level.shape[-1])], dim=1)
+            )
         self._deepstack_prompts = [entry for entry in self._deepstack_prompts if entry[0]() is not None]
         self._deepstack_prompts.append((weakref.ref(llm.inputs_embeds), llm.visual_index, rows))
         return llm
@@ -262,6 +276,10 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
 
     def describe(self) -> dict[str, Any]:
         described = {key: value for key, value in super().describe().items() if not key.startswith("video_")}  # images only
-        return {**described, "prompt": PROMPT, "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
-                "preprocessing": "Qwen2VLImageProcessor (16 px patches); hand-expanded pads; images only",
-                "deepstack": f"{self.deepstack_layers} levels, pruned with the kept indices, followed through LLM cuts; merged tokens get none"}
+        return {
+            **described,
+            "prompt": PROMPT,
+            "importance": f"received attention at ViT block {self.importance_layer} (no [CLS])",
+            "preprocessing": "Qwen2VLImageProcessor (16 px patches); hand-expanded pads; images only",
+            "deepstack": f"{self.deepstack_layers} levels, pruned with the kept indices, followed through LLM cuts; merged tokens get none",
+        }

@@ -23,7 +23,8 @@ Frames are sampled by the caller (``Sample.video``; Video-LLaVA was trained on 8
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,12 +69,13 @@ class VideoLlavaAdapter(LlavaAdapter):
     model_class = "VideoLlavaForConditionalGeneration"  # e.g. LanguageBind/Video-LLaVA-7B-hf
 
     @classmethod
-    def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> "ManualProcessor":
+    def load_processor(cls, name_or_path: str, trust_remote_code: bool = False) -> ManualProcessor:
         """The image processor and tokenizer (the processor object needs torchvision for its video processor)."""
         from transformers import AutoTokenizer, VideoLlavaImageProcessor
 
-        return ManualProcessor(VideoLlavaImageProcessor.from_pretrained(name_or_path),
-                               AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code))
+        return ManualProcessor(
+            VideoLlavaImageProcessor.from_pretrained(name_or_path), AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        )
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", preprocess: str = "hf", vision_stop: str = "feature"):
         if isinstance(processor, tuple):
@@ -196,8 +198,7 @@ class VideoLlavaAdapter(LlavaAdapter):
             instruction=self.instruction(batch),
         )
 
-    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str,
-                 layout: VisualLayout | None = None) -> LLMInputs:
+    def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None) -> LLMInputs:
         input_ids, mask = batch.input_ids, batch.attention_mask
         bsz, n, device = input_ids.shape[0], visual.shape[1], input_ids.device
         token = batch.meta.get("placeholder", self.video_token_id if self._modality(batch) == "video" else self.image_token_id)
@@ -219,5 +220,9 @@ class VideoLlavaAdapter(LlavaAdapter):
         return LLMInputs(embeds, new_mask, positions, start + torch.arange(n, device=device))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "prompt": PROMPT, "video_tokens_per_frame": self.tokens_per_frame(),
-                "preprocessing": "VideoLlavaImageProcessor per image/frame + hand-expanded placeholders"}
+        return {
+            **super().describe(),
+            "prompt": PROMPT,
+            "video_tokens_per_frame": self.tokens_per_frame(),
+            "preprocessing": "VideoLlavaImageProcessor per image/frame + hand-expanded placeholders",
+        }

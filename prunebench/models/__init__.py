@@ -9,7 +9,8 @@ default, or every layer as stock transformers), and are recorded by ``adapter.de
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prunebench.adapters.base import ModelAdapter
 from prunebench.core import PruneBenchError
@@ -64,8 +65,9 @@ def _tiny_builder(family: str) -> Callable:
     return getattr(tiny, f"tiny_{family}")
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False, seed: int = 0,
-               **options: Any) -> ModelAdapter:
+def load_model(
+    name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False, seed: int = 0, **options: Any
+) -> ModelAdapter:
     """An adapter for ``name``: ``tiny-<family>``, ``toy-llava``, a hub id or a folder.
 
     Hub ids such as ``llava-hf/llava-1.5-7b-hf``, ``llava-hf/llava-v1.6-vicuna-7b-hf``,
@@ -91,5 +93,15 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cp
     return adapter
 
 
-__all__ = ["CATALOG", "DEFAULT_MODEL", "FAMILIES", "TINY_MODELS", "adapter_class", "catalog_entry", "catalog_rows", "is_random_weights",
-           "known_models", "load_model"]
+__all__ = [
+    "CATALOG",
+    "DEFAULT_MODEL",
+    "FAMILIES",
+    "TINY_MODELS",
+    "adapter_class",
+    "catalog_entry",
+    "catalog_rows",
+    "is_random_weights",
+    "known_models",
+    "load_model",
+]

@@ -61,8 +61,7 @@ CATALOG: tuple[ModelEntry, ...] = (
     ModelEntry("tiny-llava_next", "llava_next", TINY, 4, _NEXT, RANDOM_WEIGHTS_NOTE),
     ModelEntry("tiny-video_llava", "video_llava", TINY, 4, _VIDEO, RANDOM_WEIGHTS_NOTE),
     ModelEntry("tiny-qwen2_5_vl", "qwen2_5_vl", TINY, 4, {**_QWEN, "max_pixels": 448 * 448, "min_pixels": 28 * 28 * 4}, RANDOM_WEIGHTS_NOTE),
-    ModelEntry("tiny-llava_onevision", "llava_onevision", TINY, 4, {**_ONEVISION, "image_size": 126, "max_crops": 4, "frames": 4},
-               RANDOM_WEIGHTS_NOTE),
+    ModelEntry("tiny-llava_onevision", "llava_onevision", TINY, 4, {**_ONEVISION, "image_size": 126, "max_crops": 4, "frames": 4}, RANDOM_WEIGHTS_NOTE),
     ModelEntry("tiny-qwen3_vl", "qwen3_vl", TINY, 4, {**_QWEN3, "max_pixels": 448 * 448, "min_pixels": 32 * 32 * 4}, RANDOM_WEIGHTS_NOTE),
     ModelEntry("llava-hf/llava-1.5-7b-hf", "llava", CHECKPOINT, 32, _LLAVA, "LLaVA-1.5 7B (Vicuna-7B)"),
     ModelEntry("llava-hf/llava-1.5-13b-hf", "llava", CHECKPOINT, 40, _LLAVA, "LLaVA-1.5 13B (Vicuna-13B)"),
@@ -72,8 +71,14 @@ CATALOG: tuple[ModelEntry, ...] = (
     ModelEntry("LanguageBind/Video-LLaVA-7B-hf", "video_llava", CHECKPOINT, 32, _VIDEO, "Video-LLaVA 7B (Vicuna-7B)"),
     ModelEntry("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava_onevision", CHECKPOINT, 24, _ONEVISION, "LLaVA-OneVision 0.5B (Qwen2-0.5B)"),
     ModelEntry("llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision", CHECKPOINT, 28, _ONEVISION, "LLaVA-OneVision 7B (Qwen2-7B)"),
-    ModelEntry("llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava_onevision", CHECKPOINT, 28, _ONEVISION,
-               "LLaVA-Video 7B in the OneVision class (id not verified offline); stock pooling: 196/frame, one newline"),
+    ModelEntry(
+        "llava-hf/LLaVA-Video-7B-Qwen2-hf",
+        "llava_onevision",
+        CHECKPOINT,
+        28,
+        _ONEVISION,
+        "LLaVA-Video 7B in the OneVision class (id not verified offline); stock pooling: 196/frame, one newline",
+    ),
     ModelEntry("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", CHECKPOINT, 36, _QWEN, "Qwen2.5-VL 3B"),
     ModelEntry("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_5_vl", CHECKPOINT, 28, _QWEN, "Qwen2.5-VL 7B"),
     ModelEntry("Qwen/Qwen2.5-VL-72B-Instruct", "qwen2_5_vl", CHECKPOINT, 80, _QWEN, "Qwen2.5-VL 72B"),
@@ -145,8 +150,7 @@ def toy_geometry() -> dict[str, Any]:
     """The shipped toy model's vision geometry and depth, read from its config.json."""
     config = json.loads((Path(TOY_MODEL_DIR) / "config.json").read_text())
     vision = config["vision_config"]
-    return {"image_size": int(vision["image_size"]), "patch_size": int(vision["patch_size"]),
-            "llm_layers": int(config["text_config"]["num_hidden_layers"])}
+    return {"image_size": int(vision["image_size"]), "patch_size": int(vision["patch_size"]), "llm_layers": int(config["text_config"]["num_hidden_layers"])}
 
 
 def weights_present(entry: ModelEntry) -> bool | None:
@@ -165,7 +169,7 @@ def _in_hf_cache(repo_id: str) -> bool:
             found = try_to_load_from_cache(repo_id, filename)
             if isinstance(found, str):
                 return True
-    except Exception:  # noqa: BLE001 - an unreadable cache is "not present"
+    except Exception:
         return False
     return False
 
@@ -181,14 +185,30 @@ def catalog_rows() -> list[dict[str, Any]]:
             except (OSError, KeyError, ValueError):
                 pass
         present = weights_present(entry)
-        rows.append({
-            "name": entry.name, "family": entry.family, "kind": entry.kind, "llm_layers": entry.llm_layers,
-            "visual_tokens": visual_tokens_text(entry), "visual_tokens_range": list(visual_tokens(entry)),
-            "weights": "built from config" if present is None else ("present" if present else "not downloaded"),
-            "random_weights": entry.random_weights, "note": entry.note,
-        })
+        rows.append(
+            {
+                "name": entry.name,
+                "family": entry.family,
+                "kind": entry.kind,
+                "llm_layers": entry.llm_layers,
+                "visual_tokens": visual_tokens_text(entry),
+                "visual_tokens_range": list(visual_tokens(entry)),
+                "weights": "built from config" if present is None else ("present" if present else "not downloaded"),
+                "random_weights": entry.random_weights,
+                "note": entry.note,
+            }
+        )
     return rows
 
 
-__all__ = ["CATALOG", "RANDOM_WEIGHTS_NOTE", "ModelEntry", "catalog_entry", "catalog_rows", "is_random_weights", "visual_tokens",
-           "visual_tokens_text", "weights_present"]
+__all__ = [
+    "CATALOG",
+    "RANDOM_WEIGHTS_NOTE",
+    "ModelEntry",
+    "catalog_entry",
+    "catalog_rows",
+    "is_random_weights",
+    "visual_tokens",
+    "visual_tokens_text",
+    "weights_present",
+]

@@ -47,5 +47,9 @@ def sample_from_visuals(adapter: ModelAdapter, task: str, doc_id: int, question:
     kinds = sorted({type(v).__name__ for v in visuals}) or ["nothing"]
     raise PruneBenchError(
         f"task {task} doc {doc_id} gives {len(visuals)} visual(s) ({', '.join(kinds)}); the {adapter.family} adapter takes "
-        + ("one image or one video per request" if video_ok else "exactly one image per request (use a video-capable model such as Video-LLaVA for video tasks)")
+        + (
+            "one image or one video per request"
+            if video_ok
+            else "exactly one image per request (use a video-capable model such as Video-LLaVA for video tasks)"
+        )
     )

@@ -21,8 +21,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, extra: tuple[str, ...] = ("USER", ":", "ASSISTANT", "?", ".", ","),
-                   extra_specials: tuple[str, ...] = (), image_token: str = "<image>", video_token: str | None = None):
+def word_tokenizer(
+    words: list[str] | tuple[str, ...] = WORDS,
+    extra: tuple[str, ...] = ("USER", ":", "ASSISTANT", "?", ".", ","),
+    extra_specials: tuple[str, ...] = (),
+    image_token: str = "<image>",
+    video_token: str | None = None,
+):
     """A word-level fast tokenizer over ``words`` (a ``tokenizers`` WordLevel model; no download).
 
     ``extra_specials`` (e.g. ``<video>``, Qwen's ``<|image_pad|>``) are added as special tokens; ``image_token`` /
@@ -36,7 +41,11 @@ def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, extra: tuple[str,
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
         extra_special_tokens={"image_token": image_token, **({"video_token": video_token} if video_token else {})},
     )
     tokenizer.add_special_tokens({"additional_special_tokens": specials[4:]})
@@ -50,8 +59,12 @@ def llava_processor(tokenizer, image_size: int = 336, patch_size: int = 14):
     # would pick its torchvision backend where it is)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -62,13 +75,25 @@ def tiny_llava(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, hidde
     tokenizer = word_tokenizer()
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            image_size=image_size, patch_size=14, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=vision_layers, num_attention_heads=4, projection_dim=32,
+            image_size=image_size,
+            patch_size=14,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=4,
+            projection_dim=32,
         ),
         text_config=LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
@@ -91,9 +116,16 @@ def _llama_text(tokenizer, num_layers: int, hidden: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
 
 
@@ -101,8 +133,13 @@ def _clip(image_size: int, vision_layers: int):
     from transformers import CLIPVisionConfig
 
     return CLIPVisionConfig(
-        image_size=image_size, patch_size=14, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=vision_layers, num_attention_heads=4, projection_dim=32,
+        image_size=image_size,
+        patch_size=14,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=4,
+        projection_dim=32,
     )
 
 
@@ -123,18 +160,28 @@ def tiny_llava_next(seed: int = 0, num_layers: int = 4, vision_layers: int = 3, 
 
     tokenizer = word_tokenizer()
     config = LlavaNextConfig(
-        vision_config=_clip(336, vision_layers), text_config=_llama_text(tokenizer, num_layers, hidden),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=NEXT_PINPOINTS,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", attn_implementation="sdpa",
+        vision_config=_clip(336, vision_layers),
+        text_config=_llama_text(tokenizer, num_layers, hidden),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        attn_implementation="sdpa",
     )
     torch.manual_seed(seed)
     model = _finish(LlavaNextForConditionalGeneration(config), tokenizer, seed, dtype)
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=NEXT_PINPOINTS,
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_grid_pinpoints=NEXT_PINPOINTS,
     )
     processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
     )
     return model, processor
 
@@ -149,9 +196,14 @@ def tiny_video_llava(seed: int = 0, num_layers: int = 4, vision_layers: int = 3,
 
     tokenizer = word_tokenizer(extra_specials=("<video>",))
     config = VideoLlavaConfig(
-        vision_config=_clip(224, vision_layers), text_config=_llama_text(tokenizer, num_layers, hidden),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=256, video_seq_length=8 * 257,
+        vision_config=_clip(224, vision_layers),
+        text_config=_llama_text(tokenizer, num_layers, hidden),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=256,
+        video_seq_length=8 * 257,
         attn_implementation="sdpa",
     )
     torch.manual_seed(seed)
@@ -175,18 +227,35 @@ def tiny_qwen2_5_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 4, h
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            depth=vision_depth, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=hidden, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1, vision_depth - 1],
+            depth=vision_depth,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1, vision_depth - 1],
             tokens_per_second=2,
         ),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
         attn_implementation="sdpa",
     )
     torch.manual_seed(seed)
@@ -210,23 +279,42 @@ def tiny_qwen3_vl(seed: int = 0, num_layers: int = 4, vision_depth: int = 3, hid
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen3VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, max_position_embeddings=4096,
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=hidden // 4,
+            max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            depth=vision_depth, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=hidden, patch_size=16,
-            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+            depth=vision_depth,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=hidden,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[0, 1],
         ),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
         attn_implementation="sdpa",
     )
     torch.manual_seed(seed)
     model = _finish(Qwen3VLForConditionalGeneration(config), tokenizer, seed, dtype)
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=32 * 32 * 4, max_pixels=448 * 448, patch_size=16, merge_size=2, temporal_patch_size=2,
-                                               image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=32 * 32 * 4, max_pixels=448 * 448, patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     return model, ManualProcessor(image_processor, tokenizer)
 
 
@@ -248,21 +336,42 @@ def tiny_llava_onevision(seed: int = 0, num_layers: int = 4, vision_layers: int 
     tokenizer = word_tokenizer(extra_specials=("<video>",), video_token="<video>")
     config = LlavaOnevisionConfig(
         vision_config=dict(
-            model_type="siglip_vision_model", image_size=126, patch_size=14, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=vision_layers, num_attention_heads=4, vision_use_head=False,
+            model_type="siglip_vision_model",
+            image_size=126,
+            patch_size=14,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=4,
+            vision_use_head=False,
         ),
         text_config=dict(
-            model_type="qwen2", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            model_type="qwen2",
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-        image_grid_pinpoints=ONEVISION_PINPOINTS, vision_feature_layer=-1, vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9", attn_implementation="sdpa",
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=ONEVISION_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        attn_implementation="sdpa",
     )
     torch.manual_seed(seed)
     model = _finish(LlavaOnevisionForConditionalGeneration(config), tokenizer, seed, dtype)
     image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": 126, "width": 126}, image_grid_pinpoints=ONEVISION_PINPOINTS, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        size={"height": 126, "width": 126},
+        image_grid_pinpoints=ONEVISION_PINPOINTS,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )
     return model, ManualProcessor(image_processor, tokenizer)

@@ -69,30 +69,38 @@ examples:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `prunebench run` (several are combined)")
-    p.add_argument("--with-published", action="store_true",
-                   help="add the seed papers' published numbers (marked 'published: <paper> <table>'; not ranked)")
-    p.add_argument("--published-model", metavar="MODEL",
-                   help="which model's published numbers: llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b, video-llava-7b, ... "
-                        "or a hub id such as llava-hf/llava-1.5-7b-hf (default: the runs' model if the papers report it, "
-                        "else llava-1.5-7b)")
-    p.add_argument("--published-source", metavar="TEXT",
-                   help="keep only published tables whose paper/table name contains TEXT, e.g. 'VisPruner' or 'DART' "
-                        "('all': every table, also in plots, which otherwise show one)")
-    p.add_argument("--all", dest="all_cells", action="store_true",
-                   help="every record in RUN/cells/, also those of earlier sweeps that RUN/plan.json no longer lists")
+    p.add_argument("--with-published", action="store_true", help="add the seed papers' published numbers (marked 'published: <paper> <table>'; not ranked)")
+    p.add_argument(
+        "--published-model",
+        metavar="MODEL",
+        help="which model's published numbers: llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b, video-llava-7b, ... "
+        "or a hub id such as llava-hf/llava-1.5-7b-hf (default: the runs' model if the papers report it, "
+        "else llava-1.5-7b)",
+    )
+    p.add_argument(
+        "--published-source",
+        metavar="TEXT",
+        help="keep only published tables whose paper/table name contains TEXT, e.g. 'VisPruner' or 'DART' "
+        "('all': every table, also in plots, which otherwise show one)",
+    )
+    p.add_argument(
+        "--all", dest="all_cells", action="store_true", help="every record in RUN/cells/, also those of earlier sweeps that RUN/plan.json no longer lists"
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser(
-        "report", help="leaderboard of one or more runs (Markdown, CSV, LaTeX)",
+        "report",
+        help="leaderboard of one or more runs (Markdown, CSV, LaTeX)",
         description="Leaderboard of finished runs: method x budget rows with accuracy, RelAcc, agreement and cost.",
-        epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(r)
-    r.add_argument("--format", default="md", metavar="FMT",
-                   help="md, csv or latex, or a comma list such as md,csv,latex (default md)")
-    r.add_argument("-o", "--output", metavar="FILE",
-                   help="write here instead of the terminal; with several formats, FILE's suffix is replaced by "
-                        ".md / .csv / .tex")
+    r.add_argument("--format", default="md", metavar="FMT", help="md, csv or latex, or a comma list such as md,csv,latex (default md)")
+    r.add_argument(
+        "-o", "--output", metavar="FILE", help="write here instead of the terminal; with several formats, FILE's suffix is replaced by .md / .csv / .tex"
+    )
     r.add_argument("--standalone", action="store_true", help="LaTeX: a whole document (compiles with pdflatex as it is)")
     r.add_argument("--caption", help="LaTeX caption as plain text, escaped (default: describes the columns and the bold/underline convention)")
     r.add_argument("--caption-latex", metavar="TEX", help="LaTeX caption used as it is (math, \\cite, ...)")
@@ -100,31 +108,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser(
-        "plot", help="paper figures of one or more runs (PNG and PDF)",
+        "plot",
+        help="paper figures of one or more runs (PNG and PDF)",
         description="Budget curves, accuracy-versus-cost Pareto plots and a RelAcc heat map of finished runs.",
-        epilog=PLOT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=PLOT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(p)
     p.add_argument("-o", "--output", metavar="DIR", help="folder for the figures (default: RUN/plots of the first RUN)")
     p.add_argument("--formats", default="png,pdf", help="comma list of file formats (default png,pdf)")
     p.add_argument("--dpi", type=int, default=300, help="resolution of raster formats (default 300)")
-    p.add_argument("--width", metavar="W",
-                   help="figure width: single (3.5 in), double (7 in) or inches (default: budget curves and heat map "
-                        "double, Pareto plots single)")
+    p.add_argument(
+        "--width", metavar="W", help="figure width: single (3.5 in), double (7 in) or inches (default: budget curves and heat map double, Pareto plots single)"
+    )
     p.set_defaults(func=cmd_plot)
 
     c = subparsers.add_parser(
-        "compare", help="what differs between two runs, cell by cell (exit 1 if accuracy differs)",
+        "compare",
+        help="what differs between two runs, cell by cell (exit 1 if accuracy differs)",
         description="Match the cells of two run folders (model, method and parameters, budget, budget mode and scope, "
         "suite, limit, seed, preprocessing, layout; not the keys, which also cover code versions) and show per cell what "
         "differs: status, each task's score, RelAcc, agreement, visual tokens, FLOPs, KV bytes, and latency beyond a relative "
         "tolerance; then the cells found in only one run.",
-        epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=COMPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("run_a", metavar="RUN_A", help="run folder (e.g. results/reference/demo)")
     c.add_argument("run_b", metavar="RUN_B", help="run folder to compare with RUN_A (e.g. results/demo)")
-    c.add_argument("--latency-tolerance", type=float, default=0.5, metavar="R",
-                   help="relative latency difference still counted as equal (default 0.5 = ±50%%: timings follow the machine's load)")
-    c.add_argument("--score-tolerance", type=float, default=0.0, metavar="D",
-                   help="absolute task-score difference still counted as equal (default 0; RelAcc and agreement: 100 x D points)")
+    c.add_argument(
+        "--latency-tolerance",
+        type=float,
+        default=0.5,
+        metavar="R",
+        help="relative latency difference still counted as equal (default 0.5 = ±50%%: timings follow the machine's load)",
+    )
+    c.add_argument(
+        "--score-tolerance",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="absolute task-score difference still counted as equal (default 0; RelAcc and agreement: 100 x D points)",
+    )
     c.add_argument("--all", dest="all_cells", action="store_true", help="every record in cells/, also those plan.json no longer lists")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=cmd_compare)
@@ -134,11 +158,11 @@ def _leaderboard(args: argparse.Namespace):
     from prunebench.report import leaderboard
 
     source = None if args.published_source == "all" else args.published_source
-    df = leaderboard(args.runs, with_published=args.with_published, published_model=args.published_model,
-                     published_source=source, all_cells=args.all_cells)
+    df = leaderboard(args.runs, with_published=args.with_published, published_model=args.published_model, published_source=source, all_cells=args.all_cells)
     if df.empty:
-        raise PruneBenchError(f"no finished cells in {', '.join(args.runs)}; run `prunebench run` first "
-                              "(or check that the folder is the run folder, holding cells/)")
+        raise PruneBenchError(
+            f"no finished cells in {', '.join(args.runs)}; run `prunebench run` first (or check that the folder is the run folder, holding cells/)"
+        )
     return df
 
 
@@ -197,8 +221,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     df = _leaderboard(args)
     outdir = Path(args.output) if args.output else Path(args.runs[0]) / "plots"
     try:
-        paths = plot_all(df, outdir, formats=formats, dpi=args.dpi, width=width,
-                         published_source="all" if args.published_source == "all" else args.published_source)
+        paths = plot_all(
+            df, outdir, formats=formats, dpi=args.dpi, width=width, published_source="all" if args.published_source == "all" else args.published_source
+        )
     except ValueError as exc:
         raise PruneBenchError(str(exc)) from None
     for path in paths:
@@ -216,8 +241,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise PruneBenchError(f"{run} is not a run folder (no {Path(run) / 'cells'}/); pass folders written by `prunebench run`")
     if args.latency_tolerance < 0 or args.score_tolerance < 0:
         raise PruneBenchError("--latency-tolerance and --score-tolerance must be >= 0 (e.g. --latency-tolerance 0.5)")
-    result = compare_runs(args.run_a, args.run_b, score_tolerance=args.score_tolerance, latency_tolerance=args.latency_tolerance,
-                          all_cells=args.all_cells)
+    result = compare_runs(args.run_a, args.run_b, score_tolerance=args.score_tolerance, latency_tolerance=args.latency_tolerance, all_cells=args.all_cells)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

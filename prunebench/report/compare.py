@@ -83,9 +83,15 @@ class Comparison:
         return not self.only_a and not self.only_b and not any(c.accuracy for c in self.cells)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_a": self.run_a, "run_b": self.run_b, "equal_accuracy": self.equal_accuracy,
-                "latency_tolerance": self.latency_tolerance, "only_a": self.only_a, "only_b": self.only_b,
-                "cells": [{"cell": c.name, "accuracy": c.accuracy, "costs": c.costs, "latency": c.latency} for c in self.cells]}
+        return {
+            "run_a": self.run_a,
+            "run_b": self.run_b,
+            "equal_accuracy": self.equal_accuracy,
+            "latency_tolerance": self.latency_tolerance,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "cells": [{"cell": c.name, "accuracy": c.accuracy, "costs": c.costs, "latency": c.latency} for c in self.cells],
+        }
 
     def to_text(self) -> str:
         differing = [c for c in self.cells if c.differs]
@@ -102,9 +108,11 @@ class Comparison:
         n_lat = sum(1 for c in self.cells if c.latency)
         if differing or self.only_a or self.only_b:
             lines.append("")
-        lines.append(f"{len(self.cells)} cell(s) in both runs: {len(self.cells) - n_acc} equal in accuracy, {n_acc} differ; "
-                     f"{n_cost} differ in tokens/FLOPs/KV; {n_lat} differ in latency by more than {self.latency_tolerance:.0%}; "
-                     f"{len(self.only_a)} only in A, {len(self.only_b)} only in B")
+        lines.append(
+            f"{len(self.cells)} cell(s) in both runs: {len(self.cells) - n_acc} equal in accuracy, {n_acc} differ; "
+            f"{n_cost} differ in tokens/FLOPs/KV; {n_lat} differ in latency by more than {self.latency_tolerance:.0%}; "
+            f"{len(self.only_a)} only in A, {len(self.only_b)} only in B"
+        )
         lines.append("equal in accuracy" if self.equal_accuracy else "NOT equal in accuracy")
         return "\n".join(lines) + "\n"
 
@@ -126,8 +134,9 @@ def _records(run: Any, all_cells: bool) -> dict[tuple, dict[str, Any]]:
     return out
 
 
-def compare_records(a: dict[str, Any], b: dict[str, Any], score_tolerance: float = 0.0, latency_tolerance: float = 0.5,
-                    cost_tolerance: float = 1e-6) -> CellDiff:
+def compare_records(
+    a: dict[str, Any], b: dict[str, Any], score_tolerance: float = 0.0, latency_tolerance: float = 0.5, cost_tolerance: float = 1e-6
+) -> CellDiff:
     """What differs between two records of one cell."""
     diff = CellDiff(cell_name(a))
     status_a, status_b = a.get("status") or "done", b.get("status") or "done"
@@ -169,12 +178,19 @@ def compare_records(a: dict[str, Any], b: dict[str, Any], score_tolerance: float
 def _order(record: dict[str, Any]) -> tuple:
     """Leaderboard order: the unpruned cell, then budgets from the largest, methods by name."""
     budget = record.get("budget")
-    return (record.get("method") != BASELINE_METHOD, str(record.get("model")), str(record.get("budget_mode")),
-            -(budget if isinstance(budget, int) else 10**9), str(record.get("method")), cell_name(record))
+    return (
+        record.get("method") != BASELINE_METHOD,
+        str(record.get("model")),
+        str(record.get("budget_mode")),
+        -(budget if isinstance(budget, int) else 10**9),
+        str(record.get("method")),
+        cell_name(record),
+    )
 
 
-def compare_runs(run_a: Any, run_b: Any, score_tolerance: float = 0.0, latency_tolerance: float = 0.5,
-                 cost_tolerance: float = 1e-6, all_cells: bool = False) -> Comparison:
+def compare_runs(
+    run_a: Any, run_b: Any, score_tolerance: float = 0.0, latency_tolerance: float = 0.5, cost_tolerance: float = 1e-6, all_cells: bool = False
+) -> Comparison:
     """Match the cells of two run folders (or stores, or record lists) and compare each pair
     (:func:`compare_records`)."""
     a, b = _records(run_a, all_cells), _records(run_b, all_cells)

@@ -38,12 +38,31 @@ def example_records(model: str = "tiny-llava", suite: str = "shapes", scale: flo
     for method, budget, status, scores, agreement, prefill, tflops, kv in CELLS:
         fields = {"model": model, "suite": suite, "method": method, "budget": budget, "scale": scale}
         record = {
-            "key": cell_key(fields), "status": status, "model": model, "suite": suite, "task_names": list(TASKS),
-            "method": method, "method_params": {}, "budget": budget, "budget_mode": "average", "budget_scope": "image",
-            "limit": 20, "seed": 0, "preprocess": "stock", "tasks": {}, "relacc": None, "agreement": None,
-            "tokens": {}, "latency_ms": {}, "flops": {}, "kv_cache": {}, "peak_memory_mb": None,
+            "key": cell_key(fields),
+            "status": status,
+            "model": model,
+            "suite": suite,
+            "task_names": list(TASKS),
+            "method": method,
+            "method_params": {},
+            "budget": budget,
+            "budget_mode": "average",
+            "budget_scope": "image",
+            "limit": 20,
+            "seed": 0,
+            "preprocess": "stock",
+            "tasks": {},
+            "relacc": None,
+            "agreement": None,
+            "tokens": {},
+            "latency_ms": {},
+            "flops": {},
+            "kv_cache": {},
+            "peak_memory_mb": None,
             "env": {"attn_implementation": "sdpa", "device": "cpu", "dtype": "float32"},
-            "error": None, "started": "2026-01-01T00:00:00", "finished": "2026-01-01T00:01:00",
+            "error": None,
+            "started": "2026-01-01T00:00:00",
+            "finished": "2026-01-01T00:01:00",
         }
         if status == "done":
             factor = 1.0 if method == "none" else scale
@@ -71,8 +90,16 @@ def example_samples(record: dict) -> list[dict]:
         right = round(float(entry["score"]) * n)
         for i in range(n):
             target = f"{task}-{i}"
-            rows.append({"task": task, "doc_id": i, "target": target, "answer": target if i < right else "wrong",
-                         "filtered": target if i < right else "wrong", "score": 1.0 if i < right else 0.0})
+            rows.append(
+                {
+                    "task": task,
+                    "doc_id": i,
+                    "target": target,
+                    "answer": target if i < right else "wrong",
+                    "filtered": target if i < right else "wrong",
+                    "score": 1.0 if i < right else 0.0,
+                }
+            )
     return rows
 
 
@@ -84,8 +111,15 @@ def write_example_store(root: str | Path, plan: bool = True, **kwargs) -> Result
     for record in records:
         store.put(record, example_samples(record) if record["status"] == "done" else None)
     if plan:
-        cells = [{"key": r["key"], "label": "none (unpruned)" if r["method"] == "none" else f"{r['method']}@{r['budget']}",
-                  "method": r["method"], "budget": r["budget"]} for r in records]
+        cells = [
+            {
+                "key": r["key"],
+                "label": "none (unpruned)" if r["method"] == "none" else f"{r['method']}@{r['budget']}",
+                "method": r["method"],
+                "budget": r["budget"],
+            }
+            for r in records
+        ]
         (Path(root) / "plan.json").write_text(json.dumps(cells, indent=1))
     return store
 

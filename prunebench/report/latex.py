@@ -41,10 +41,25 @@ from prunebench.report.published import short_source, source_citation
 from prunebench.store import BASELINE_METHOD
 
 _SPECIAL = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-    "†": r"\textsuperscript{\dag}", "‡": r"\textsuperscript{\ddag}", "—": "--", "–": "--", "×": r"$\times$",
-    "±": r"$\pm$", "§": r"\S{}",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "†": r"\textsuperscript{\dag}",
+    "‡": r"\textsuperscript{\ddag}",
+    "—": "--",
+    "–": "--",
+    "×": r"$\times$",
+    "±": r"$\pm$",
+    "§": r"\S{}",
 }
 _SPECIAL_RE = re.compile("|".join(re.escape(k) for k in _SPECIAL))
 _MARKS = {ANALYTIC_MARK: r"\textsuperscript{\dag}", PREFILL_MARK: r"$^{*}$", LATENCY_MARK: r"\textsuperscript{\S}"}
@@ -91,8 +106,15 @@ def table_parts(df: pd.DataFrame, split: bool | None = None) -> list[pd.DataFram
     return parts + [df[df["source"] == s] for s in sources]
 
 
-def to_latex(df: pd.DataFrame, *, caption: str | None = None, caption_latex: str | None = None,
-             label: str = "tab:leaderboard", standalone: bool = False, split: bool | None = None) -> str:
+def to_latex(
+    df: pd.DataFrame,
+    *,
+    caption: str | None = None,
+    caption_latex: str | None = None,
+    label: str = "tab:leaderboard",
+    standalone: bool = False,
+    split: bool | None = None,
+) -> str:
     """The leaderboard as booktabs ``table`` environments (``standalone=True``: a whole compilable document).
 
     ``caption`` is plain text (escaped); ``caption_latex`` is used as it is (math, \\cite, ...). ``split``: one
@@ -123,9 +145,10 @@ def to_latex(df: pd.DataFrame, *, caption: str | None = None, caption_latex: str
     keys = cited_keys(df)
     bib = ("\\begin{filecontents*}[overwrite]{prunebench-references.bib}\n" + bibtex(keys) + "\\end{filecontents*}\n") if keys else ""
     tail = "\\bibliographystyle{plainnat}\n\\bibliography{prunebench-references}\n" if keys else ""
-    return (bib + "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
-            "\\usepackage[numbers]{natbib}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n"
-            + body + tail + "\\end{document}\n")
+    return (
+        bib + "\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage[utf8]{inputenc}\n\\usepackage{booktabs}\n\\usepackage{graphicx}\n"
+        "\\usepackage[numbers]{natbib}\n\\usepackage[margin=1cm,landscape]{geometry}\n\\begin{document}\n" + body + tail + "\\end{document}\n"
+    )
 
 
 def _table(part: pd.DataFrame, full: pd.DataFrame, rank: pd.DataFrame, decimals: dict[str, int], caption: str, label: str) -> str:
@@ -199,10 +222,12 @@ def _slug(text: str) -> str:
 
 def _default_caption(df: pd.DataFrame) -> str:
     models = ", ".join(sorted(m for m in df["model"].unique() if m))
-    text = (f"Accuracy and cost of vision-token pruning{' on ' + escape(models) if models else ''}. "
-            r"Per budget, the best value of each column is in "
-            r"\textbf{bold} and the second best \underline{underlined}; $\uparrow$ higher is better, "
-            r"$\downarrow$ lower is better.")
+    text = (
+        f"Accuracy and cost of vision-token pruning{' on ' + escape(models) if models else ''}. "
+        r"Per budget, the best value of each column is in "
+        r"\textbf{bold} and the second best \underline{underlined}; $\uparrow$ higher is better, "
+        r"$\downarrow$ lower is better."
+    )
     if (df["source"] != MEASURED).any():
         text += " Published rows are quoted from the papers (their own baselines and metric conventions) and not ranked."
     note = random_weights_note(df, hint=False)
@@ -217,9 +242,11 @@ def _published_caption(part: pd.DataFrame) -> str:
     key = source_citation(source)
     cite = f"~\\citep{{{key}}}" if key else ""
     model = escape(part["model"].iloc[0])
-    text = (f"Published numbers on {model} as printed in {escape(_short_source(source))}{cite}, quoted, not re-run: "
-            "that paper's own unpruned baseline, benchmark splits and metric conventions, not comparable cell by cell "
-            "with measured rows or other papers.")
+    text = (
+        f"Published numbers on {model} as printed in {escape(_short_source(source))}{cite}, quoted, not re-run: "
+        "that paper's own unpruned baseline, benchmark splits and metric conventions, not comparable cell by cell "
+        "with measured rows or other papers."
+    )
     if part[["tflops", "kv_mb", "prefill_ms"]].notna().any().any():
         text += " Cost columns follow the paper's convention (published.csv, column metric), not the harness's."
     return text

@@ -26,8 +26,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -39,8 +40,19 @@ log = logging.getLogger(__name__)
 
 META_COLUMNS = ["run", "source", "model", "suite", "method", "label", "params", "budget", "budget_mode", "status", "error"]
 METRIC_COLUMNS = ["relacc", "agreement", "prefill_ms", "tflops", "kv_mb"]
-EXTRA_COLUMNS = ["tflops_source", "latency_source", "tokens_final", "tokens_layer_average", "limit", "seed", "printed",
-                 "prefill_p90_ms", "latency_n", "load_per_core", "latency_flag"]
+EXTRA_COLUMNS = [
+    "tflops_source",
+    "latency_source",
+    "tokens_final",
+    "tokens_layer_average",
+    "limit",
+    "seed",
+    "printed",
+    "prefill_p90_ms",
+    "latency_n",
+    "load_per_core",
+    "latency_flag",
+]
 HIGHER_IS_BETTER = {"relacc": True, "agreement": True, "prefill_ms": False, "tflops": False, "kv_mb": False}
 COLUMN_TITLES = {"relacc": "RelAcc (%)", "agreement": "Agree. (%)", "prefill_ms": "Prefill (ms)", "tflops": "TFLOPs", "kv_mb": "KV (MB)"}
 MEASURED = "measured"
@@ -56,18 +68,41 @@ PREFERRED_SOURCE = {"tflops": ("tflops_source", "measured"), "prefill_ms": ("lat
 
 # How papers write the names; a method class may override with a ``display_name`` attribute.
 DISPLAY_NAMES = {
-    "none": "Unpruned", "fastv": "FastV", "visionzip": "VisionZip", "visionzip-ft": "VisionZip‡", "random": "Random",
-    "sparsevlm": "SparseVLM", "vispruner": "VisPruner", "divprune": "DivPrune", "hiprune": "HiPrune", "hiprune++": "HiPrune++",
-    "learnpruner": "LearnPruner", "dart": "DART", "pdrop": "PDrop", "twigvlm": "TwigVLM", "tome": "ToMe",
-    "prumerge+": "PruMerge+", "fastervlm": "FasterVLM", "mustdrop": "MustDrop", "hired": "HiRED", "trim": "TRIM",
-    "prumerge": "PruMerge", "pdrop": "PDrop", "ficoco-v": "FiCoCo-V", "globalcom2": "GlobalCom2",
+    "none": "Unpruned",
+    "fastv": "FastV",
+    "visionzip": "VisionZip",
+    "visionzip-ft": "VisionZip‡",
+    "random": "Random",
+    "sparsevlm": "SparseVLM",
+    "vispruner": "VisPruner",
+    "divprune": "DivPrune",
+    "hiprune": "HiPrune",
+    "hiprune++": "HiPrune++",
+    "learnpruner": "LearnPruner",
+    "dart": "DART",
+    "pdrop": "PDrop",
+    "twigvlm": "TwigVLM",
+    "tome": "ToMe",
+    "prumerge+": "PruMerge+",
+    "fastervlm": "FasterVLM",
+    "mustdrop": "MustDrop",
+    "hired": "HiRED",
+    "trim": "TRIM",
+    "prumerge": "PruMerge",
+    "ficoco-v": "FiCoCo-V",
+    "globalcom2": "GlobalCom2",
     "no-visual-tokens": "0 visual tokens",
 }
 # BibTeX keys (data/references.bib) of methods that appear only in published data (registered methods carry
 # their own ``citation``). Methods whose paper the reference documents do not identify have none.
 PUBLISHED_CITATIONS = {
-    "visionzip-ft": "yang2025visionzip", "dart": "wen2025dart", "pdrop": "xing2025pyramiddrop", "tome": "bolya2023tome",
-    "prumerge+": "shang2024prumerge", "prumerge": "shang2024prumerge", "twigvlm": "shao2025twigvlm",
+    "visionzip-ft": "yang2025visionzip",
+    "dart": "wen2025dart",
+    "pdrop": "xing2025pyramiddrop",
+    "tome": "bolya2023tome",
+    "prumerge+": "shang2024prumerge",
+    "prumerge": "shang2024prumerge",
+    "twigvlm": "shao2025twigvlm",
     "hiprune++": "liu2025hiprune",
 }
 
@@ -137,7 +172,8 @@ def load_records(source: Any, all_cells: bool = False) -> list[tuple[str, dict[s
         if not store.exists():
             raise PruneBenchError(
                 f"no results store at {store.root} (expected {store.root / 'cells'}/*.json); pass the folder a "
-                f"`prunebench run` wrote its results to, e.g. results/NAME")
+                f"`prunebench run` wrote its results to, e.g. results/NAME"
+            )
         label = _run_label(store.root)
         if label in labels and labels[label] != store.root.resolve():  # two runs called "latest" in different places
             label = f"{store.root.resolve().parent.name}/{label}"
@@ -147,8 +183,7 @@ def load_records(source: Any, all_cells: bool = False) -> list[tuple[str, dict[s
         if keys is not None:
             kept = [r for r in records if r.get("key") in keys]
             if len(kept) < len(records):
-                log.info("%s: %d record(s) in cells/ are not in plan.json (an earlier sweep); shown with --all",
-                         store.root, len(records) - len(kept))
+                log.info("%s: %d record(s) in cells/ are not in plan.json (an earlier sweep); shown with --all", store.root, len(records) - len(kept))
             records = kept
             store.report_missing()  # planned cells without a valid record (missing or damaged) are named, not silently dropped
         records += missing_records(store, records)
@@ -175,9 +210,8 @@ def missing_records(store: ResultStore, records: list[dict[str, Any]]) -> list[d
     reasons: dict[str, str] = {}
     if callable(lister):
         try:
-            reasons = {str(m["key"]): f"{m.get('state')}: {m.get('reason')}" if m.get("reason") else str(m.get("state"))
-                       for m in lister(plan)}
-        except Exception:  # noqa: BLE001 - the listing is a courtesy; the plan alone says what is missing
+            reasons = {str(m["key"]): f"{m.get('state')}: {m.get('reason')}" if m.get("reason") else str(m.get("state")) for m in lister(plan)}
+        except Exception:
             reasons = {}
     common = next((r for r in records if r.get("method") != BASELINE_METHOD), records[0] if records else {})
     out = []
@@ -186,14 +220,23 @@ def missing_records(store: ResultStore, records: list[dict[str, Any]]) -> list[d
         if key in have:
             continue
         method = str(cell.get("method") or BASELINE_METHOD)
-        out.append({
-            "key": key, "status": MISSING, "method": method, "budget": cell.get("budget"),
-            "model": common.get("model"), "suite": common.get("suite"), "task_names": common.get("task_names") or [],
-            "budget_mode": None if method == BASELINE_METHOD else common.get("budget_mode"),
-            "budget_scope": None if method == BASELINE_METHOD else common.get("budget_scope"),
-            "limit": common.get("limit"), "seed": common.get("seed"), "method_params": {},
-            "error": reasons.get(key) or "no record: not run yet, interrupted, or damaged",
-        })
+        out.append(
+            {
+                "key": key,
+                "status": MISSING,
+                "method": method,
+                "budget": cell.get("budget"),
+                "model": common.get("model"),
+                "suite": common.get("suite"),
+                "task_names": common.get("task_names") or [],
+                "budget_mode": None if method == BASELINE_METHOD else common.get("budget_mode"),
+                "budget_scope": None if method == BASELINE_METHOD else common.get("budget_scope"),
+                "limit": common.get("limit"),
+                "seed": common.get("seed"),
+                "method_params": {},
+                "error": reasons.get(key) or "no record: not run yet, interrupted, or damaged",
+            }
+        )
     return out
 
 
@@ -387,7 +430,7 @@ def _assign_labels(df: pd.DataFrame) -> pd.Series:
             protocol = sub[["limit", "seed"]].astype(str)
             differing = [c for c in ("limit", "seed") if protocol[c].nunique() > 1]
             if differing:
-                text = protocol[differing].apply(lambda r: ", ".join(f"{c}={r[c] or 'none'}" for c in differing), axis=1)
+                text = protocol[differing].apply(lambda r, cols=differing: ", ".join(f"{c}={r[c] or 'none'}" for c in cols), axis=1)
                 labels[sub.index] = labels[sub.index] + " (" + text + ")"
     return labels
 
@@ -420,8 +463,14 @@ def task_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in fixed]
 
 
-def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *, published_model: str | None = None,
-                published_source: str | None = None, all_cells: bool = False) -> pd.DataFrame:
+def leaderboard(
+    store_or_records_or_paths: Any,
+    with_published: bool = False,
+    *,
+    published_model: str | None = None,
+    published_source: str | None = None,
+    all_cells: bool = False,
+) -> pd.DataFrame:
     """The leaderboard of one or several runs.
 
     ``store_or_records_or_paths``: a :class:`ResultStore`, a run folder, record dicts, or a list of those (several
@@ -461,8 +510,24 @@ def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *,
     for col in tasks + METRIC_COLUMNS + ["tokens_final", "tokens_layer_average", "prefill_p90_ms", "latency_n", "load_per_core"]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["budget"] = pd.array([None if (b is None or (isinstance(b, float) and math.isnan(b))) else int(b) for b in df["budget"]], dtype="Int64")
-    for col in ("run", "source", "model", "suite", "method", "label", "params", "budget_mode", "status", "error", "tflops_source",
-                "latency_source", "limit", "seed", "printed", "latency_flag"):
+    for col in (
+        "run",
+        "source",
+        "model",
+        "suite",
+        "method",
+        "label",
+        "params",
+        "budget_mode",
+        "status",
+        "error",
+        "tflops_source",
+        "latency_source",
+        "limit",
+        "seed",
+        "printed",
+        "latency_flag",
+    ):
         df[col] = df[col].fillna("").astype(str)
     df = _sort(df)
     df["label"] = _assign_labels(df)
@@ -473,19 +538,21 @@ def leaderboard(store_or_records_or_paths: Any, with_published: bool = False, *,
 
 def _sort(df: pd.DataFrame) -> pd.DataFrame:
     """Measured rows first, then each published source; within each, model, baseline first, budgets descending."""
-    key = pd.DataFrame({
-        "pub": (df["source"] != MEASURED).astype(int),
-        "source": df["source"],
-        "model": df["model"],
-        "base": (df["method"] != BASELINE_METHOD).astype(int),
-        "mode": df["budget_mode"],
-        "budget": -df["budget"].astype("Float64").fillna(1e9),
-        "method": df["method"],
-        "run": df["run"],
-        "params": df["params"],
-        "limit": df["limit"],
-        "seed": df["seed"],
-    })
+    key = pd.DataFrame(
+        {
+            "pub": (df["source"] != MEASURED).astype(int),
+            "source": df["source"],
+            "model": df["model"],
+            "base": (df["method"] != BASELINE_METHOD).astype(int),
+            "mode": df["budget_mode"],
+            "budget": -df["budget"].astype("Float64").fillna(1e9),
+            "method": df["method"],
+            "run": df["run"],
+            "params": df["params"],
+            "limit": df["limit"],
+            "seed": df["seed"],
+        }
+    )
     order = key.sort_values(list(key.columns), kind="stable").index
     return df.loc[order].reset_index(drop=True)
 
@@ -522,7 +589,8 @@ def ranks(df: pd.DataFrame, decimals: dict[str, int] | None = None) -> pd.DataFr
                     values = values[kinds == kinds.iloc[0]]
             if len(values) < 2:
                 continue
-            shown = values.map(lambda v: round(float(v), decimals.get(col, 6)))
+            digits = decimals.get(col, 6)
+            shown = values.map(lambda v, digits=digits: round(float(v), digits))
             distinct = sorted(shown.unique(), reverse=HIGHER_IS_BETTER.get(col, True))
             if len(distinct) < 2:
                 continue  # every row ties: nothing stands out
@@ -611,6 +679,7 @@ def for_display(df: pd.DataFrame) -> pd.DataFrame:
     if "printed" in out.columns:
         rescaled = [c for c, (factor, _) in units.items() if factor != 1.0]
         if rescaled:
+
             def drop(text: str) -> str:
                 printed = printed_text(pd.Series({"printed": text}))
                 return json.dumps({k: v for k, v in printed.items() if k not in rescaled}) if printed else text
@@ -717,16 +786,20 @@ def cost_notes(df: pd.DataFrame) -> list[str]:
     notes = []
     measured = df[(df["source"] == MEASURED) & (df["status"] == "done")]
     if (measured["tflops"].notna() & (measured["tflops_source"] == "analytic")).any():
-        notes.append(f"{ANALYTIC_MARK} {column_title(df, 'tflops')} computed analytically from the config and the measured token counts "
-                     "(no counted FLOPs for that cell); ranked only among analytic values.")
+        notes.append(
+            f"{ANALYTIC_MARK} {column_title(df, 'tflops')} computed analytically from the config and the measured token counts "
+            "(no counted FLOPs for that cell); ranked only among analytic values."
+        )
     if latency_title(df).startswith("TTFT") and (measured["prefill_ms"].notna() & (measured["latency_source"] == "prefill")).any():
         notes.append(f"{PREFILL_MARK} LLM prefill time (the record has no time to first token); ranked only among prefill times.")
     if "latency_flag" in measured.columns and (measured["prefill_ms"].notna() & (measured["latency_flag"] != "")).any():
         flagged = measured[measured["prefill_ms"].notna() & (measured["latency_flag"] != "")]
         cells = "; ".join(f"{r['label']}@{budget_text(r)}: {r['latency_flag']}" for _, r in flagged.head(4).iterrows())
         more = f"; {len(flagged) - 4} more" if len(flagged) > 4 else ""
-        notes.append(f"{LATENCY_MARK} unreliable latency: p90/median above {P90_RATIO_LIMIT:g} or CPU load above "
-                     f"{LOAD_PER_CORE_LIMIT:g} per core while measuring ({cells}{more}); rerun on a quiet machine.")
+        notes.append(
+            f"{LATENCY_MARK} unreliable latency: p90/median above {P90_RATIO_LIMIT:g} or CPU load above "
+            f"{LOAD_PER_CORE_LIMIT:g} per core while measuring ({cells}{more}); rerun on a quiet machine."
+        )
     return notes
 
 
@@ -740,7 +813,7 @@ def random_weights_note(df: pd.DataFrame, hint: bool = True) -> str:
     models = random_weight_models(df)
     if not models:
         return ""
-    return (f"{', '.join(models)}: {RANDOM_WEIGHTS_NOTE}" + (" (`prunebench models` lists the real models)." if hint else "."))
+    return f"{', '.join(models)}: {RANDOM_WEIGHTS_NOTE}" + (" (`prunebench models` lists the real models)." if hint else ".")
 
 
 def legend(df: pd.DataFrame) -> list[str]:
@@ -770,8 +843,10 @@ def legend(df: pd.DataFrame) -> list[str]:
         unit = (df.attrs.get("units") or {}).get("kv_mb", "MB")
         parts.append(f"KV: key/value cache after the prefill, in {unit} (1 MB = 2^20 bytes)")
     if "status" in shown:
-        parts.append("infeasible: the method cannot meet that budget in this budget mode; failed: the cell raised"
-                     + ("; missing: planned, but no valid record (not run yet, interrupted or damaged)" if (df["status"] == MISSING).any() else ""))
+        parts.append(
+            "infeasible: the method cannot meet that budget in this budget mode; failed: the cell raised"
+            + ("; missing: planned, but no valid record (not run yet, interrupted or damaged)" if (df["status"] == MISSING).any() else "")
+        )
     if (df["source"] != MEASURED).any():
         parts.append("published rows are quoted from the papers (their own conventions) and not ranked")
     return [p[0].upper() + p[1:] + "." for p in parts]
@@ -794,8 +869,10 @@ def _markdown_table(df: pd.DataFrame) -> str:
     cols = display_columns(df)
     numeric = set(value_columns(df))
     decimals = value_decimals(df)
-    lines = ["| " + " | ".join(title.replace("|", "\\|") for _, title in cols) + " |",
-             "|" + "|".join("---:" if c in numeric or c == "budget" else "---" for c, _ in cols) + "|"]
+    lines = [
+        "| " + " | ".join(title.replace("|", "\\|") for _, title in cols) + " |",
+        "|" + "|".join("---:" if c in numeric or c == "budget" else "---" for c, _ in cols) + "|",
+    ]
     for _, row in df.iterrows():
         cells = []
         printed = printed_text(row)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import math
 import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
 import numpy as np
@@ -55,8 +55,7 @@ METHOD_LINESTYLES = ("-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)))  # solid, d
 # method -> index into METHOD_LINESTYLES, for the registered methods: methods often shown together (the defaults
 # random / visionzip / vispruner; fastv / sparsevlm / visionzip of the papers' tables) get different dashes.
 # Other names: from their position in METHOD_STYLES, or a hash.
-METHOD_DASHES = {"visionzip": 0, "vispruner": 1, "random": 3, "fastv": 0, "sparsevlm": 1, "divprune": 2, "hiprune": 2,
-                 "learnpruner": 1, "fastervlm": 2}
+METHOD_DASHES = {"visionzip": 0, "vispruner": 1, "random": 3, "fastv": 0, "sparsevlm": 1, "divprune": 2, "hiprune": 2, "learnpruner": 1, "fastervlm": 2}
 BASELINE_MARKER = "*"
 FALLBACK_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "d", "<", ">", "p", "H", "8")
 FALLBACK_COLOURS = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # not grey: it reads as the random baseline
@@ -64,13 +63,39 @@ FALLBACK_COLOURS = (0, 1, 2, 3, 4, 5, 6, 8, 9)  # not grey: it reads as the rand
 # of the shipped published tables: within every published table no two methods share a colour, and no two
 # names share a (colour, marker) pair. Light colours get a darker marker edge (see _edge).
 METHOD_STYLES: dict[str, tuple[int, str]] = {
-    "fastv": (0, "o"), "sparsevlm": (1, "s"), "visionzip": (2, "^"), "vispruner": (3, "D"), "divprune": (4, "v"),
-    "hiprune": (5, "P"), "learnpruner": (6, "X"), "random": (7, "h"), "fastervlm": (8, "d"),
-    "pdrop": (9, "<"), "hiprune++": (6, "p"), "dart": (16, ">"), "tome": (4, "8"), "hired": (3, "H"),
-    "visionzip-ft": (9, "^"), "mustdrop": (4, ">"), "prumerge": (5, "<"), "twigvlm": (9, "d"), "prumerge+": (17, "H"),
-    "trim": (7, "p"), "globalcom2": (6, "<"), "no-visual-tokens": (9, "8"), "ficoco-v": (6, "H"), "visionzip*": (0, "p"),
-    "cdpruner": (10, "p"), "vscan": (11, "8"), "downsample": (12, "1"), "pool": (13, "2"), "holov": (14, "3"), "scope": (15, "4"),
-    "evs": (18, "+"), "vidcom2": (19, "x"), "fastvid": (20, "|"),
+    "fastv": (0, "o"),
+    "sparsevlm": (1, "s"),
+    "visionzip": (2, "^"),
+    "vispruner": (3, "D"),
+    "divprune": (4, "v"),
+    "hiprune": (5, "P"),
+    "learnpruner": (6, "X"),
+    "random": (7, "h"),
+    "fastervlm": (8, "d"),
+    "pdrop": (9, "<"),
+    "hiprune++": (6, "p"),
+    "dart": (16, ">"),
+    "tome": (4, "8"),
+    "hired": (3, "H"),
+    "visionzip-ft": (9, "^"),
+    "mustdrop": (4, ">"),
+    "prumerge": (5, "<"),
+    "twigvlm": (9, "d"),
+    "prumerge+": (17, "H"),
+    "trim": (7, "p"),
+    "globalcom2": (6, "<"),
+    "no-visual-tokens": (9, "8"),
+    "ficoco-v": (6, "H"),
+    "visionzip*": (0, "p"),
+    "cdpruner": (10, "p"),
+    "vscan": (11, "8"),
+    "downsample": (12, "1"),
+    "pool": (13, "2"),
+    "holov": (14, "3"),
+    "scope": (15, "4"),
+    "evs": (18, "+"),
+    "vidcom2": (19, "x"),
+    "fastvid": (20, "|"),
 }
 BASELINE_STYLE = {"color": "black", "marker": BASELINE_MARKER}
 RUN_LINESTYLES = ("-", "--", "-.", (0, (1, 1)))  # one per run when several runs are combined
@@ -79,10 +104,24 @@ BASELINE_LINESTYLES = (":", "-.", "--", (0, (1, 3)))  # dotted for a single run
 BASELINE_COLOURS = ("black", "0.45", "black", "0.45")
 COST_AXES = {"prefill_ms": "Prefill latency (ms)", "tflops": "Prefill TFLOPs", "kv_mb": "KV cache (MB)"}
 RC = {
-    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
-    "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 8, "lines.linewidth": 1.2,
-    "lines.markersize": 4.5, "axes.linewidth": 0.6, "grid.linewidth": 0.4, "pdf.fonttype": 42, "ps.fonttype": 42,
-    "savefig.dpi": 300, "savefig.bbox": "tight", "axes.grid": True, "grid.alpha": 0.4,
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.title_fontsize": 7,
+    "figure.titlesize": 8,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4.5,
+    "axes.linewidth": 0.6,
+    "grid.linewidth": 0.4,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "axes.grid": True,
+    "grid.alpha": 0.4,
 }
 
 
@@ -222,8 +261,16 @@ def _legend(fig: Figure, axes, ncol: int) -> None:
                 handles[lab] = h
                 labels.append(lab)
     if handles:
-        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncol=max(1, min(ncol, len(labels))),
-                   frameon=False, handlelength=2.2, columnspacing=1.0, handletextpad=0.4)
+        fig.legend(
+            [handles[lab] for lab in labels],
+            labels,
+            loc="outside lower center",
+            ncol=max(1, min(ncol, len(labels))),
+            frameon=False,
+            handlelength=2.2,
+            columnspacing=1.0,
+            handletextpad=0.4,
+        )
 
 
 def _series_kwargs(method: str, run_index: int, styles: dict, variant: int = 0, several_runs: bool = False) -> dict:
@@ -232,14 +279,19 @@ def _series_kwargs(method: str, run_index: int, styles: dict, variant: int = 0, 
     st = styles.get(method) or method_style(method)
     colour = _shade(st["color"], VARIANT_SHADES[variant % len(VARIANT_SHADES)])
     dash = RUN_LINESTYLES[run_index % len(RUN_LINESTYLES)] if several_runs else st.get("linestyle", "-")
-    return {"color": colour, "marker": st["marker"], "markeredgecolor": _edge(colour), "markeredgewidth": 0.6,
-            "linestyle": dash, "fillstyle": RUN_FILLSTYLES[run_index % len(RUN_FILLSTYLES)]}
+    return {
+        "color": colour,
+        "marker": st["marker"],
+        "markeredgecolor": _edge(colour),
+        "markeredgewidth": 0.6,
+        "linestyle": dash,
+        "fillstyle": RUN_FILLSTYLES[run_index % len(RUN_FILLSTYLES)],
+    }
 
 
 def _published_kwargs(method: str, styles: dict) -> dict:
     st = styles.get(method) or method_style(method)
-    return {"color": st["color"], "marker": st["marker"], "fillstyle": "none", "markeredgewidth": 1.0, "linestyle": "none",
-            "markersize": 5.0, "zorder": 3}
+    return {"color": st["color"], "marker": st["marker"], "fillstyle": "none", "markeredgewidth": 1.0, "linestyle": "none", "markersize": 5.0, "zorder": 3}
 
 
 def _legend_columns(width: float) -> int:
@@ -293,8 +345,7 @@ def _place_labels(fig: Figure, ax, labels: list[tuple[float, float, str]]) -> No
     for x, y, text in labels:
         chosen = None
         for dx, dy, ha, va in LABEL_OFFSETS:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=MIN_FONT_PT,
-                              color="0.3", zorder=5)
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=MIN_FONT_PT, color="0.3", zorder=5)
             box = ann.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in placed):
                 chosen = (ann, box)
@@ -361,17 +412,33 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
                 for budget in group.loc[~done, "budget"].astype(float):  # failed / infeasible: a cross on the axis
                     level = stacked.get(budget, 0)
                     stacked[budget] = level + 1
-                    ax.plot([budget], [0.04 + 0.07 * level], transform=blended_transform_factory(ax.transData, ax.transAxes),
-                            linestyle="none", marker="x", color=kwargs["color"], markersize=4.5, markeredgewidth=1.1,
-                            clip_on=False, zorder=4, label="_lost")
+                    ax.plot(
+                        [budget],
+                        [0.04 + 0.07 * level],
+                        transform=blended_transform_factory(ax.transData, ax.transAxes),
+                        linestyle="none",
+                        marker="x",
+                        color=kwargs["color"],
+                        markersize=4.5,
+                        markeredgewidth=1.1,
+                        clip_on=False,
+                        zorder=4,
+                        label="_lost",
+                    )
             for _, base in baselines.iterrows():
                 value = 100.0 if col == "relacc" and pd.isna(base[col]) else base[col]
                 if pd.isna(value):
                     continue
                 k = runs.index(base["run"]) if base["run"] in runs else 0
                 label = "Unpruned" if baselines["run"].nunique() == 1 else f"Unpruned [{base['run']}]"
-                ax.axhline(float(value), color=BASELINE_COLOURS[k % len(BASELINE_COLOURS)],
-                           linestyle=BASELINE_LINESTYLES[k % len(BASELINE_LINESTYLES)], linewidth=1.0, label=label, zorder=1)
+                ax.axhline(
+                    float(value),
+                    color=BASELINE_COLOURS[k % len(BASELINE_COLOURS)],
+                    linestyle=BASELINE_LINESTYLES[k % len(BASELINE_LINESTYLES)],
+                    linewidth=1.0,
+                    label=label,
+                    zorder=1,
+                )
             if col in published.columns:
                 for method, name, group in _published_groups(published[published[col].notna()]):
                     ax.plot(group["budget"].astype(float), group[col].astype(float), label=name, **_published_kwargs(method, styles))
@@ -386,7 +453,7 @@ def budget_curves(df: pd.DataFrame, panels: Sequence[str] | None = None, width: 
                 ax.set_ylabel("RelAcc (%)")
             elif i % ncols == 0:
                 ax.set_ylabel("score")
-        for ax in axes[len(panels):]:
+        for ax in axes[len(panels) :]:
             ax.set_visible(False)
         if len(pruned) and (pruned["status"] != "done").any():
             axes[0].plot([], [], linestyle="none", marker="x", color="0.3", markeredgewidth=1.1, label="failed / infeasible")
@@ -460,8 +527,14 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
     published_all = rows[rows["source"] != MEASURED]
     missing = published_all[published_all[cost].isna() | published_all[y].isna()]
     if len(missing):
-        log.warning("%d published row(s) of %s lack %s or %s: not in the %s Pareto plot", len(missing),
-                    ", ".join(sorted({short_source(s) for s in missing["source"]})), cost, y, cost)
+        log.warning(
+            "%d published row(s) of %s lack %s or %s: not in the %s Pareto plot",
+            len(missing),
+            ", ".join(sorted({short_source(s) for s in missing["source"]})),
+            cost,
+            y,
+            cost,
+        )
     rows = rows[rows[cost].notna() & rows[y].notna()]
     measured = rows[rows["source"] == MEASURED]
     several_runs = measured["run"].nunique() > 1
@@ -485,15 +558,44 @@ def pareto_plot(df: pd.DataFrame, cost: str = "prefill_ms", y: str | None = None
             ax.plot(shown[cost].astype(float), shown[y].astype(float), label=label, zorder=3, **line)
             spread = shown[shown["_p90"].notna() & (shown["_p90"] >= shown[cost])]
             if len(spread):  # median to p90: an upper bar only
-                ax.errorbar(spread[cost].astype(float), spread[y].astype(float),
-                            xerr=[np.zeros(len(spread)), (spread["_p90"] - spread[cost]).astype(float).to_numpy()],
-                            fmt="none", ecolor=kwargs["color"], elinewidth=0.7, capsize=1.5, alpha=0.8, zorder=2, label="_p90")
+                ax.errorbar(
+                    spread[cost].astype(float),
+                    spread[y].astype(float),
+                    xerr=[np.zeros(len(spread)), (spread["_p90"] - spread[cost]).astype(float).to_numpy()],
+                    fmt="none",
+                    ecolor=kwargs["color"],
+                    elinewidth=0.7,
+                    capsize=1.5,
+                    alpha=0.8,
+                    zorder=2,
+                    label="_p90",
+                )
             for _, row in group.iterrows():
                 if row.name in clipped:
-                    ax.plot([1.0], [float(row[y])], transform=edge, marker=">", color=kwargs["color"], markeredgecolor=_edge(kwargs["color"]),
-                            linestyle="none", markersize=5.0, clip_on=False, zorder=4, label="_clipped")
-                    ax.annotate(f"{row[cost]:.0f} {unit}", (1.0, float(row[y])), xycoords=edge, xytext=(-4, 4), textcoords="offset points",
-                                ha="right", va="bottom", fontsize=MIN_FONT_PT, color="0.25")
+                    ax.plot(
+                        [1.0],
+                        [float(row[y])],
+                        transform=edge,
+                        marker=">",
+                        color=kwargs["color"],
+                        markeredgecolor=_edge(kwargs["color"]),
+                        linestyle="none",
+                        markersize=5.0,
+                        clip_on=False,
+                        zorder=4,
+                        label="_clipped",
+                    )
+                    ax.annotate(
+                        f"{row[cost]:.0f} {unit}",
+                        (1.0, float(row[y])),
+                        xycoords=edge,
+                        xytext=(-4, 4),
+                        textcoords="offset points",
+                        ha="right",
+                        va="bottom",
+                        fontsize=MIN_FONT_PT,
+                        color="0.25",
+                    )
                 elif method != BASELINE_METHOD and not pd.isna(row["budget"]):
                     budget_labels.append((float(row[cost]), float(row[y]), str(int(row["budget"]))))
         for method, name, group in _published_groups(rows[rows["source"] != MEASURED]):
@@ -576,8 +678,20 @@ def relacc_heatmap(df: pd.DataFrame, width: str | float = "double", panels: Sequ
         labels = [label for label, _ in series]
         for k, (ax, col) in enumerate(zip(axes, panels)):
             frame = pd.DataFrame(grids[col], index=labels, columns=[str(b) for b in budgets])
-            sns.heatmap(frame, ax=ax, annot=True, fmt=".0f", annot_kws={"fontsize": 7}, cmap="cividis", vmin=vmin, vmax=vmax,
-                        linewidths=0.3, linecolor="white", cbar=False, yticklabels=labels if k % ncols == 0 else False)
+            sns.heatmap(
+                frame,
+                ax=ax,
+                annot=True,
+                fmt=".0f",
+                annot_kws={"fontsize": 7},
+                cmap="cividis",
+                vmin=vmin,
+                vmax=vmax,
+                linewidths=0.3,
+                linecolor="white",
+                cbar=False,
+                yticklabels=labels if k % ncols == 0 else False,
+            )
             for i, j in zip(*np.nonzero(lost)):
                 ax.text(j + 0.5, i + 0.5, "×", ha="center", va="center", fontsize=8, color="0.35")
             ax.grid(False)
@@ -586,7 +700,7 @@ def relacc_heatmap(df: pd.DataFrame, width: str | float = "double", panels: Sequ
             ax.set_ylabel("")
             ax.tick_params(axis="y", rotation=0, length=0)
             ax.tick_params(axis="x", rotation=0, length=0)
-        for ax in axes[len(panels):]:
+        for ax in axes[len(panels) :]:
             ax.set_visible(False)
         mappable = axes[0].collections[0]
         fig.colorbar(mappable, ax=list(axes[: len(panels)]), label="RelAcc (%)", shrink=0.8, aspect=30, pad=0.02)
@@ -639,8 +753,12 @@ def choose_published(df: pd.DataFrame, source: str | None = None) -> pd.DataFram
             raise ValueError(f"no published source matches {source!r}; available: {'; '.join(sources)}")
     else:
         keep = [default_published_source(df)]
-        log.warning("%d published sources; the figures show %s (pick another with --published-source, or 'all'): %s",
-                    len(sources), keep[0].removeprefix("published: "), "; ".join(short_source(s) for s in sources if s not in keep))
+        log.warning(
+            "%d published sources; the figures show %s (pick another with --published-source, or 'all'): %s",
+            len(sources),
+            keep[0].removeprefix("published: "),
+            "; ".join(short_source(s) for s in sources if s not in keep),
+        )
     out = df[~published | df["source"].isin(keep)]
     out.attrs = dict(df.attrs)
     return out
@@ -658,8 +776,14 @@ def save_figure(fig: Figure, outdir: str | Path, stem: str, formats: Sequence[st
     return paths
 
 
-def plot_all(df: pd.DataFrame, outdir: str | Path, formats: Sequence[str] = ("png", "pdf"), dpi: int = 300,
-             width: str | float | None = None, published_source: str | None = None) -> list[Path]:
+def plot_all(
+    df: pd.DataFrame,
+    outdir: str | Path,
+    formats: Sequence[str] = ("png", "pdf"),
+    dpi: int = 300,
+    width: str | float | None = None,
+    published_source: str | None = None,
+) -> list[Path]:
     """Every figure of every model in ``df``, written to ``outdir`` (one file per figure and format).
 
     ``width``: every figure at this width (default: budget curves and heat map "double", Pareto plots "single").

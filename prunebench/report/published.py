@@ -39,22 +39,39 @@ RELACC_BENCHMARKS = ("RelAcc",)
 # correspond); percent for mmbench_en_dev and mmvet (GPT-judged). Differences of split (VQAv2 test-dev vs val,
 # MMBench dev vs test) remain: the published numbers are references, not replications.
 TASK_BENCHMARKS: dict[str, tuple[str, int]] = {
-    "gqa": ("GQA", 100), "mme": ("MME (perception)", 1), "pope": ("POPE", 100), "scienceqa_img": ("SQA-IMG", 100),
-    "textvqa_val": ("TextVQA", 100), "vqav2_val": ("VQAv2", 100), "mmbench_en_dev": ("MMBench", 1),
-    "mmbench_cn_dev": ("MMBench-CN", 1), "seedbench": ("SEED-I", 100), "mmvet": ("MM-Vet", 1),
-    "mmmu_val": ("MMMU", 100), "vizwiz_vqa_val": ("VizWiz", 100),
+    "gqa": ("GQA", 100),
+    "mme": ("MME (perception)", 1),
+    "pope": ("POPE", 100),
+    "scienceqa_img": ("SQA-IMG", 100),
+    "textvqa_val": ("TextVQA", 100),
+    "vqav2_val": ("VQAv2", 100),
+    "mmbench_en_dev": ("MMBench", 1),
+    "mmbench_cn_dev": ("MMBench-CN", 1),
+    "seedbench": ("SEED-I", 100),
+    "mmvet": ("MM-Vet", 1),
+    "mmmu_val": ("MMMU", 100),
+    "vizwiz_vqa_val": ("VizWiz", 100),
 }
 
 # Published cost benchmark -> (leaderboard column, leaderboard value / published value).
 COST_BENCHMARKS: dict[str, tuple[str, int]] = {
-    "TFLOPs": ("tflops", 1), "KV (MB)": ("kv_mb", 1), "Latency (ms)": ("prefill_ms", 1), "Latency (s)": ("prefill_ms", 1000),
+    "TFLOPs": ("tflops", 1),
+    "KV (MB)": ("kv_mb", 1),
+    "Latency (ms)": ("prefill_ms", 1),
+    "Latency (s)": ("prefill_ms", 1000),
 }
 
 # BibTeX keys (data/references.bib) of the papers the published rows come from, by the paper's name.
 SOURCE_CITATIONS = {
-    "FastV": "chen2024fastv", "SparseVLM": "zhang2025sparsevlm", "VisionZip": "yang2025visionzip",
-    "VisPruner": "zhang2025vispruner", "FasterVLM": "zhang2024fastervlm", "HiPrune": "liu2025hiprune",
-    "DART": "wen2025dart", "DivPrune": "alvar2025divprune", "LearnPruner": "takezoe2026learnpruner",
+    "FastV": "chen2024fastv",
+    "SparseVLM": "zhang2025sparsevlm",
+    "VisionZip": "yang2025visionzip",
+    "VisPruner": "zhang2025vispruner",
+    "FasterVLM": "zhang2024fastervlm",
+    "HiPrune": "liu2025hiprune",
+    "DART": "wen2025dart",
+    "DivPrune": "alvar2025divprune",
+    "LearnPruner": "takezoe2026learnpruner",
     "TwigVLM": "shao2025twigvlm",
 }
 
@@ -78,11 +95,16 @@ def published_models() -> list[str]:
 
 # Hub ids (and the originals' checkpoints) of the models the papers report on -> the short names of the data.
 MODEL_ALIASES = {
-    "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b", "liuhaotian/llava-v1.5-7b": "llava-1.5-7b",
-    "llava-hf/llava-1.5-13b-hf": "llava-1.5-13b", "liuhaotian/llava-v1.5-13b": "llava-1.5-13b",
-    "llava-hf/llava-v1.6-vicuna-7b-hf": "llava-next-7b", "liuhaotian/llava-v1.6-vicuna-7b": "llava-next-7b",
-    "qwen/qwen2.5-vl-7b-instruct": "qwen2.5-vl-7b", "qwen/qwen2.5-vl-3b-instruct": "qwen2.5-vl-3b",
-    "qwen/qwen2-vl-7b-instruct": "qwen2-vl-7b", "languagebind/video-llava-7b-hf": "video-llava-7b",
+    "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b",
+    "liuhaotian/llava-v1.5-7b": "llava-1.5-7b",
+    "llava-hf/llava-1.5-13b-hf": "llava-1.5-13b",
+    "liuhaotian/llava-v1.5-13b": "llava-1.5-13b",
+    "llava-hf/llava-v1.6-vicuna-7b-hf": "llava-next-7b",
+    "liuhaotian/llava-v1.6-vicuna-7b": "llava-next-7b",
+    "qwen/qwen2.5-vl-7b-instruct": "qwen2.5-vl-7b",
+    "qwen/qwen2.5-vl-3b-instruct": "qwen2.5-vl-3b",
+    "qwen/qwen2-vl-7b-instruct": "qwen2-vl-7b",
+    "languagebind/video-llava-7b-hf": "video-llava-7b",
     "languagebind/video-llava-7b": "video-llava-7b",
 }
 
@@ -108,7 +130,7 @@ def short_source(source: str) -> str:
     """A legend-sized name of a published source: 'VisPruner T1', 'FasterVLM H1', 'TOPS App. T11'."""
     text = source.removeprefix(SOURCE_PREFIX)
     name, _, rest = text.partition(" (")
-    table = rest.partition(") ")[2] if rest else text[len(name):]
+    table = rest.partition(") ")[2] if rest else text[len(name) :]
     table = re.sub(r"\s*\([^)]*(LLaVA|Video)[^)]*\)", "", table)  # the model is named elsewhere
     table = re.sub(r"\bTable\s*", "T", table).strip()
     return f"{name} {table}".strip()
@@ -134,8 +156,7 @@ def published_rows(model: str = "llava-1.5-7b", source: str | None = None, tasks
     known = published_models()
     resolved = resolve_model(model)
     if resolved is None:
-        raise PruneBenchError(f"no published numbers for model {model!r}; shipped models: {', '.join(known)} "
-                              "(choose one with --published-model)")
+        raise PruneBenchError(f"no published numbers for model {model!r}; shipped models: {', '.join(known)} (choose one with --published-model)")
     model = resolved
     sel = table[table["model"] == model]
     if source:
@@ -150,12 +171,22 @@ def published_rows(model: str = "llava-1.5-7b", source: str | None = None, tasks
     for (paper, tab, method, key, budget, setting), group in sel.groupby(keys, dropna=False, sort=False):
         label = method if not setting else f"{method} ({setting})"
         row = {
-            "run": "", "source": source_label(paper, tab), "model": model, "suite": "", "method": key, "label": label,
-            "params": "", "budget": None if pd.isna(budget) else int(budget), "budget_mode": "", "status": "published",
-            "error": "", "tflops_source": "published", "latency_source": "published",
+            "run": "",
+            "source": source_label(paper, tab),
+            "model": model,
+            "suite": "",
+            "method": key,
+            "label": label,
+            "params": "",
+            "budget": None if pd.isna(budget) else int(budget),
+            "budget_mode": "",
+            "status": "published",
+            "error": "",
+            "tflops_source": "published",
+            "latency_source": "published",
         }
         printed = {}
-        for bench, value, text in zip(group["benchmark"], group["value"], group["text"]):
+        for bench, text in zip(group["benchmark"], group["text"]):
             if bench in RELACC_BENCHMARKS:
                 column, factor = "relacc", 1
             elif bench in COST_BENCHMARKS:
@@ -171,4 +202,3 @@ def published_rows(model: str = "llava-1.5-7b", source: str | None = None, tasks
         row["printed"] = json.dumps(printed, ensure_ascii=False)
         rows.append(row)
     return pd.DataFrame.from_records(rows)
-

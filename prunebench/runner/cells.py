@@ -16,7 +16,7 @@ from prunebench.resolve import cell_spec, family_of
 from prunebench.spec import ATTN_IMPLEMENTATION, NO_METHOD, CellSpec, device_type
 from prunebench.store import cell_key
 
-__all__ = ["Cell", "KEY_VERSIONS", "default_output", "key_versions", "plan_cells"]
+__all__ = ["KEY_VERSIONS", "Cell", "default_output", "key_versions", "plan_cells"]
 
 KEY_VERSIONS = ("prunebench", "lmms_eval", "transformers", "torch")  # the versions of the code that computes a cell
 
@@ -57,8 +57,9 @@ def key_versions() -> dict[str, str | None]:
     return {name: every[name] for name in KEY_VERSIONS}
 
 
-def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str], generation_kwargs: dict[str, Any] | None = None,
-               include_paths: list[str] | None = None) -> list[Cell]:
+def plan_cells(
+    config: dict[str, Any], model: str, suite_tasks: list[str], generation_kwargs: dict[str, Any] | None = None, include_paths: list[str] | None = None
+) -> list[Cell]:
     """The baseline and every method x budget cell, each with its spec (built and validated once) and key.
 
     The key covers everything that changes a cell's numbers: model and the fingerprint of its weights, the
@@ -71,13 +72,29 @@ def plan_cells(config: dict[str, Any], model: str, suite_tasks: list[str], gener
     sweeps in either mode share it.
     """
     family = family_of(model)
-    options = {"model": model, "family": family, "seed": config["seed"], "batch_size": config["batch_size"], "layout": config.get("layout"),
-               "preprocess": config["preprocess"], "dtype": config["dtype"], "attn_implementation": ATTN_IMPLEMENTATION,
-               "device": device_type(config["device"]), "vision_stop": config.get("vision_stop", "feature")}
+    options = {
+        "model": model,
+        "family": family,
+        "seed": config["seed"],
+        "batch_size": config["batch_size"],
+        "layout": config.get("layout"),
+        "preprocess": config["preprocess"],
+        "dtype": config["dtype"],
+        "attn_implementation": ATTN_IMPLEMENTATION,
+        "device": device_type(config["device"]),
+        "vision_stop": config.get("vision_stop", "feature"),
+    }
     common = {
-        "model": model, "weights": model_fingerprint(model), "suite": config["suite"], "task_names": sorted(suite_tasks),
-        "task_files": task_fingerprint(include_paths or []), "limit": config["limit"], "generation_kwargs": dict(generation_kwargs or {}),
-        "latency": dict(config["latency"]), "code": code_fingerprint(), "versions": key_versions(),
+        "model": model,
+        "weights": model_fingerprint(model),
+        "suite": config["suite"],
+        "task_names": sorted(suite_tasks),
+        "task_files": task_fingerprint(include_paths or []),
+        "limit": config["limit"],
+        "generation_kwargs": dict(generation_kwargs or {}),
+        "latency": dict(config["latency"]),
+        "code": code_fingerprint(),
+        "versions": key_versions(),
     }
     baseline = cell_spec(NO_METHOD, None, **options)
     cells = [_cell(baseline, {**common, **baseline.record(), "budget_mode": None, "budget_scope": None})]

@@ -72,62 +72,117 @@ the same pruned model from lmms-eval's own command line:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("run", help="sweep methods x budgets on a suite (resumable)", description=RUN_DESCRIPTION,
-                              epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "run",
+        help="sweep methods x budgets on a suite (resumable)",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     what = p.add_argument_group("what to run")
     what.add_argument("--config", metavar="YAML", help="sweep config (omegaconf YAML); command-line values override it")
     what.add_argument("--model", help="model name (toy-llava [default], tiny-llava), hub id or folder")
     what.add_argument("--suite", help="suite name (shapes [default], image, video) or path of a suite YAML")
     what.add_argument("--tasks", help="comma-separated lmms-eval tasks replacing the suite's (e.g. shapes_count,shapes_exist)")
-    what.add_argument("--include_path", "--include-path", dest="include_path", action="append", metavar="DIR",
-                      help="extra folder of lmms-eval task YAMLs (repeatable)")
+    what.add_argument(
+        "--include_path", "--include-path", dest="include_path", action="append", metavar="DIR", help="extra folder of lmms-eval task YAMLs (repeatable)"
+    )
     what.add_argument("--methods", help=f"comma-separated methods (see `prunebench list`); default {','.join(DEFAULTS['methods'])}")
     what.add_argument("--budgets", help=f"comma-separated visual-token budgets; default {','.join(map(str, DEFAULTS['budgets']))}")
-    what.add_argument("--budget-mode", "--budget_mode", dest="budget_mode", choices=BUDGET_MODES,
-                      help="budget = layer-average visual tokens (default) or tokens after the last stage")
-    what.add_argument("--budget-scope", "--budget_scope", dest="budget_scope", choices=BUDGET_SCOPES,
-                      help="what a budget counts for multi-crop / video inputs (default image; recorded)")
+    what.add_argument(
+        "--budget-mode",
+        "--budget_mode",
+        dest="budget_mode",
+        choices=BUDGET_MODES,
+        help="budget = layer-average visual tokens (default) or tokens after the last stage",
+    )
+    what.add_argument(
+        "--budget-scope",
+        "--budget_scope",
+        dest="budget_scope",
+        choices=BUDGET_SCOPES,
+        help="what a budget counts for multi-crop / video inputs (default image; recorded)",
+    )
     what.add_argument("--preprocess", choices=PREPROCESS, help="image preprocessing: the model's HF processor (default) or the paper's")
-    what.add_argument("--layout", choices=LAYOUTS,
-                      help="LLaVA-NeXT visual layout: anyres (stock, default), fivecrop (the papers' fixed 5 x 576 tokens) or "
-                           "spatial (HiPrune's: the native AnyRes grid, no unpadding, no newlines)")
-    what.add_argument("--vision-stop", "--vision_stop", dest="vision_stop", choices=VISION_STOPS,
-                      help="run the vision encoder up to the feature layer (default, as serving engines do) or every layer "
-                           "(full: stock transformers); same answers, different vision time and FLOPs (recorded, in the key)")
-    what.add_argument("--method-args", "--method_args", dest="method_args", action="append", metavar="M.P=V",
-                      help="method parameter, e.g. fastv.layer=3 (repeatable or comma-separated)")
+    what.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help="LLaVA-NeXT visual layout: anyres (stock, default), fivecrop (the papers' fixed 5 x 576 tokens) or "
+        "spatial (HiPrune's: the native AnyRes grid, no unpadding, no newlines)",
+    )
+    what.add_argument(
+        "--vision-stop",
+        "--vision_stop",
+        dest="vision_stop",
+        choices=VISION_STOPS,
+        help="run the vision encoder up to the feature layer (default, as serving engines do) or every layer "
+        "(full: stock transformers); same answers, different vision time and FLOPs (recorded, in the key)",
+    )
+    what.add_argument(
+        "--method-args",
+        "--method_args",
+        dest="method_args",
+        action="append",
+        metavar="M.P=V",
+        help="method parameter, e.g. fastv.layer=3 (repeatable or comma-separated)",
+    )
     what.add_argument("--plugins", help="comma-separated Python modules to import first (they register extra methods)")
     how = p.add_argument_group("how to run (lmms-eval names)")
-    how.add_argument("--gen_kwargs", "--gen-kwargs", dest="gen_kwargs", metavar="K=V,...",
-                     help="generation overrides for every task, lmms-eval style (e.g. max_new_tokens=8)")
+    how.add_argument(
+        "--gen_kwargs",
+        "--gen-kwargs",
+        dest="gen_kwargs",
+        metavar="K=V,...",
+        help="generation overrides for every task, lmms-eval style (e.g. max_new_tokens=8)",
+    )
     how.add_argument("--limit", type=float, help="documents per task (an int), or a fraction < 1; default: all")
-    how.add_argument("--seed", help="seed of random methods and of lmms-eval's random/numpy/torch generators (default 0); "
-                     "lmms-eval's comma form is accepted when all its values are equal")
+    how.add_argument(
+        "--seed",
+        help="seed of random methods and of lmms-eval's random/numpy/torch generators (default 0); "
+        "lmms-eval's comma form is accepted when all its values are equal",
+    )
     how.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, help="evaluation batch size (default 8); latency is always timed at 1")
     how.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
     how.add_argument("--dtype", help="model dtype: auto (default), float32, bfloat16, float16")
     how.add_argument("--output", "--output_path", dest="output", metavar="RUN", help="run folder (default results/<model>_<suite>_<mode>)")
-    how.add_argument("--baseline-cache", "--baseline_cache", dest="baseline_cache", metavar="DIR",
-                     help="shared store of unpruned baselines reused across runs (default: <parent of RUN>/.baselines)")
-    how.add_argument("--log_samples", "--log-samples", dest="log_samples", action=argparse.BooleanOptionalAction,
-                     help="keep per-sample answers (default on; needed for agreement)")
+    how.add_argument(
+        "--baseline-cache",
+        "--baseline_cache",
+        dest="baseline_cache",
+        metavar="DIR",
+        help="shared store of unpruned baselines reused across runs (default: <parent of RUN>/.baselines)",
+    )
+    how.add_argument(
+        "--log_samples",
+        "--log-samples",
+        dest="log_samples",
+        action=argparse.BooleanOptionalAction,
+        help="keep per-sample answers (default on; needed for agreement)",
+    )
     how.add_argument("--latency-samples", dest="latency_samples", type=int, help="samples timed per cell (default 8)")
     how.add_argument("--latency-warmup", dest="latency_warmup", type=int, help="warm-up calls before timing (default 2)")
     how.add_argument("--latency-new-tokens", dest="latency_new_tokens", type=int, help="tokens generated per timed call (default 8)")
     how.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", default=None, help="do not print/write the leaderboard")
-    how.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bars (lmms-eval's own bars are shown only with -v)")
+    how.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (lmms-eval's own bars are shown only with -v)")
     how.add_argument("--dry-run", action="store_true", help="print the resolved config and the cells, run nothing")
-    how.add_argument("--wait", action="store_true",
-                     help="if another run holds RUN, wait for it to finish instead of failing at once (one writer per run folder)")
-    how.add_argument("--trust-config", dest="trust_config", action="store_true",
-                     help="allow a --config file that names plugins, task folders (include_path) or a suite file: their Python "
-                          "code is imported (lmms-eval runs a task's !function helpers); without it such a config is refused")
+    how.add_argument(
+        "--wait", action="store_true", help="if another run holds RUN, wait for it to finish instead of failing at once (one writer per run folder)"
+    )
+    how.add_argument(
+        "--trust-config",
+        dest="trust_config",
+        action="store_true",
+        help="allow a --config file that names plugins, task folders (include_path) or a suite file: their Python "
+        "code is imported (lmms-eval runs a task's !function helpers); without it such a config is refused",
+    )
     p.set_defaults(func=cmd_run)
 
-    s = subparsers.add_parser("status", help="finished, failed, infeasible, damaged and pending cells of a run",
-                              description="Show the cells of a run folder: finished, failed (with the error), infeasible (with the reason), "
-                                          "damaged (with what is wrong; the next run sets the file aside and recomputes the cell) and pending.")
+    s = subparsers.add_parser(
+        "status",
+        help="finished, failed, infeasible, damaged and pending cells of a run",
+        description="Show the cells of a run folder: finished, failed (with the error), infeasible (with the reason), "
+        "damaged (with what is wrong; the next run sets the file aside and recomputes the cell) and pending.",
+    )
     s.add_argument("run", metavar="RUN", help="run folder (the --output of `prunebench run`)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
@@ -136,12 +191,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     latency = {"samples": args.latency_samples, "warmup": args.latency_warmup, "new_tokens": args.latency_new_tokens}
     return {
-        "model": args.model, "suite": args.suite, "tasks": args.tasks, "include_path": args.include_path, "methods": args.methods,
-        "budgets": args.budgets, "budget_mode": args.budget_mode, "budget_scope": args.budget_scope, "preprocess": args.preprocess,
-        "layout": args.layout, "vision_stop": args.vision_stop,
-        "method_args": args.method_args, "plugins": args.plugins, "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size,
-        "device": args.device, "dtype": args.dtype, "output": args.output, "log_samples": args.log_samples,
-        "leaderboard": args.leaderboard, "baseline_cache": args.baseline_cache, "gen_kwargs": args.gen_kwargs, "latency": latency if any(v is not None for v in latency.values()) else None,
+        "model": args.model,
+        "suite": args.suite,
+        "tasks": args.tasks,
+        "include_path": args.include_path,
+        "methods": args.methods,
+        "budgets": args.budgets,
+        "budget_mode": args.budget_mode,
+        "budget_scope": args.budget_scope,
+        "preprocess": args.preprocess,
+        "layout": args.layout,
+        "vision_stop": args.vision_stop,
+        "method_args": args.method_args,
+        "plugins": args.plugins,
+        "limit": args.limit,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "output": args.output,
+        "log_samples": args.log_samples,
+        "leaderboard": args.leaderboard,
+        "baseline_cache": args.baseline_cache,
+        "gen_kwargs": args.gen_kwargs,
+        "latency": latency if any(v is not None for v in latency.values()) else None,
     }
 
 
@@ -174,8 +247,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args)
     code = config_code(args.config, overrides)
     if code and not getattr(args, "trust_config", False):
-        raise PruneBenchError(f"{args.config} would import code: {'; '.join(code)}. Read it, then rerun with --trust-config "
-                              "(or give these values as flags yourself)")
+        raise PruneBenchError(
+            f"{args.config} would import code: {'; '.join(code)}. Read it, then rerun with --trust-config (or give these values as flags yourself)"
+        )
     if code:
         print(f"--trust-config: importing the code {args.config} names: {'; '.join(code)}", file=sys.stderr)
     config = resolve_config(args.config, overrides)
@@ -193,9 +267,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = sweep.run()
         paths = write_leaderboard(sweep.store, echo=print) if config.get("leaderboard", True) else []
     counts = status_counts(sweep.store)
-    print(f"\n{counts['done']} done, {counts['infeasible']} infeasible, {counts['failed']} failed, {counts['pending']} pending"
-          + (f", {counts['damaged']} damaged" if counts.get("damaged") else "") + " "
-          f"({len(result.computed)} computed now, {len(result.skipped)} finished earlier, {len(result.reused)} from the baseline cache)")
+    print(
+        f"\n{counts['done']} done, {counts['infeasible']} infeasible, {counts['failed']} failed, {counts['pending']} pending"
+        + (f", {counts['damaged']} damaged" if counts.get("damaged") else "")
+        + " "
+        f"({len(result.computed)} computed now, {len(result.skipped)} finished earlier, {len(result.reused)} from the baseline cache)"
+    )
     print(f"results: {sweep.store.root.resolve()}")
     for path in paths:
         print(f"leaderboard: {path.resolve()}")
@@ -234,8 +311,7 @@ def simple_leaderboard(records: list[dict[str, Any]]):
 
     rows = []
     for r in records:
-        row: dict[str, Any] = {"method": r.get("method"), "budget": r.get("budget") if r.get("budget") is not None else "all",
-                               "status": r.get("status")}
+        row: dict[str, Any] = {"method": r.get("method"), "budget": r.get("budget") if r.get("budget") is not None else "all", "status": r.get("status")}
         for task, entry in (r.get("tasks") or {}).items():
             row[task] = entry.get("score")
         row["RelAcc"] = r.get("relacc")
@@ -279,8 +355,9 @@ def run_status(root: str | Path) -> dict[str, list[dict[str, Any]]]:
         status, detail = store.state(cell["key"])
         record = store.get(cell["key"]) if status in ("done", "failed", "infeasible") else None
         status = "pending" if status == "missing" else status
-        out.setdefault(status, []).append({**cell, "error": detail if status == "damaged" else (record or {}).get("error"),
-                                           "finished": (record or {}).get("finished")})
+        out.setdefault(status, []).append(
+            {**cell, "error": detail if status == "damaged" else (record or {}).get("error"), "finished": (record or {}).get("finished")}
+        )
     return out
 
 

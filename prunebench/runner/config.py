@@ -101,8 +101,10 @@ def parse_seed(value: Any) -> int:
     except ValueError:
         raise PruneBenchError(f"--seed must be an integer, got {value!r}") from None
     if len(seeds) != 1:
-        raise PruneBenchError(f"--seed {value!r}: prunebench uses one seed for the methods and lmms-eval's random, numpy "
-                              "and torch generators; pass a single integer, e.g. --seed 0")
+        raise PruneBenchError(
+            f"--seed {value!r}: prunebench uses one seed for the methods and lmms-eval's random, numpy "
+            "and torch generators; pass a single integer, e.g. --seed 0"
+        )
     return seeds.pop()
 
 
@@ -143,10 +145,8 @@ def parse_gen_kwargs(value: Any) -> dict[str, Any]:
 
 def resolve_config(yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults <- YAML <- overrides (``None`` values in overrides mean "not given")."""
-    from omegaconf import OmegaConf
-
     import yaml
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     config = OmegaConf.create(DEFAULTS)
@@ -159,11 +159,12 @@ def resolve_config(yaml_path: str | None = None, overrides: dict[str, Any] | Non
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise PruneBenchError(f"{yaml_path} is not valid YAML{at}: {problem}; fix it (its keys are the flags' names, "
-                                  "see `prunebench run --help`) or replay a run's RUN/config.yaml") from None
+            raise PruneBenchError(
+                f"{yaml_path} is not valid YAML{at}: {problem}; fix it (its keys are the flags' names, "
+                "see `prunebench run --help`) or replay a run's RUN/config.yaml"
+            ) from None
         if not isinstance(loaded, DictConfig):
-            raise PruneBenchError(f"{yaml_path} must be a mapping of sweep keys (methods: ..., budgets: ...), not a "
-                                  f"{type(loaded).__name__}")
+            raise PruneBenchError(f"{yaml_path} must be a mapping of sweep keys (methods: ..., budgets: ...), not a {type(loaded).__name__}")
         unknown = sorted(set(loaded.keys()) - set(DEFAULTS))
         if unknown:
             raise PruneBenchError(f"{yaml_path}: unknown key(s) {unknown}; known keys: {', '.join(DEFAULTS)}")
@@ -171,8 +172,7 @@ def resolve_config(yaml_path: str | None = None, overrides: dict[str, Any] | Non
             config = OmegaConf.merge(config, loaded)
         except (OmegaConfBaseException, TypeError, ValueError) as exc:  # e.g. a mapping where a list or value belongs
             shapes = ", ".join(f"{k}: {type(v).__name__}" for k, v in DEFAULTS.items() if v is not None)
-            raise PruneBenchError(f"{yaml_path}: {str(exc).splitlines()[0]}; each key takes what its flag takes "
-                                  f"(defaults: {shapes})") from None
+            raise PruneBenchError(f"{yaml_path}: {str(exc).splitlines()[0]}; each key takes what its flag takes (defaults: {shapes})") from None
     try:
         data = OmegaConf.to_container(config, resolve=True)
     except OmegaConfBaseException as exc:
@@ -241,8 +241,9 @@ def normalise(data: dict[str, Any]) -> dict[str, Any]:
         raise PruneBenchError("--batch_size must be >= 1")
     latency = data["latency"]
     if not isinstance(latency, dict) or set(latency) - set(DEFAULTS["latency"]):
-        raise PruneBenchError(f"latency must be a mapping with keys {', '.join(DEFAULTS['latency'])} "
-                              f"(e.g. latency: {{samples: 8, warmup: 2, new_tokens: 8}}), got {latency!r}")
+        raise PruneBenchError(
+            f"latency must be a mapping with keys {', '.join(DEFAULTS['latency'])} (e.g. latency: {{samples: 8, warmup: 2, new_tokens: 8}}), got {latency!r}"
+        )
     data["latency"] = {k: _number(latency.get(k, v), f"latency.{k}", int) for k, v in DEFAULTS["latency"].items()}
     if data["latency"]["samples"] < 1 or data["latency"]["new_tokens"] < 1 or data["latency"]["warmup"] < 0:
         raise PruneBenchError(f"latency needs samples >= 1, new_tokens >= 1 and warmup >= 0, got {data['latency']}")
@@ -257,8 +258,9 @@ def parse_limit(value: Any) -> int | float:
     anything else (1.5, 0, -3, true) is an error (lmms-eval would evaluate int(1.5) = 1 document)."""
     limit = None if isinstance(value, bool) else _number(value, "--limit", float)
     if limit is None or not math.isfinite(limit) or limit <= 0 or (limit >= 1 and not limit.is_integer()):
-        raise PruneBenchError(f"--limit must be a number of documents per task (a whole number >= 1) or a fraction in (0, 1), got {value!r}; "
-                              "e.g. --limit 20 or --limit 0.1")
+        raise PruneBenchError(
+            f"--limit must be a number of documents per task (a whole number >= 1) or a fraction in (0, 1), got {value!r}; e.g. --limit 20 or --limit 0.1"
+        )
     return int(limit) if limit >= 1 else limit
 
 
@@ -272,8 +274,9 @@ def check_device(device: str) -> None:
         raise PruneBenchError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise PruneBenchError(f"--device {device}: this torch build or machine has no CUDA GPU; use --device cpu "
-                                  "(or install a CUDA build of torch on a GPU machine)")
+            raise PruneBenchError(
+                f"--device {device}: this torch build or machine has no CUDA GPU; use --device cpu (or install a CUDA build of torch on a GPU machine)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise PruneBenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -292,7 +295,7 @@ def config_code(yaml_path: str | None, overrides: dict[str, Any] | None = None) 
 
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=False)
-    except Exception:  # noqa: BLE001 - resolve_config reports a broken file with its own message
+    except Exception:
         return []
     if not isinstance(loaded, dict):
         return []
@@ -315,9 +318,10 @@ def import_plugins(modules: list[str]) -> None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as exc:  # noqa: BLE001 - a plugin's own bug is reported with the module's name, not a traceback
-            raise PruneBenchError(f"--plugins {module}: cannot import it ({type(exc).__name__}: {exc}); install it, add its "
-                                  "folder to PYTHONPATH, or fix the module name") from None
+        except Exception as exc:
+            raise PruneBenchError(
+                f"--plugins {module}: cannot import it ({type(exc).__name__}: {exc}); install it, add its folder to PYTHONPATH, or fix the module name"
+            ) from None
 
 
 def check_same_sweep(root: Path, config: dict[str, Any], plan: list[dict[str, Any]] | None) -> None:
@@ -329,12 +333,14 @@ def check_same_sweep(root: Path, config: dict[str, Any], plan: list[dict[str, An
     from omegaconf import OmegaConf
 
     path = Path(root) / "config.yaml"
-    fix = (f"choose another --output for this sweep, or rerun {root} with its own settings "
-           f"(`prunebench run --config {path}`, or the same methods, budgets and options)")
+    fix = (
+        f"choose another --output for this sweep, or rerun {root} with its own settings "
+        f"(`prunebench run --config {path}`, or the same methods, budgets and options)"
+    )
     if path.exists():
         try:
             old = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        except Exception:  # noqa: BLE001 - an unreadable config.yaml: the plan decides
+        except Exception:
             old = None
         if isinstance(old, dict):
             old = {**old, "output": config.get("output")}

@@ -13,7 +13,8 @@ import functools
 import io
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prunebench.core import PruneBenchError
 from prunebench.models.inputs import flatten_visuals, question_text
@@ -44,8 +45,7 @@ def task_index(tasks: list[str], include_paths: list[str]) -> Any:
     manager = cached_task_manager(paths)
     missing = [t for t in tasks if t not in manager.all_tasks]
     if missing:
-        raise PruneBenchError(f"lmms-eval does not know task(s) {missing}; check the names (`lmms-eval tasks list`) "
-                              "or add their folder with --include_path")
+        raise PruneBenchError(f"lmms-eval does not know task(s) {missing}; check the names (`lmms-eval tasks list`) or add their folder with --include_path")
     return manager
 
 
@@ -82,7 +82,7 @@ def probe_samples(task_manager: Any, tasks: list[str], count: int, make_sample: 
                 try:
                     visuals = flatten_visuals(task.doc_to_visual(doc))
                     out.append(make_sample(name, index, question_text(task.doc_to_text(doc)), visuals))
-                except Exception as exc:  # noqa: BLE001 - a broken task fails in its own evaluation, not the sweep
+                except Exception as exc:
                     broken[name] = f"{type(exc).__name__}: {exc}"
                     log.warning("latency probe: skipping task %s (%s)", name, broken[name])
         index += 1
@@ -98,10 +98,21 @@ def evaluate(lm: Any, tasks: list[str], task_manager: Any, config: dict[str, Any
     seed = config["seed"]
     with contextlib.redirect_stderr(sys.stderr if foreign_progress else DropRedraws(sys.stderr)):
         results = simple_evaluate(
-            model=lm, model_args=lm.model_args, tasks=list(tasks), task_manager=task_manager,
-            limit=config["limit"], batch_size=config["batch_size"], device=config["device"],
-            log_samples=True, bootstrap_iters=0, verbosity="WARNING", gen_kwargs=gen_kwargs,
-            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, process_docs_parallel=1,
+            model=lm,
+            model_args=lm.model_args,
+            tasks=list(tasks),
+            task_manager=task_manager,
+            limit=config["limit"],
+            batch_size=config["batch_size"],
+            device=config["device"],
+            log_samples=True,
+            bootstrap_iters=0,
+            verbosity="WARNING",
+            gen_kwargs=gen_kwargs,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            process_docs_parallel=1,
         )
     if results is None:
         raise RuntimeError("lmms-eval returned no results")

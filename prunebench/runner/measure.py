@@ -16,11 +16,24 @@ from prunebench.engine import Pruner, measure_prefill_flops
 from prunebench.environment import cpu_count, git_commit, host, load_average, versions
 from prunebench.spec import CellSpec
 
-__all__ = ["FLOPS_NOTE", "LATENCY_PARTS", "LLM_FLOPS_TOLERANCE", "PeakMemory", "environment", "flops_record", "kv_record", "latency_probe",
-           "prefill_flops", "sample_latency", "spread"]
+__all__ = [
+    "FLOPS_NOTE",
+    "LATENCY_PARTS",
+    "LLM_FLOPS_TOLERANCE",
+    "PeakMemory",
+    "environment",
+    "flops_record",
+    "kv_record",
+    "latency_probe",
+    "prefill_flops",
+    "sample_latency",
+    "spread",
+]
 
-FLOPS_NOTE = ("per sample: first probe sample, batch 1, prefill up to the first token (vision + the method's selection + LLM + "
-              "lm_head at 1 position); analytic counts model compute only")
+FLOPS_NOTE = (
+    "per sample: first probe sample, batch 1, prefill up to the first token (vision + the method's selection + LLM + "
+    "lm_head at 1 position); analytic counts model compute only"
+)
 LLM_FLOPS_TOLERANCE = 1e-3  # measured vs analytic LLM prefill FLOPs (relative); the method's in-LLM scoring is the only gap
 LATENCY_PARTS = (
     "per probe sample (batch 1, from the prepared batch to the first generated token): "
@@ -37,8 +50,14 @@ LATENCY_PARTS = (
 def environment(adapter: Any) -> dict[str, Any]:
     """The machine and code of a cell's record (``env``)."""
     info = adapter.describe()
-    return {"attn_implementation": info.get("attn_implementation"), "device": info.get("device"), "dtype": info.get("dtype"),
-            "versions": versions(), "git": git_commit(), **host()}
+    return {
+        "attn_implementation": info.get("attn_implementation"),
+        "device": info.get("device"),
+        "dtype": info.get("dtype"),
+        "versions": versions(),
+        "git": git_commit(),
+        **host(),
+    }
 
 
 # -- latency -------------------------------------------------------------------------------------------------------
@@ -53,8 +72,7 @@ def spread(values: list[float]) -> dict[str, float] | None:
         lo, hi = math.floor(pos), math.ceil(pos)
         return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
-    return {"median": q(0.5), "p90": q(0.9), "min": values[0], "max": values[-1], "q1": q(0.25), "q3": q(0.75), "iqr": q(0.75) - q(0.25),
-            "n": len(values)}
+    return {"median": q(0.5), "p90": q(0.9), "min": values[0], "max": values[-1], "q1": q(0.25), "q3": q(0.75), "iqr": q(0.75) - q(0.25), "n": len(values)}
 
 
 def sample_latency(timings: dict[str, float]) -> dict[str, float]:
@@ -64,10 +82,18 @@ def sample_latency(timings: dict[str, float]) -> dict[str, float]:
     (select_llm) besides the LLM's own prefill (llm_prefill = prefill - select_llm).
     """
     t = timings
-    out = {"prefill": t.get("prefill_ms"), "decode_per_token": t.get("decode_ms_per_token"), "total": t.get("total_ms"),
-           "vision": t.get("vision_ms"), "select": t.get("select_ms"), "generate": t.get("generate_ms"),
-           "ttft": t.get("ttft_ms"), "select_vision": t.get("select_vision_ms"), "select_llm": t.get("select_llm_ms"),
-           "assemble": t.get("assemble_ms")}
+    out = {
+        "prefill": t.get("prefill_ms"),
+        "decode_per_token": t.get("decode_ms_per_token"),
+        "total": t.get("total_ms"),
+        "vision": t.get("vision_ms"),
+        "select": t.get("select_ms"),
+        "generate": t.get("generate_ms"),
+        "ttft": t.get("ttft_ms"),
+        "select_vision": t.get("select_vision_ms"),
+        "select_llm": t.get("select_llm_ms"),
+        "assemble": t.get("assemble_ms"),
+    }
     if None not in (out["prefill"], out["select_llm"]):
         out["llm_prefill"] = out["prefill"] - out["select_llm"]
     return {k: v for k, v in out.items() if v is not None}
@@ -132,7 +158,7 @@ class PeakMemory:
         self._peak: float | None = None
         self.kind = ""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.is_cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -27,8 +27,7 @@ def task_scores(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not values:
             continue
         primary = next(iter(values))
-        out[task] = {"metric": primary.split(",")[0], "score": values[primary], "n": (n_samples.get(task) or {}).get("effective"),
-                     "metrics": values}
+        out[task] = {"metric": primary.split(",")[0], "score": values[primary], "n": (n_samples.get(task) or {}).get("effective"), "metrics": values}
     return out
 
 
@@ -41,13 +40,22 @@ def sample_rows(results: dict[str, Any], scores: dict[str, dict[str, Any]]) -> l
             resp = s.get("resps") or [[""]]
             raw = resp[0][0] if isinstance(resp[0], list) else resp[0]
             filtered = s.get("filtered_resps") or [raw]
-            rows.append({"task": task, "doc_id": s.get("doc_id"), "target": s.get("target"), "answer": raw,
-                         "filtered": filtered[0], "score": s.get(metric) if metric else None})
+            rows.append(
+                {
+                    "task": task,
+                    "doc_id": s.get("doc_id"),
+                    "target": s.get("target"),
+                    "answer": raw,
+                    "filtered": filtered[0],
+                    "score": s.get(metric) if metric else None,
+                }
+            )
     return rows
 
 
-def relacc_and_agreement(tasks: dict[str, dict[str, Any]], rows: list[dict[str, Any]], baseline: dict[str, Any] | None,
-                         baseline_rows: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+def relacc_and_agreement(
+    tasks: dict[str, dict[str, Any]], rows: list[dict[str, Any]], baseline: dict[str, Any] | None, baseline_rows: list[dict[str, Any]]
+) -> tuple[float | None, float | None]:
     """RelAcc (mean over tasks of score / baseline score) and agreement (share of answers equal to the baseline's);
     sets each task's ``baseline`` score."""
     if baseline is None:
@@ -69,13 +77,19 @@ def overhead(timings: list[dict[str, float]], batch_size: int) -> dict[str, Any]
     t = {k: sum(float(x.get(k, 0) or 0) for x in timings) for k in ("requests", "wall_s", "visual_s", "prepare_s", "generate_s")}
     n = max(int(t["requests"]), 1)
     harness = t["wall_s"] - t["visual_s"] - t["prepare_s"] - t["generate_s"]
-    return {"per_sample_data_ms": t["visual_s"] / n * 1e3, "per_sample_preprocess_ms": t["prepare_s"] / n * 1e3,
-            "per_sample_generate_ms": t["generate_s"] / n * 1e3, "per_sample_harness_ms": harness / n * 1e3,
-            "batch_size": batch_size, "requests": int(t["requests"])}
+    return {
+        "per_sample_data_ms": t["visual_s"] / n * 1e3,
+        "per_sample_preprocess_ms": t["prepare_s"] / n * 1e3,
+        "per_sample_generate_ms": t["generate_s"] / n * 1e3,
+        "per_sample_harness_ms": harness / n * 1e3,
+        "batch_size": batch_size,
+        "requests": int(t["requests"]),
+    }
 
 
-def assemble(record: dict[str, Any], units: dict[str, dict[str, Any]], is_baseline: bool, baseline: tuple[dict[str, Any] | None, list[dict[str, Any]]],
-             batch_size: int) -> list[dict[str, Any]]:
+def assemble(
+    record: dict[str, Any], units: dict[str, dict[str, Any]], is_baseline: bool, baseline: tuple[dict[str, Any] | None, list[dict[str, Any]]], batch_size: int
+) -> list[dict[str, Any]]:
     """Complete a cell's ``record`` from its task parts (status, scores, RelAcc, agreement, tokens, overhead); returns its rows.
 
     ``baseline``: the baseline's (record, rows), or (None, []) when there is none yet."""
@@ -104,8 +118,7 @@ def assemble(record: dict[str, Any], units: dict[str, dict[str, Any]], is_baseli
     if failed:
         record["task_errors"] = errors
         record["traceback"] = "\n".join(f"--- task {u} ---\n{e.get('traceback') or e.get('error')}" for u, e in failed.items())
-        record.update(status="failed", error=f"{len(failed)} of {len(units)} task(s) failed: " +
-                      "; ".join(f"{u}: {e['error']}" for u, e in failed.items()))
+        record.update(status="failed", error=f"{len(failed)} of {len(units)} task(s) failed: " + "; ".join(f"{u}: {e['error']}" for u, e in failed.items()))
     elif errors:
         record["task_errors"] = errors
         record.update(status="infeasible", error="; ".join(f"{u}: {e['error']}" for u, e in errors.items()))

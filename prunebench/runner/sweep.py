@@ -32,9 +32,10 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -44,8 +45,17 @@ from prunebench.resolve import adapter_options, check_layout, family_of
 from prunebench.runner.cells import Cell, default_output, plan_cells
 from prunebench.runner.config import check_same_sweep, import_plugins, to_yaml
 from prunebench.runner.evaluate import evaluate, probe_samples, task_index
-from prunebench.runner.measure import (FLOPS_NOTE, LATENCY_PARTS, LLM_FLOPS_TOLERANCE, PeakMemory, environment, flops_record, kv_record,
-                                       latency_probe, prefill_flops)
+from prunebench.runner.measure import (
+    FLOPS_NOTE,
+    LATENCY_PARTS,
+    LLM_FLOPS_TOLERANCE,
+    PeakMemory,
+    environment,
+    flops_record,
+    kv_record,
+    latency_probe,
+    prefill_flops,
+)
 from prunebench.runner.results import assemble, sample_rows, summary, task_scores
 from prunebench.spec import UNIT_SCOPES
 from prunebench.store import BASELINE_METHOD, ResultStore, atomic_write_text
@@ -74,8 +84,7 @@ class Sweep:
     their carriage-return redraws while passing every other line through.
     """
 
-    def __init__(self, config: dict[str, Any], progress: bool = True, echo: Callable[[str], None] | None = None,
-                 foreign_progress: bool = False):
+    def __init__(self, config: dict[str, Any], progress: bool = True, echo: Callable[[str], None] | None = None, foreign_progress: bool = False):
         self.config = dict(config)
         self.model_name = config["model"] or DEFAULT_MODEL
         self.config["model"] = self.model_name
@@ -132,9 +141,16 @@ class Sweep:
         if self._lm is None:
             from prunebench.lmms import PruneBenchLMM  # lazy: lmms_eval is needed only when cells are evaluated
 
-            self._lm = PruneBenchLMM.from_adapter(self.adapter, pretrained=self.model_name, batch_size=self.config["batch_size"],
-                                                  preprocess=self.config["preprocess"], seed=self.config["seed"], dtype=self.config["dtype"],
-                                                  layout=self.config.get("layout"), vision_stop=self.config.get("vision_stop", "feature"))
+            self._lm = PruneBenchLMM.from_adapter(
+                self.adapter,
+                pretrained=self.model_name,
+                batch_size=self.config["batch_size"],
+                preprocess=self.config["preprocess"],
+                seed=self.config["seed"],
+                dtype=self.config["dtype"],
+                layout=self.config.get("layout"),
+                vision_stop=self.config.get("vision_stop", "feature"),
+            )
             self._lm.progress = self.progress
             self._lm.progress_file = sys.stderr  # the real one, also while lmms-eval's bars are filtered
         return self._lm
@@ -169,7 +185,8 @@ class Sweep:
                     limit = tokens // units if scope in UNIT_SCOPES else tokens
                     raise PruneBenchError(
                         f"budget {budget}{per} exceeds the {tokens} visual tokens ({units} {scope}(s)) of {self.model_name}'s inputs "
-                        f"in this suite; choose budgets <= {limit}{per} (e.g. --budgets {','.join(str(b) for b in self.config['budgets'] if b <= limit) or limit})"
+                        f"in this suite; choose budgets <= {limit}{per} "
+                        f"(e.g. --budgets {','.join(str(b) for b in self.config['budgets'] if b <= limit) or limit})"
                     ) from None
 
     # -- running ---------------------------------------------------------------------------------------------------
@@ -183,8 +200,10 @@ class Sweep:
         pending = self.pending()
         result = SweepResult(self.store, self.cells)
         done = len(self.cells) - len(pending)
-        self.echo(f"prunebench run: {self.model_name} on suite '{self.suite.name}' ({len(self.suite.tasks)} tasks), "
-                  f"{len(self.cells)} cells ({done} already finished, {len(pending)} to run) -> {self.output}")
+        self.echo(
+            f"prunebench run: {self.model_name} on suite '{self.suite.name}' ({len(self.suite.tasks)} tasks), "
+            f"{len(self.cells)} cells ({done} already finished, {len(pending)} to run) -> {self.output}"
+        )
         result.skipped = [c.key for c in self.cells if c not in pending]
         baseline_cell = self.cells[0]
         if pending and not (pending == [baseline_cell] and self.baselines.is_done(baseline_cell.key)):
@@ -241,7 +260,7 @@ class Sweep:
             rows = assemble(record, units, is_baseline, (None, []) if is_baseline else self.baseline(), self.config["batch_size"])
         except InfeasibleBudget as exc:
             record.update(status="infeasible", error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a broken cell is recorded and the sweep goes on
+        except Exception as exc:
             # BudgetError included: the budget is an input mistake (check_budgets catches it for the probe inputs;
             # this is an evaluation input with fewer visual tokens), never a method's infeasibility
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
@@ -250,7 +269,7 @@ class Sweep:
         record.update(peak_memory_mb=peak, peak_memory_growth_mb=growth, peak_memory_kind=kind, finished=_now())
         try:
             record["env"] = self.env
-        except Exception:  # noqa: BLE001 - a model that failed to load has no environment to describe
+        except Exception:
             pass
         if record["status"] == "done":
             keep_rows = self.config["log_samples"] or cell.method == BASELINE_METHOD  # agreement needs the baseline's answers
@@ -277,19 +296,32 @@ class Sweep:
             log.warning("cell %s misses its plan: %s", cell.label, "; ".join(problems))
         flops = self._flops(cell, first)
         if not flops["llm_agree"]:
-            message = (f"measured LLM prefill FLOPs differ from the analytic count by {flops['llm_rel_diff']:.2e} "
-                       f"(> {LLM_FLOPS_TOLERANCE:g}) after the in-LLM selection steps are taken out; an uncounted kernel or an unplanned token count is the gap")
+            message = (
+                f"measured LLM prefill FLOPs differ from the analytic count by {flops['llm_rel_diff']:.2e} "
+                f"(> {LLM_FLOPS_TOLERANCE:g}) after the in-LLM selection steps are taken out; an uncounted kernel or an unplanned token count is the gap"
+            )
             warnings.append(message)
             log.warning("cell %s: %s", cell.label, message)
         return {
-            "latency_ms": latency, **conditions,
-            "latency_protocol": (f"batch 1, {len(self.probe)} fixed samples after {lat['warmup']} warm-up calls, {lat['new_tokens']} new "
-                                 "tokens each; engine timings (perf_counter on CPU, synchronised on GPU)"),
+            "latency_ms": latency,
+            **conditions,
+            "latency_protocol": (
+                f"batch 1, {len(self.probe)} fixed samples after {lat['warmup']} warm-up calls, {lat['new_tokens']} new "
+                "tokens each; engine timings (perf_counter on CPU, synchronised on GPU)"
+            ),
             "latency_parts": LATENCY_PARTS,
-            "flops": flops, "flops_counted_on": FLOPS_NOTE, "kv_cache": kv_record(self.adapter, first),
-            "tokens": {"planned_per_layer": first.plan.tokens_per_layer(), "per_layer": list(first.tokens_per_layer),
-                       "kv_per_layer": list(first.kv_lengths), "text": first.text_tokens},
-            "contract_ok": not problems, "warnings": warnings, "env_adapter": self.adapter.describe(),
+            "flops": flops,
+            "flops_counted_on": FLOPS_NOTE,
+            "kv_cache": kv_record(self.adapter, first),
+            "tokens": {
+                "planned_per_layer": first.plan.tokens_per_layer(),
+                "per_layer": list(first.tokens_per_layer),
+                "kv_per_layer": list(first.kv_lengths),
+                "text": first.text_tokens,
+            },
+            "contract_ok": not problems,
+            "warnings": warnings,
+            "env_adapter": self.adapter.describe(),
         }
 
     def _task(self, cell: Cell, unit: str) -> dict[str, Any]:
@@ -310,11 +342,15 @@ class Sweep:
                 req = by_key.get((row["task"], row["doc_id"]))
                 if req is not None:
                     row.update(final_tokens=req.final_tokens, layer_average_tokens=req.layer_average_tokens)
-            entry.update(status="done", scores=scores, rows=rows,
-                         tokens={"final": [r.final_tokens for r in lm.requests_log], "layer_average": [r.layer_average_tokens for r in lm.requests_log]})
+            entry.update(
+                status="done",
+                scores=scores,
+                rows=rows,
+                tokens={"final": [r.final_tokens for r in lm.requests_log], "layer_average": [r.layer_average_tokens for r in lm.requests_log]},
+            )
         except InfeasibleBudget as exc:
             entry.update(status="infeasible", error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a broken task is recorded and the cell's other tasks go on
+        except Exception as exc:
             entry.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
             log.error("cell %s, task %s failed: %s", cell.label, unit, exc)
         entry.update(timing=dict(lm.timing), finished=_now())
@@ -325,8 +361,7 @@ class Sweep:
         """FLOPs of one probe prefill. Counted once per (method, its parameters, per-layer token pattern): another
         method with the same pattern selects differently (DivPrune's pairwise distances, VisionZip's attention),
         and its own selection compute belongs to its count."""
-        pattern = (cell.method, json.dumps(cell.params, sort_keys=True, default=str), tuple(stats.tokens_per_layer),
-                   stats.text_tokens, stats.plan.vision)
+        pattern = (cell.method, json.dumps(cell.params, sort_keys=True, default=str), tuple(stats.tokens_per_layer), stats.text_tokens, stats.plan.vision)
         count = self._flops_cache.get(pattern)
         if count is None:
             count = prefill_flops(self.adapter, cell.spec, self.adapter.prepare([self.probe[0]]))

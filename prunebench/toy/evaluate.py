@@ -34,13 +34,10 @@ def load(model_dir: Path):
 
 
 def prompt_for(processor, question: str) -> str:
-    return processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-        add_generation_prompt=True)
+    return processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True)
 
 
-def answer(model, processor, sample: dict, keep: int | None = None, rng: random.Random | None = None,
-           max_new_tokens: int = 4) -> str:
+def answer(model, processor, sample: dict, keep: int | None = None, rng: random.Random | None = None, max_new_tokens: int = 4) -> str:
     """The model's decoded reply to one sample (greedy)."""
     import torch
 
@@ -48,7 +45,7 @@ def answer(model, processor, sample: dict, keep: int | None = None, rng: random.
     with torch.no_grad():
         if keep is None:
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new = out[0, inputs["input_ids"].shape[1]:]
+            new = out[0, inputs["input_ids"].shape[1] :]
         else:
             ids = inputs["input_ids"]
             emb = model.get_input_embeddings()(ids)
@@ -61,22 +58,19 @@ def answer(model, processor, sample: dict, keep: int | None = None, rng: random.
             kept = set(rng.sample(img_pos, min(keep, len(img_pos))))
             sel = torch.tensor([i for i in range(ids.shape[1]) if not is_img[i] or i in kept])
             emb = emb[:, sel]
-            out = model.generate(inputs_embeds=emb, attention_mask=torch.ones(1, len(sel), dtype=torch.long),
-                                 max_new_tokens=max_new_tokens, do_sample=False)
+            out = model.generate(inputs_embeds=emb, attention_mask=torch.ones(1, len(sel), dtype=torch.long), max_new_tokens=max_new_tokens, do_sample=False)
             new = out[0]  # with inputs_embeds only, generate returns just the new tokens
     return processor.tokenizer.decode(new, skip_special_tokens=True)
 
 
-def evaluate(model, processor, samples: list[dict], keep: int | None = None, seed: int = 0,
-             progress: bool = True) -> dict:
+def evaluate(model, processor, samples: list[dict], keep: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     rng = random.Random(seed)
     rows = []
     for s in tqdm(samples, disable=not progress, desc="toy eval", mininterval=5):
         reply = answer(model, processor, s, keep=keep, rng=rng)
-        rows.append({"id": s["id"], "family": s["family"], "answer": s["answer"], "reply": reply,
-                     "correct": normalize(reply) == s["answer"]})
+        rows.append({"id": s["id"], "family": s["family"], "answer": s["answer"], "reply": reply, "correct": normalize(reply) == s["answer"]})
     acc = {}
     for fam in FAMILIES:
         r = [x["correct"] for x in rows if x["family"] == fam]
@@ -86,8 +80,9 @@ def evaluate(model, processor, samples: list[dict], keep: int | None = None, see
     return {"keep": keep, "n": len(rows), "accuracy": acc, "samples": rows}
 
 
-def evaluate_checkpoint(model_dir: Path, split: str = "test", keep: int | None = None, seed: int = 0,
-                        threads: int = 2, limit: int | None = None, progress: bool = True) -> dict:
+def evaluate_checkpoint(
+    model_dir: Path, split: str = "test", keep: int | None = None, seed: int = 0, threads: int = 2, limit: int | None = None, progress: bool = True
+) -> dict:
     import torch
 
     torch.set_num_threads(threads)

@@ -45,8 +45,10 @@ def load_checkpoint(model_dir, dtype=None):
 
     folder = Path(model_dir)
     if not folder.is_dir() or not any(folder.glob("*.safetensors")):
-        raise PruneBenchError(f"{folder} holds no *.safetensors weights; prunebench loads safetensors only (a pickled "
-                              "pytorch_model.bin can run code): convert it with safetensors.torch.save_file, or pass another folder")
+        raise PruneBenchError(
+            f"{folder} holds no *.safetensors weights; prunebench loads safetensors only (a pickled "
+            "pytorch_model.bin can run code): convert it with safetensors.torch.save_file, or pass another folder"
+        )
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return LlavaForConditionalGeneration.from_pretrained(folder, use_safetensors=True, **kwargs)
 
@@ -78,11 +80,15 @@ def build_tokenizer():
     tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                       special_tokens=[("<s>", vocab["<s>"])])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN}, padding_side="left",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
     )
     fast.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     fast.model_max_length = 1024
@@ -94,27 +100,52 @@ def build_processor(tokenizer=None):
 
     tokenizer = tokenizer or build_tokenizer()
     ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    return LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=14,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN)
+    return LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
 
 
 def build_model(tokenizer, arch: ToyArch = ToyArch(), seed: int = 0):
     import torch
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=arch.vit_width,
-                              intermediate_size=arch.vit_ffn, num_hidden_layers=arch.vit_layers,
-                              num_attention_heads=arch.vit_heads, projection_dim=arch.vit_width)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=arch.llm_width, intermediate_size=arch.llm_ffn,
-                       num_hidden_layers=arch.llm_layers, num_attention_heads=arch.llm_heads,
-                       num_key_value_heads=arch.llm_heads, max_position_embeddings=1024,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    cfg = LlavaConfig(vision_config=vision, text_config=text,
-                      image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                      vision_feature_layer=-2, vision_feature_select_strategy="default",
-                      projector_hidden_act="gelu", image_seq_length=576)
+    vision = CLIPVisionConfig(
+        image_size=336,
+        patch_size=14,
+        hidden_size=arch.vit_width,
+        intermediate_size=arch.vit_ffn,
+        num_hidden_layers=arch.vit_layers,
+        num_attention_heads=arch.vit_heads,
+        projection_dim=arch.vit_width,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.llm_width,
+        intermediate_size=arch.llm_ffn,
+        num_hidden_layers=arch.llm_layers,
+        num_attention_heads=arch.llm_heads,
+        num_key_value_heads=arch.llm_heads,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    cfg = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=576,
+    )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
     model.generation_config.bos_token_id = tokenizer.bos_token_id

@@ -115,13 +115,14 @@ class VisionProbes:
         labels = patch_labels(samples)
         weight = torch.tensor(KIND_WEIGHTS)[labels[..., 2]].reshape(-1)
         *logits, column = self.patch(tokens).split([*self.sizes, 1], dim=-1)
-        patch = sum((F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[..., j].reshape(-1), reduction="none") * weight).sum()
-                    / weight.sum() for j, lg in enumerate(logits)) / len(logits)
+        patch = sum(
+            (F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[..., j].reshape(-1), reduction="none") * weight).sum() / weight.sum()
+            for j, lg in enumerate(logits)
+        ) / len(logits)
         patch = patch + F.mse_loss(column.squeeze(-1), column_target(labels[..., 3].float()))
         present, count, background = scene_labels(samples)
         pairs, counts, backgrounds = self.scene(cls).split([len(SCENE_PAIRS), len(NUMBERS), len(BACKGROUNDS)], dim=-1)
-        scene = (F.binary_cross_entropy_with_logits(pairs, present) + F.cross_entropy(counts, count)
-                 + F.cross_entropy(backgrounds, background))
+        scene = F.binary_cross_entropy_with_logits(pairs, present) + F.cross_entropy(counts, count) + F.cross_entropy(backgrounds, background)
         return patch, scene
 
     def accuracy(self, tokens, samples) -> dict:
@@ -130,8 +131,10 @@ class VisionProbes:
         *logits, column = self.patch(tokens).split([*self.sizes, 1], dim=-1)
         obj = labels[..., 2] > 0
         small = labels[..., 2] == 2
-        out = {name: round(float((lg.argmax(-1)[obj] == labels[..., j][obj]).float().mean()), 3)
-               for j, (name, lg) in enumerate(zip(("colour", "shape", "kind"), logits))}
+        out = {
+            name: round(float((lg.argmax(-1)[obj] == labels[..., j][obj]).float().mean()), 3)
+            for j, (name, lg) in enumerate(zip(("colour", "shape", "kind"), logits))
+        }
         out["small_kind"] = round(float((logits[2].argmax(-1)[small] == 2).float().mean()), 3) if small.any() else None
         x = (column.squeeze(-1) + 2) / 4 * (GRID - 1)
         out["column_error"] = round(float((x - labels[..., 3].float())[obj].abs().mean()), 2)
@@ -155,10 +158,12 @@ def question_labels(question: str) -> list[int]:
         family = "exist"
     else:
         family = "attribute"
-    return [QUESTION_FAMILIES.index(family),
-            1 + SHAPES.index(shapes[0]) if shapes else 0,
-            1 + SHAPES.index(shapes[1]) if len(shapes) > 1 else 0,
-            1 + list(COLORS).index(colours[0]) if colours else 0]
+    return [
+        QUESTION_FAMILIES.index(family),
+        1 + SHAPES.index(shapes[0]) if shapes else 0,
+        1 + SHAPES.index(shapes[1]) if len(shapes) > 1 else 0,
+        1 + list(COLORS).index(colours[0]) if colours else 0,
+    ]
 
 
 QUESTION_SIZES = (len(QUESTION_FAMILIES), 1 + len(SHAPES), 1 + len(SHAPES), 1 + len(COLORS))
@@ -192,15 +197,14 @@ class Conversation:
 
         ids = tokenizer(format_prompt(sample["question"]))["input_ids"]
         k = ids.index(image_token_id)
-        self.before, after = ids[:k], ids[k + 1:]
+        self.before, after = ids[:k], ids[k + 1 :]
         self.targets = []  # (position in `after`, label, question labels or None, relation columns or None)
-        for t, (question, answer) in enumerate([(None, sample["answer"]), *extra_turns]):
+        for question, answer in [(None, sample["answer"]), *extra_turns]:
             if question is not None:
                 after = after + tokenizer(f"USER: {question} ASSISTANT:", add_special_tokens=False)["input_ids"]
             word = tokenizer.convert_tokens_to_ids(answer)
             asked = question or sample["question"]
-            self.targets += [(len(after) - 1, word, question_labels(asked), relation_columns(sample, asked)),
-                             (len(after), tokenizer.eos_token_id, None, None)]
+            self.targets += [(len(after) - 1, word, question_labels(asked), relation_columns(sample, asked)), (len(after), tokenizer.eos_token_id, None, None)]
             after = after + [word, tokenizer.eos_token_id]
         self.after = after
 
@@ -222,8 +226,7 @@ def language_forward(model, features, conversations, keeps, compact: bool):
         if compact:
             positions.append(torch.arange(len(rows[-1])))
         else:
-            positions.append(torch.cat([torch.arange(len(before)), len(before) + keep,
-                                        len(before) + features.shape[1] + torch.arange(len(after))]))
+            positions.append(torch.cat([torch.arange(len(before)), len(before) + keep, len(before) + features.shape[1] + torch.arange(len(after))]))
         offset = len(before) + len(keep)
         targets += [(i, offset + p, y, q, x) for p, y, q, x in conv.targets]
     length = max(len(r) for r in rows)
@@ -232,7 +235,7 @@ def language_forward(model, features, conversations, keeps, compact: bool):
     pos = torch.zeros(len(rows), length, dtype=torch.long)
     for i, (r, p) in enumerate(zip(rows, positions)):
         hidden[i, : len(r)], mask[i, : len(r)], pos[i, : len(r)] = r, 1, p
-        pos[i, len(r):] = p[-1] + 1 + torch.arange(length - len(r))  # right padding, masked
+        pos[i, len(r) :] = p[-1] + 1 + torch.arange(length - len(r))  # right padding, masked
     out = model.model.language_model(inputs_embeds=hidden, attention_mask=mask, position_ids=pos, output_hidden_states=True)
     return out.hidden_states, targets
 
@@ -248,7 +251,7 @@ def encode_batch(samples, tokenizer, image_processor, image_token_id: int, n_ima
     for s in samples:
         ids = tokenizer(format_prompt(s["question"]))["input_ids"]
         k = ids.index(image_token_id)
-        ids = ids[:k] + [image_token_id] * n_image_tokens + ids[k + 1:]
+        ids = ids[:k] + [image_token_id] * n_image_tokens + ids[k + 1 :]
         first.append((len(ids) - 1, tokenizer.convert_tokens_to_ids(s["answer"])))
         seqs.append(ids)
     length = max(len(x) for x in seqs)
@@ -269,7 +272,7 @@ def quick_accuracy(model, tokenizer, image_processor, samples, batch_size: int =
     hits: dict[str, list[int]] = {}
     with torch.no_grad():
         for i in range(0, len(samples), batch_size):
-            chunk = samples[i: i + batch_size]
+            chunk = samples[i : i + batch_size]
             input_ids, attn, pv, first = encode_batch(chunk, tokenizer, image_processor, image_token_id)
             hidden = model.model(input_ids=input_ids, attention_mask=attn, pixel_values=pv).last_hidden_state
             pos = torch.tensor([p for p, _ in first])
@@ -294,8 +297,7 @@ def _vision_features(model, pv):
     return model.model.multi_modal_projector(states[:, 1:]), states[:, 0]
 
 
-def train_vision(model, image_processor, steps: int, batch_size: int, lr: float, seed: int, progress: bool,
-                 eval_every: int) -> list[dict]:
+def train_vision(model, image_processor, steps: int, batch_size: int, lr: float, seed: int, progress: bool, eval_every: int) -> list[dict]:
     import torch
     from tqdm import tqdm
 
@@ -321,16 +323,41 @@ def train_vision(model, image_processor, steps: int, batch_size: int, lr: float,
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             with torch.no_grad():
                 acc = probes.accuracy(_vision_features(model, pixel_values(held, image_processor))[0], held)
-            history.append({"stage": "vision", "step": step + 1, "patch_loss": round(patch.item(), 4),
-                            "scene_loss": round(scene.item(), 4), "elapsed_s": round(time.time() - t0, 1), **acc})
+            history.append(
+                {
+                    "stage": "vision",
+                    "step": step + 1,
+                    "patch_loss": round(patch.item(), 4),
+                    "scene_loss": round(scene.item(), 4),
+                    "elapsed_s": round(time.time() - t0, 1),
+                    **acc,
+                }
+            )
             log.info("vision step %d patch %.3f scene %.3f val object patches %s", step + 1, patch.item(), scene.item(), acc)
     return history
 
 
-def train_language(model, tokenizer, image_processor, steps: int, minutes: float | None, batch_size: int, lr: float,
-                   warmup: int, seed: int, extra_questions: int, background_keep: tuple[int, int], full_fraction: float,
-                   question_weight: float, eval_every: int, progress: bool, stop_after: int | None, checkpoint,
-                   families: tuple[str, ...] = FAMILIES, lookup_weight: float = 1.0) -> tuple[list[dict], int]:
+def train_language(
+    model,
+    tokenizer,
+    image_processor,
+    steps: int,
+    minutes: float | None,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    extra_questions: int,
+    background_keep: tuple[int, int],
+    full_fraction: float,
+    question_weight: float,
+    eval_every: int,
+    progress: bool,
+    stop_after: int | None,
+    checkpoint,
+    families: tuple[str, ...] = FAMILIES,
+    lookup_weight: float = 1.0,
+) -> tuple[list[dict], int]:
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
@@ -343,8 +370,7 @@ def train_language(model, tokenizer, image_processor, steps: int, minutes: float
     params = [p for p in model.parameters() if p.requires_grad] + list(probe.parameters()) + list(lookup.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     stream = training_stream(seed, families)
     qrng, krng = random.Random(seed + 12345), random.Random(seed + 54321)
@@ -398,12 +424,19 @@ def train_language(model, tokenizer, image_processor, steps: int, minutes: float
         ema = answer_loss.item() if ema is None else 0.98 * ema + 0.02 * answer_loss.item()
         if done % eval_every == 0 or done == steps:
             acc = quick_accuracy(model, tokenizer, image_processor, val)
-            history.append({"stage": "language", "step": done, "loss_ema": round(ema, 4),
-                            "question_loss": round(question_loss.item(), 4), "lookup_loss": round(lookup_loss.item(), 4),
-                            "elapsed_s": round(time.time() - t0, 1),
-                            "lr": round(opt.param_groups[0]["lr"], 7), **{k: round(v, 3) for k, v in acc.items()}})
-            log.info("language step %d loss %.3f elapsed %.0fs val %s", done, ema, time.time() - t0,
-                     " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+            history.append(
+                {
+                    "stage": "language",
+                    "step": done,
+                    "loss_ema": round(ema, 4),
+                    "question_loss": round(question_loss.item(), 4),
+                    "lookup_loss": round(lookup_loss.item(), 4),
+                    "elapsed_s": round(time.time() - t0, 1),
+                    "lr": round(opt.param_groups[0]["lr"], 7),
+                    **{k: round(v, 3) for k, v in acc.items()},
+                }
+            )
+            log.info("language step %d loss %.3f elapsed %.0fs val %s", done, ema, time.time() - t0, " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
             checkpoint()
         if stop_after is not None and done >= stop_after:
             log.info("stopping after step %d (--stop-after)", done)
@@ -414,12 +447,29 @@ def train_language(model, tokenizer, image_processor, steps: int, minutes: float
     return history, done
 
 
-def train(output: Path, seed: int = 0, vision_steps: int = 2000, vision_lr: float = 3e-3, steps: int = 4000,
-          batch_size: int = 16, lr: float = 2e-3, warmup: int = 100, minutes: float | None = 40.0,
-          eval_every: int = 200, threads: int = 2, arch=None, progress: bool = True, stop_after: int | None = None,
-          init_from: Path | None = None, extra_questions: int = 8, background_keep: tuple[int, int] = (16, 128),
-          full_fraction: float = 0.2, question_weight: float = 1.0, families: tuple[str, ...] = FAMILIES,
-          lookup_weight: float = 1.0) -> dict:
+def train(
+    output: Path,
+    seed: int = 0,
+    vision_steps: int = 2000,
+    vision_lr: float = 3e-3,
+    steps: int = 4000,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    warmup: int = 100,
+    minutes: float | None = 40.0,
+    eval_every: int = 200,
+    threads: int = 2,
+    arch=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    init_from: Path | None = None,
+    extra_questions: int = 8,
+    background_keep: tuple[int, int] = (16, 128),
+    full_fraction: float = 0.2,
+    question_weight: float = 1.0,
+    families: tuple[str, ...] = FAMILIES,
+    lookup_weight: float = 1.0,
+) -> dict:
     """Train and save to ``output`` (model, processor, ``training.json``); see the module docstring.
 
     ``steps`` fixes stage 2's LR schedule; with ``minutes`` its cosine follows whichever of steps and wall time
@@ -457,12 +507,29 @@ def train(output: Path, seed: int = 0, vision_steps: int = 2000, vision_lr: floa
         processor.save_pretrained(tmp)
 
     t0 = time.time()
-    history = train_vision(model, processor.image_processor, vision_steps, batch_size, vision_lr, seed, progress,
-                           eval_every) if vision_steps > 0 else []
+    history = train_vision(model, processor.image_processor, vision_steps, batch_size, vision_lr, seed, progress, eval_every) if vision_steps > 0 else []
     vision_s = time.time() - t0
-    language, done = train_language(model, tokenizer, processor.image_processor, steps, minutes, batch_size, lr, warmup,
-                                    seed, extra_questions, tuple(background_keep), full_fraction, question_weight,
-                                    eval_every, progress, stop_after, checkpoint, tuple(families), lookup_weight)
+    language, done = train_language(
+        model,
+        tokenizer,
+        processor.image_processor,
+        steps,
+        minutes,
+        batch_size,
+        lr,
+        warmup,
+        seed,
+        extra_questions,
+        tuple(background_keep),
+        full_fraction,
+        question_weight,
+        eval_every,
+        progress,
+        stop_after,
+        checkpoint,
+        tuple(families),
+        lookup_weight,
+    )
     history += language
     wall = time.time() - t0
     for p in model.parameters():
@@ -473,30 +540,54 @@ def train(output: Path, seed: int = 0, vision_steps: int = 2000, vision_lr: floa
     keep = f"{background_keep[0]},{background_keep[1]}"
     recipe = {
         "model": "toy-llava",
-        "command": (f"prunebench toy train --seed {seed} --vision-steps {vision_steps} --vision-lr {vision_lr}"
-                    f" --steps {steps} --batch-size {batch_size} --lr {lr} --warmup {warmup}"
-                    f" --extra-questions {extra_questions} --background-keep {keep} --full-fraction {full_fraction}"
-                    f" --question-weight {question_weight} --lookup-weight {lookup_weight}" + (f" --minutes {minutes}" if minutes else "")
-                    + (f" --families {','.join(families)}" if tuple(families) != FAMILIES else "")
-                    + (f" --stop-after {done}" if done < steps else "") + (f" --init-from {init_from}" if init_from else "")),
+        "command": (
+            f"prunebench toy train --seed {seed} --vision-steps {vision_steps} --vision-lr {vision_lr}"
+            f" --steps {steps} --batch-size {batch_size} --lr {lr} --warmup {warmup}"
+            f" --extra-questions {extra_questions} --background-keep {keep} --full-fraction {full_fraction}"
+            f" --question-weight {question_weight} --lookup-weight {lookup_weight}"
+            + (f" --minutes {minutes}" if minutes else "")
+            + (f" --families {','.join(families)}" if tuple(families) != FAMILIES else "")
+            + (f" --stop-after {done}" if done < steps else "")
+            + (f" --init-from {init_from}" if init_from else "")
+        ),
         "init_from": str(init_from) if init_from else None,
-        "seed": seed, "vision_steps": vision_steps, "vision_lr": vision_lr, "steps": done, "steps_planned": steps,
-        "batch_size": batch_size, "samples": (vision_steps + done) * batch_size, "lr": lr, "warmup": warmup,
-        "schedule": ("linear warm-up, cosine to 5% (stage 1 over its steps; stage 2 over its steps"
-                     + (f" or {minutes} min of wall time, whichever runs out first)" if minutes else ")")),
-        "minutes": minutes, "weight_decay": 0.01, "optimizer": "AdamW(betas=(0.9, 0.98)), grad clip 1.0",
-        "stage_1": ("vision tower + projector; training-only probes: per-patch colour/shape/kind cross-entropy weighted "
-                    f"by kind {KIND_WEIGHTS} + column regression on the projected tokens; [CLS] at the feature layer "
-                    "predicts present shape-colour pairs, object count and background (weight 0.5)"),
-        "stage_2": ("vision frozen; cross-entropy on answer words + EOS of every turn, plus a question probe at the "
-                    f"output of decoder layer 1 (weight {question_weight}) and, for relation turns, a lookup probe "
-                    "regressing both named objects' columns from the output of the middle decoder layer "
-                    f"(weight {lookup_weight}); visual tokens shown: objects + "
-                    f"{keep} random background tokens (original or renumbered positions), all 576 in "
-                    f"{full_fraction:.0%} of the batches"),
-        "lookup_weight": lookup_weight, "extra_questions": extra_questions, "families": list(families),
-        "arch": arch_dict(arch), "parameters": n_params, "threads": threads,
-        "wall_time_s": round(wall, 1), "vision_wall_time_s": round(vision_s, 1),
+        "seed": seed,
+        "vision_steps": vision_steps,
+        "vision_lr": vision_lr,
+        "steps": done,
+        "steps_planned": steps,
+        "batch_size": batch_size,
+        "samples": (vision_steps + done) * batch_size,
+        "lr": lr,
+        "warmup": warmup,
+        "schedule": (
+            "linear warm-up, cosine to 5% (stage 1 over its steps; stage 2 over its steps"
+            + (f" or {minutes} min of wall time, whichever runs out first)" if minutes else ")")
+        ),
+        "minutes": minutes,
+        "weight_decay": 0.01,
+        "optimizer": "AdamW(betas=(0.9, 0.98)), grad clip 1.0",
+        "stage_1": (
+            "vision tower + projector; training-only probes: per-patch colour/shape/kind cross-entropy weighted "
+            f"by kind {KIND_WEIGHTS} + column regression on the projected tokens; [CLS] at the feature layer "
+            "predicts present shape-colour pairs, object count and background (weight 0.5)"
+        ),
+        "stage_2": (
+            "vision frozen; cross-entropy on answer words + EOS of every turn, plus a question probe at the "
+            f"output of decoder layer 1 (weight {question_weight}) and, for relation turns, a lookup probe "
+            "regressing both named objects' columns from the output of the middle decoder layer "
+            f"(weight {lookup_weight}); visual tokens shown: objects + "
+            f"{keep} random background tokens (original or renumbered positions), all 576 in "
+            f"{full_fraction:.0%} of the batches"
+        ),
+        "lookup_weight": lookup_weight,
+        "extra_questions": extra_questions,
+        "families": list(families),
+        "arch": arch_dict(arch),
+        "parameters": n_params,
+        "threads": threads,
+        "wall_time_s": round(wall, 1),
+        "vision_wall_time_s": round(vision_s, 1),
         "machine": f"{platform.machine()}, {threads} CPU threads",
         "versions": versions(),
         "history": history,

@@ -29,8 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from functools import lru_cache
-from typing import Iterator
+from collections.abc import Iterator
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -64,9 +64,7 @@ SPLIT_OFFSETS = {"test": 0, "val": 10_000_000}
 TEST_PER_FAMILY = 50
 
 # Every word a question or answer can contain (the tokenizer's vocabulary is built from this).
-QUESTION_WORDS = (
-    "what color is the shape object of how many shapes are there a left or right small background ?"
-).split()
+QUESTION_WORDS = ("what color is the shape object of how many shapes are there a left or right small background ?").split()
 ANSWER_WORDS = tuple(COLORS) + tuple(BACKGROUNDS) + SHAPES + NUMBERS + ("yes", "no", "left", "right")
 
 
@@ -80,8 +78,7 @@ def vocabulary() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- scenes
-def _place(rng: random.Random, sizes: list[int], occupied: list[tuple[int, int, int]] | None = None,
-           min_dx: int | None = None) -> list[tuple[int, int]]:
+def _place(rng: random.Random, sizes: list[int], occupied: list[tuple[int, int, int]] | None = None, min_dx: int | None = None) -> list[tuple[int, int]]:
     """Place boxes of ``sizes`` (in patches) on the grid, with at least one free patch between boxes."""
     for _ in range(1000):
         boxes = list(occupied or [])
@@ -90,8 +87,7 @@ def _place(rng: random.Random, sizes: list[int], occupied: list[tuple[int, int, 
         for s in sizes:
             for _ in range(200):
                 x, y = rng.randrange(0, GRID - s + 1), rng.randrange(0, GRID - s + 1)
-                if all(x + s + 1 <= bx or bx + bs + 1 <= x or y + s + 1 <= by or by + bs + 1 <= y
-                       for bx, by, bs in boxes):
+                if all(x + s + 1 <= bx or bx + bs + 1 <= x or y + s + 1 <= by or by + bs + 1 <= y for bx, by, bs in boxes):
                     boxes.append((x, y, s))
                     out.append((x, y))
                     break
@@ -109,8 +105,7 @@ def _obj(shape: str, color: str, xy: tuple[int, int], size: int = 2) -> dict:
     return {"shape": shape, "color": color, "x": xy[0], "y": xy[1], "size": size}
 
 
-def _distinct_objects(rng: random.Random, n: int, distinct_shapes=False, distinct_colors=False,
-                      exclude_colors=()) -> list[tuple[str, str]]:
+def _distinct_objects(rng: random.Random, n: int, distinct_shapes=False, distinct_colors=False, exclude_colors=()) -> list[tuple[str, str]]:
     shapes = rng.sample(SHAPES, n) if distinct_shapes else [rng.choice(SHAPES) for _ in range(n)]
     palette = [c for c in COLORS if c not in exclude_colors]
     colors = rng.sample(palette, n) if distinct_colors else [rng.choice(palette) for _ in range(n)]
@@ -173,8 +168,7 @@ def _make(rng: random.Random, family: str, answer_hint: str | None = None) -> di
         question, answer = "what color is the background ?", bg
     else:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    return {"family": family, "question": question, "answer": answer, "background": bg, "objects": objs,
-            "noise_seed": rng.getrandbits(32)}
+    return {"family": family, "question": question, "answer": answer, "background": bg, "objects": objs, "noise_seed": rng.getrandbits(32)}
 
 
 def generate_sample(rng_or_seed: int | random.Random, family: str | None = None, answer: str | None = None) -> dict:
@@ -269,8 +263,7 @@ def scene_questions(sample: dict, rng: random.Random, per_family: int = 2) -> li
     out += [("attribute", q, a) for q, a in rng.sample(attr, min(per_family, len(attr)))]
     pairs = [(a, b) for a in unique_shape for b in unique_shape if a is not b and abs(a["x"] - b["x"]) >= 4]
     for a, b in rng.sample(pairs, min(per_family, len(pairs))):
-        out.append(("relation", f"is the {a['shape']} left or right of the {b['shape']} ?",
-                    "left" if a["x"] < b["x"] else "right"))
+        out.append(("relation", f"is the {a['shape']} left or right of the {b['shape']} ?", "left" if a["x"] < b["x"] else "right"))
     return out
 
 
@@ -287,7 +280,7 @@ def _generate_split(name: str, per_family: int) -> list[dict]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_split(name: str, per_family: int) -> tuple[str, ...]:
     return tuple(json.dumps(s, sort_keys=True) for s in _generate_split(name, per_family))
 
@@ -313,7 +306,7 @@ def split_hash(samples: list[dict]) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _held_out_keys() -> frozenset[str]:
     return frozenset(scene_key(s) for name in SPLIT_OFFSETS for s in test_split(name))
 

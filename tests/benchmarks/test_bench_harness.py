@@ -27,8 +27,8 @@ import torch
 
 from prunebench.core import PruneBenchError, Selection, SingleCutLLMPruner
 from prunebench.engine import Pruner
-from prunebench.resolve import NoPruning
 from prunebench.registry import create_method
+from prunebench.resolve import NoPruning
 
 REPS = 15
 
@@ -188,9 +188,15 @@ def _pre_llm_speedup(adapter, batch, reps: int = REPS) -> tuple[dict, str]:
         def fn():
             start = time.perf_counter()
             with torch.inference_mode():
-                model.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
-                               max_new_tokens=1, do_sample=False)
+                model.generate(
+                    inputs_embeds=inputs.inputs_embeds,
+                    attention_mask=inputs.attention_mask,
+                    position_ids=inputs.position_ids,
+                    max_new_tokens=1,
+                    do_sample=False,
+                )
             return (time.perf_counter() - start) * 1e3
+
         return fn
 
     parts: dict[str, list[dict]] = {"none": [], "random64": []}
@@ -200,10 +206,18 @@ def _pre_llm_speedup(adapter, batch, reps: int = REPS) -> tuple[dict, str]:
             part = sample_latency(_run(adapter, m, b, batch).stats.timings_ms)
             parts[name].append(part)
             return part["ttft"]
+
         return fn
 
-    times = _interleaved({"none": engine("none", NoPruning(), None), "random64": engine("random64", random, 64),
-                          "stock_none": stock(full_in), "stock_random64": stock(pruned_in)}, reps=reps)
+    times = _interleaved(
+        {
+            "none": engine("none", NoPruning(), None),
+            "random64": engine("random64", random, 64),
+            "stock_none": stock(full_in),
+            "stock_random64": stock(pruned_in),
+        },
+        reps=reps,
+    )
     full_flops = measure_prefill_flops(adapter, NoPruning(), None, batch)
     pruned_flops = measure_prefill_flops(adapter, random, 64, batch)
     ideal = full_flops.measured_total / pruned_flops.measured_total
@@ -212,18 +226,29 @@ def _pre_llm_speedup(adapter, batch, reps: int = REPS) -> tuple[dict, str]:
     llm_prefill = {k: _med([p["prefill"] for p in v[-reps:]]) for k, v in parts.items()}
     llm_measured = llm_prefill["none"] / llm_prefill["random64"]
     stock_speedup = _med(times["stock_none"]) / _med(times["stock_random64"])
-    figures = dict(model=adapter.name, ideal_speedup=ideal, measured_speedup=measured, efficiency=measured / ideal,
-                   ttft_ms_none=_med(times["none"]), ttft_ms_random64=_med(times["random64"]),
-                   llm_ideal_speedup=llm_ideal, llm_measured_speedup=llm_measured, llm_efficiency=llm_measured / llm_ideal,
-                   stock_llm_speedup=stock_speedup, harness_share_of_stock=llm_measured / stock_speedup,
-                   llm_gflops_none=full_flops.measured_llm / llm_prefill["none"] / 1e6,
-                   llm_gflops_random64=pruned_flops.measured_llm / llm_prefill["random64"] / 1e6,
-                   vision_ms_none=_med([p["vision"] for p in parts["none"][-reps:]]),
-                   vision_flop_share_none=full_flops.measured_vision / full_flops.measured_total)
-    report = (f"{adapter.name}: TTFT none {figures['ttft_ms_none']:.2f} ms, random@64 {figures['ttft_ms_random64']:.2f} ms -> {measured:.2f}x; "
-              f"FLOP ideal {ideal:.2f}x ({measured / ideal:.1%} of it). LLM prefill only: {llm_measured:.2f}x of {llm_ideal:.2f}x "
-              f"({llm_measured / llm_ideal:.1%}; {figures['llm_gflops_none']:.0f} vs {figures['llm_gflops_random64']:.0f} GFLOP/s); "
-              f"stock generate on the same inputs {stock_speedup:.2f}x (engine keeps {llm_measured / stock_speedup:.1%} of it)")
+    figures = dict(
+        model=adapter.name,
+        ideal_speedup=ideal,
+        measured_speedup=measured,
+        efficiency=measured / ideal,
+        ttft_ms_none=_med(times["none"]),
+        ttft_ms_random64=_med(times["random64"]),
+        llm_ideal_speedup=llm_ideal,
+        llm_measured_speedup=llm_measured,
+        llm_efficiency=llm_measured / llm_ideal,
+        stock_llm_speedup=stock_speedup,
+        harness_share_of_stock=llm_measured / stock_speedup,
+        llm_gflops_none=full_flops.measured_llm / llm_prefill["none"] / 1e6,
+        llm_gflops_random64=pruned_flops.measured_llm / llm_prefill["random64"] / 1e6,
+        vision_ms_none=_med([p["vision"] for p in parts["none"][-reps:]]),
+        vision_flop_share_none=full_flops.measured_vision / full_flops.measured_total,
+    )
+    report = (
+        f"{adapter.name}: TTFT none {figures['ttft_ms_none']:.2f} ms, random@64 {figures['ttft_ms_random64']:.2f} ms -> {measured:.2f}x; "
+        f"FLOP ideal {ideal:.2f}x ({measured / ideal:.1%} of it). LLM prefill only: {llm_measured:.2f}x of {llm_ideal:.2f}x "
+        f"({llm_measured / llm_ideal:.1%}; {figures['llm_gflops_none']:.0f} vs {figures['llm_gflops_random64']:.0f} GFLOP/s); "
+        f"stock generate on the same inputs {stock_speedup:.2f}x (engine keeps {llm_measured / stock_speedup:.1%} of it)"
+    )
     return figures, report
 
 
@@ -231,14 +256,17 @@ def test_in_llm_scores_overhead(benchmark, small, batch):
     layer = min(2, small.llm_shape.num_layers - 1)
     fastv = create_method("fastv", layer=layer)
     first_k = FirstK(layer=layer)
-    prefill = lambda m: (lambda: _run(small, m, 64, batch).stats.timings_ms["prefill_ms"])  # noqa: E731
+    prefill = lambda m: lambda: _run(small, m, 64, batch).stats.timings_ms["prefill_ms"]  # noqa: E731
     times = _interleaved({"fastv": prefill(fastv), "first_k": prefill(first_k)})
     select = _med([_run(small, fastv, 64, batch).stats.timings_ms["select_ms"] for _ in range(5)])
     overhead = _med(times["fastv"]) / _med(times["first_k"]) - 1
-    benchmark.extra_info.update(model=small.name, prefill_ms_fastv=_med(times["fastv"]), prefill_ms_first_k=_med(times["first_k"]),
-                                overhead=overhead, fastv_select_ms=select)
-    print(f"\n[in-LLM] {small.name}: prefill FastV(K={layer})@64 {_med(times['fastv']):.2f} ms vs same cut without scores "
-          f"{_med(times['first_k']):.2f} ms: +{overhead:.1%} (FastV select {select:.2f} ms)")
+    benchmark.extra_info.update(
+        model=small.name, prefill_ms_fastv=_med(times["fastv"]), prefill_ms_first_k=_med(times["first_k"]), overhead=overhead, fastv_select_ms=select
+    )
+    print(
+        f"\n[in-LLM] {small.name}: prefill FastV(K={layer})@64 {_med(times['fastv']):.2f} ms vs same cut without scores "
+        f"{_med(times['first_k']):.2f} ms: +{overhead:.1%} (FastV select {select:.2f} ms)"
+    )
     benchmark.pedantic(lambda: _run(small, fastv, 64, batch), rounds=5, iterations=1)
     assert overhead <= 0.05, f"FastV's scores add {overhead:.1%} to the prefill"
 
@@ -265,10 +293,19 @@ def test_harness_overhead_per_sample(benchmark, small, batch):
     engine_ms = _med(times["engine"]) - _med(times["stock"])
     wrapper_ms = _wrapper_overhead_ms(small)
     share = (max(engine_ms, 0.0) + wrapper_ms) / prefill
-    benchmark.extra_info.update(model=small.name, stock_ms=_med(times["stock"]), engine_ms=_med(times["engine"]),
-                                engine_overhead_ms=engine_ms, wrapper_overhead_ms=wrapper_ms, unpruned_prefill_ms=prefill, share=share)
-    print(f"\n[harness] {small.name}: stock generate {_med(times['stock']):.2f} ms, through the engine {_med(times['engine']):.2f} ms "
-          f"(+{engine_ms:.2f} ms), lmms-eval wrapper +{wrapper_ms:.3f} ms/sample; unpruned prefill {prefill:.2f} ms -> {share:.1%}")
+    benchmark.extra_info.update(
+        model=small.name,
+        stock_ms=_med(times["stock"]),
+        engine_ms=_med(times["engine"]),
+        engine_overhead_ms=engine_ms,
+        wrapper_overhead_ms=wrapper_ms,
+        unpruned_prefill_ms=prefill,
+        share=share,
+    )
+    print(
+        f"\n[harness] {small.name}: stock generate {_med(times['stock']):.2f} ms, through the engine {_med(times['engine']):.2f} ms "
+        f"(+{engine_ms:.2f} ms), lmms-eval wrapper +{wrapper_ms:.3f} ms/sample; unpruned prefill {prefill:.2f} ms -> {share:.1%}"
+    )
     benchmark.pedantic(engine, rounds=5, iterations=1)
     assert share < 0.05, f"the harness adds {share:.1%} of the unpruned prefill per sample"
 
@@ -283,8 +320,16 @@ def _wrapper_overhead_ms(adapter) -> float:
     from prunebench.suites.shapes import TASK_DIR
 
     lm = PruneBenchLMM.from_adapter(adapter, batch_size=1)
-    simple_evaluate(model=lm, model_args=lm.model_args, tasks=["shapes_count"], task_manager=cached_task_manager((str(TASK_DIR),)),
-                    limit=8, batch_size=1, bootstrap_iters=0, verbosity="WARNING")
+    simple_evaluate(
+        model=lm,
+        model_args=lm.model_args,
+        tasks=["shapes_count"],
+        task_manager=cached_task_manager((str(TASK_DIR),)),
+        limit=8,
+        batch_size=1,
+        bootstrap_iters=0,
+        verbosity="WARNING",
+    )
     t = lm.timing
     return (t["wall_s"] - t["visual_s"] - t["prepare_s"] - t["generate_s"]) / t["requests"] * 1e3
 

@@ -89,9 +89,14 @@ def _ratio(adapter: LlavaAdapter, reps: int) -> dict:
     best = {k: min(v) for k, v in times.items()}  # the least disturbed run: robust to other load on a shared CPU
     shape = VisionShape.from_llava_config(adapter.model.config)
     flops = {k: vision_flops(shape, 0, ad.vision_layers_run()) for k, ad in runs.items()}
-    return {"feature_ms": med["feature"] * 1e3, "full_ms": med["full"] * 1e3, "time_ratio": med["feature"] / med["full"],
-            "best_time_ratio": best["feature"] / best["full"],
-            "flop_ratio": flops["feature"] / flops["full"], "layers": f"{adapter.vision_layers_run()}/{full.vision_layers_run()}"}
+    return {
+        "feature_ms": med["feature"] * 1e3,
+        "full_ms": med["full"] * 1e3,
+        "time_ratio": med["feature"] / med["full"],
+        "best_time_ratio": best["feature"] / best["full"],
+        "flop_ratio": flops["feature"] / flops["full"],
+        "layers": f"{adapter.vision_layers_run()}/{full.vision_layers_run()}",
+    }
 
 
 @pytest.mark.parametrize("model", ["toy-llava", "clip-l-slice"])
@@ -101,8 +106,13 @@ def test_vision_tower_stops_at_the_feature_layer(benchmark, model):
     adapter = _toy() if model == "toy-llava" else _clip_l_slice()
     figures = _ratio(adapter, REPS if model == "toy-llava" else 6)
     benchmark.extra_info.update(figures)
-    print(f"\n[vision stop, {model}] layers {figures['layers']}: feature {figures['feature_ms']:.1f} ms, full {figures['full_ms']:.1f} ms, "
-          f"time ratio {figures['time_ratio']:.3f} (medians), {figures['best_time_ratio']:.3f} (fastest runs); FLOP ratio {figures['flop_ratio']:.3f}")
-    benchmark.pedantic(lambda: adapter.encode(adapter.prepare([Sample(id="b", question="q ?", image=_image(adapter.model.config.vision_config.image_size))])),
-                       rounds=2, iterations=1)
+    print(
+        f"\n[vision stop, {model}] layers {figures['layers']}: feature {figures['feature_ms']:.1f} ms, full {figures['full_ms']:.1f} ms, "
+        f"time ratio {figures['time_ratio']:.3f} (medians), {figures['best_time_ratio']:.3f} (fastest runs); FLOP ratio {figures['flop_ratio']:.3f}"
+    )
+    benchmark.pedantic(
+        lambda: adapter.encode(adapter.prepare([Sample(id="b", question="q ?", image=_image(adapter.model.config.vision_config.image_size))])),
+        rounds=2,
+        iterations=1,
+    )
     assert figures["best_time_ratio"] < 1.0, figures

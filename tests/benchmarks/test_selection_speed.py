@@ -58,7 +58,6 @@ VIDEO_METHODS = ("evs", "vidcom2", "fastvid")  # video-only methods: timed in th
 READS_VIT_ATTENTION = {n for n in VISION_METHODS if create_method(n, **OVERRIDES.get(n, {})).vision_layers(VIT_LAYERS, FEATURE_LAYER)}
 
 
-
 # CDPruner's text side (``text_encoder="llm"``): a 10-word question embedded by a 7B-width LLM embedding table; PyramidDrop's
 # score recomputes q/k with the decoder layer about to run: a Vicuna-7B-width input norm and q/k projections.
 class _WordIds:
@@ -115,16 +114,20 @@ def _vision_view(units: int, tokens: int, seed: int) -> VisionView:
             captured[layer] = Captured(q, k, None, VIT_HEAD_DIM**-0.5, False)
     projected = randn(1, tokens, LLM_WIDTH)
     common = dict(
-        features=randn(1, tokens, VIT_WIDTH), cls_feature=randn(1, VIT_WIDTH), feature_layer=FEATURE_LAYER,
-        num_vision_layers=VIT_LAYERS, projector=lambda _: projected, captured=captured, has_cls=True,
+        features=randn(1, tokens, VIT_WIDTH),
+        cls_feature=randn(1, VIT_WIDTH),
+        feature_layer=FEATURE_LAYER,
+        num_vision_layers=VIT_LAYERS,
+        projector=lambda _: projected,
+        captured=captured,
+        has_cls=True,
         instruction=_instruction(),
     )
     if units > 1:
         position = torch.arange(tokens, device=DEVICE)
         unit_of = (position // CROP)[None]
-        token_map = (unit_of * (CROP + 1) + 1 + position % CROP)
-        view = UnitVisionView(**common, grid=GRID, num_units=units, unit_kind="crop", unit_of=unit_of,
-                              token_map=token_map, unit_tokens=CROP + 1)
+        token_map = unit_of * (CROP + 1) + 1 + position % CROP
+        view = UnitVisionView(**common, grid=GRID, num_units=units, unit_kind="crop", unit_of=unit_of, token_map=token_map, unit_tokens=CROP + 1)
     else:
         view = VisionView(**common, grid=GRID if tokens == CROP else (tokens // GRID[1], GRID[1]))
     view.generators = sample_generators(0, ["bench-0"])
@@ -249,10 +252,22 @@ def _video_view(frames: int, seed: int) -> UnitVisionView:
     # per-frame SigLIP-width q/k (16 heads x 72) at the importance layer, for methods that read received attention
     q, k = (torch.randn(frames, 16, OV_PER_FRAME, 72, generator=gen).to(DEVICE) for _ in range(2))
     token_map = torch.arange(tokens, device=DEVICE)[None]
-    view = UnitVisionView(features=features, cls_feature=None, grid=(14, 14), feature_layer=FEATURE_LAYER, num_vision_layers=VIT_LAYERS,
-                          projector=lambda f: f, captured={FEATURE_LAYER: Captured(q, k, None, 72**-0.5, False)}, has_cls=False,
-                          num_units=frames, unit_kind="frame", unit_of=token_map // OV_PER_FRAME, importance_layer=FEATURE_LAYER,
-                          token_map=token_map, unit_tokens=OV_PER_FRAME)
+    view = UnitVisionView(
+        features=features,
+        cls_feature=None,
+        grid=(14, 14),
+        feature_layer=FEATURE_LAYER,
+        num_vision_layers=VIT_LAYERS,
+        projector=lambda f: f,
+        captured={FEATURE_LAYER: Captured(q, k, None, 72**-0.5, False)},
+        has_cls=False,
+        num_units=frames,
+        unit_kind="frame",
+        unit_of=token_map // OV_PER_FRAME,
+        importance_layer=FEATURE_LAYER,
+        token_map=token_map,
+        unit_tokens=OV_PER_FRAME,
+    )
     view.generators = sample_generators(0, ["bench-0"])
     assert view.projected is features
     return view
