@@ -22,7 +22,10 @@ nox.options.reuse_existing_virtualenvs = True
 CONSTRAINTS = "constraints-cpu.txt"
 LMMS_EVAL = "lmms-eval==0.7.3"
 RUFF = "ruff==0.17.6"
-DEMO_ARGS = ["--methods", "learnpruner,vispruner,random", "--budgets", "32,64,128"]  # the demo's sweep (session demo)
+DEMO_ARGS = ["--methods", "learnpruner,vispruner,cdpruner,random", "--budgets", "32,64,128"]  # the demo's sweep (session demo)
+# in-LLM methods beside it, in final mode: on the 6-layer toy LLM a cut at layer 2 cannot average below 192 tokens
+LLM_DEMO_ARGS = ["--methods", "fastv,dart,pdrop", "--budgets", "32,64,128", "--budget-mode", "final"]
+REFERENCES = {"demo": DEMO_ARGS, "demo-final": LLM_DEMO_ARGS}  # results/reference/<name>
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -46,7 +49,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
     install(session, "eval")
-    args = session.posargs or ["--methods", "learnpruner,vispruner,random", "--budgets", "32,64,128", "--output", "results/demo"]
+    args = session.posargs or [*DEMO_ARGS, "--output", "results/demo"]
     session.run("prunebench", "run", *args, env=OFFLINE)
 
 
@@ -72,14 +75,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def reference(session: nox.Session) -> None:
-    """Regenerate results/reference/demo: the demo sweep into a fresh folder (nothing reused from results/demo), then
-    its plan, config, planned cells, per-sample logs and leaderboard copied (prunebench.report.export)."""
+    """Regenerate results/reference/demo (the demo's sweep) and results/reference/demo-final (the in-LLM methods in
+    final mode): each sweep into a fresh folder (nothing reused from results/demo), then its plan, config, planned
+    cells, per-sample logs and leaderboard copied (prunebench.report.export)."""
     install(session, "eval")
-    fresh = os.path.join(session.create_tmp(), "demo-reference")
-    shutil.rmtree(fresh, ignore_errors=True)
-    session.run("prunebench", "run", *DEMO_ARGS, "--output", fresh, "--baseline-cache", os.path.join(fresh, ".baselines"), env=OFFLINE)
-    session.run("python", "-m", "prunebench.report.export", fresh, "results/reference/demo", env=OFFLINE)
-    session.run("prunebench", "compare", "results/reference/demo", fresh, env=OFFLINE)
+    for name, args in REFERENCES.items():
+        fresh = os.path.join(session.create_tmp(), f"{name}-reference")
+        shutil.rmtree(fresh, ignore_errors=True)
+        session.run("prunebench", "run", *args, "--output", fresh, "--baseline-cache", os.path.join(fresh, ".baselines"), env=OFFLINE)
+        session.run("python", "-m", "prunebench.report.export", fresh, f"results/reference/{name}", env=OFFLINE)
+        session.run("prunebench", "compare", f"results/reference/{name}", fresh, env=OFFLINE)
 
 
 @nox.session(python="3.11")

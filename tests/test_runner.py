@@ -745,3 +745,12 @@ def test_latency_records_its_spread_and_the_load_it_ran_under(finished):
         assert load["before"] >= 0 and load["after"] >= 0
         assert load_per_core(record) == pytest.approx(max(load.values()) / record["cpu_count"]), "the leaderboard reads the load"
     assert record["batch_size"] == 2 and record["device_type"] == "cpu" and record["attn_implementation"] == "sdpa" and record["dtype"] == "auto"
+
+
+def test_the_per_cell_line_uses_the_leaderboards_units():
+    """RelAcc and agreement in % as in the table (not a fraction beside a percentage), FLOPs in G or T."""
+    from prunebench.runner.results import summary
+
+    line = summary({"status": "done", "relacc": 0.9812, "agreement": 0.93, "latency_ms": {"ttft": {"median": 21.84}}, "flops": {"measured_tflops": 0.000436}})
+    assert line == "RelAcc 98.1 %, agreement 93.0 %, TTFT 21.8 ms, 0.436 GFLOPs"
+    assert summary({"status": "done", "relacc": 1.0, "flops": {"measured_tflops": 3.512}}) == "RelAcc 100.0 %, 3.51 TFLOPs"

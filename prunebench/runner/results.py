@@ -137,14 +137,15 @@ def summary(record: dict[str, Any]) -> str:
     relacc = record.get("relacc")
     latency = record.get("latency_ms") or {}
     ttft = (latency.get("ttft") or latency.get("prefill") or {}).get("median")
-    parts = [f"RelAcc {relacc:.3f}" if relacc is not None else "RelAcc -"]
+    # the leaderboard's units: RelAcc and agreement in %, FLOPs in G or T
+    parts = [f"RelAcc {relacc * 100:.1f} %" if relacc is not None else "RelAcc -"]
     if record.get("agreement") is not None:
-        parts.append(f"agreement {record['agreement']:.3f}")
+        parts.append(f"agreement {record['agreement'] * 100:.1f} %")
     if ttft is not None:
         parts.append(f"TTFT {ttft:.1f} ms")
     tflops = (record.get("flops") or {}).get("measured_tflops")
     if tflops is not None:
-        parts.append(f"{tflops * 1e3:.3f} GFLOPs")
+        parts.append(f"{tflops:.2f} TFLOPs" if tflops >= 1 else f"{tflops * 1e3:.3f} GFLOPs")
     parts += [f"WARNING {w}" for w in record.get("warnings") or []]
     return ", ".join(parts)
 
