@@ -1,6 +1,6 @@
 """nox sessions: each builds its own virtual environment from a bare Python 3.11 + pip.
 
-    nox -s demo     install, then sweep 3 methods x 3 budgets on the built-in toy model and shapes suite
+    nox -s demo     install, then sweep 4 methods x 3 budgets on the built-in toy model and shapes suite
     nox -s tests    install, then run the test suite (what CI runs, through .ci/run)
     nox -s bench    install, then run the pytest-benchmark micro-benchmarks
     nox -s demo_small  regenerate results/reference/demo-small (the reduced demo tests/test_demo_reference.py checks)
