@@ -60,221 +60,60 @@ the user's umask.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import hashlib
 import json
 import logging
 import os
-import platform
 import re
-import shlex
 import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prunebench.core import PruneBenchError
+from prunebench.records import (
+    BASELINE_METHOD,
+    STATUSES,
+    _now,
+    _samples_text,
+    _sha256,
+    atomic_write_text,
+    cell_key,
+    cell_problem,
+    parse_json,
+    partial_problem,
+    plan_problem,
+    read_json,
+    sample_problem,
+    samples_problem,
+)
+from prunebench.runlock import LOCK_INFO_NAME, LOCK_NAME, RunLock, RunLocked, os_error_fix
+
+__all__ = [
+    "BASELINE_METHOD",
+    "DAMAGED_DIR",
+    "LOCK_INFO_NAME",
+    "LOCK_NAME",
+    "STALE_TMP_S",
+    "STATUSES",
+    "ResultStore",
+    "RunLock",
+    "RunLocked",
+    "atomic_write_text",
+    "cell_key",
+    "cell_problem",
+    "os_error_fix",
+    "parse_json",
+    "partial_problem",
+    "plan_problem",
+    "read_json",
+    "sample_problem",
+    "samples_problem",
+]
 
 log = logging.getLogger("prunebench.store")
 
-BASELINE_METHOD = "none"
-STATUSES = ("done", "failed", "infeasible")
 STALE_TMP_S = 600  # without the lock a temporary file may be another writer's; one this old is a killed writer's leftover
-LOCK_NAME, LOCK_INFO_NAME, DAMAGED_DIR = ".lock", ".lock.json", "damaged"
-_HELD: dict[Path, int] = {}  # run folders this process holds the lock of (a nested lock() of the same folder is a no-op)
-
-
-class RunLocked(PruneBenchError):
-    """Another process holds the run folder's lock."""
-
-
-def cell_key(fields: dict[str, Any]) -> str:
-    """Stable 16-hex-digit hash of the fields that determine a cell's result."""
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it and rename it over ``path``; the file gets the
-    mode a plain ``open`` would give it (0o666 less the umask; ``mkstemp`` alone makes it 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)  # folders: 0o777 less the umask
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
-
-
-# -- validation --------------------------------------------------------------------------------------------------
-def read_json(path: Path) -> tuple[Any, str | None]:
-    """``(data, None)``, or ``(None, what is wrong)`` for a file that is not UTF-8 JSON."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        return None, "missing"
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 text (binary garbage at byte {exc.start})"
-    return parse_json(text)
-
-
-def parse_json(text: str) -> tuple[Any, str | None]:
-    if not text.strip():
-        return None, "empty file"
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as exc:
-        cut = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated")
-        return None, f"{'truncated' if cut else 'invalid'} JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_opt_number(value: Any) -> bool:
-    return value is None or _is_number(value)
-
-
-def _expect(problems: list[str], ok: bool, message: str) -> None:
-    if not ok:
-        problems.append(message)
-
-
-def cell_problem(record: Any, key: str | None = None) -> str | None:
-    """What is wrong with a cell record (None: valid). Every status needs key, status and method; ``done`` needs
-    ``tasks`` (task -> {score: number}), ``relacc`` and ``agreement`` (numbers or null) and ``tokens``; ``failed``
-    and ``infeasible`` need their ``error`` text."""
-    if not isinstance(record, dict):
-        return f"a cell record is a JSON object, got {type(record).__name__}"
-    problems: list[str] = []
-    _expect(problems, isinstance(record.get("key"), str), "no 'key' string")
-    if key is not None and isinstance(record.get("key"), str) and record["key"] != key:
-        problems.append(f"its key {record['key']!r} is not its file name's {key!r}")
-    status = record.get("status")
-    if status not in STATUSES:
-        return "; ".join(problems + [f"status {status!r} is not one of {', '.join(STATUSES)}"])
-    _expect(problems, isinstance(record.get("method"), str) and bool(record.get("method")), "no 'method' string")
-    budget = record.get("budget")
-    _expect(problems, budget is None or (isinstance(budget, int) and not isinstance(budget, bool)), f"budget {budget!r} is not an integer or null")
-    if status == "done":
-        tasks = record.get("tasks")
-        if not isinstance(tasks, dict):
-            problems.append(f"status done without a 'tasks' mapping (got {type(tasks).__name__})")
-        else:
-            for task, entry in tasks.items():
-                if not isinstance(entry, dict) or not _is_number(entry.get("score")):
-                    problems.append(f"tasks[{task!r}] has no numeric 'score'")
-                    break
-        for name in ("relacc", "agreement"):
-            if name not in record:
-                problems.append(f"status done without '{name}'")
-            elif not _is_opt_number(record[name]):
-                problems.append(f"'{name}' is {record[name]!r}, not a number or null")
-        _expect(problems, isinstance(record.get("tokens"), dict), "status done without a 'tokens' mapping")
-    else:
-        _expect(problems, isinstance(record.get("error"), str) and bool(record.get("error")), f"status {status} without its 'error' text")
-    for name in ("samples_sha256",):
-        _expect(problems, name not in record or isinstance(record[name], str), f"'{name}' is not a string")
-    return "; ".join(problems) or None
-
-
-def sample_problem(row: Any) -> str | None:
-    """A per-sample row: an object with ``task`` (string), ``doc_id`` and ``answer``."""
-    if not isinstance(row, dict):
-        return f"a sample row is a JSON object, got {type(row).__name__}"
-    missing = [k for k in ("task", "doc_id", "answer") if k not in row]
-    if missing:
-        return f"a sample row without {', '.join(missing)}"
-    if not isinstance(row["task"], str):
-        return f"a sample row's task is {row['task']!r}, not a string"
-    return None
-
-
-def samples_problem(text: str) -> str | None:
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        row, problem = parse_json(line)
-        problem = problem or sample_problem(row)
-        if problem:
-            return f"line {number}: {problem}"
-    return None
-
-
-def plan_problem(plan: Any) -> str | None:
-    """plan.json: a list of ``{key, label, method, budget}`` objects."""
-    if not isinstance(plan, list):
-        return f"a plan is a JSON list of cells, got {type(plan).__name__}"
-    for i, cell in enumerate(plan):
-        if not isinstance(cell, dict) or not isinstance(cell.get("key"), str) or not isinstance(cell.get("label"), str):
-            return f"cell {i} is not an object with 'key' and 'label' strings"
-    return None
-
-
-def partial_problem(part: str, data: Any) -> str | None:
-    """A saved part of a cell in progress: ``costs`` (latency_ms, flops, kv_cache, tokens mappings) or a task
-    (status; done: scores, rows, tokens {final, layer_average}; failed / infeasible: error)."""
-    if not isinstance(data, dict):
-        return f"a saved part is a JSON object, got {type(data).__name__}"
-    if part == "costs":
-        bad = [k for k in ("latency_ms", "flops", "kv_cache", "tokens") if not isinstance(data.get(k), dict)]
-        return f"costs without the {', '.join(bad)} mapping(s)" if bad else None
-    status = data.get("status")
-    if status not in STATUSES:
-        return f"status {status!r} is not one of {', '.join(STATUSES)}"
-    if status != "done":
-        return None if isinstance(data.get("error"), str) else f"status {status} without its 'error' text"
-    if not isinstance(data.get("scores"), dict):
-        return "status done without a 'scores' mapping"
-    if not isinstance(data.get("rows"), list):
-        return "status done without a 'rows' list"
-    for row in data["rows"]:
-        problem = sample_problem(row)
-        if problem:
-            return problem
-    tokens = data.get("tokens")
-    if not isinstance(tokens, dict) or not all(isinstance(tokens.get(k), list) for k in ("final", "layer_average")):
-        return "status done without tokens {final, layer_average} lists"
-    return None
-
-
-def _samples_text(samples: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(s, default=str) + "\n" for s in samples)
-
-
-def _sha256(text: str | bytes) -> str:
-    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+DAMAGED_DIR = "damaged"
 
 
 # -- the store -------------------------------------------------------------------------------------------------------
@@ -547,105 +386,3 @@ class ResultStore:
     def lock(self, wait: bool | float = False, command: str | None = None) -> RunLock:
         """The folder's writer lock (a context manager); see :class:`RunLock`."""
         return RunLock(self, wait=wait, command=command)
-
-
-class RunLock:
-    """One writer per run folder: ``RUN/.lock`` held with ``filelock`` (an OS lock, released when the process
-    exits, even by SIGKILL), its holder in ``RUN/.lock.json``. ``wait``: False fails at once with
-    :class:`RunLocked` naming the holder, True waits as long as it takes, a number waits that many seconds.
-    While held, the store is in repair mode and the folder's leftover ``.tmp`` files are removed."""
-
-    def __init__(self, store: ResultStore, wait: bool | float = False, command: str | None = None):
-        self.store = store
-        self.path = store.root / LOCK_NAME
-        self.info_path = store.root / LOCK_INFO_NAME
-        self.wait = wait
-        self.command = command if command is not None else " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
-        self.created = False
-        self._lock: Any = None
-
-    def holder(self) -> str:
-        info, problem = read_json(self.info_path)
-        if problem or not isinstance(info, dict):
-            return "another process (no holder recorded)"
-        return f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started')}: {info.get('command')}"
-
-    def acquire(self) -> RunLock:
-        from filelock import FileLock, Timeout
-
-        root = self.store.root
-        self._was_repair = self.store.repair
-        held = root.resolve()
-        if held in _HELD:  # this process holds it already (e.g. `prunebench run` around Sweep.run)
-            _HELD[held] += 1
-            self._nested = held
-            self.store.repair = True
-            return self
-        if root.exists() and not root.is_dir():
-            raise PruneBenchError(f"--output {root} is a file, not a folder; choose another --output (a folder path)")
-        self.created = not root.exists()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PruneBenchError(f"cannot create the run folder {root}: {exc.strerror or exc}; {os_error_fix(exc)}") from None
-        timeout = -1 if self.wait is True else (0 if self.wait is False else float(self.wait))
-        self._lock = FileLock(str(self.path), timeout=timeout)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise RunLocked(
-                f"{root} is in use by another prunebench run ({self.holder()}); wait for it, queue behind it with --wait, or choose another --output"
-            ) from None
-        except OSError as exc:
-            raise PruneBenchError(f"cannot lock the run folder {root}: {exc.strerror or exc}; {os_error_fix(exc)}") from None
-        _HELD[held] = 1
-        self._nested = None
-        try:  # the first write into the folder: a full disk or a read-only folder shows here, before any result
-            info = {"pid": os.getpid(), "host": platform.node(), "started": _now(), "command": self.command}
-            atomic_write_text(self.info_path, json.dumps(info) + "\n")
-        except BaseException:
-            self.release(failed=True)
-            raise
-        self.store.repair = True
-        self.store.clean_stale_tmp(0)
-        return self
-
-    def release(self, failed: bool = False) -> None:
-        if getattr(self, "_nested", None) is not None:
-            _HELD[self._nested] -= 1
-            self.store.repair = self._was_repair
-            self._nested = None
-            return
-        if self._lock is None:
-            return
-        _HELD.pop(self.store.root.resolve(), None)
-        self.store.repair = self._was_repair
-        with _suppress():
-            self.info_path.unlink()
-        self._lock.release()
-        self._lock = None
-        if failed and self.created:  # a bad input found after the folder was made: leave nothing behind
-            with _suppress():
-                leftovers = {p.name for p in self.store.root.iterdir()}
-                if leftovers <= {LOCK_NAME, LOCK_INFO_NAME}:
-                    shutil.rmtree(self.store.root)
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, exc_type, *exc: Any) -> None:
-        self.release(failed=exc_type is not None)
-
-
-def os_error_fix(exc: BaseException) -> str:
-    """What to do about an OSError, in a few words."""
-    code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return "free disk space or choose another --output on a disk with room"
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "choose a writable --output or fix the folder's permissions"
-    if code in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-        return "a file is in the way of a folder (or the reverse); choose another --output"
-    if code == errno.ENOENT:
-        return "check that the path exists"
-    return "check the path and the disk"

@@ -56,8 +56,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 5. model adapters, methods (and LearnPruner's learned module, which a method loads) and the registry that finds them
     ("prunebench.adapters", "prunebench.adapters.*", "prunebench.methods", "prunebench.methods.*", "prunebench.lpm", "prunebench.registry"),
     # 6. the bottom: scored method bases, views of tokens and attention, the method contract, the results store,
-    #    the versions of the code and the state of the machine
-    ("prunebench.bases", "prunebench.views", "prunebench.attention", "prunebench.core", "prunebench.store", "prunebench.environment"),
+    #    (its records and run-folder lock), the versions of the code and the state of the machine
+    (
+        "prunebench.bases",
+        "prunebench.views",
+        "prunebench.attention",
+        "prunebench.core",
+        "prunebench.store",
+        "prunebench.records",
+        "prunebench.runlock",
+        "prunebench.environment",
+    ),
 )
 
 

@@ -38,12 +38,12 @@ def test_output_that_is_a_file(tmp_path, capsys):
     "code, fix", [(errno.ENOSPC, "free disk space"), (errno.EROFS, "choose a writable --output"), (errno.EACCES, "choose a writable --output")]
 )
 def test_a_full_disk_or_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch, code, fix):
-    import prunebench.store
+    import prunebench.records
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code), str(kwargs.get("dir", "?")))
 
-    monkeypatch.setattr(prunebench.store.tempfile, "mkstemp", refuse)  # every write of the store starts here
+    monkeypatch.setattr(prunebench.records.tempfile, "mkstemp", refuse)  # every write of the store starts here (atomic_write_text)
     root = tmp_path / "run"
     assert main([*RUN, "--output", str(root)]) == 2
     _one_line_error(capsys, os.strerror(code), fix, "--debug")
