@@ -28,28 +28,27 @@ for cache and batch logits (:func:`logit_tolerance`), :data:`SIGNAL_TOL` for att
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from prunebench.adapters.base import ModelAdapter, Sample
 from prunebench.attention import Captured, active_requests, attention_probe, capture
+
+# Re-exported: the kit's inputs and helpers live in their own modules; these names are imported from here.
+from prunebench.conformance_helpers import _Boom, _boom, _compact, _eager, _hook_count, _Intercept, _one_line, _sub_configs
+from prunebench.conformance_inputs import FAMILY_INPUTS as FAMILY_INPUTS
+from prunebench.conformance_inputs import QUESTIONS as QUESTIONS
+from prunebench.conformance_inputs import _picture as _picture
+from prunebench.conformance_inputs import synthetic_samples
 from prunebench.core import InfeasibleBudget, PruningMethod, UnsupportedModel
 from prunebench.engine import Pruner, contract_problems
 
 CHECKS = ("noop", "token_contract", "cache", "batch", "signals", "hygiene", "determinism")
-QUESTIONS = (
-    "what is the color of the circle ?",
-    "how many",
-    "is there a red square in the image ? answer with a single word or phrase .",
-)
 NEW_TOKENS = 4
 NOOP_TOL = 1e-6  # keep-all runs the stock computation on the same batch (measured 0 on every family)
 # cache vs recompute, batch vs single: different kernel shapes and padding reorder fp32 sums, so the error grows
@@ -77,46 +76,6 @@ class CheckResult:
         mark = "PASS" if self.passed else "FAIL"
         detail = f"refused: {self.detail}" if self.refused else self.detail
         return f"{mark} {self.check:<15} {self.method:<12} {self.model:<14} {detail}"
-
-
-def _picture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(3):  # the same draws as the original square-only generator for square images
-        x, y = (int(v) for v in rng.integers(0, min(width, height) - 60, 2))
-        draw.ellipse([x, y, x + 50, y + 50], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    return image
-
-
-# Per family: (width, height) of each image, or ("video", frames, side). Mixed sizes / modalities make the batch
-# check cover batches whose samples have different visual-token counts (the engine groups them).
-FAMILY_INPUTS: dict[str, list[tuple]] = {
-    "llava_next": [(336, 336), (448, 336), (336, 336)],  # 1152 / 1344 / 1152 candidates (AnyRes, unpadded; + newlines)
-    "video_llava": [("video", 4, 224), (224, 224), ("video", 4, 224)],  # 4 x 257 / 256 / 4 x 257
-    "qwen2_5_vl": [(252, 252), (308, 224), (252, 252), ("video", 4, 224)],  # 81 / 88 / 81 / 2 x 64 merged tokens
-    "llava_onevision": [(126, 126), (168, 126), ("video", 4, 126), (126, 126)],
-    "qwen3_vl": [(256, 256), (320, 224), (256, 256)],  # 64 / 70 / 64 merged tokens (no video yet)  # 162 / 189 (AnyRes, + newlines) / 4 x 25 pooled + 1
-}
-
-
-def synthetic_samples(count: int = 3, size: int = 336, seed: int = 0, family: str = "llava") -> list[Sample]:
-    """Deterministic images (or videos) with a few coloured shapes on noise, and prompts of different lengths.
-
-    ``family`` picks the inputs of :data:`FAMILY_INPUTS` (image sizes, videos) for that model family;
-    other families get ``count`` square images of ``size`` pixels.
-    """
-    rng = np.random.default_rng(seed)
-    specs = FAMILY_INPUTS.get(family) or [(size, size)] * count
-    samples = []
-    for i, spec in enumerate(specs):
-        sample = Sample(id=f"synthetic-{seed}-{i}", question=QUESTIONS[i % len(QUESTIONS)])
-        if spec[0] == "video":
-            _, frames, side = spec
-            sample.video = [_picture(rng, side, side) for _ in range(frames)]
-        else:
-            sample.image = _picture(rng, *spec)
-        samples.append(sample)
-    return samples
 
 
 def _groups(adapter: ModelAdapter, samples: Sequence[Sample]) -> list[list[Sample]]:
@@ -449,59 +408,6 @@ def check_determinism(adapter, method, samples, budget):
             if not torch.equal(kept, again.stats.kept[stage]):
                 return False, f"kept set at {stage} differs between two runs with seed 7"
     return True, f"stages {sorted(first.groups[0].stats.kept)} identical"
-
-
-# -- helpers -----------------------------------------------------------------------------------------------------
-class _Boom(RuntimeError):
-    pass
-
-
-def _boom(*args, **kwargs):
-    raise _Boom("injected failure")
-
-
-class _Intercept:
-    """The method with some attributes replaced, on one Pruner only (the method's class is left alone)."""
-
-    def __init__(self, method, **replaced):
-        self._method, self._replaced = method, replaced
-
-    def __getattr__(self, name):
-        if name in self._replaced:
-            return self._replaced[name]
-        return getattr(self._method, name)
-
-
-@contextlib.contextmanager
-def _eager(model: torch.nn.Module):
-    """The model's eager attention for one reference forward; the previous implementations afterwards."""
-    original = {k: cfg._attn_implementation for k, cfg in _sub_configs(model)}
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation({k: v for k, v in original.items() if k} | {"": original[""]})
-
-
-def _hook_count(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
-
-
-def _sub_configs(model):
-    yield "", model.config
-    for key in getattr(model.config, "sub_configs", {}):
-        sub = getattr(model.config, key, None)
-        if sub is not None:
-            yield key, sub
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line (a multi-line message's lines joined with "; ")."""
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
-
-
-def _compact(counts: list[int]) -> str:
-    return ",".join(str(c) for c in counts)
 
 
 CHECK_FUNCTIONS: dict[str, Callable] = {

@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "prunebench.models",
         "prunebench.models.*",
         "prunebench.conformance",
+        "prunebench.conformance_*",
         "prunebench.training",
         "prunebench.toy",
         "prunebench.toy.*",
