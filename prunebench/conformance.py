@@ -364,10 +364,11 @@ def check_hygiene(adapter, method, samples, budget):
     each stage's ``select`` during ``generate``)."""
     model = adapter.model
     batch = adapter.prepare(samples[:1])
-    before_hooks = _hook_count(model)
     before_impl = {k: cfg._attn_implementation for k, cfg in _sub_configs(model)}
     with torch.inference_mode():
         reference = model(**batch.inputs).logits
+    # counted after one stock forward: transformers installs its own output-recording hooks on a model's first call
+    before_hooks = _hook_count(model)
     _generate(adapter, method, budget, samples[:1])
     num_visual = _num_visual(adapter, samples[:1])
     with Pruner(adapter, method, budget, budget_mode="final") as pruner:

@@ -173,3 +173,27 @@ def test_a_refusal_of_one_modality_still_checks_the_other():
         result = run_check(check, adapter, _RefusesVideos(), budget=64, samples=samples)
         assert result.passed and not result.refused, str(result)
         assert "image: " in result.detail and "video: refused: refuses-videos: images only" in result.detail
+
+
+class _LeaksAHook(_ClsOnly):
+    """Selects like _ClsOnly but leaves a forward hook on the model: the hygiene property must catch it."""
+
+    name = "leaks-a-hook"
+
+    def select_vision(self, view, keep):
+        view.adapter.model.register_forward_hook(lambda *args: None)
+        return super().select_vision(view, keep)
+
+
+def test_hygiene_catches_a_hook_left_behind_on_a_model_never_run_before():
+    """Counted after a warm-up forward (transformers adds its own recording hooks on a model's first call), a hook
+    the method leaves is still named; a model fresh from its builder, first call inside the check, is the case."""
+    from prunebench.models.tiny import tiny_llava
+
+    from prunebench.adapters.llava import LlavaAdapter
+
+    model, processor = tiny_llava()
+    fresh = LlavaAdapter(model, processor, name="tiny-llava")
+    assert run_check("hygiene", fresh, _ClsOnly(), budget=64, samples=_samples("tiny-llava")).passed
+    result = run_check("hygiene", fresh, _LeaksAHook(), budget=64, samples=_samples("tiny-llava"))
+    assert not result.passed and "hooks left" in result.detail, result.detail
