@@ -188,9 +188,8 @@ class _LeaksAHook(_ClsOnly):
 def test_hygiene_catches_a_hook_left_behind_on_a_model_never_run_before():
     """Counted after a warm-up forward (transformers adds its own recording hooks on a model's first call), a hook
     the method leaves is still named; a model fresh from its builder, first call inside the check, is the case."""
-    from prunebench.models.tiny import tiny_llava
-
     from prunebench.adapters.llava import LlavaAdapter
+    from prunebench.models.tiny import tiny_llava
 
     model, processor = tiny_llava()
     fresh = LlavaAdapter(model, processor, name="tiny-llava")
