@@ -43,7 +43,8 @@ def install(session: nox.Session, extras: str) -> None:
 def tests(session: nox.Session) -> None:
     install(session, "eval,test")
     # the conformance kit is ~1000 independent (method, family, property) cases: one worker per core, each on one
-    # thread (two workers of two threads each on two cores spin against each other: measured 2-3x slower)
+    # thread (two workers of two threads each on two cores spin against each other: a quarter of the suite in 16 min,
+    # against the whole suite in 5 min on one thread each, same machine)
     threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS", "1")}
     session.run("pytest", *(session.posargs or ["-q", "-n", "auto"]), env={**OFFLINE, **threads})
 
