@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.adapters.base import Batch, LLMInputs, Sample, VisualLayout, splice_span
+from prunebench.adapters.base import Batch, LLMInputs, ModelAdapter, Sample, VisualLayout, splice_span
 from prunebench.adapters.llava import LlavaAdapter, _store, positions_from_mask
 from prunebench.attention import Captured, capture
 from prunebench.core import PruneBenchError
@@ -181,45 +181,7 @@ class LlavaNextAdapter(LlavaAdapter):
         )
 
     def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None) -> LLMInputs:
-        input_ids, mask = batch.input_ids, batch.attention_mask
-        bsz, device = input_ids.shape[0], input_ids.device
-        newline = batch.meta.get("newline")
-        if newline is None:
-            raise PruneBenchError("assemble() needs the layout that encode() computed for this batch; call encode first")
-        if layout is None:
-            layout = VisualLayout(kept if kept is not None else torch.arange(visual.shape[1], device=device).expand(bsz, -1))
-        first, last = layout.prepend, visual.shape[1] - layout.append
-        keep = layout.keep
-        candidates = (~newline).nonzero().squeeze(1)
-        rows = candidates[keep]  # (B, k) span slots of the kept patches
-        breaks = newline.nonzero().squeeze(1).expand(bsz, -1)
-        slots = torch.cat([rows, breaks], dim=1)
-        order = slots.argsort(dim=1)
-        source = slots.gather(1, order)
-        newline_embed = self._inner.image_newline.to(visual.dtype)
-        values = torch.cat([visual[:, first:last], newline_embed.expand(bsz, breaks.shape[1], -1)], dim=1)
-        values = values.gather(1, order[..., None].expand(-1, -1, values.shape[-1]))
-        is_patch = order < rows.shape[1]
-        offsets = is_patch.nonzero()[:, 1].view(bsz, -1) + first
-        span = torch.cat([visual[:, :first], values, visual[:, last:]], dim=1)
-        span_source = torch.cat([source[:, :1].expand(-1, first), source, source[:, -1:].expand(-1, layout.append)], dim=1)
-        merged_offsets = [
-            torch.arange(first, device=device).expand(bsz, -1),
-            offsets,
-            torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1),
-        ]
-        visual_offsets = torch.cat(merged_offsets, dim=1)
-        placeholder = input_ids == self.image_token_id
-        embeds, new_mask, old_index, start = splice_span(self.model.get_input_embeddings(), input_ids, mask, placeholder, span, span_source)
-        if policy == "compact":
-            positions = positions_from_mask(new_mask)
-        elif policy == "original":
-            if layout.merged or kept is None:
-                raise ValueError("merged tokens have no original position; this method needs position_policy='compact'")
-            positions = positions_from_mask(mask).gather(1, old_index)
-        else:
-            raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
-        return LLMInputs(embeds, new_mask, positions, start + visual_offsets, extra_visual_tokens=int(breaks.shape[1]))
+        return assemble_keeping_newlines(self, batch, visual, kept, policy, layout)
 
     def stock_generate(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         if self.layout != "anyres":
@@ -232,3 +194,50 @@ class LlavaNextAdapter(LlavaAdapter):
             "layout": self.layout,
             "newline_tokens": "one per row, always kept, outside the budget (Stats.extra_visual_tokens)" if self.layout == "anyres" else "none",
         }
+
+
+def assemble_keeping_newlines(
+    adapter: ModelAdapter, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None
+) -> LLMInputs:
+    """The visual span with the kept candidates in their original slots and every newline token kept, spliced into
+    the prompt at the placeholder tokens (``batch.meta["placeholder"]``, default the image token): LLaVA-NeXT's
+    AnyRes rows and LLaVA-OneVision's rows and video newline. ``encode`` leaves the newline mask in ``batch.meta``."""
+    input_ids, mask = batch.input_ids, batch.attention_mask
+    bsz, device = input_ids.shape[0], input_ids.device
+    newline = batch.meta.get("newline")
+    if newline is None:
+        raise PruneBenchError("assemble() needs the layout that encode() computed for this batch; call encode first")
+    if layout is None:
+        layout = VisualLayout(kept if kept is not None else torch.arange(visual.shape[1], device=device).expand(bsz, -1))
+    first, last = layout.prepend, visual.shape[1] - layout.append
+    keep = layout.keep
+    candidates = (~newline).nonzero().squeeze(1)
+    rows = candidates[keep]  # (B, k) span slots of the kept patches
+    breaks = newline.nonzero().squeeze(1).expand(bsz, -1)
+    slots = torch.cat([rows, breaks], dim=1)
+    order = slots.argsort(dim=1)
+    source = slots.gather(1, order)
+    newline_embed = adapter._inner.image_newline.to(visual.dtype)
+    values = torch.cat([visual[:, first:last], newline_embed.expand(bsz, breaks.shape[1], -1)], dim=1)
+    values = values.gather(1, order[..., None].expand(-1, -1, values.shape[-1]))
+    is_patch = order < rows.shape[1]
+    offsets = is_patch.nonzero()[:, 1].view(bsz, -1) + first
+    span = torch.cat([visual[:, :first], values, visual[:, last:]], dim=1)
+    span_source = torch.cat([source[:, :1].expand(-1, first), source, source[:, -1:].expand(-1, layout.append)], dim=1)
+    merged_offsets = [
+        torch.arange(first, device=device).expand(bsz, -1),
+        offsets,
+        torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1),
+    ]
+    visual_offsets = torch.cat(merged_offsets, dim=1)
+    placeholder = input_ids == batch.meta.get("placeholder", adapter.image_token_id)
+    embeds, new_mask, old_index, start = splice_span(adapter.model.get_input_embeddings(), input_ids, mask, placeholder, span, span_source)
+    if policy == "compact":
+        positions = positions_from_mask(new_mask)
+    elif policy == "original":
+        if layout.merged or kept is None:
+            raise ValueError("merged tokens have no original position; this method needs position_policy='compact'")
+        positions = positions_from_mask(mask).gather(1, old_index)
+    else:
+        raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
+    return LLMInputs(embeds, new_mask, positions, start + visual_offsets, extra_visual_tokens=int(breaks.shape[1]))

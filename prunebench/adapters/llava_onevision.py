@@ -68,8 +68,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunebench.adapters.base import Batch, LLMInputs, Sample, VisualLayout, splice_span
-from prunebench.adapters.llava import LlavaAdapter, _store, positions_from_mask
+from prunebench.adapters.base import Batch, LLMInputs, Sample, VisualLayout
+from prunebench.adapters.llava import LlavaAdapter, _store
+from prunebench.adapters.llava_next import assemble_keeping_newlines
 from prunebench.adapters.video_llava import ManualProcessor
 from prunebench.attention import Captured, capture
 from prunebench.core import PruneBenchError
@@ -396,45 +397,8 @@ class LlavaOnevisionAdapter(LlavaAdapter):
 
     def assemble(self, batch: Batch, visual: torch.Tensor, kept: torch.Tensor | None, policy: str, layout: VisualLayout | None = None) -> LLMInputs:
         """The visual span with the kept candidates in their original slots and every newline kept (images: one per
-        row; video: the one after the last frame), as :class:`~prunebench.adapters.llava_next.LlavaNextAdapter`."""
-        input_ids, mask = batch.input_ids, batch.attention_mask
-        bsz, device = input_ids.shape[0], input_ids.device
-        newline = batch.meta.get("newline")
-        if newline is None:
-            raise PruneBenchError("assemble() needs the layout that encode() computed for this batch; call encode first")
-        if layout is None:
-            layout = VisualLayout(kept if kept is not None else torch.arange(visual.shape[1], device=device).expand(bsz, -1))
-        first, last = layout.prepend, visual.shape[1] - layout.append
-        candidates = (~newline).nonzero().squeeze(1)
-        rows = candidates[layout.keep]  # (B, k) span slots of the kept candidates
-        breaks = newline.nonzero().squeeze(1).expand(bsz, -1)
-        order = torch.cat([rows, breaks], dim=1).argsort(dim=1)
-        source = torch.cat([rows, breaks], dim=1).gather(1, order)
-        newline_embed = self._inner.image_newline.to(visual.dtype)
-        values = torch.cat([visual[:, first:last], newline_embed.expand(bsz, breaks.shape[1], -1)], dim=1)
-        values = values.gather(1, order[..., None].expand(-1, -1, values.shape[-1]))
-        offsets = (order < rows.shape[1]).nonzero()[:, 1].view(bsz, -1) + first
-        span = torch.cat([visual[:, :first], values, visual[:, last:]], dim=1)
-        span_source = torch.cat([source[:, :1].expand(-1, first), source, source[:, -1:].expand(-1, layout.append)], dim=1)
-        visual_offsets = torch.cat(
-            [
-                torch.arange(first, device=device).expand(bsz, -1),
-                offsets,
-                torch.arange(span.shape[1] - layout.append, span.shape[1], device=device).expand(bsz, -1),
-            ],
-            dim=1,
-        )
-        placeholder = input_ids == batch.meta.get("placeholder", self.image_token_id)
-        embeds, new_mask, old_index, start = splice_span(self.model.get_input_embeddings(), input_ids, mask, placeholder, span, span_source)
-        if policy == "compact":
-            positions = positions_from_mask(new_mask)
-        elif policy == "original":
-            if layout.merged or kept is None:
-                raise ValueError("merged tokens have no original position; this method needs position_policy='compact'")
-            positions = positions_from_mask(mask).gather(1, old_index)
-        else:
-            raise ValueError(f"unknown position policy {policy!r}; expected 'compact' or 'original'")
-        return LLMInputs(embeds, new_mask, positions, start + visual_offsets, extra_visual_tokens=int(breaks.shape[1]))
+        row; video: the one after the last frame), as LLaVA-NeXT's."""
+        return assemble_keeping_newlines(self, batch, visual, kept, policy, layout)
 
     @property
     def stock_video(self) -> bool:
